@@ -1,0 +1,7 @@
+"""Entry point for ``python -m evaluator``."""
+
+import sys
+
+from evaluator.cli import main
+
+sys.exit(main())

@@ -1,0 +1,159 @@
+"""Runs one JobSpec to a Result: load the model, check its contract, score every evaluation set.
+
+This is what ``python -m evaluator run`` calls inside the sandbox. It never raises for a bad
+submission: every failure becomes a Result with an error code and a sentence a researcher
+understands. Only aggregate metrics and per-class accuracies leave this function; per-example
+outputs on hidden data never do.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from evaluator import __version__
+from evaluator.data.evalsets import read_evaluation_set
+from evaluator.errors import EvaluationError
+from evaluator.metrics.classification import accuracy_with_interval, per_class_accuracy
+from evaluator.metrics.detection import detection_metrics
+from evaluator.models.contract import check_contract
+from evaluator.models.loading import load_model
+from evaluator.progress import ProgressCallback, StagedProgress, ignore_progress
+from evaluator.spec import InputSpec, JobSpec, MetricValue, Result
+
+#: Share of the progress bar given to loading and checking the model, before any data is seen.
+_SETUP_WEIGHT = 0.03
+
+
+def hardware_description(device: str) -> dict[str, Any]:
+    """Where a score was computed, for provenance (it uses the standard ``platform`` module)."""
+    info: dict[str, Any] = {
+        "device": device,
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "evaluator": __version__,
+        "stdlib_platform_module": platform.__file__,
+    }
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info
+
+
+def to_model_input(images_uint8: torch.Tensor, input_spec: InputSpec, device: torch.device) -> torch.Tensor:
+    """The one place where stored 8-bit pixels become the float images a model sees."""
+    low, high = input_spec.value_range
+    x = images_uint8.to(device=device, dtype=torch.float32).div_(255.0)
+    if (low, high) != (0.0, 1.0):
+        x = x.mul_(high - low).add_(low)
+    return x
+
+
+def predict(
+    model: torch.nn.Module,
+    images_uint8: torch.Tensor,
+    input_spec: InputSpec,
+    batch_size: int,
+    device: torch.device,
+    on_batch: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """Model outputs for every image, in batches, without autograd; outputs stay on the CPU."""
+    outputs: list[torch.Tensor] = []
+    total = images_uint8.shape[0]
+    with torch.inference_mode():
+        for start in range(0, total, batch_size):
+            batch = to_model_input(images_uint8[start : start + batch_size], input_spec, device)
+            try:
+                out = model(batch)
+            except Exception as exc:  # the submission's code failed on real data
+                raise EvaluationError(
+                    "model_error", f"The model raised {type(exc).__name__} on evaluation images: {str(exc)[:300]}"
+                ) from exc
+            if not isinstance(out, torch.Tensor):
+                raise EvaluationError("wrong_dtype", f"The model returned {type(out).__name__}, not a tensor.")
+            outputs.append(out.detach().float().cpu())
+            if on_batch is not None:
+                on_batch(min(start + batch_size, total))
+    return torch.cat(outputs)
+
+
+def _check_finite(outputs: torch.Tensor, set_name: str) -> None:
+    finite_rows = torch.isfinite(outputs.reshape(outputs.shape[0], -1)).all(dim=1)
+    bad = int((~finite_rows).sum())
+    if bad:
+        raise EvaluationError(
+            "non_finite_output",
+            f"The model returned NaN or infinite outputs for {bad} of {outputs.shape[0]} images of {set_name}.",
+        )
+
+
+def score_classifier(
+    outputs: torch.Tensor, labels: torch.Tensor, num_classes: int, set_name: str
+) -> tuple[list[MetricValue], dict[str, float]]:
+    predictions = outputs.argmax(dim=1)
+    correct = int((predictions == labels).sum())
+    n = int(labels.shape[0])
+    accuracy, low, high = accuracy_with_interval(correct, n)
+    metric = MetricValue(set_name, "accuracy", accuracy, n, low, high, "clopper-pearson-95")
+    return [metric], per_class_accuracy(predictions.numpy(), labels.numpy(), num_classes)
+
+
+def score_detector(outputs: torch.Tensor, labels: torch.Tensor, set_name: str, seed: int) -> list[MetricValue]:
+    scores = outputs.reshape(outputs.shape[0], -1)[:, 0].numpy()
+    return list(detection_metrics(scores, labels.numpy(), evaluation_set=set_name, seed=seed))
+
+
+def run_job(spec: JobSpec, progress: ProgressCallback = ignore_progress) -> Result:
+    """Evaluate one submission as the spec says; failures come back as a Result, not an exception."""
+    started = time.perf_counter()
+    torch.manual_seed(spec.seed)
+    provenance = hardware_description(spec.device)
+    try:
+        device = torch.device(spec.device)
+        progress(0.0, "loading model")
+        model = load_model(spec.artifact, spec.input)
+        model = model.to(device)
+        progress(_SETUP_WEIGHT / 2, "checking the model's input and output contract")
+        check_contract(model, spec.input, spec.task, spec.num_classes, spec.batch_size, spec.time_budget_s, spec.device)
+
+        datasets = [read_evaluation_set(s.path, s.sha256 or None) for s in spec.evaluation_sets]
+        total_images = sum(int(d.labels.shape[0]) for d in datasets)
+        stages = StagedProgress(progress, [_SETUP_WEIGHT * total_images] + [int(d.labels.shape[0]) for d in datasets])
+        stages.report(0, 1.0, "model checked")
+
+        result = Result(job_id=spec.job_id, ok=True, suite_version=spec.suite_version, seed=spec.seed)
+        for index, (set_spec, data) in enumerate(zip(spec.evaluation_sets, datasets, strict=True), start=1):
+            count = int(data.labels.shape[0])
+            stage = f"clean evaluation: {set_spec.name}"
+
+            def on_batch(done: int, index: int = index, count: int = count, stage: str = stage) -> None:
+                stages.report(index, done / count, stage)
+
+            outputs = predict(model, data.images, spec.input, spec.batch_size, device, on_batch)
+            _check_finite(outputs, set_spec.name)
+            if spec.task == "classifier":
+                metrics, per_class = score_classifier(outputs, data.labels, spec.num_classes, set_spec.name)
+                result.per_class[set_spec.name] = per_class
+            else:
+                metrics = score_detector(outputs, data.labels, set_spec.name, spec.seed)
+            result.metrics.extend(metrics)
+        elapsed = time.perf_counter() - started
+        provenance.update(seconds=round(elapsed, 3), images=total_images,
+                          images_per_second=round(total_images / elapsed, 1) if elapsed > 0 else None)
+        result.provenance = provenance
+        progress(1.0, "done")
+        return result
+    except EvaluationError as exc:
+        provenance["seconds"] = round(time.perf_counter() - started, 3)
+        return Result.failure(spec, exc.code, exc.message, **provenance)
+    except torch.cuda.OutOfMemoryError:
+        return Result.failure(spec, "out_of_memory", "The model ran out of GPU memory.", **provenance)
+    except MemoryError:
+        return Result.failure(spec, "out_of_memory", "The model exceeded the evaluation's memory limit.", **provenance)

@@ -1,0 +1,27 @@
+"""URL map: pages, the admin, and the versioned REST API with its OpenAPI schema."""
+
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework.authtoken.views import obtain_auth_token
+from rest_framework.routers import DefaultRouter
+
+from leaderboards import views as leaderboard_views
+from leaderboards.api import TrackViewSet
+from submissions.api import SubmissionViewSet
+
+router = DefaultRouter()
+router.register("submissions", SubmissionViewSet, basename="submission")
+router.register("tracks", TrackViewSet, basename="track")
+
+urlpatterns = [
+    path("", leaderboard_views.home, name="home"),
+    path("tracks/<slug:slug>/", leaderboard_views.track_leaderboard, name="leaderboard"),
+    path("submissions/", include("submissions.urls")),
+    path("accounts/", include("accounts.urls")),
+    path("admin/", admin.site.urls),
+    path("api/v1/", include(router.urls)),
+    path("api/v1/token/", obtain_auth_token, name="api-obtain-token"),
+    path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+]

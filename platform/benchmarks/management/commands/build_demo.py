@@ -1,0 +1,25 @@
+"""``manage.py build_demo``: build the demo benchmark from real public data and baselines."""
+
+from django.conf import settings
+from django.core.management.base import BaseCommand
+
+from benchmarks.demo import DemoBuilder
+
+
+class Command(BaseCommand):
+    help = "Fetch the public data (from a local mirror when given), build the demo tracks, submit the baselines."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--data-mirror", default=settings.ARENA_DATA_MIRROR,
+                            help="local mirror of the public data sets (default: ARENA_DATA_MIRROR)")
+        parser.add_argument("--model-mirror", default=settings.ARENA_MODEL_MIRROR,
+                            help="folder of the shared pretrained weights (default: ARENA_MODEL_MIRROR)")
+        parser.add_argument("--limit", type=int, default=None, help="at most this many images per evaluation set")
+        parser.add_argument("--no-baselines", action="store_true", help="build the tracks only")
+
+    def handle(self, data_mirror, model_mirror, limit, no_baselines, **options):
+        builder = DemoBuilder(data_mirror or None, model_mirror or None, log=self.stdout.write, limit=limit)
+        builder.build()
+        if not no_baselines:
+            made = builder.register_baselines()
+            self.stdout.write(f"queued {len(made)} baseline submission(s) for evaluation")

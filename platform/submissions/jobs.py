@@ -1,0 +1,116 @@
+"""The Django side of the seam: a Submission becomes a JobSpec, a Result becomes database rows.
+
+This module is the only place that knows both the ORM and the evaluator's dataclasses.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from django.conf import settings
+from django.db import transaction
+
+from evaluator.spec import ArtifactSpec, EvaluationSetSpec, InputSpec, JobSpec
+from evaluator.spec import Result as EvaluatorResult
+from submissions.models import EvaluationRun, Result, Submission
+
+logger = logging.getLogger(__name__)
+
+#: Failure codes and the plain words shown to the researcher before the evaluator's own message.
+FAILURE_HEADLINES = {
+    "corrupt_artifact": "The uploaded file could not be read as a model.",
+    "unsupported_format": "The uploaded file is not in a supported format (.pt2 or safetensors).",
+    "unsafe_format": "The uploaded file is in a format that runs code when loaded, which is refused.",
+    "format_mismatch": "The file's content does not match the format declared with it.",
+    "unknown_architecture": "The safetensors weights name an architecture the model zoo does not have.",
+    "weights_mismatch": "The safetensors weights do not fit the chosen zoo architecture.",
+    "wrong_input_shape": "The model does not accept the track's input shape.",
+    "wrong_output_shape": "The model's output has the wrong shape.",
+    "wrong_dtype": "The model's output is not a floating-point tensor.",
+    "non_finite_output": "The model returned NaN or infinite values.",
+    "nondeterministic": "The model gave different outputs for identical inputs.",
+    "too_slow": "The model is slower than the track's time budget.",
+    "model_error": "The model raised an error during evaluation.",
+    "timeout": "The evaluation ran past its time limit.",
+    "out_of_memory": "The model ran out of memory.",
+    "killed": "The evaluation process was killed.",
+    "cancelled": "The evaluation was cancelled.",
+    "data_integrity": "A hidden evaluation set failed its integrity check (a platform fault; it does not count).",
+    "internal": "The platform failed while evaluating (a platform fault; it does not count).",
+    "sandbox_unavailable": "No sandbox was available to run the model (a platform fault; it does not count).",
+}
+
+
+def build_job_spec(submission: Submission) -> JobSpec:
+    track = submission.track
+    sets = tuple(
+        EvaluationSetSpec(name=s.name, path=str(s.path), sha256=s.sha256, role=s.role)
+        for s in track.evaluation_sets.order_by("role", "id")
+    )
+    return JobSpec(
+        job_id=str(submission.public_id),
+        task=track.task_kind,
+        input=InputSpec(track.input_channels, track.input_height, track.input_width, (track.value_min, track.value_max)),
+        artifact=ArtifactSpec(
+            path=submission.artifact.path,
+            format=submission.artifact_format,
+            sha256=submission.artifact_sha256,
+            architecture=submission.zoo_architecture,
+        ),
+        evaluation_sets=sets,
+        num_classes=track.num_classes,
+        suite_version=track.suite_version,
+        seed=track.seed,
+        batch_size=track.batch_size,
+        time_budget_s=track.time_budget_seconds,
+        device=settings.ARENA_EVAL_DEVICE,
+    )
+
+
+def failure_message(code: str, detail: str) -> str:
+    headline = FAILURE_HEADLINES.get(code, "The evaluation failed.")
+    return f"{headline} {detail}".strip() if detail and detail != headline else headline
+
+
+def record_result(submission: Submission, result: EvaluatorResult) -> None:
+    """Write a Result idempotently, in one transaction, keyed by submission and suite version.
+
+    Delivering the same job twice (a worker killed after writing) overwrites the same rows
+    instead of adding duplicates.
+    """
+    sets = {s.name: s for s in submission.track.evaluation_sets.all()}
+    with transaction.atomic():
+        EvaluationRun.objects.update_or_create(
+            submission=submission,
+            suite_version=result.suite_version,
+            defaults={
+                "seed": result.seed,
+                "ok": result.ok,
+                "error_code": result.error_code,
+                "per_class": result.per_class,
+                "provenance": result.provenance,
+            },
+        )
+        if not result.ok:
+            submission.transition(
+                Submission.State.FAILED,
+                failure_code=result.error_code,
+                failure_reason=failure_message(result.error_code, result.error),
+            )
+            return
+        for metric in result.metrics:
+            Result.objects.update_or_create(
+                submission=submission,
+                evaluation_set=sets[metric.evaluation_set],
+                metric=metric.metric,
+                suite_version=result.suite_version,
+                defaults={
+                    "value": metric.value,
+                    "ci_low": metric.ci_low,
+                    "ci_high": metric.ci_high,
+                    "ci_method": metric.ci_method,
+                    "num_examples": metric.num_examples,
+                    "seed": result.seed,
+                },
+            )
+        submission.transition(Submission.State.FINISHED, progress=1.0, progress_stage="finished")

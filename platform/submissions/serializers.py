@@ -1,0 +1,71 @@
+"""REST API serializers for submissions and their results."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from rest_framework import serializers
+
+from benchmarks.models import Track
+from submissions.models import Result, Submission
+
+
+class ResultSerializer(serializers.ModelSerializer):
+    evaluation_set = serializers.CharField(source="evaluation_set.name")
+
+    class Meta:
+        model = Result
+        fields = ["evaluation_set", "metric", "value", "ci_low", "ci_high", "ci_method", "num_examples",
+                  "suite_version", "seed"]
+
+
+class SubmissionSerializer(serializers.ModelSerializer):
+    id = serializers.UUIDField(source="public_id", read_only=True)
+    track = serializers.SlugRelatedField(slug_field="slug", queryset=Track.objects.filter(is_public=True))
+    owner = serializers.CharField(source="owner.username", read_only=True)
+    artifact = serializers.FileField(write_only=True)
+    artifact_format = serializers.ChoiceField(choices=Submission.Format.choices, required=False, allow_blank=True)
+    status_url = serializers.SerializerMethodField()
+    page_url = serializers.SerializerMethodField()
+    results = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Submission
+        fields = [
+            "id", "track", "owner", "name", "artifact", "artifact_format", "zoo_architecture", "architecture",
+            "paper_url", "code_url", "training_data", "extra_data", "license", "is_public", "model_type",
+            "is_baseline", "artifact_sha256", "artifact_size", "state", "failure_code", "failure_reason",
+            "progress", "progress_stage", "created_at", "started_at", "finished_at", "status_url", "page_url",
+            "results",
+        ]
+        read_only_fields = [
+            "model_type", "is_baseline", "artifact_sha256", "artifact_size", "state", "failure_code",
+            "failure_reason", "progress", "progress_stage", "created_at", "started_at", "finished_at",
+        ]
+
+    def get_status_url(self, obj: Submission) -> str:
+        request = self.context.get("request")
+        path = f"/api/v1/submissions/{obj.public_id}/"
+        return request.build_absolute_uri(path) if request else path
+
+    def get_page_url(self, obj: Submission) -> str:
+        request = self.context.get("request")
+        path = obj.get_absolute_url()
+        return request.build_absolute_uri(path) if request else path
+
+    def get_results(self, obj: Submission) -> list[dict]:
+        if obj.state != Submission.State.FINISHED:
+            return []
+        rows = [r for r in obj.results.all() if r.suite_version == obj.track.suite_version]
+        return ResultSerializer(rows, many=True).data
+
+    def validate_artifact(self, value):
+        if value.size > settings.ARENA_MAX_UPLOAD_BYTES:
+            raise serializers.ValidationError(
+                f"The file is larger than the limit of {settings.ARENA_MAX_UPLOAD_BYTES // 1024**2} MiB."
+            )
+        return value
+
+    def validate(self, attrs):
+        if attrs.get("artifact_format") == Submission.Format.SAFETENSORS and not attrs.get("zoo_architecture"):
+            raise serializers.ValidationError({"zoo_architecture": "Safetensors weights need a zoo architecture."})
+        return attrs

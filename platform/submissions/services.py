@@ -1,0 +1,85 @@
+"""Creating, re-running and cancelling submissions: shared by the web form, the API and the admin."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import PurePath
+from typing import Any
+
+from django.core.files import File
+from django.db import transaction
+
+from benchmarks.models import Track
+from submissions.models import Submission
+
+CHUNK = 1024 * 1024
+
+
+def sha256_of(file: File) -> str:
+    """Hash an uploaded file chunk by chunk: uploads are temporary files, never read whole."""
+    digest = hashlib.sha256()
+    file.seek(0)
+    for chunk in file.chunks(CHUNK):
+        digest.update(chunk)
+    file.seek(0)
+    return digest.hexdigest()
+
+
+def infer_format(file: File, declared: str = "", zoo_architecture: str = "") -> str:
+    """The declared format if any; else the file name's suffix; else the first bytes.
+
+    This is only a routing guess: the evaluator checks the content itself and fails the
+    submission with a clear reason if the file is not what it claims to be.
+    """
+    if declared:
+        return declared
+    suffix = PurePath(getattr(file, "name", "") or "").suffix.lower()
+    if suffix == ".pt2":
+        return Submission.Format.PT2
+    if suffix == ".safetensors" or zoo_architecture:
+        return Submission.Format.SAFETENSORS
+    file.seek(0)
+    head = file.read(4)
+    file.seek(0)
+    return Submission.Format.PT2 if head.startswith(b"PK") else Submission.Format.SAFETENSORS
+
+
+def safe_display_name(name: str) -> str:
+    """Keep only the last path component of an uploaded name, for display."""
+    return PurePath(name.replace("\\", "/")).name[:255]
+
+
+def create_submission(owner: Any, track: Track, upload: File, **metadata: Any) -> Submission:
+    """Store the artifact under a generated name, record its sha256, and queue its evaluation."""
+    from submissions.tasks import enqueue
+
+    declared = metadata.pop("artifact_format", "") or ""
+    submission = Submission(
+        owner=owner,
+        track=track,
+        artifact_format=infer_format(upload, declared, metadata.get("zoo_architecture", "")),
+        artifact_sha256=sha256_of(upload),
+        artifact_size=upload.size or 0,
+        original_filename=safe_display_name(getattr(upload, "name", "") or ""),
+        **metadata,
+    )
+    with transaction.atomic():
+        submission.artifact.save("upload", upload, save=False)
+        submission.save()
+        transaction.on_commit(lambda: enqueue(submission))
+    return submission
+
+
+def rerun(submission: Submission) -> None:
+    from submissions.tasks import enqueue
+
+    submission.transition(Submission.State.QUEUED)
+    transaction.on_commit(lambda: enqueue(submission))
+
+
+def cancel(submission: Submission) -> bool:
+    """Cancel a queued or running job; a running sandbox notices within a second and is killed."""
+    if submission.is_terminal:
+        return False
+    submission.transition(Submission.State.CANCELLED, failure_reason="Cancelled.")
+    return True

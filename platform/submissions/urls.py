@@ -1,0 +1,12 @@
+from django.urls import path
+
+from submissions import views
+
+urlpatterns = [
+    path("submit/", views.submit, name="submit"),
+    path("mine/", views.mine, name="my-submissions"),
+    path("<uuid:public_id>/", views.detail, name="submission-detail"),
+    path("<uuid:public_id>/status.json", views.status, name="submission-status"),
+    path("<uuid:public_id>/cancel/", views.cancel, name="submission-cancel"),
+    path("<uuid:public_id>/rerun/", views.rerun, name="submission-rerun"),
+]

@@ -1,0 +1,108 @@
+"""Web pages for submitting a model and following its evaluation."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
+
+from submissions import services
+from submissions.forms import SubmissionForm
+from submissions.models import Submission
+
+
+def _visible_submission(request: HttpRequest, public_id) -> Submission:
+    submission = get_object_or_404(Submission.objects.select_related("track__benchmark", "owner"), public_id=public_id)
+    if not submission.visible_to(request.user):
+        raise Http404("No such submission.")
+    return submission
+
+
+@login_required
+def submit(request: HttpRequest) -> HttpResponse:
+    if request.method == "POST":
+        form = SubmissionForm(request.POST, request.FILES)
+        if form.is_valid():
+            data = {k: v for k, v in form.cleaned_data.items() if k not in {"track", "artifact"}}
+            submission = services.create_submission(
+                request.user, form.cleaned_data["track"], form.cleaned_data["artifact"], **data
+            )
+            messages.success(request, "Your model was uploaded and queued for evaluation.")
+            return redirect(submission)
+    else:
+        form = SubmissionForm(initial={"track": request.GET.get("track")})
+    return render(request, "submissions/submit.html", {"form": form})
+
+
+def status_payload(submission: Submission) -> dict:
+    queue_position = None
+    if submission.state == Submission.State.QUEUED:
+        queue_position = Submission.objects.filter(
+            state=Submission.State.QUEUED, queued_at__lt=submission.queued_at
+        ).count() + 1
+    return {
+        "id": str(submission.public_id),
+        "state": submission.state,
+        "state_display": submission.get_state_display(),
+        "progress": round(submission.progress, 4),
+        "stage": submission.progress_stage,
+        "queue_position": queue_position,
+        "failure_reason": submission.failure_reason,
+        "terminal": submission.is_terminal,
+    }
+
+
+def detail(request: HttpRequest, public_id) -> HttpResponse:
+    submission = _visible_submission(request, public_id)
+    track = submission.track
+    results = (
+        submission.results.filter(suite_version=track.suite_version).select_related("evaluation_set")
+        if submission.state == Submission.State.FINISHED
+        else []
+    )
+    run = submission.runs.filter(suite_version=track.suite_version).first()
+    is_owner = request.user.is_authenticated and (request.user.is_staff or request.user.pk == submission.owner_id)
+    return render(
+        request,
+        "submissions/detail.html",
+        {"submission": submission, "track": track, "results": results, "run": run, "is_owner": is_owner,
+         "status": status_payload(submission)},
+    )
+
+
+def status(request: HttpRequest, public_id) -> JsonResponse:
+    return JsonResponse(status_payload(_visible_submission(request, public_id)))
+
+
+def _owned_submission(request: HttpRequest, public_id) -> Submission:
+    submission = _visible_submission(request, public_id)
+    if not (request.user.is_staff or submission.owner_id == request.user.pk):
+        raise Http404("No such submission.")
+    return submission
+
+
+@login_required
+@require_POST
+def cancel(request: HttpRequest, public_id) -> HttpResponse:
+    submission = _owned_submission(request, public_id)
+    if services.cancel(submission):
+        messages.info(request, "The evaluation was cancelled.")
+    return redirect(submission)
+
+
+@login_required
+@require_POST
+def rerun(request: HttpRequest, public_id) -> HttpResponse:
+    submission = _owned_submission(request, public_id)
+    if submission.is_terminal:
+        services.rerun(submission)
+        messages.info(request, "The submission was queued again.")
+    return redirect(submission)
+
+
+@login_required
+def mine(request: HttpRequest) -> HttpResponse:
+    submissions = Submission.objects.filter(owner=request.user).select_related("track")
+    return render(request, "submissions/mine.html", {"submissions": submissions})
