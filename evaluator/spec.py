@@ -83,7 +83,9 @@ class JobSpec:
         version = data.get("spec_version", SPEC_VERSION)
         if version != SPEC_VERSION:
             raise ValueError(f"job spec version {version} is not supported (expected {SPEC_VERSION})")
-        data["input"] = InputSpec(**{**data["input"], "value_range": tuple(data["input"].get("value_range", (0.0, 1.0)))})
+        raw_input = dict(data["input"])
+        raw_input["value_range"] = tuple(raw_input.get("value_range", (0.0, 1.0)))
+        data["input"] = InputSpec(**raw_input)
         data["artifact"] = ArtifactSpec(**data["artifact"])
         data["evaluation_sets"] = tuple(EvaluationSetSpec(**s) for s in data["evaluation_sets"])
         return cls(**data)

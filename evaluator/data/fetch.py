@@ -17,6 +17,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
@@ -52,7 +53,7 @@ def _file_hash_ok(path: Path, remote: RemoteFile) -> tuple[bool, str]:
         try:
             if sha256_gunzipped(path) == remote.content_sha256:
                 return True, actual
-        except (OSError, EOFError):  # not gzip, or truncated
+        except (OSError, EOFError, zlib.error):  # not gzip, truncated or corrupt
             pass
     return False, actual
 

@@ -85,8 +85,9 @@ def detect_format(path: str | os.PathLike[str]) -> DetectedFormat:
         return "safetensors"
     for magic, description in _OTHER_MAGIC:
         if head.startswith(magic):
-            raise EvaluationError("unsupported_format", f"The file is {description}, not a model format we accept. "
-                                  + _CONVERT_HINT)
+            raise EvaluationError(
+                "unsupported_format", f"The file is {description}, not a model format we accept. " + _CONVERT_HINT
+            )
     raise EvaluationError(
         "unsupported_format",
         "The file is not in a format we recognise (neither safetensors nor a torch.export .pt2 archive). "
@@ -194,7 +195,9 @@ def _classify_zip(path: Path) -> DetectedFormat:
                 if has_model and marker.file_size <= 64 and archive.read(marker).strip() == b"pt2":
                     return "pt2"
     except zipfile.BadZipFile as exc:
-        raise EvaluationError("corrupt_artifact", f"The file starts like a zip archive but is damaged ({exc}).") from None
+        raise EvaluationError(
+            "corrupt_artifact", f"The file starts like a zip archive but is damaged ({exc})."
+        ) from None
     except (KeyError, OSError, RuntimeError, NotImplementedError) as exc:
         raise EvaluationError("corrupt_artifact", f"The zip archive could not be read ({exc}).") from None
     raise EvaluationError(

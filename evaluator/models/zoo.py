@@ -306,9 +306,7 @@ class _BasicBlock(nn.Module):
 class ResNet18(nn.Module):
     """ResNet-18; ``cifar_stem`` swaps the 7x7/2 conv + max-pool for a 3x3/1 conv (32 px inputs)."""
 
-    def __init__(
-        self, num_classes: int, mean: tuple[float, ...], std: tuple[float, ...], cifar_stem: bool
-    ) -> None:
+    def __init__(self, num_classes: int, mean: tuple[float, ...], std: tuple[float, ...], cifar_stem: bool) -> None:
         super().__init__()
         self.normalize = Normalize(mean, std)
         if cifar_stem:

@@ -160,7 +160,8 @@ class DemoBuilder:
         benchmark, _ = Benchmark.objects.update_or_create(
             slug=BENCHMARK_SLUG,
             defaults={"name": "Demo: digits and CIFAR-10",
-                      "description": "Real public data and real pretrained baselines, built by `manage.py build_demo`."},
+                      "description": "Real public data and real pretrained baselines, "
+                                     "built by `manage.py build_demo`."},
         )
         self.log("building the digits classifier track")
         (_, _), (hidden_images, hidden_labels) = self._mnist_split()

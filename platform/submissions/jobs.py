@@ -50,7 +50,9 @@ def build_job_spec(submission: Submission) -> JobSpec:
     return JobSpec(
         job_id=str(submission.public_id),
         task=track.task_kind,
-        input=InputSpec(track.input_channels, track.input_height, track.input_width, (track.value_min, track.value_max)),
+        input=InputSpec(
+            track.input_channels, track.input_height, track.input_width, (track.value_min, track.value_max)
+        ),
         artifact=ArtifactSpec(
             path=submission.artifact.path,
             format=submission.artifact_format,
