@@ -11,7 +11,7 @@ class EvaluationError(Exception):
     """A failure of one job. ``code`` is stable and machine-readable; ``message`` is for people."""
 
     #: Codes whose cause is the platform, not the submitted model.
-    PLATFORM_CODES = frozenset({"data_integrity", "internal", "sandbox_unavailable"})
+    PLATFORM_CODES = frozenset({"data_integrity", "data_unavailable", "internal", "sandbox_unavailable"})
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)

@@ -45,7 +45,9 @@ def _check_arrays(images: np.ndarray | torch.Tensor, labels: np.ndarray | torch.
             "data_integrity", f"{where}: images must be uint8 (N, C, H, W), got {image_dtype} {tuple(images.shape)}"
         )
     if label_dtype != "int64" or len(labels.shape) != 1:
-        raise EvaluationError("data_integrity", f"{where}: labels must be int64 (N,), got {label_dtype} {tuple(labels.shape)}")
+        raise EvaluationError(
+            "data_integrity", f"{where}: labels must be int64 (N,), got {label_dtype} {tuple(labels.shape)}"
+        )
     if images.shape[0] != labels.shape[0]:
         raise EvaluationError("data_integrity", f"{where}: {images.shape[0]} images but {labels.shape[0]} labels")
 

@@ -1,0 +1,1 @@
+"""Scores with intervals: exact binomial intervals for accuracy, bootstrap intervals for detectors."""

@@ -142,7 +142,11 @@ def detection_metrics(
         raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
     fprs = (0.01, 0.05)
     names = ("auc", "average_precision", "tpr@1%fpr", "tpr@5%fpr")
-    points = (roc_auc(scores, labels), average_precision(scores, labels), *(tpr_at_fpr(scores, labels, f) for f in fprs))
+    points = (
+        roc_auc(scores, labels),
+        average_precision(scores, labels),
+        *(tpr_at_fpr(scores, labels, f) for f in fprs),
+    )
 
     levels, inverse = np.unique(-scores, return_inverse=True)  # position 0 = highest score
     real_pos = inverse[labels == 0]

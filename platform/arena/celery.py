@@ -11,7 +11,7 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
 
-@app.task(name="arena.diagnostics")
+@app.task(name="arena.diagnostics", ignore_result=False)
 def diagnostics() -> dict[str, str]:
     """Where the worker's ``platform`` module comes from (a test asserts it is the stdlib's)."""
     import platform

@@ -122,6 +122,7 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = Path(os.environ.get("STATIC_ROOT", VAR_DIR / "static"))
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 STORAGES = {
     "default": {"BACKEND": os.environ.get("ARENA_MEDIA_STORAGE", "django.core.files.storage.FileSystemStorage")},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
@@ -157,6 +158,18 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "processed_folder": str(_queue_dir / "processed"),
         "store_processed": False,
     }
+def _default_result_backend(broker: str) -> str:
+    """Results matter only for diagnostics (evaluations write to the database): reuse the broker."""
+    if broker.startswith(("redis://", "rediss://")):
+        return broker
+    if broker.startswith(("amqp://", "pyamqp://")):
+        return "rpc://"
+    (VAR_DIR / "celery-results").mkdir(parents=True, exist_ok=True)
+    return f"file://{VAR_DIR / 'celery-results'}"
+
+
+CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND") or _default_result_backend(CELERY_BROKER_URL)
+CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER")
 CELERY_TASK_ACKS_LATE = True  # a job whose worker dies is delivered again
 CELERY_TASK_REJECT_ON_WORKER_LOST = True

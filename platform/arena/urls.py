@@ -11,8 +11,8 @@ from leaderboards.api import TrackViewSet
 from submissions.api import SubmissionViewSet
 
 router = DefaultRouter()
-router.register("submissions", SubmissionViewSet, basename="submission")
-router.register("tracks", TrackViewSet, basename="track")
+router.register("submissions", SubmissionViewSet, basename="api-submission")
+router.register("tracks", TrackViewSet, basename="api-track")
 
 urlpatterns = [
     path("", leaderboard_views.home, name="home"),

@@ -14,6 +14,8 @@ class SubmissionForm(forms.ModelForm):
     artifact = forms.FileField(
         help_text="A .pt2 archive from torch.export.save (recommended), or safetensors weights for a zoo architecture."
     )
+    paper_url = forms.URLField(required=False, assume_scheme="https", label="Paper URL")
+    code_url = forms.URLField(required=False, assume_scheme="https", label="Code URL")
     artifact_format = forms.ChoiceField(
         choices=[("", "Detect from the file"), *Submission.Format.choices], required=False, label="Format"
     )

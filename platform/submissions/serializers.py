@@ -18,12 +18,24 @@ class ResultSerializer(serializers.ModelSerializer):
                   "suite_version", "seed"]
 
 
+class OmittableBooleanField(serializers.BooleanField):
+    """A boolean that keeps its default when a multipart form omits it.
+
+    DRF reads a missing boolean in form data as an unticked checkbox (False); a training script
+    that leaves ``is_public`` out of its upload means "the default", not "private".
+    """
+
+    default_empty_html = serializers.empty
+
+
 class SubmissionSerializer(serializers.ModelSerializer):
     id = serializers.UUIDField(source="public_id", read_only=True)
     track = serializers.SlugRelatedField(slug_field="slug", queryset=Track.objects.filter(is_public=True))
     owner = serializers.CharField(source="owner.username", read_only=True)
     artifact = serializers.FileField(write_only=True)
     artifact_format = serializers.ChoiceField(choices=Submission.Format.choices, required=False, allow_blank=True)
+    is_public = OmittableBooleanField(default=True)
+    extra_data = OmittableBooleanField(default=False)
     status_url = serializers.SerializerMethodField()
     page_url = serializers.SerializerMethodField()
     results = serializers.SerializerMethodField()

@@ -201,7 +201,12 @@ def test_download_and_extract_archive(tmp_path: Path, http_root: tuple[Path, str
 
     dest = tmp_path / "dest"
     fetch_dataset("tiny-test", dest)
-    assert _files_under(dest) == ["tiny/blob.bin", "tiny/tree/cats/0.bin", "tiny/tree/dogs/0.bin", "tiny/tree/dogs/1.bin"]
+    assert _files_under(dest) == [
+        "tiny/blob.bin",
+        "tiny/tree/cats/0.bin",
+        "tiny/tree/dogs/0.bin",
+        "tiny/tree/dogs/1.bin",
+    ]
     assert not (tmp_path / "escape.bin").exists()
 
     # The server now serves a different tree: refused, the good copy stays, no temporaries.
