@@ -36,6 +36,7 @@ FAILURE_HEADLINES = {
     "killed": "The evaluation process was killed.",
     "cancelled": "The evaluation was cancelled.",
     "data_integrity": "A hidden evaluation set failed its integrity check (a platform fault; it does not count).",
+    "data_unavailable": "A hidden evaluation set could not be found (a platform fault; it does not count).",
     "internal": "The platform failed while evaluating (a platform fault; it does not count).",
     "sandbox_unavailable": "No sandbox was available to run the model (a platform fault; it does not count).",
 }

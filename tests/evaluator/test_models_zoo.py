@@ -87,8 +87,16 @@ def test_normalisation_stays_out_of_state_dicts() -> None:
 
 def test_resnet18_imagenet_uses_torchvision_names() -> None:
     keys = set(build_model("resnet18_imagenet").state_dict())
-    for key in ("conv1.weight", "bn1.running_var", "layer1.0.conv1.weight", "layer2.0.downsample.0.weight",
-                "layer2.0.downsample.1.running_mean", "layer4.1.bn2.bias", "fc.weight", "fc.bias"):
+    for key in (
+        "conv1.weight",
+        "bn1.running_var",
+        "layer1.0.conv1.weight",
+        "layer2.0.downsample.0.weight",
+        "layer2.0.downsample.1.running_mean",
+        "layer4.1.bn2.bias",
+        "fc.weight",
+        "fc.bias",
+    ):
         assert key in keys
     assert len([k for k in keys if not k.endswith("num_batches_tracked")]) == 102
 

@@ -1,0 +1,64 @@
+"""The demo benchmark built from ../shared: tracks, hidden sets with hashes, baselines evaluated.
+
+Expected figures come from shared/README.md, measured there independently of this project.
+"""
+
+from __future__ import annotations
+
+import pytest
+from django.core.management import call_command
+from django.test import Client
+
+from benchmarks.models import EvaluationSet, Track
+from submissions.models import Result, Submission
+from submissions.tasks import evaluate_submission
+
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+#: shared/README.md: LeNet-5 98.89% on the MNIST test set; ResNet-20 81.03% on the JPEG test set;
+#: the GAN's discriminator as a detector, AUC 0.767 on 2,000 real vs 2,000 generated digits.
+EXPECTED = {"LeNet-5 (advertorch, clean training)": 0.9889, "ResNet-20 (He et al. 2016)": 0.8103}
+
+
+def test_build_demo_and_evaluate_every_baseline(arena_dirs, capsys):
+    from evaluator.data.evalsets import read_evaluation_set
+
+    call_command("build_demo", "--limit", "2000")
+    assert set(Track.objects.values_list("slug", flat=True)) == {"mnist-digits", "mnist-gan-detector", "cifar10-jpeg"}
+    for evaluation_set in EvaluationSet.objects.all():
+        data = read_evaluation_set(evaluation_set.path, evaluation_set.sha256)  # hash verified
+        assert len(data) == evaluation_set.num_examples <= 4000
+        assert not str(evaluation_set.path).startswith(str(arena_dirs / "media"))  # never under media
+    usps = EvaluationSet.objects.get(name="usps")
+    assert usps.role == "shift" and usps.shift_kind == "natural"
+
+    baselines = list(Submission.objects.filter(is_baseline=True))
+    assert len(baselines) == 6
+    for submission in baselines:
+        evaluate_submission(submission.pk)
+    for submission in baselines:
+        submission.refresh_from_db()
+        assert submission.state == "finished", (submission.name, submission.failure_reason)
+
+    def headline(name: str) -> Result:
+        submission = Submission.objects.get(name=name)
+        return submission.headline_result()
+
+    lenet = headline("LeNet-5 (advertorch, clean training)")
+    assert abs(lenet.value - EXPECTED["LeNet-5 (advertorch, clean training)"]) < 0.01
+    resnet20 = headline("ResNet-20 (He et al. 2016)")
+    assert abs(resnet20.value - EXPECTED["ResNet-20 (He et al. 2016)"]) < 0.03  # 2,000 images: CI about +-1.7
+    resnets = [headline(f"ResNet-{d} (He et al. 2016)").value for d in (20, 32, 44)]
+    assert all(0.75 < v < 0.88 for v in resnets)
+    discriminator = headline("GAN discriminator (its own generator's critic)")
+    assert discriminator.metric == "auc" and 0.65 < discriminator.value < 0.9
+    assert discriminator.ci_low < discriminator.value < discriminator.ci_high
+    usps_accuracy = Result.objects.get(submission__name="LeNet-5 (advertorch, clean training)",
+                                       evaluation_set__name="usps", metric="accuracy")
+    assert usps_accuracy.value < lenet.value  # a natural shift costs accuracy
+
+    page = Client().get("/tracks/mnist-digits/").content.decode()
+    assert "LeNet-5 (advertorch, clean training)" in page and f"{100 * lenet.value:.2f}%" in page
+
+    call_command("build_demo", "--limit", "2000")  # idempotent: same hashes, no duplicate baselines
+    assert Submission.objects.filter(is_baseline=True).count() == 6
