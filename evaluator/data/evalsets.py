@@ -70,7 +70,7 @@ def write_evaluation_set(
     labels = np.asarray(labels)
     _check_arrays(images, labels, str(path))
     tensors = {
-        "images": torch.from_numpy(np.ascontiguousarray(images)),
+        "images": torch.from_numpy(np.array(images, dtype=np.uint8, order="C", copy=True)),
         "labels": torch.from_numpy(np.ascontiguousarray(labels)),
     }
     payload = save(tensors, metadata=metadata)

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+import uuid
 from pathlib import Path
 
 import pytest
 import torch
 from django.contrib.auth import get_user_model
+from django.db import connection
 from rest_framework.authtoken.models import Token
 from torch import nn
 
@@ -84,3 +90,63 @@ def nan_model(path: Path) -> Path:
 def bad_models(tmp_path) -> dict[str, Path]:
     """Models exported the way a researcher would, each broken in one way."""
     return {"wrong_input": wrong_input_model(tmp_path / "cifar.pt2"), "nan": nan_model(tmp_path / "nan.pt2")}
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _database_url() -> str:
+    db = connection.settings_dict
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{db['NAME']}"
+    auth = db["USER"] + (f":{db['PASSWORD']}" if db["PASSWORD"] else "")
+    return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+@pytest.fixture
+def live_worker(arena_dirs, settings, tmp_path):
+    """Start `celery -A arena worker` on a queue of its own, pointed at the test database."""
+    queue = f"test-{uuid.uuid4().hex[:8]}"
+    settings.CELERY_TASK_DEFAULT_QUEUE = queue
+    env = {
+        **os.environ,
+        "DATABASE_URL": _database_url(),
+        "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
+        "ARENA_DATA_DIR": str(settings.ARENA_DATA_DIR),
+        "MEDIA_ROOT": str(settings.MEDIA_ROOT),
+        "ARENA_EVAL_QUEUE": queue,
+        "PYTHONPATH": f"{ROOT / 'platform'}:{ROOT}",
+    }
+    log = (tmp_path / "worker.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "arena", "worker", "--pool=solo", "-Q", queue, "--loglevel=INFO",
+         "--without-heartbeat", "--without-mingle", "--without-gossip"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    yield queue
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+    print((tmp_path / "worker.log").read_text()[-3000:])
+
+
+def _wait_terminal(public_id: str, timeout: float = 240.0):
+    """Poll the database until the submission reaches a final state."""
+    from submissions.models import Submission
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        submission = Submission.objects.get(public_id=public_id)
+        if submission.is_terminal:
+            return submission
+        time.sleep(0.5)
+    raise AssertionError(f"submission {public_id} still not finished after {timeout} s")
+
+
+@pytest.fixture
+def wait_terminal():
+    """A function that polls a submission until it is finished, failed or cancelled."""
+    return _wait_terminal
