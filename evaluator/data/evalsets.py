@@ -22,6 +22,7 @@ import torch
 from evaluator.errors import EvaluationError
 
 _TENSOR_NAMES = frozenset({"images", "labels"})
+_METADATA_KEY = "arena"
 
 
 @dataclass
@@ -73,7 +74,9 @@ def write_evaluation_set(
         "images": torch.from_numpy(np.array(images, dtype=np.uint8, order="C", copy=True)),
         "labels": torch.from_numpy(np.ascontiguousarray(labels)),
     }
-    payload = save(tensors, metadata=metadata)
+    # One header entry holding sorted JSON: safetensors writes metadata from a hash map, whose
+    # order changes between processes, and the same set must always have the same sha256.
+    payload = save(tensors, metadata={_METADATA_KEY: json.dumps(metadata, sort_keys=True)})
     digest = hashlib.sha256(payload).hexdigest()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
@@ -98,6 +101,14 @@ def _header_metadata(payload: bytes, where: str) -> dict[str, str]:
     metadata = (header.get("__metadata__") or {}) if isinstance(header, dict) else None
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise EvaluationError("data_integrity", f"{where} has a malformed safetensors header")
+    if _METADATA_KEY in metadata:
+        try:
+            packed = json.loads(metadata[_METADATA_KEY])
+        except ValueError as exc:
+            raise EvaluationError("data_integrity", f"{where} has malformed metadata: {exc}") from exc
+        if not isinstance(packed, dict) or not all(isinstance(v, str) for v in packed.values()):
+            raise EvaluationError("data_integrity", f"{where} has malformed metadata")
+        return dict(packed)
     return dict(metadata)
 
 
