@@ -95,14 +95,31 @@ def _check_finite(outputs: torch.Tensor, set_name: str) -> None:
 
 
 def score_classifier(
-    outputs: torch.Tensor, labels: torch.Tensor, num_classes: int, set_name: str
+    outputs: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    set_name: str,
+    groups: torch.Tensor | None = None,
+    group_names: list[str] | None = None,
 ) -> tuple[list[MetricValue], dict[str, float]]:
+    """Accuracy with its interval, per-class accuracy and, for grouped sets, accuracy per group.
+
+    A grouped set (for example every corruption x severity cell of a corruption shift) reports
+    ``accuracy@<group>`` for each cell beside the overall ``accuracy`` over all its images.
+    """
     predictions = outputs.argmax(dim=1)
-    correct = int((predictions == labels).sum())
+    hits = predictions == labels
     n = int(labels.shape[0])
-    accuracy, low, high = accuracy_with_interval(correct, n)
-    metric = MetricValue(set_name, "accuracy", accuracy, n, low, high, "clopper-pearson-95")
-    return [metric], per_class_accuracy(predictions.numpy(), labels.numpy(), num_classes)
+    accuracy, low, high = accuracy_with_interval(int(hits.sum()), n)
+    metrics = [MetricValue(set_name, "accuracy", accuracy, n, low, high, "clopper-pearson-95")]
+    if groups is not None and group_names:
+        for index, name in enumerate(group_names):
+            in_group = groups == index
+            count = int(in_group.sum())
+            if count:
+                value, lo, hi = accuracy_with_interval(int(hits[in_group].sum()), count)
+                metrics.append(MetricValue(set_name, f"accuracy@{name}", value, count, lo, hi, "clopper-pearson-95"))
+    return metrics, per_class_accuracy(predictions.numpy(), labels.numpy(), num_classes)
 
 
 def score_detector(outputs: torch.Tensor, labels: torch.Tensor, set_name: str, seed: int) -> list[MetricValue]:
@@ -131,7 +148,7 @@ def run_job(spec: JobSpec, progress: ProgressCallback = ignore_progress) -> Resu
         result = Result(job_id=spec.job_id, ok=True, suite_version=spec.suite_version, seed=spec.seed)
         for index, (set_spec, data) in enumerate(zip(spec.evaluation_sets, datasets, strict=True), start=1):
             count = int(data.labels.shape[0])
-            stage = f"clean evaluation: {set_spec.name}"
+            stage = f"evaluating {set_spec.name} ({set_spec.role})"
 
             def on_batch(done: int, index: int = index, count: int = count, stage: str = stage) -> None:
                 stages.report(index, done / count, stage)
@@ -139,7 +156,10 @@ def run_job(spec: JobSpec, progress: ProgressCallback = ignore_progress) -> Resu
             outputs = predict(model, data.images, spec.input, spec.batch_size, device, on_batch)
             _check_finite(outputs, set_spec.name)
             if spec.task == "classifier":
-                metrics, per_class = score_classifier(outputs, data.labels, spec.num_classes, set_spec.name)
+                metrics, per_class = score_classifier(
+                    outputs, data.labels, spec.num_classes, set_spec.name,
+                    getattr(data, "groups", None), getattr(data, "group_names", None),
+                )
                 result.per_class[set_spec.name] = per_class
             else:
                 metrics = score_detector(outputs, data.labels, set_spec.name, spec.seed)

@@ -110,3 +110,38 @@ class EvaluationSet(models.Model):
     @property
     def path(self) -> Path:
         return Path(settings.ARENA_DATA_DIR) / self.relative_path
+
+
+class BaselineFit(models.Model):
+    """The effective-robustness line of one (track, shift set, transform), as a versioned artifact.
+
+    It is refitted whenever the set of standard baselines with results changes; ``fit_version``
+    is a content hash of the points, the transform and the bootstrap seed, so every effective
+    robustness number can say which line it was measured against.
+    """
+
+    class Transform(models.TextChoices):
+        LOGIT = "logit", "logit (Taori et al. 2020)"
+        PROBIT = "probit", "probit (Recht et al. 2019)"
+
+    track = models.ForeignKey(Track, on_delete=models.CASCADE, related_name="baseline_fits")
+    clean_set = models.ForeignKey(EvaluationSet, on_delete=models.CASCADE, related_name="+")
+    shift_set = models.ForeignKey(EvaluationSet, on_delete=models.CASCADE, related_name="baseline_fits")
+    transform = models.CharField(max_length=10, choices=Transform.choices)
+    suite_version = models.CharField(max_length=40)
+    fit_version = models.CharField(max_length=64)
+    slope = models.FloatField()
+    intercept = models.FloatField()
+    n_models = models.PositiveIntegerField()
+    fit = models.JSONField(help_text="The full fit: points, bootstrap sample, r2 (evaluator BaselineFit.to_dict()).")
+    is_current = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["shift_set", "transform", "fit_version"], name="one_row_per_fit_version"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.shift_set} {self.transform} fit over {self.n_models} models ({self.fit_version[:8]})"

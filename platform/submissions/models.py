@@ -71,6 +71,10 @@ class Submission(models.Model):
     license = models.CharField(max_length=100, blank=True)
     model_type = models.CharField(max_length=20, choices=ModelType.choices, default=ModelType.SUBMISSION)
     is_baseline = models.BooleanField(default=False)
+    relative_to = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text="The baseline this model is an intervention on (for relative robustness).",
+    )
     is_public = models.BooleanField(default=True)
 
     # The artifact.

@@ -83,6 +83,11 @@ def evaluate_submission(submission_id: int) -> str:
     if result.provenance.get("sandbox") == "unsandboxed":
         logger.warning("submission %s was evaluated WITHOUT a sandbox (operator allowed it)", submission.public_id)
     record_result(submission, result)
+    if submission.is_baseline and result.ok:
+        # The testbed changed: refit the effective-robustness lines of this track.
+        from benchmarks.fits import refit_track
+
+        refit_track(submission.track)
     if not result.ok:
         logger.info("submission %s failed: %s", submission.public_id, failure_message(result.error_code, result.error))
     return submission.state

@@ -8,6 +8,7 @@ from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
+from benchmarks.fits import TRANSFORMS, robustness_of
 from submissions import services
 from submissions.forms import SubmissionForm
 from submissions.models import Submission
@@ -63,12 +64,14 @@ def detail(request: HttpRequest, public_id) -> HttpResponse:
         else []
     )
     run = submission.runs.filter(suite_version=track.suite_version).first()
+    transform = request.GET.get("transform", "logit")
+    robustness = robustness_of(submission, transform if transform in TRANSFORMS else "logit")
     is_owner = request.user.is_authenticated and (request.user.is_staff or request.user.pk == submission.owner_id)
     return render(
         request,
         "submissions/detail.html",
         {"submission": submission, "track": track, "results": results, "run": run, "is_owner": is_owner,
-         "status": status_payload(submission)},
+         "status": status_payload(submission), "robustness": robustness, "transform": transform},
     )
 
 

@@ -39,3 +39,9 @@ def score(result: Any) -> str:
 @register.filter
 def percent(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.1f}%"
+
+
+@register.filter
+def points(value: float | None) -> str:
+    """An accuracy difference in percentage points, signed: ``+1.23 pt``."""
+    return "–" if value is None else f"{100 * value:+.2f} pt"

@@ -1,0 +1,125 @@
+"""Effective-robustness lines per (track, shift set), refitted when the baseline testbed changes.
+
+The science lives in :mod:`evaluator.metrics.effective_robustness`; this module only gathers the
+stored accuracies of a track's standard baselines, keeps each fit as a versioned row, and answers
+"how far above or below the line is this model?" for pages and the API.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.db import transaction
+
+from benchmarks.models import BaselineFit, EvaluationSet, Track
+from submissions.models import Result, Submission
+
+#: The transforms every shift gets a line for; logit is the one shown by default.
+TRANSFORMS = ("logit", "probit")
+MIN_MODELS = 3
+FIT_SEED = 0
+
+
+def _accuracies(track: Track, submissions, sets: list[EvaluationSet]) -> dict[int, dict[int, float]]:
+    """submission id -> evaluation set id -> accuracy, under the track's current suite version."""
+    table: dict[int, dict[int, float]] = {}
+    rows = Result.objects.filter(
+        submission__in=submissions, evaluation_set__in=sets, metric="accuracy", suite_version=track.suite_version
+    ).values_list("submission_id", "evaluation_set_id", "value")
+    for submission_id, set_id, value in rows:
+        table.setdefault(submission_id, {})[set_id] = value
+    return table
+
+
+def baseline_points(track: Track, clean_set: EvaluationSet, shift_set: EvaluationSet) -> list[tuple[str, float, float]]:
+    """(model id, original accuracy, shifted accuracy) of every finished standard baseline."""
+    baselines = Submission.objects.filter(
+        track=track, is_baseline=True, model_type=Submission.ModelType.STANDARD, state=Submission.State.FINISHED
+    )
+    table = _accuracies(track, baselines, [clean_set, shift_set])
+    ids = dict(baselines.values_list("pk", "public_id"))
+    return sorted(
+        (str(ids[pk]), accs[clean_set.pk], accs[shift_set.pk])
+        for pk, accs in table.items()
+        if clean_set.pk in accs and shift_set.pk in accs
+    )
+
+
+def refit_track(track: Track) -> list[BaselineFit]:
+    """Fit (or reuse) the line of every shift set of a classifier track; returns the current fits."""
+    from evaluator.metrics.effective_robustness import fit_baseline
+
+    clean_set = track.clean_set()
+    if track.task_kind != Track.TaskKind.CLASSIFIER or clean_set is None:
+        return []
+    current = []
+    for shift_set in track.evaluation_sets.filter(role=EvaluationSet.Role.SHIFT):
+        points = baseline_points(track, clean_set, shift_set)
+        for kind in TRANSFORMS:
+            if len(points) < MIN_MODELS:
+                BaselineFit.objects.filter(shift_set=shift_set, transform=kind).update(is_current=False)
+                continue
+            fit = fit_baseline(points, kind=kind, seed=FIT_SEED)
+            with transaction.atomic():
+                row, _ = BaselineFit.objects.get_or_create(
+                    shift_set=shift_set, transform=kind, fit_version=fit.fit_version,
+                    defaults={"track": track, "clean_set": clean_set, "suite_version": track.suite_version,
+                              "slope": fit.slope, "intercept": fit.intercept, "n_models": fit.n_models,
+                              "fit": fit.to_dict()},
+                )
+                BaselineFit.objects.filter(shift_set=shift_set, transform=kind).exclude(pk=row.pk).update(
+                    is_current=False
+                )
+                BaselineFit.objects.filter(pk=row.pk).update(is_current=True)
+            row.is_current = True
+            current.append(row)
+    return current
+
+
+@dataclass
+class ShiftRobustness:
+    shift_set: EvaluationSet
+    transform: str
+    original_accuracy: float
+    shifted_accuracy: float
+    effective_robustness: float | None
+    ci_low: float | None
+    ci_high: float | None
+    fit_version: str
+    n_models: int
+    relative_robustness: float | None = None
+    relative_to: Submission | None = None
+
+
+def robustness_of(submission: Submission, transform: str = "logit") -> list[ShiftRobustness]:
+    """Effective (and, when a reference is named, relative) robustness on each shift set."""
+    from evaluator.metrics.effective_robustness import BaselineFit as Fit
+    from evaluator.metrics.effective_robustness import effective_robustness, relative_robustness
+
+    track = submission.track
+    clean_set = track.clean_set()
+    if clean_set is None or submission.state != Submission.State.FINISHED:
+        return []
+    shift_sets = list(track.evaluation_sets.filter(role=EvaluationSet.Role.SHIFT))
+    subjects = [submission.pk] + ([submission.relative_to_id] if submission.relative_to_id else [])
+    table = _accuracies(track, Submission.objects.filter(pk__in=subjects), [clean_set, *shift_sets])
+    mine = table.get(submission.pk, {})
+    reference = table.get(submission.relative_to_id, {}) if submission.relative_to_id else {}
+    fits = {f.shift_set_id: f for f in BaselineFit.objects.filter(shift_set__in=shift_sets, transform=transform,
+                                                                  is_current=True)}
+    out = []
+    for shift_set in shift_sets:
+        if clean_set.pk not in mine or shift_set.pk not in mine:
+            continue
+        original, shifted = mine[clean_set.pk], mine[shift_set.pk]
+        row = ShiftRobustness(shift_set, transform, original, shifted, None, None, None, "", 0)
+        stored = fits.get(shift_set.pk)
+        if stored is not None:
+            er = effective_robustness(Fit.from_dict(stored.fit), original, shifted)
+            row.effective_robustness, row.ci_low, row.ci_high = er.value, er.ci_low, er.ci_high
+            row.fit_version, row.n_models = stored.fit_version, stored.n_models
+        if shift_set.pk in reference:
+            row.relative_robustness = relative_robustness(shifted, reference[shift_set.pk])
+            row.relative_to = submission.relative_to
+        out.append(row)
+    return out
