@@ -49,6 +49,35 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    """Build the researcher's module from ``package.module:factory`` and export it to ``.pt2``."""
+    import importlib
+
+    from evaluator.errors import EvaluationError
+    from evaluator.models.convert import export_module
+    from evaluator.spec import InputSpec
+
+    module_name, _, attribute = args.factory.partition(":")
+    if not attribute:
+        print("FAILED: give the factory as package.module:callable", file=sys.stderr)
+        return 2
+    sys.path.insert(0, str(Path.cwd()))
+    factory = getattr(importlib.import_module(module_name), attribute)
+    model = factory()
+    if args.weights:
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(args.weights))
+    input_spec = InputSpec(args.channels, args.height, args.width)
+    try:
+        export_module(model, input_spec, Path(args.dest), task=args.task, num_classes=args.num_classes)
+    except EvaluationError as exc:
+        print(f"FAILED ({exc.code}): {exc.message}", file=sys.stderr)
+        return 2
+    print(f"OK: wrote {args.dest}, a .pt2 {args.task} for input {input_spec.shape} with a dynamic batch dimension")
+    return 0
+
+
 def _cmd_check(args: argparse.Namespace) -> int:
     from evaluator.errors import EvaluationError
     from evaluator.models.contract import check_contract
@@ -95,6 +124,17 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("source", help="checkpoint written by torch.save (loaded with weights_only=True)")
     convert.add_argument("dest", help="output .safetensors path")
     convert.set_defaults(func=_cmd_convert)
+
+    export = sub.add_parser("export", help="export your PyTorch module to a checked .pt2 submission file")
+    export.add_argument("factory", help="package.module:callable that returns the nn.Module (in eval mode or not)")
+    export.add_argument("dest", help="output .pt2 path")
+    export.add_argument("--weights", help="optional safetensors state dict to load into the module first")
+    export.add_argument("--task", choices=["classifier", "detector"], default="classifier")
+    export.add_argument("--channels", type=int, default=1)
+    export.add_argument("--height", type=int, default=28)
+    export.add_argument("--width", type=int, default=28)
+    export.add_argument("--num-classes", type=int, default=10)
+    export.set_defaults(func=_cmd_export)
 
     check = sub.add_parser("check", help="check a submission file against a track's input spec before uploading")
     check.add_argument("artifact")
