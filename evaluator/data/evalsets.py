@@ -2,6 +2,9 @@
 
 One set is one safetensors file with two tensors, ``images`` uint8 (N, C, H, W) and ``labels``
 int64 (N,), and string metadata (provenance, seed, corruption, ...) in the safetensors header.
+A set may carry a third tensor, ``groups`` int64 (N,), naming each image's subgroup (for example
+its corruption and severity) by index into ``group_names``, a JSON list stored in the packed
+metadata; one file then serves every subgroup's score, and cannot fall out of step with them.
 safetensors cannot run code when loaded, and one file with one sha256 makes a set easy to pin
 in a :class:`evaluator.spec.EvaluationSetSpec` and to check before use.
 """
@@ -22,16 +25,25 @@ import torch
 from evaluator.errors import EvaluationError
 
 _TENSOR_NAMES = frozenset({"images", "labels"})
+_GROUPED_TENSOR_NAMES = _TENSOR_NAMES | {"groups"}
 _METADATA_KEY = "arena"
+#: Key of the group names inside the packed metadata; reserved, so callers' metadata cannot use it.
+_GROUP_NAMES_KEY = "group_names"
 
 
 @dataclass
 class EvaluationSetData:
-    """A loaded evaluation set; ``images`` uint8 (N, C, H, W), ``labels`` int64 (N,)."""
+    """A loaded evaluation set; ``images`` uint8 (N, C, H, W), ``labels`` int64 (N,).
+
+    ``groups`` (int64 (N,)) and ``group_names`` are set only for a grouped set: image ``i``
+    belongs to ``group_names[groups[i]]``.
+    """
 
     images: torch.Tensor
     labels: torch.Tensor
     metadata: dict[str, str] = field(default_factory=dict)
+    groups: torch.Tensor | None = None
+    group_names: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -53,12 +65,43 @@ def _check_arrays(images: np.ndarray | torch.Tensor, labels: np.ndarray | torch.
         raise EvaluationError("data_integrity", f"{where}: {images.shape[0]} images but {labels.shape[0]} labels")
 
 
+def _check_groups(groups: np.ndarray | torch.Tensor, group_names: object, n: int, where: str) -> list[str]:
+    """Refuse groups that are not int64 (N,) indices into a list of distinct string names.
+
+    Returns the names, now known to be a ``list[str]``.
+    """
+    if (
+        not isinstance(group_names, list)
+        or not all(isinstance(name, str) for name in group_names)
+        or len(set(group_names)) != len(group_names)
+    ):
+        raise EvaluationError("data_integrity", f"{where}: group_names must be a list of distinct strings")
+    dtype = str(groups.dtype).removeprefix("torch.")
+    if dtype != "int64" or tuple(groups.shape) != (n,):
+        raise EvaluationError(
+            "data_integrity", f"{where}: groups must be int64 ({n},), got {dtype} {tuple(groups.shape)}"
+        )
+    if n and (int(groups.min()) < 0 or int(groups.max()) >= len(group_names)):
+        raise EvaluationError(
+            "data_integrity",
+            f"{where}: group ids must lie in [0, {len(group_names)}), found {int(groups.min())}..{int(groups.max())}",
+        )
+    return group_names
+
+
 def write_evaluation_set(
-    path: str | Path, images: np.ndarray, labels: np.ndarray, metadata: dict[str, str] | None = None
+    path: str | Path,
+    images: np.ndarray,
+    labels: np.ndarray,
+    metadata: dict[str, str] | None = None,
+    groups: np.ndarray | None = None,
+    group_names: list[str] | None = None,
 ) -> str:
     """Write one evaluation set atomically (temporary file, fsync, rename); returns its sha256.
 
-    Metadata keys and values must be strings, as the safetensors header requires.
+    Metadata keys and values must be strings, as the safetensors header requires. ``groups``
+    and ``group_names`` go together; a set without them is byte-identical to one written
+    before groups existed, so its sha256 does not change.
     """
     from safetensors.torch import save
 
@@ -67,6 +110,10 @@ def write_evaluation_set(
     bad = [key for key, value in metadata.items() if not isinstance(key, str) or not isinstance(value, str)]
     if bad:
         raise ValueError(f"metadata keys and values must be strings; offending keys: {bad}")
+    if _GROUP_NAMES_KEY in metadata:
+        raise ValueError(f"metadata key {_GROUP_NAMES_KEY!r} is reserved; pass group_names instead")
+    if (groups is None) != (group_names is None):
+        raise ValueError("groups and group_names must be given together")
     images = np.asarray(images)
     labels = np.asarray(labels)
     _check_arrays(images, labels, str(path))
@@ -74,9 +121,16 @@ def write_evaluation_set(
         "images": torch.from_numpy(np.array(images, dtype=np.uint8, order="C", copy=True)),
         "labels": torch.from_numpy(np.ascontiguousarray(labels)),
     }
+    packed: dict[str, object] = dict(metadata)
+    if groups is not None:
+        groups = np.asarray(groups)
+        group_names = list(group_names) if isinstance(group_names, tuple) else group_names
+        _check_groups(groups, group_names, int(labels.shape[0]), str(path))
+        tensors["groups"] = torch.from_numpy(np.ascontiguousarray(groups))
+        packed[_GROUP_NAMES_KEY] = group_names
     # One header entry holding sorted JSON: safetensors writes metadata from a hash map, whose
     # order changes between processes, and the same set must always have the same sha256.
-    payload = save(tensors, metadata={_METADATA_KEY: json.dumps(metadata, sort_keys=True)})
+    payload = save(tensors, metadata={_METADATA_KEY: json.dumps(packed, sort_keys=True)})
     digest = hashlib.sha256(payload).hexdigest()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
@@ -91,8 +145,11 @@ def write_evaluation_set(
     return digest
 
 
-def _header_metadata(payload: bytes, where: str) -> dict[str, str]:
-    """The ``__metadata__`` of a safetensors header (8-byte little-endian length, then JSON)."""
+def _header_metadata(payload: bytes, where: str) -> tuple[dict[str, str], object]:
+    """The ``__metadata__`` of a safetensors header (8-byte little-endian length, then JSON).
+
+    Returns (metadata, group names or None); the names are checked with the groups tensor.
+    """
     try:
         (length,) = struct.unpack("<Q", payload[:8])
         header = json.loads(payload[8 : 8 + length])
@@ -106,10 +163,13 @@ def _header_metadata(payload: bytes, where: str) -> dict[str, str]:
             packed = json.loads(metadata[_METADATA_KEY])
         except ValueError as exc:
             raise EvaluationError("data_integrity", f"{where} has malformed metadata: {exc}") from exc
-        if not isinstance(packed, dict) or not all(isinstance(v, str) for v in packed.values()):
+        if not isinstance(packed, dict):
             raise EvaluationError("data_integrity", f"{where} has malformed metadata")
-        return dict(packed)
-    return dict(metadata)
+        group_names = packed.pop(_GROUP_NAMES_KEY, None)
+        if not all(isinstance(v, str) for v in packed.values()):
+            raise EvaluationError("data_integrity", f"{where} has malformed metadata")
+        return dict(packed), group_names
+    return dict(metadata), None
 
 
 def read_evaluation_set(path: str | Path, expected_sha256: str | None = None) -> EvaluationSetData:
@@ -132,15 +192,25 @@ def read_evaluation_set(path: str | Path, expected_sha256: str | None = None) ->
             raise EvaluationError(
                 "data_integrity", f"evaluation set {where} has sha256 {actual}, expected {expected_sha256}"
             )
-    metadata = _header_metadata(payload, where)
+    metadata, group_names = _header_metadata(payload, where)
     try:
         tensors = load(payload)
     except SafetensorError as exc:
         raise EvaluationError("data_integrity", f"{where} is not a readable safetensors file: {exc}") from exc
-    if set(tensors) != _TENSOR_NAMES:
-        raise EvaluationError("data_integrity", f"{where} holds tensors {sorted(tensors)}; expected images and labels")
+    if set(tensors) not in (_TENSOR_NAMES, _GROUPED_TENSOR_NAMES):
+        raise EvaluationError(
+            "data_integrity", f"{where} holds tensors {sorted(tensors)}; expected images, labels and optional groups"
+        )
     _check_arrays(tensors["images"], tensors["labels"], where)
-    return EvaluationSetData(images=tensors["images"], labels=tensors["labels"], metadata=metadata)
+    groups = tensors.get("groups")
+    if (groups is None) != (group_names is None):
+        raise EvaluationError("data_integrity", f"{where} has a groups tensor or group names, but not both")
+    if groups is None:
+        return EvaluationSetData(images=tensors["images"], labels=tensors["labels"], metadata=metadata)
+    names = _check_groups(groups, group_names, int(tensors["labels"].shape[0]), where)
+    return EvaluationSetData(
+        images=tensors["images"], labels=tensors["labels"], metadata=metadata, groups=groups, group_names=names
+    )
 
 
 def split_indices(n: int, hidden_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,151 @@
+"""Threat models (an Lp ball of radius eps around each image, inside the [0, 1] pixel box).
+
+Every attack in :mod:`evaluator.attacks` ends each step with :meth:`ThreatModel.project`, so an
+adversarial image can never leave the ball or the box whatever the attack's arithmetic did;
+the robust accuracy is then a statement about exactly this set of images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+Norm = Literal["Linf", "L2"]
+NORMS: tuple[Norm, ...] = ("Linf", "L2")
+
+#: Guards divisions by a norm that may be zero (a zero gradient, a zero perturbation).
+_TINY = 1e-12
+
+
+def _view_per_sample(values: Tensor, like: Tensor) -> Tensor:
+    return values.view(-1, *([1] * (like.dim() - 1)))
+
+
+def lp_norm(x: Tensor, norm: Norm) -> Tensor:
+    """Per-sample norm of a batch, shape (N,)."""
+    flat = x.flatten(1)
+    if norm == "Linf":
+        return flat.abs().amax(dim=1)
+    if norm == "L2":
+        return flat.norm(p=2, dim=1)
+    raise ValueError(f"unknown norm {norm!r}; expected one of {NORMS}")
+
+
+def dual_norm(x: Tensor, norm: Norm) -> Tensor:
+    """Per-sample dual norm (L1 for Linf, L2 for L2): a linear margin divided by it is a distance."""
+    flat = x.flatten(1)
+    if norm == "Linf":
+        return flat.abs().sum(dim=1)
+    if norm == "L2":
+        return flat.norm(p=2, dim=1)
+    raise ValueError(f"unknown norm {norm!r}; expected one of {NORMS}")
+
+
+def steepest_direction(grad: Tensor, norm: Norm) -> Tensor:
+    """The unit-norm direction that increases a linearised loss the most (sign for Linf)."""
+    if norm == "Linf":
+        return grad.sign()
+    if norm == "L2":
+        return grad / (_view_per_sample(lp_norm(grad, "L2"), grad) + _TINY)
+    raise ValueError(f"unknown norm {norm!r}; expected one of {NORMS}")
+
+
+def project(x_adv: Tensor, x: Tensor, norm: Norm, eps: float | Tensor) -> Tensor:
+    """Brings ``x_adv`` into the eps-ball around ``x`` and then into [0, 1].
+
+    For Linf this is the exact Euclidean projection onto ball and box (both are boxes). For L2
+    the radial rescale followed by clipping is not the exact projection onto the intersection,
+    but it is feasible: clipping moves every coordinate towards ``x`` (which lies in the box), so
+    it can only shrink the perturbation.
+    """
+    delta = x_adv - x
+    if isinstance(eps, Tensor):
+        eps_b = _view_per_sample(eps.to(delta), delta)
+    else:
+        eps_b = torch.full((x.shape[0],) + (1,) * (x.dim() - 1), float(eps), dtype=delta.dtype, device=delta.device)
+    if norm == "Linf":
+        delta = torch.maximum(torch.minimum(delta, eps_b), -eps_b)
+    elif norm == "L2":
+        length = _view_per_sample(lp_norm(delta, "L2"), delta)
+        delta = delta * torch.clamp(eps_b / (length + _TINY), max=1.0)
+    else:
+        raise ValueError(f"unknown norm {norm!r}; expected one of {NORMS}")
+    return (x + delta).clamp(0.0, 1.0)
+
+
+def random_in_ball(x: Tensor, norm: Norm, eps: float, generator: torch.Generator, on_sphere: bool = True) -> Tensor:
+    """A random point of the threat model around each image (already clipped to [0, 1]).
+
+    ``on_sphere`` puts the perturbation on the ball's surface (as APGD's start point does): for
+    Linf a uniform draw rescaled to max-norm eps, for L2 a Gaussian direction of length eps.
+    """
+    if norm == "Linf":
+        noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1
+        if on_sphere:
+            noise = noise / (_view_per_sample(lp_norm(noise, "Linf"), noise) + _TINY)
+        delta = eps * noise
+    elif norm == "L2":
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        direction = noise / (_view_per_sample(lp_norm(noise, "L2"), noise) + _TINY)
+        if on_sphere:
+            delta = eps * direction
+        else:  # uniform in the ball: radius ~ U^(1/d)
+            dims = x[0].numel()
+            radius = torch.rand((x.shape[0],), generator=generator, device=x.device, dtype=x.dtype) ** (1.0 / dims)
+            delta = eps * direction * _view_per_sample(radius, direction)
+    else:
+        raise ValueError(f"unknown norm {norm!r}; expected one of {NORMS}")
+    return project(x + delta, x, norm, eps)
+
+
+@dataclass(frozen=True)
+class ThreatModel:
+    """An Lp ball of radius ``eps`` in [0, 1] pixel space (a Linf eps of 8/255 is 8 grey levels)."""
+
+    norm: Norm
+    eps: float
+
+    def __post_init__(self) -> None:
+        if self.norm not in NORMS:
+            raise ValueError(f"unknown norm {self.norm!r}; expected one of {NORMS}")
+        if not self.eps > 0:
+            raise ValueError(f"eps must be positive, got {self.eps}")
+
+    @property
+    def key(self) -> str:
+        """A stable name, used in reports and to derive per-threat-model seeds."""
+        return f"{self.norm}:{self.eps:.6g}"
+
+    def scaled(self, factor: float) -> ThreatModel:
+        return ThreatModel(self.norm, self.eps * factor)
+
+    def project(self, x_adv: Tensor, x: Tensor) -> Tensor:
+        return project(x_adv, x, self.norm, self.eps)
+
+    def distance(self, x_adv: Tensor, x: Tensor) -> Tensor:
+        """Per-sample distance in this threat model's norm."""
+        return lp_norm(x_adv - x, self.norm)
+
+    def contains(self, x_adv: Tensor, x: Tensor, atol: float = 1e-5) -> Tensor:
+        """Per-sample check: within eps (up to float rounding) and inside [0, 1]."""
+        inside_box = ((x_adv >= -atol) & (x_adv <= 1 + atol)).flatten(1).all(dim=1)
+        return inside_box & (self.distance(x_adv, x) <= self.eps * (1 + atol) + atol)
+
+
+#: The per-track default threat models (RobustBench's standard radii for CIFAR-10; the usual
+#: MNIST radii for digits).
+TRACK_THREAT_MODELS: dict[str, tuple[ThreatModel, ...]] = {
+    "digits": (ThreatModel("Linf", 0.3), ThreatModel("L2", 2.0)),
+    "cifar10": (ThreatModel("Linf", 8 / 255), ThreatModel("L2", 0.5)),
+}
+
+
+def default_threat_models(track: str) -> tuple[ThreatModel, ...]:
+    """The threat models a track is scored under; an unknown track names the known ones."""
+    try:
+        return TRACK_THREAT_MODELS[track]
+    except KeyError:
+        raise ValueError(f"no default threat models for track {track!r}; known: {sorted(TRACK_THREAT_MODELS)}") from None
