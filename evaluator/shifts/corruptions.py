@@ -86,6 +86,10 @@ _LUMA = np.array([0.299, 0.587, 0.114])
 #: Images per task handed to one worker process: small enough to balance load and report
 #: progress often, large enough that pickling and scheduling cost little.
 _CHUNK = 250
+#: Below this many output images the default is to work in this process: each spawned worker
+#: first spends ~2 s importing and ~5 s compiling glass blur's numba kernel, time in which
+#: one process corrupts several thousand 32-px images (~2 ms each on average).
+_PARALLEL_MIN_IMAGES = 10_000
 
 
 def _stable_seed(*parts: object) -> int:
@@ -206,8 +210,10 @@ def build_corruption_set(
     M = cells * per_cell and cells come corruption-major, severity-minor. The result depends only
     on the inputs and ``base_seed``, never on ``workers`` or scheduling.
 
-    ``workers``: processes to use (default ``os.cpu_count()``); 1, or a daemonic caller (which
-    may not start children, e.g. a Celery prefork worker), corrupts in this process. Workers
+    ``workers``: processes to use; by default ``os.cpu_count()`` for sets of at least 10,000
+    images and 1 (this process) for smaller ones, whose work would not repay the workers'
+    start-up. A daemonic caller (which may not start children, e.g. a Celery prefork worker)
+    always corrupts in this process. Workers
     are spawned, not forked (a fork of a process with live OpenMP/OpenCV thread pools can
     hang), so a script calling this needs the usual ``if __name__ == "__main__":`` guard.
     ``progress(fraction, stage)`` is called in this process as work completes.
@@ -252,7 +258,7 @@ def build_corruption_set(
             progress(done / len(tasks), f"corrupting {group_names[cell]}")
 
     if workers is None:
-        workers = os.cpu_count() or 1
+        workers = (os.cpu_count() or 1) if len(out) >= _PARALLEL_MIN_IMAGES else 1
     if workers <= 1 or len(tasks) == 1 or multiprocessing.current_process().daemon:
         for done, (cell, start, corruption, severity) in enumerate(tasks, 1):
             store(cell, start, _corrupt_chunk(*arguments(start, corruption, severity)), done)

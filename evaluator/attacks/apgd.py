@@ -1,0 +1,241 @@
+"""APGD (Croce & Hein, ICML 2020): PGD without a step-size to tune.
+
+The step size starts at 2 eps and is halved at checkpoints (22%, 41%, 57%, ... of the budget)
+wherever the loss stopped rising; a halved point restarts from the best point found so far.
+A momentum term (0.75) smooths the steps. Two losses: cross-entropy (untargeted APGD-CE) and
+the targeted DLR loss, run once per target class among the top-9 (APGD-T).
+
+Unlike the reference implementation, a point leaves the batch as soon as it is misclassified:
+the attack only has to find one adversarial image, so iterations on an already-fooled point
+are wasted model passes. Every other point follows exactly the trajectory it would have had,
+because all of APGD's state (step size, best point, checkpoint statistics) is per point. The
+gradient of the final iterate is never used, so the last iteration is forward only.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from evaluator.attacks.common import (
+    AttackResult,
+    LossFn,
+    ce_loss,
+    dlr_loss,
+    dlr_targeted_loss,
+    logits_loss_grad,
+    predict_logits,
+)
+from evaluator.attacks.threat import ThreatModel, random_in_ball, steepest_direction
+
+#: AutoAttack's standard budget: 100 iterations, one restart.
+DEFAULT_ITERATIONS = 100
+#: Momentum weight of the new step (1 - this on the previous displacement).
+MOMENTUM_ALPHA = 0.75
+#: Fraction of steps since the last checkpoint that must have raised the loss to keep the step size.
+DEFAULT_RHO = 0.75
+
+
+def checkpoints(n_iter: int) -> list[int]:
+    """Iterations after which the step size may be halved: w_j = ceil(p_j * n_iter) with
+    p_0 = 0, p_1 = 0.22 and p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)."""
+    points: list[int] = []
+    previous, current = 0.0, 0.22
+    while current <= 1.0:
+        w = math.ceil(current * n_iter - 1e-9)
+        if 0 < w <= n_iter and (not points or w > points[-1]):
+            points.append(w)
+        previous, current = current, current + max(current - previous - 0.03, 0.06)
+    return points
+
+
+def _apgd_single_run(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    threat: ThreatModel,
+    loss_fn: LossFn,
+    target: Tensor | None,
+    n_iter: int,
+    rho: float,
+    generator: torch.Generator,
+    batch_size: int,
+) -> AttackResult:
+    """One APGD run from a random start on every point of ``x``."""
+    n = x.shape[0]
+    device = x.device
+
+    x_cur = random_in_ball(x, threat.norm, threat.eps, generator)
+    logits, loss, grad = logits_loss_grad(model, x_cur, y, loss_fn, batch_size, target=target)
+    assert grad is not None
+
+    fooled = logits.argmax(dim=1) != y
+    x_found = torch.where(fooled.view(-1, *[1] * (x.dim() - 1)), x_cur, x)
+
+    x_prev = x_cur.clone()
+    x_best, loss_best, grad_best = x_cur.clone(), loss.clone(), grad.clone()
+    loss_last = loss.clone()
+    step = torch.full((n,), 2.0 * threat.eps, device=device)
+    increases = torch.zeros(n, device=device)
+    reduced_before = torch.ones(n, dtype=torch.bool, device=device)
+    loss_best_at_check = loss_best.clone()
+    check_points = checkpoints(n_iter)
+    last_check = 0
+    check_index = 0
+
+    for i in range(n_iter):
+        active = (~fooled).nonzero().squeeze(1)
+        if active.numel() == 0:
+            break
+        xa, xa_prev, xs = x_cur[active], x_prev[active], x[active]
+        step_a = step[active].view(-1, *[1] * (x.dim() - 1))
+        z = threat.project(xa + step_a * steepest_direction(grad[active], threat.norm), xs)
+        a = 1.0 if i == 0 else MOMENTUM_ALPHA
+        x_new = threat.project(xa + a * (z - xa) + (1 - a) * (xa - xa_prev), xs)
+        x_prev[active] = xa
+        x_cur[active] = x_new
+
+        need_grad = i < n_iter - 1
+        logits, loss_a, grad_a = logits_loss_grad(
+            model, x_new, y[active], loss_fn, batch_size, need_grad, None if target is None else target[active]
+        )
+        if grad_a is not None:
+            grad[active] = grad_a
+        now_fooled = logits.argmax(dim=1) != y[active]
+        if bool(now_fooled.any()):
+            hit = active[now_fooled]
+            fooled[hit] = True
+            x_found[hit] = x_new[now_fooled]
+
+        increases[active] += (loss_a > loss_last[active]).float()
+        loss_last[active] = loss_a
+        better = loss_a > loss_best[active]
+        if bool(better.any()):
+            up = active[better]
+            loss_best[up] = loss_a[better]
+            x_best[up] = x_new[better]
+            if grad_a is not None:
+                grad_best[up] = grad_a[better]
+
+        if check_index < len(check_points) and i + 1 == check_points[check_index]:
+            window = check_points[check_index] - last_check
+            too_few_increases = increases < rho * window
+            stalled = (~reduced_before) & (loss_best_at_check >= loss_best)
+            reduce = too_few_increases | stalled
+            step[reduce] /= 2.0
+            # Restart the halved points from the best point (with no momentum carried over).
+            x_cur[reduce] = x_best[reduce]
+            x_prev[reduce] = x_best[reduce]
+            grad[reduce] = grad_best[reduce]
+            reduced_before = reduce
+            loss_best_at_check = loss_best.clone()
+            increases.zero_()
+            last_check = check_points[check_index]
+            check_index += 1
+
+    x_out = torch.where(fooled.view(-1, *[1] * (x.dim() - 1)), x_found, x_best)
+    return AttackResult(x_out, fooled)
+
+
+def apgd(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    threat: ThreatModel,
+    generator: torch.Generator,
+    *,
+    loss: str = "ce",
+    target: Tensor | None = None,
+    n_iter: int = DEFAULT_ITERATIONS,
+    n_restarts: int = 1,
+    rho: float = DEFAULT_RHO,
+    batch_size: int = 256,
+) -> AttackResult:
+    """APGD on ``loss`` ("ce", "dlr", or "dlr-targeted" with ``target``), ``n_restarts`` random starts.
+
+    Each restart only runs on the points that no earlier restart fooled.
+    """
+    if loss not in ("ce", "dlr", "dlr-targeted"):
+        raise ValueError(f"unknown APGD loss {loss!r}")
+    if (loss == "dlr-targeted") != (target is not None):
+        raise ValueError("the dlr-targeted loss needs a target, and only it takes one")
+    loss_fn = {"ce": ce_loss, "dlr": dlr_loss, "dlr-targeted": dlr_targeted_loss}[loss]
+    x = x.detach()
+    fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    x_adv = x.clone()
+    for _ in range(max(n_restarts, 1)):
+        todo = (~fooled).nonzero().squeeze(1)
+        if todo.numel() == 0:
+            break
+        run = _apgd_single_run(
+            model, x[todo], y[todo], threat, loss_fn, None if target is None else target[todo],
+            n_iter, rho, generator, batch_size,
+        )
+        x_adv[todo] = run.x_adv
+        fooled[todo] = run.fooled
+    return AttackResult(x_adv, fooled)
+
+
+def apgd_ce(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    threat: ThreatModel,
+    generator: torch.Generator,
+    *,
+    n_iter: int = DEFAULT_ITERATIONS,
+    n_restarts: int = 1,
+    batch_size: int = 256,
+) -> AttackResult:
+    """Untargeted APGD on the cross-entropy loss (AutoAttack's first stage)."""
+    return apgd(model, x, y, threat, generator, loss="ce", n_iter=n_iter, n_restarts=n_restarts, batch_size=batch_size)
+
+
+def apgd_targeted(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    threat: ThreatModel,
+    generator: torch.Generator,
+    *,
+    n_target_classes: int = 9,
+    n_iter: int = DEFAULT_ITERATIONS,
+    n_restarts: int = 1,
+    batch_size: int = 256,
+    clean_logits: Tensor | None = None,
+) -> AttackResult:
+    """APGD-T: targeted DLR towards each of the ``n_target_classes`` most likely wrong classes.
+
+    Targets are ranked once on the clean images (the reference re-ranks them before every
+    target, which costs a forward pass per target and gives the same order); each target's run
+    only sees the points that no earlier target broke.
+    """
+    x = x.detach()
+    if clean_logits is None:
+        clean_logits = predict_logits(model, x, batch_size)
+    num_classes = clean_logits.shape[1]
+    ranking = clean_logits.argsort(dim=1, descending=True)
+    fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    x_adv = x.clone()
+    for rank in range(1, min(n_target_classes, num_classes - 1) + 1):
+        # The rank-th most likely class other than the label (the label is rank 0 on correct points).
+        candidates = ranking[:, : rank + 1]
+        not_label = candidates != y[:, None]
+        # Take the rank-th non-label class; on correctly classified points this is ranking[:, rank].
+        order = torch.cumsum(not_label.long(), dim=1)
+        pick = ((order == rank) & not_label).float().argmax(dim=1)
+        target = candidates.gather(1, pick[:, None]).squeeze(1)
+        valid = (not_label.sum(dim=1) >= rank) & ~fooled
+        todo = valid.nonzero().squeeze(1)
+        if todo.numel() == 0:
+            continue
+        result = apgd(
+            model, x[todo], y[todo], ThreatModel(threat.norm, threat.eps), generator,
+            loss="dlr-targeted", target=target[todo], n_iter=n_iter, n_restarts=n_restarts, batch_size=batch_size,
+        )
+        hit = todo[result.fooled]
+        fooled[hit] = True
+        x_adv[hit] = result.x_adv[result.fooled]
+    return AttackResult(x_adv, fooled)

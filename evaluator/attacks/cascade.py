@@ -1,0 +1,341 @@
+"""The hidden attack suite: a versioned cascade of attacks, AutoAttack's standard order.
+
+Clean accuracy first; then each attack only sees the points that are still correctly
+classified and that every earlier attack failed on (APGD-CE, then APGD-T, then Square), so
+the expensive later stages only pay for the hard points. A point counts as broken only after
+a separate forward pass confirms that its adversarial image, checked to lie inside the threat
+model, is misclassified.
+
+Reproducibility: every random draw comes from a generator seeded from (job seed, suite
+version, threat model, stage, chunk), where a chunk is a fixed number of points set by the
+suite, not by the job's batch size. The same model, suite version and seed therefore give the
+same robust accuracy, and the global RNG is never touched. A suite version is frozen once
+published: a change of any attack parameter is a new version string, so leaderboard numbers
+computed under one version stay comparable.
+
+Only aggregates leave :func:`run_cascade` (it is what a submission page shows); per-point
+outcomes stay inside the evaluator (:func:`attack_threat_model` returns them for the
+reliability checks).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from evaluator.attacks.apgd import apgd_ce, apgd_targeted
+from evaluator.attacks.common import AttackResult, derive_seed, make_generator, predict_logits
+from evaluator.attacks.counting import CountingModel, PassCount, as_counting
+from evaluator.attacks.square import square_attack
+from evaluator.attacks.threat import ThreatModel
+from evaluator.metrics.classification import accuracy_with_interval
+from evaluator.progress import ProgressCallback, StagedProgress, ignore_progress
+
+#: The suite the platform runs unless a track names another.
+SUITE_VERSION = "attacks-1"
+STAGES = ("apgd-ce", "apgd-t", "square")
+
+
+@dataclass(frozen=True)
+class SuiteConfig:
+    """Everything that defines a suite version's numbers (frozen once published)."""
+
+    version: str
+    stages: tuple[str, ...] = STAGES
+    apgd_iterations: int = 100
+    apgd_restarts: int = 1
+    target_classes: int = 9
+    #: Square's query budget per point (AutoAttack standard: 5,000).
+    square_queries: int = 5000
+    square_p_init: float = 0.8
+    #: Points that share one random stream; part of the suite so results do not depend on the
+    #: job's batch size (which only sets how many images go through the model at once).
+    chunk_size: int = 500
+
+    def __post_init__(self) -> None:
+        unknown = [s for s in self.stages if s not in STAGES]
+        if unknown:
+            raise ValueError(f"unknown attack stages {unknown}; known: {STAGES}")
+
+
+SUITES: dict[str, SuiteConfig] = {
+    "attacks-1": SuiteConfig("attacks-1"),
+}
+
+
+def get_suite(version: str | SuiteConfig) -> SuiteConfig:
+    """A registered suite by version string (or a config passed through, for experiments)."""
+    if isinstance(version, SuiteConfig):
+        return version
+    try:
+        return SUITES[version]
+    except KeyError:
+        raise ValueError(f"unknown attack suite {version!r}; known: {sorted(SUITES)}") from None
+
+
+@dataclass
+class StageReport:
+    """One attack of the cascade under one threat model."""
+
+    attack: str
+    #: Points this attack was run on (still robust after every earlier stage).
+    attacked: int
+    #: Points it broke (confirmed misclassified, inside the threat model).
+    broken: int
+    #: Robust accuracy over all points after this stage.
+    robust_accuracy: float
+    forward_passes: int
+    backward_passes: int
+    seconds: float
+
+
+@dataclass
+class ThreatModelReport:
+    """The cascade's result under one threat model."""
+
+    norm: str
+    eps: float
+    num_examples: int
+    clean_accuracy: float
+    robust_accuracy: float
+    ci_low: float
+    ci_high: float
+    ci_method: str
+    stages: list[StageReport] = field(default_factory=list)
+    #: Passes of the attack stages (and their confirmation passes), not the clean pass.
+    forward_passes: int = 0
+    backward_passes: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class CascadeReport:
+    """What the suite reports for one model: JSON-able, aggregates only."""
+
+    suite_version: str
+    seed: int
+    num_examples: int
+    clean_accuracy: float
+    clean_ci_low: float
+    clean_ci_high: float
+    clean_forward_passes: int
+    threat_models: list[ThreatModelReport] = field(default_factory=list)
+    forward_passes: int = 0
+    backward_passes: int = 0
+    seconds: float = 0.0
+    device: str = "cpu"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CascadeReport:
+        data = dict(data)
+        data["threat_models"] = [
+            ThreatModelReport(**{**tm, "stages": [StageReport(**s) for s in tm["stages"]]})
+            for tm in data.get("threat_models", [])
+        ]
+        return cls(**data)
+
+
+def to_float_images(images: Tensor | np.ndarray, device: torch.device) -> Tensor:
+    """uint8 pixels become floats in [0, 1]; float images are taken as already in [0, 1]."""
+    tensor = torch.as_tensor(images)
+    if tensor.dtype == torch.uint8:
+        return tensor.to(device=device, dtype=torch.float32).div_(255.0)
+    return tensor.to(device=device, dtype=torch.float32)
+
+
+def _run_stage(
+    stage: str,
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    threat: ThreatModel,
+    suite: SuiteConfig,
+    generator: torch.Generator,
+    batch_size: int,
+) -> AttackResult:
+    if stage == "apgd-ce":
+        return apgd_ce(
+            model, x, y, threat, generator,
+            n_iter=suite.apgd_iterations, n_restarts=suite.apgd_restarts, batch_size=batch_size,
+        )
+    if stage == "apgd-t":
+        return apgd_targeted(
+            model, x, y, threat, generator, n_target_classes=suite.target_classes,
+            n_iter=suite.apgd_iterations, n_restarts=suite.apgd_restarts, batch_size=batch_size,
+        )
+    if stage == "square":
+        return square_attack(
+            model, x, y, threat, generator, n_queries=suite.square_queries, p_init=suite.square_p_init,
+            batch_size=batch_size,
+        )
+    raise ValueError(f"unknown stage {stage!r}")
+
+
+@dataclass
+class ThreatModelOutcome:
+    """In-process result of one threat model: the report plus per-point outcomes (never exported)."""
+
+    report: ThreatModelReport
+    #: Per point: still correctly classified after every stage.
+    robust: Tensor
+    #: Per stage name: the points that stage broke.
+    broken_by: dict[str, Tensor]
+
+
+def attack_threat_model(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    clean_correct: Tensor,
+    threat: ThreatModel,
+    *,
+    suite: str | SuiteConfig = SUITE_VERSION,
+    seed: int = 0,
+    batch_size: int = 256,
+    on_progress: ProgressCallback | None = None,
+) -> ThreatModelOutcome:
+    """Runs the suite's stages under one threat model on the points in ``clean_correct``.
+
+    ``on_progress(fraction, stage)`` gets this threat model's own fraction of points done.
+    """
+    config = get_suite(suite)
+    counter = as_counting(model)
+    n = int(y.shape[0])
+    robust = clean_correct.clone().to(x.device)
+    broken_by: dict[str, Tensor] = {}
+    stages: list[StageReport] = []
+    started = time.perf_counter()
+    staged = StagedProgress(on_progress or ignore_progress, [1.0] * len(config.stages))
+    for stage_index, stage in enumerate(config.stages):
+        stage_started = time.perf_counter()
+        before = counter.count
+        todo = robust.nonzero().squeeze(1)
+        broken = torch.zeros_like(robust)
+        total = int(todo.numel())
+        for chunk_index, start in enumerate(range(0, total, config.chunk_size)):
+            staged.report(stage_index, start / total, f"{stage} ({threat.norm}, eps={threat.eps:.4g})")
+            index = todo[start : start + config.chunk_size]
+            generator = make_generator(
+                derive_seed(seed, config.version, threat.key, stage, chunk_index), x.device
+            )
+            result = _run_stage(stage, counter, x[index], y[index], threat, config, generator, batch_size)
+            claimed = result.fooled.nonzero().squeeze(1)
+            if claimed.numel():
+                # Confirm each claimed adversarial image: inside the threat model and misclassified.
+                x_adv = result.x_adv[claimed]
+                inside = threat.contains(x_adv, x[index[claimed]])
+                predicted = predict_logits(counter, x_adv, batch_size).argmax(dim=1)
+                confirmed = inside & (predicted != y[index[claimed]])
+                broken[index[claimed[confirmed]]] = True
+        robust &= ~broken
+        broken_by[stage] = broken
+        spent = counter.count - before
+        stages.append(
+            StageReport(
+                attack=stage,
+                attacked=total,
+                broken=int(broken.sum()),
+                robust_accuracy=int(robust.sum()) / n if n else 0.0,
+                forward_passes=spent.forward,
+                backward_passes=spent.backward,
+                seconds=round(time.perf_counter() - stage_started, 3),
+            )
+        )
+        staged.report(stage_index, 1.0, f"{stage} ({threat.norm}, eps={threat.eps:.4g}) done")
+    robust_count = int(robust.sum())
+    accuracy, low, high = accuracy_with_interval(robust_count, n)
+    report = ThreatModelReport(
+        norm=threat.norm,
+        eps=threat.eps,
+        num_examples=n,
+        clean_accuracy=int(clean_correct.sum()) / n,
+        robust_accuracy=accuracy,
+        ci_low=low,
+        ci_high=high,
+        ci_method="clopper-pearson-95",
+        stages=stages,
+        forward_passes=sum(s.forward_passes for s in stages),
+        backward_passes=sum(s.backward_passes for s in stages),
+        seconds=round(time.perf_counter() - started, 3),
+    )
+    return ThreatModelOutcome(report, robust, broken_by)
+
+
+def run_cascade(
+    model: nn.Module,
+    images: Tensor | np.ndarray,
+    labels: Tensor | np.ndarray,
+    threat_models: tuple[ThreatModel, ...] | list[ThreatModel],
+    *,
+    suite: str | SuiteConfig = SUITE_VERSION,
+    seed: int = 0,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    progress: ProgressCallback = ignore_progress,
+) -> CascadeReport:
+    """Robust accuracy of ``model`` (in eval mode) under each threat model, with costs.
+
+    ``images`` are (N, C, H, W), uint8 pixels or floats in [0, 1]; ``labels`` are class indices.
+    Progress goes to ``progress(fraction, stage)`` with the fraction of the work's points done.
+    """
+    if not threat_models:
+        raise ValueError("run_cascade needs at least one threat model")
+    config = get_suite(suite)
+    started = time.perf_counter()
+    device = torch.device(device)
+    counter: CountingModel = as_counting(model).to(device)
+    at_start = counter.count
+    x = to_float_images(images, device)
+    y = torch.as_tensor(labels).to(device=device, dtype=torch.long)
+    if x.shape[0] != y.shape[0] or x.shape[0] == 0:
+        raise ValueError(f"need as many labels as images (and at least one): {x.shape[0]} vs {y.shape[0]}")
+    n = int(y.shape[0])
+    weights = [0.02 * len(threat_models)] + [1.0] * len(threat_models)
+    overall = StagedProgress(progress, weights)
+
+    overall.report(0, 0.0, "clean accuracy")
+    before = counter.count
+    clean_correct = predict_logits(counter, x, batch_size).argmax(dim=1) == y
+    clean_passes = (counter.count - before).forward
+    clean_count = int(clean_correct.sum())
+    clean_acc, clean_low, clean_high = accuracy_with_interval(clean_count, n)
+    overall.report(0, 1.0, "clean accuracy done")
+
+    report = CascadeReport(
+        suite_version=config.version,
+        seed=seed,
+        num_examples=n,
+        clean_accuracy=clean_acc,
+        clean_ci_low=clean_low,
+        clean_ci_high=clean_high,
+        clean_forward_passes=clean_passes,
+        device=str(device),
+    )
+    for index, threat in enumerate(threat_models, start=1):
+
+        def on_progress(fraction: float, stage: str, index: int = index) -> None:
+            overall.report(index, fraction, stage)
+
+        outcome = attack_threat_model(
+            counter, x, y, clean_correct, threat, suite=config, seed=seed, batch_size=batch_size,
+            on_progress=on_progress,
+        )
+        report.threat_models.append(outcome.report)
+    total: PassCount = counter.count - at_start
+    report.forward_passes = total.forward
+    report.backward_passes = total.backward
+    report.seconds = round(time.perf_counter() - started, 3)
+    progress(1.0, "attacks done")
+    return report
