@@ -59,6 +59,18 @@ class EvaluationSetSpec:
 
 
 @dataclass(frozen=True)
+class ThreatModelSpec:
+    """One threat model of the attack suite: an ``norm`` ball of radius ``eps`` in [0,1] pixel space.
+
+    ``label`` names it in metric names and on pages, e.g. ``Linf-8/255`` or ``L2-0.5``.
+    """
+
+    norm: Literal["Linf", "L2"]
+    eps: float
+    label: str
+
+
+@dataclass(frozen=True)
 class JobSpec:
     job_id: str
     task: TaskKind
@@ -72,6 +84,10 @@ class JobSpec:
     #: Seconds the model may take for one batch of ``batch_size`` images before it is failed.
     time_budget_s: float = 600.0
     device: str = "cpu"
+    #: Threat models the attack suite runs on the clean set (classifier tracks); empty: no attacks.
+    threat_models: tuple[ThreatModelSpec, ...] = ()
+    #: How many clean-set points (a seeded subset) the attack suite attacks.
+    attack_points: int = 1000
     spec_version: int = SPEC_VERSION
 
     def to_json(self) -> str:
@@ -88,6 +104,7 @@ class JobSpec:
         data["input"] = InputSpec(**raw_input)
         data["artifact"] = ArtifactSpec(**data["artifact"])
         data["evaluation_sets"] = tuple(EvaluationSetSpec(**s) for s in data["evaluation_sets"])
+        data["threat_models"] = tuple(ThreatModelSpec(**t) for t in data.get("threat_models", ()))
         return cls(**data)
 
     @classmethod

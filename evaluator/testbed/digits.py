@@ -102,11 +102,28 @@ class BaselineRecipe:
     shift_pixels: int = 0
 
     @property
+    def optimizer_label(self) -> str:
+        if self.optimizer == "sgd":
+            return "SGD with momentum" if self.momentum else "plain SGD"
+        return "Adam"
+
+    @property
     def title(self) -> str:
-        """A human-readable name that says what was trained on what, for the leaderboard."""
+        """A unique, human-readable name that says what was trained how and on what."""
         epochs = f"{self.epochs} epoch" + ("s" if self.epochs != 1 else "")
         extra = f", shifts ±{self.shift_pixels} px" if self.shift_pixels else ""
-        return f"{self.architecture} ({epochs}{extra}, public MNIST half)"
+        return f"{self.architecture} ({epochs}, {self.optimizer_label}{extra}, public MNIST half)"
+
+    @property
+    def hyperparameters(self) -> str:
+        """The training settings in one line, so a leaderboard reader can reproduce the baseline."""
+        parts = [f"{self.optimizer_label}, lr {self.learning_rate:g} ({self.schedule})",
+                 f"batch {self.batch_size}", f"{self.epochs} epoch(s)"]
+        if self.weight_decay:
+            parts.append(f"weight decay {self.weight_decay:g}")
+        if self.shift_pixels:
+            parts.append(f"random shifts up to {self.shift_pixels} px")
+        return "; ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -119,43 +136,51 @@ class TrainedBaseline:
     recipe: BaselineRecipe
 
 
+_LINEAR = "Linear 784-10"
+_ADAM = {"optimizer": "adam", "learning_rate": 1e-3, "batch_size": 64}
+
+#: Ordered by family, then by hidden-half accuracy (measured with the default seed, one thread):
+#: about 85 % (one epoch of plain SGD on a linear model) to 98.6 % (a shift-augmented CNN).
 RECIPES: tuple[BaselineRecipe, ...] = (
-    BaselineRecipe("linear-1ep", "Linear 784-10", linear_model, 1, 0.01, 64, "sgd",
+    BaselineRecipe("linear-sgd-1ep", _LINEAR, linear_model, 1, 0.01, 64, "sgd",
+                   "Logistic regression after a single epoch of plain SGD: deliberately under-trained.",
+                   momentum=0.0),
+    BaselineRecipe("linear-1ep", _LINEAR, linear_model, 1, 0.01, 64, "sgd",
                    "Logistic regression, one epoch of SGD with momentum."),
-    BaselineRecipe("linear-10ep", "Linear 784-10", linear_model, 10, 0.01, 64, "sgd",
-                   "Logistic regression, ten epochs of SGD with momentum."),
-    BaselineRecipe("mlp-8", "MLP 784-8-10", partial(mlp, 8), 5, 1e-3, 64, "adam",
-                   "A very narrow one-hidden-layer MLP."),
-    BaselineRecipe("mlp-16", "MLP 784-16-10", partial(mlp, 16), 5, 1e-3, 64, "adam",
-                   "A narrow one-hidden-layer MLP."),
-    BaselineRecipe("mlp-32", "MLP 784-32-10", partial(mlp, 32), 5, 1e-3, 64, "adam",
-                   "One-hidden-layer MLP."),
-    BaselineRecipe("mlp-64-1ep", "MLP 784-64-10", partial(mlp, 64), 1, 1e-3, 64, "adam",
-                   "One-hidden-layer MLP, a single epoch."),
-    BaselineRecipe("mlp-128", "MLP 784-128-10", partial(mlp, 128), 10, 1e-3, 64, "adam",
-                   "One-hidden-layer MLP."),
-    BaselineRecipe("mlp-256-1ep", "MLP 784-256-10", partial(mlp, 256), 1, 1e-3, 64, "adam",
-                   "Wide one-hidden-layer MLP, a single epoch."),
-    BaselineRecipe("mlp-256", "MLP 784-256-10", partial(mlp, 256), 10, 1e-3, 64, "adam",
-                   "Wide one-hidden-layer MLP."),
-    BaselineRecipe("mlp-512-256", "MLP 784-512-256-10", partial(mlp, 512, 256), 10, 1e-3, 64, "adam",
-                   "Two-hidden-layer MLP."),
-    BaselineRecipe("mlp-256x3", "MLP 784-256-256-256-10", partial(mlp, 256, 256, 256), 10, 1e-3, 64, "adam",
-                   "Three-hidden-layer MLP."),
-    BaselineRecipe("cnn-4-1ep", "CNN conv4", partial(cnn, (4,)), 1, 1e-3, 64, "adam",
-                   "One 5x5 convolution with 4 channels, a single epoch."),
-    BaselineRecipe("cnn-8", "CNN conv8", partial(cnn, (8,)), 5, 1e-3, 64, "adam",
-                   "One 5x5 convolution with 8 channels and a linear read-out."),
-    BaselineRecipe("cnn-8-16-1ep", "CNN conv8-conv16", partial(cnn, (8, 16)), 1, 1e-3, 64, "adam",
-                   "Two 5x5 convolution stages, a single epoch."),
-    BaselineRecipe("cnn-8-16", "CNN conv8-conv16", partial(cnn, (8, 16)), 8, 1e-3, 64, "adam",
-                   "Two 5x5 convolution stages."),
-    BaselineRecipe("cnn-16-32-128", "CNN conv16-conv32-fc128", partial(cnn, (16, 32), 128), 10, 1e-3, 64, "adam",
-                   "LeNet-like CNN.", schedule="cosine"),
-    BaselineRecipe("cnn-16-32-128-shift", "CNN conv16-conv32-fc128", partial(cnn, (16, 32), 128), 15, 1e-3, 64,
-                   "adam", "LeNet-like CNN with random shifts.", schedule="cosine", shift_pixels=2),
-    BaselineRecipe("cnn-32-64-128-shift", "CNN conv32-conv64-fc128", partial(cnn, (32, 64), 128), 15, 1e-3, 64,
-                   "adam", "Wider LeNet-like CNN with random shifts.", schedule="cosine", shift_pixels=2),
+    BaselineRecipe("linear-10ep", _LINEAR, linear_model, 10, 0.01, 64, "sgd",
+                   "Logistic regression, ten epochs of SGD with momentum: close to the linear optimum."),
+    BaselineRecipe("mlp-32-1ep", "MLP 784-32-10", partial(mlp, 32), 1, **_ADAM,
+                   description="Narrow one-hidden-layer MLP stopped after one epoch."),
+    BaselineRecipe("mlp-8", "MLP 784-8-10", partial(mlp, 8), 5, **_ADAM,
+                   description="An 8-unit bottleneck: less capacity than the linear model has inputs."),
+    BaselineRecipe("mlp-16", "MLP 784-16-10", partial(mlp, 16), 5, **_ADAM,
+                   description="A 16-unit one-hidden-layer MLP."),
+    BaselineRecipe("mlp-32", "MLP 784-32-10", partial(mlp, 32), 5, **_ADAM,
+                   description="A 32-unit one-hidden-layer MLP."),
+    BaselineRecipe("mlp-128", "MLP 784-128-10", partial(mlp, 128), 10, **_ADAM,
+                   description="A 128-unit one-hidden-layer MLP."),
+    BaselineRecipe("mlp-256", "MLP 784-256-10", partial(mlp, 256), 10, **_ADAM,
+                   description="A wide one-hidden-layer MLP."),
+    BaselineRecipe("mlp-512-256", "MLP 784-512-256-10", partial(mlp, 512, 256), 10, **_ADAM,
+                   description="A two-hidden-layer MLP."),
+    BaselineRecipe("cnn-4-1ep", "CNN conv5x5 4 + linear", partial(cnn, (4,)), 1, **_ADAM,
+                   description="One 4-channel convolution and pooling, one epoch."),
+    BaselineRecipe("cnn-8-16-1ep", "CNN conv5x5 8-16 + linear", partial(cnn, (8, 16)), 1, **_ADAM,
+                   description="Two convolution stages, one epoch."),
+    BaselineRecipe("cnn-8-2ep", "CNN conv5x5 8 + linear", partial(cnn, (8,)), 2, **_ADAM,
+                   description="One 8-channel convolution and pooling, two epochs."),
+    BaselineRecipe("cnn-8-16-2ep", "CNN conv5x5 8-16 + linear", partial(cnn, (8, 16)), 2, **_ADAM,
+                   description="Two convolution stages, two epochs."),
+    BaselineRecipe("cnn-8", "CNN conv5x5 8 + linear", partial(cnn, (8,)), 5, **_ADAM,
+                   description="One 8-channel convolution and pooling, five epochs."),
+    BaselineRecipe("cnn-8-16", "CNN conv5x5 8-16 + linear", partial(cnn, (8, 16)), 8, **_ADAM,
+                   description="Two convolution stages, eight epochs."),
+    BaselineRecipe("cnn-8-16-64-shift", "CNN conv5x5 8-16 + fc 64", partial(cnn, (8, 16), 64), 6, optimizer="adam",
+                   learning_rate=2e-3, batch_size=64, schedule="cosine", shift_pixels=2,
+                   description="Small LeNet-like CNN, random shifts of up to 2 px, cosine learning-rate decay."),
+    BaselineRecipe("cnn-16-32-shift", "CNN conv5x5 16-32 + linear", partial(cnn, (16, 32)), 10, optimizer="adam",
+                   learning_rate=2e-3, batch_size=64, schedule="cosine", shift_pixels=2,
+                   description="Wider two-stage CNN, random shifts of up to 2 px, cosine learning-rate decay."),
 )
 
 
@@ -286,6 +311,7 @@ def train_all(images_uint8: np.ndarray | Tensor, labels: np.ndarray | Tensor, ou
         with deterministic_cpu(num_threads):
             public = accuracy(model, images, targets)
             export_module(model, MNIST_INPUT, path)
-        trained.append(TrainedBaseline(recipe.name, path, recipe.description, seconds, public, recipe))
+        description = f"{recipe.description} Trained with {recipe.hyperparameters}."
+        trained.append(TrainedBaseline(recipe.name, path, description, seconds, public, recipe))
         log(f"  {recipe.name}: {seconds:.1f} s, public-half accuracy {public:.4f} -> {path.name}")
     return trained

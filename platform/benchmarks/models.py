@@ -50,6 +50,11 @@ class Track(models.Model):
         max_length=40, default="clean-1", help_text="Version of the evaluation and attack suite; tags every result."
     )
     seed = models.PositiveIntegerField(default=0, help_text="Seed of every random choice in the suite.")
+    threat_models = models.JSONField(
+        default=list, blank=True,
+        help_text='Attack threat models, e.g. [{"norm": "Linf", "eps": 0.3, "label": "Linf-0.3"}]; empty: no attacks.',
+    )
+    attack_points = models.PositiveIntegerField(default=1000, help_text="Clean-set points the attack suite attacks.")
     batch_size = models.PositiveIntegerField(default=256)
     time_budget_seconds = models.FloatField(default=60.0, help_text="Seconds a model may take for one batch.")
     is_public = models.BooleanField(default=True)
@@ -63,6 +68,22 @@ class Track(models.Model):
 
     def get_absolute_url(self) -> str:
         return reverse("leaderboard", args=[self.slug])
+
+    def clean(self) -> None:
+        """Refuse threat models the evaluator cannot run, before a job is ever built from them."""
+        from django.core.exceptions import ValidationError
+
+        if not isinstance(self.threat_models, list):
+            raise ValidationError({"threat_models": "A list of threat models."})
+        labels = set()
+        for threat in self.threat_models:
+            if not isinstance(threat, dict) or set(threat) != {"norm", "eps", "label"}:
+                raise ValidationError({"threat_models": 'Each entry needs exactly "norm", "eps" and "label".'})
+            if threat["norm"] not in {"Linf", "L2"} or not isinstance(threat["eps"], int | float) or threat["eps"] <= 0:
+                raise ValidationError({"threat_models": f"Bad threat model {threat}: norm Linf or L2, eps > 0."})
+            if threat["label"] in labels:
+                raise ValidationError({"threat_models": f"Duplicate label {threat['label']}."})
+            labels.add(threat["label"])
 
     @property
     def input_shape(self) -> tuple[int, int, int]:

@@ -10,7 +10,7 @@ import logging
 from django.conf import settings
 from django.db import transaction
 
-from evaluator.spec import ArtifactSpec, EvaluationSetSpec, InputSpec, JobSpec
+from evaluator.spec import ArtifactSpec, EvaluationSetSpec, InputSpec, JobSpec, ThreatModelSpec
 from evaluator.spec import Result as EvaluatorResult
 from submissions.models import EvaluationRun, Result, Submission
 
@@ -67,6 +67,8 @@ def build_job_spec(submission: Submission) -> JobSpec:
         batch_size=track.batch_size,
         time_budget_s=track.time_budget_seconds,
         device=settings.ARENA_EVAL_DEVICE,
+        threat_models=tuple(ThreatModelSpec(**t) for t in track.threat_models),
+        attack_points=track.attack_points,
     )
 
 

@@ -57,6 +57,16 @@ def test_build_demo_and_evaluate_every_baseline(arena_dirs, capsys):
                                        evaluation_set__name="usps", metric="accuracy")
     assert usps_accuracy.value < lenet.value  # a natural shift costs accuracy
 
+    # Synthetic shift: every corruption x severity cell is scored, and corruptions cost accuracy.
+    resnet = Submission.objects.get(name="ResNet-20 (He et al. 2016)")
+    cells = Result.objects.filter(submission=resnet, evaluation_set__name="cifar10-c",
+                                  metric__startswith="accuracy@")
+    assert cells.count() == 75
+    corrupted = Result.objects.get(submission=resnet, evaluation_set__name="cifar10-c", metric="accuracy")
+    assert corrupted.value < resnet20.value
+    severity = {s: Result.objects.get(submission=resnet, metric=f"accuracy@gaussian_noise:{s}").value for s in (1, 5)}
+    assert severity[5] < severity[1]
+
     page = Client().get("/tracks/mnist-digits/").content.decode()
     assert "LeNet-5 (advertorch, clean training)" in page and f"{100 * lenet.value:.2f}%" in page
 

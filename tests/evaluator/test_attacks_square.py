@@ -1,0 +1,115 @@
+"""The Square attack: breaks a linear model from scores alone, never leaves the threat model."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+from torch import nn
+
+from evaluator.attacks.common import make_generator
+from evaluator.attacks.counting import CountingModel
+from evaluator.attacks.square import _l2_update_pattern, _ring_pattern, p_schedule, square_attack
+from evaluator.attacks.threat import ThreatModel, dual_norm
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class NoGradientLinear(nn.Module):
+    """A linear classifier whose outputs carry no gradient: only scores are observable."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight)
+        self.bias = nn.Parameter(bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return x.flatten(1) @ self.weight.t() + self.bias
+
+
+def problem(norm: str, seed: int = 0, n: int = 60) -> tuple[NoGradientLinear, torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    # Weights constant on 2 x 2 blocks, like the spatially smooth gradients of image models.
+    coarse = torch.randn(2, 3, 4, 4, generator=g)
+    weight = coarse.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3).flatten(1)
+    model = NoGradientLinear(weight, torch.zeros(2))
+    x = 0.3 + 0.4 * torch.rand(n, 3, 8, 8, generator=g)
+    with torch.no_grad():
+        logits = model(x)
+    y = logits.argmax(1)
+    w = model.weight
+    gap = (logits[:, 0] - logits[:, 1]).abs()
+    distance = gap / dual_norm((w[0] - w[1])[None], norm).item()  # type: ignore[arg-type]
+    return model, x, y, distance
+
+
+@pytest.mark.parametrize(("norm", "queries"), [("Linf", 300), ("L2", 1000)])
+def test_square_breaks_a_linear_model_without_gradients(norm: str, queries: int) -> None:
+    model, x, y, distance = problem(norm, n=160)
+    # Points well inside the breakable region (a score-based search is not exact at the boundary)
+    # must be broken, and points beyond eps (which no valid attack can break) must not be.
+    eps = float(distance.quantile(0.7))
+    threat = ThreatModel(norm, eps)  # type: ignore[arg-type]
+    counted = CountingModel(model)
+    result = square_attack(counted, x, y, threat, make_generator(0), n_queries=queries)
+    easy, far = distance < 0.5 * eps, distance > eps * 1.001
+    assert easy.sum() >= 10 and far.sum() >= 10
+    assert result.fooled[easy].all()
+    assert not result.fooled[far].any()
+    assert counted.count.backward == 0
+    assert counted.count.forward <= x.shape[0] * queries
+    assert threat.contains(result.x_adv, x).all()
+    with torch.no_grad():
+        assert (model(result.x_adv).argmax(1)[result.fooled] != y[result.fooled]).all()
+
+
+@pytest.mark.parametrize(("norm", "eps"), [("Linf", 0.4), ("L2", 3.0)])
+def test_square_stays_in_ball_and_box(norm: str, eps: float) -> None:
+    g = torch.Generator().manual_seed(1)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 10 * 10, 5))
+    x = (torch.rand(20, 3, 10, 10, generator=g) > 0.5).float()  # pixels on the box's faces
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    threat = ThreatModel(norm, eps)  # type: ignore[arg-type]
+    result = square_attack(model, x, y, threat, make_generator(0), n_queries=50)
+    assert result.x_adv.min() >= 0 and result.x_adv.max() <= 1
+    assert threat.contains(result.x_adv, x, atol=1e-6).all()
+
+
+def test_square_is_deterministic_and_leaves_the_global_rng_alone() -> None:
+    model, x, y, distance = problem("L2", seed=2, n=20)
+    threat = ThreatModel("L2", float(distance.median()))
+    state = torch.get_rng_state()
+    a = square_attack(model, x, y, threat, make_generator(4), n_queries=100)
+    b = square_attack(model, x, y, threat, make_generator(4), n_queries=100)
+    assert torch.equal(a.x_adv, b.x_adv) and torch.equal(a.fooled, b.fooled)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_query_budget_is_per_image_and_counts_the_first_query() -> None:
+    model, x, y, distance = problem("Linf", seed=3, n=10)
+    tiny = ThreatModel("Linf", float(distance.min()) / 100)  # nothing can be broken
+    counted = CountingModel(model)
+    result = square_attack(counted, x, y, tiny, make_generator(0), n_queries=25)
+    assert not result.fooled.any()
+    assert counted.count.forward == 10 * 25
+
+
+def test_schedule_and_l2_patterns() -> None:
+    assert p_schedule(0, 0.8, 5000, rescale=False) == 0.8
+    assert p_schedule(11, 0.8, 5000, rescale=False) == 0.4
+    assert p_schedule(4500, 0.8, 5000, rescale=False) == pytest.approx(0.8 / 128)
+    assert p_schedule(2500, 0.8, 5000, rescale=True) == pytest.approx(0.8 / 128)  # as 5,000 of 10,000
+    ring = _ring_pattern(5, 5, torch.device("cpu"))
+    assert ring[2, 2] == ring.max() and ring[0, 0] == ring.min() and torch.equal(ring, ring.t())
+    pattern = _l2_update_pattern(7, torch.device("cpu"))
+    assert pattern.norm().item() == pytest.approx(1.0)
+    assert pattern[:3].min() > 0 and pattern[3:].max() < 0
