@@ -41,7 +41,9 @@ from evaluator.models.zoo import build_model  # noqa: E402
 
 #: name -> (zoo architecture, checkpoint under the models dir, dataset id, threat model)
 SETUPS: dict[str, tuple[str, str, str, ThreatModel]] = {
-    "cifar_resnet20": ("cifar_resnet20", "cifar10/resnet20-12fca82f.th", "cifar10-jpeg-test", ThreatModel("Linf", 8 / 255)),
+    "cifar_resnet20": (
+        "cifar_resnet20", "cifar10/resnet20-12fca82f.th", "cifar10-jpeg-test", ThreatModel("Linf", 8 / 255)
+    ),
     "mnist_lenet5": ("mnist_lenet5", "mnist/mnist_lenet5_clntrained.pt", "mnist-test", ThreatModel("Linf", 0.3)),
 }
 
@@ -98,7 +100,7 @@ def run_autoattack(auto_attack: Any, model: torch.nn.Module, x: torch.Tensor, y:
     seconds = time.perf_counter() - started
     forward, backward = counted.forward_passes, counted.backward_passes
     with torch.no_grad():  # scoring AutoAttack's output is not part of its cost
-        delta = (x_adv - x).flatten(1).abs().amax(dim=1) if threat.norm == "Linf" else (x_adv - x).flatten(1).norm(dim=1)
+        delta = threat.distance(x_adv, x)
         predicted = torch.cat([model(x_adv[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
         clean = torch.cat([model(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
     return {

@@ -149,6 +149,8 @@ class CascadeReport:
 
 def to_float_images(images: Tensor | np.ndarray, device: torch.device) -> Tensor:
     """uint8 pixels become floats in [0, 1]; float images are taken as already in [0, 1]."""
+    if isinstance(images, np.ndarray):
+        images = torch.from_numpy(np.array(images, copy=True))  # read-only arrays (np.frombuffer) too
     tensor = torch.as_tensor(images)
     if tensor.dtype == torch.uint8:
         return tensor.to(device=device, dtype=torch.float32).div_(255.0)

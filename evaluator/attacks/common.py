@@ -158,7 +158,10 @@ def logits_loss_grad(
                 grad = None
         all_logits.append(logits.detach())
         all_loss.append(loss.detach())
-        grad = torch.zeros_like(xb) if grad is None else torch.nan_to_num(grad.detach(), nan=0.0, posinf=0.0, neginf=0.0)
+        if grad is None:
+            grad = torch.zeros_like(xb)
+        else:
+            grad = torch.nan_to_num(grad.detach(), nan=0.0, posinf=0.0, neginf=0.0)
         all_grad.append(grad)
     if not all_logits:
         empty = torch.zeros((0,), device=x.device)

@@ -117,6 +117,8 @@ def square_attack(
         raise ValueError(f"the Square attack needs (N, C, H, W) images, got shape {tuple(x.shape)}")
     x = x.detach()
     n, c, h, w = x.shape
+    if n == 0:
+        return AttackResult(x.clone(), torch.zeros(0, dtype=torch.bool, device=x.device))
     device = x.device
     side = min(h, w)
     if threat.norm == "Linf":

@@ -148,4 +148,5 @@ def default_threat_models(track: str) -> tuple[ThreatModel, ...]:
     try:
         return TRACK_THREAT_MODELS[track]
     except KeyError:
-        raise ValueError(f"no default threat models for track {track!r}; known: {sorted(TRACK_THREAT_MODELS)}") from None
+        known = sorted(TRACK_THREAT_MODELS)
+        raise ValueError(f"no default threat models for track {track!r}; known: {known}") from None

@@ -55,6 +55,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI and Redoc served from static files: the docs work offline
     "accounts",
     "benchmarks",
     "submissions",
@@ -122,6 +123,11 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATICFILES_DIRS = [PROJECT_ROOT / "platform" / "arena" / "static"]
+STATICFILES_FINDERS = [
+    "django.contrib.staticfiles.finders.FileSystemFinder",
+    "django.contrib.staticfiles.finders.AppDirectoriesFinder",
+    "leaderboards.staticfinders.PlotlyJsFinder",  # plotly.js from the plotly package: no CDN
+]
 STATIC_ROOT = Path(os.environ.get("STATIC_ROOT", VAR_DIR / "static"))
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 STORAGES = {
@@ -147,16 +153,22 @@ ARENA_EVAL_DEVICE = os.environ.get("ARENA_EVAL_DEVICE", "cpu")
 ARENA_EVAL_WALL_SECONDS = float(os.environ.get("ARENA_EVAL_WALL_SECONDS", 3600))
 ARENA_EVAL_MEMORY_BYTES = int(os.environ.get("ARENA_EVAL_MEMORY_BYTES", 8 * 1024**3))
 
+# --- Submission quotas (per user and track; staff and the robots group are exempt). ---
+ARENA_DEFAULT_DAILY_LIMIT = int(os.environ.get("ARENA_DEFAULT_DAILY_LIMIT", 10))
+ARENA_DEFAULT_TOTAL_LIMIT = int(os.environ.get("ARENA_DEFAULT_TOTAL_LIMIT", 100))
+ARENA_QUOTA_EXEMPT_GROUP = os.environ.get("ARENA_QUOTA_EXEMPT_GROUP", "robots")
+
 # --- Celery: kombu's filesystem transport as the embedded broker. ---
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "filesystem://")
 if CELERY_BROKER_URL.startswith("filesystem://"):
     _queue_dir = VAR_DIR / "broker"
-    for sub in ("queue", "processed"):
+    for sub in ("queue", "processed", "control"):
         (_queue_dir / sub).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_queue_dir / "queue"),
         "data_folder_out": str(_queue_dir / "queue"),
         "processed_folder": str(_queue_dir / "processed"),
+        "control_folder": str(_queue_dir / "control"),
         "store_processed": False,
     }
 def _default_result_backend(broker: str) -> str:
@@ -193,6 +205,9 @@ SPECTACULAR_SETTINGS = {
     "TITLE": "Robustness Arena API",
     "DESCRIPTION": "Submit classifiers and synthetic-image detectors; read their robustness scores.",
     "VERSION": "1",
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 LOGGING = {

@@ -1,11 +1,13 @@
-"""URL map: pages, the admin, and the versioned REST API with its OpenAPI schema."""
+"""URL map: pages, the admin, and the versioned REST API with its OpenAPI schema and offline docs."""
 
 from django.contrib import admin
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 from rest_framework.authtoken.views import obtain_auth_token
 from rest_framework.routers import DefaultRouter
 
+from accounts import views as account_views
+from accounts.api import QuotaView
 from leaderboards import views as leaderboard_views
 from leaderboards.api import TrackViewSet
 from submissions.api import SubmissionViewSet
@@ -17,11 +19,17 @@ router.register("tracks", TrackViewSet, basename="api-track")
 urlpatterns = [
     path("", leaderboard_views.home, name="home"),
     path("tracks/<slug:slug>/", leaderboard_views.track_leaderboard, name="leaderboard"),
+    path("tracks/<slug:slug>/leaderboard.csv", leaderboard_views.export_csv, name="leaderboard-csv"),
+    path("tracks/<slug:slug>/leaderboard.json", leaderboard_views.export_json, name="leaderboard-json"),
+    path("submissions/<uuid:public_id>/visibility/", account_views.set_visibility, name="submission-visibility"),
+    path("submissions/<uuid:public_id>/withdraw/", account_views.withdraw, name="submission-withdraw"),
     path("submissions/", include("submissions.urls")),
     path("accounts/", include("accounts.urls")),
     path("admin/", admin.site.urls),
+    path("api/v1/quota/", QuotaView.as_view(), name="api-quota"),
     path("api/v1/", include(router.urls)),
     path("api/v1/token/", obtain_auth_token, name="api-obtain-token"),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("api/redoc/", SpectacularRedocView.as_view(url_name="api-schema"), name="api-redoc"),
 ]

@@ -24,10 +24,8 @@ from pathlib import Path
 
 import numpy as np
 from django.conf import settings
-from django.contrib.auth import get_user_model
-from django.core.files import File
-from django.db import transaction
 
+from benchmarks.baselines import submit_baseline
 from benchmarks.models import Benchmark, EvaluationSet, Track
 from submissions.models import Submission
 
@@ -38,7 +36,6 @@ BENCHMARK_SLUG = "demo"
 #: the hidden sets, so it is part of the evaluation sets' version.
 HIDDEN_SEED = 20261125
 SET_VERSION = "1"
-BASELINE_USER = "arena-baselines"
 CORRUPTION_PER_CELL = 100
 
 
@@ -252,30 +249,20 @@ class DemoBuilder:
     def register_baselines(self) -> list[Submission]:
         """Convert each shared checkpoint to safetensors and submit it like any upload (once)."""
         from evaluator.models.convert import convert_checkpoint
-        from submissions.services import create_submission, sha256_of
 
-        user, created = get_user_model().objects.get_or_create(username=BASELINE_USER)
-        if created:
-            user.set_unusable_password()
-            user.save()
         made = []
         with tempfile.TemporaryDirectory() as tmp:
             for baseline in BASELINES:
                 track = Track.objects.get(slug=baseline.track)
                 out = Path(tmp) / f"{baseline.zoo_architecture}.safetensors"
                 convert_checkpoint(baseline.zoo_architecture, self._model_path(baseline.checkpoint), out)
-                with out.open("rb") as handle:
-                    upload = File(handle, name=out.name)
-                    digest = sha256_of(upload)
-                    if Submission.objects.filter(track=track, artifact_sha256=digest, is_baseline=True).exists():
-                        continue
-                    with transaction.atomic():
-                        made.append(create_submission(
-                            user, track, upload, name=baseline.name, zoo_architecture=baseline.zoo_architecture,
-                            artifact_format=Submission.Format.SAFETENSORS, architecture=baseline.architecture,
-                            training_data=baseline.training_data, license=baseline.license,
-                            code_url=baseline.code_url, paper_url=baseline.paper_url,
-                            model_type=Submission.ModelType.STANDARD, is_baseline=True, is_public=True,
-                        ))
-                self.log(f"  baseline {baseline.name} -> {track.slug}")
+                submission = submit_baseline(
+                    track, out, name=baseline.name, zoo_architecture=baseline.zoo_architecture,
+                    artifact_format=Submission.Format.SAFETENSORS, architecture=baseline.architecture,
+                    training_data=baseline.training_data, license=baseline.license, code_url=baseline.code_url,
+                    paper_url=baseline.paper_url,
+                )
+                if submission is not None:
+                    made.append(submission)
+                    self.log(f"  baseline {baseline.name} -> {track.slug}")
         return made

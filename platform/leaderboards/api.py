@@ -1,14 +1,17 @@
-"""Read-only API: tracks and their leaderboards."""
+"""Read-only API: tracks and their leaderboards (the same tables, filters and numbers as the pages)."""
 
 from __future__ import annotations
 
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from benchmarks.models import EvaluationSet, Track
-from leaderboards.queries import leaderboard
+from leaderboards.exports import as_json
+from leaderboards.queries import MODEL_TYPES, Filters, build
 
 
 class EvaluationSetSerializer(serializers.ModelSerializer):
@@ -27,30 +30,26 @@ class TrackSerializer(serializers.ModelSerializer):
                   "value_min", "value_max", "num_classes", "suite_version", "evaluation_sets"]
 
 
+LEADERBOARD_PARAMETERS = [
+    OpenApiParameter("view", str, description='"overview", "shift:<set>", "threat:<label>" or "set:<set>" '
+                                              "(detectors): which table."),
+    OpenApiParameter("sort", str, description="A column key to sort on (default: the ranking column)."),
+    OpenApiParameter("order", str, enum=["asc", "desc"]),
+    OpenApiParameter("model_type", str, enum=list(MODEL_TYPES)),
+    OpenApiParameter("extra_data", str, enum=["yes", "no"]),
+    OpenApiParameter("verified", OpenApiTypes.BOOL, description="Only models verified under the current suite."),
+    OpenApiParameter("scale", str, enum=["logit", "probit"], description="Line used for effective robustness."),
+]
+
+
 class TrackViewSet(viewsets.ReadOnlyModelViewSet):
     serializer_class = TrackSerializer
     lookup_field = "slug"
     queryset = Track.objects.filter(is_public=True).select_related("benchmark").prefetch_related("evaluation_sets")
 
+    @extend_schema(parameters=LEADERBOARD_PARAMETERS, responses={200: OpenApiTypes.OBJECT})
     @action(detail=True)
     def leaderboard(self, request: Request, slug: str | None = None) -> Response:
+        """The track's leaderboard table: columns (with higher_is_better) and ranked rows with intervals."""
         track = self.get_object()
-        columns, rows = leaderboard(track, request.user, sort=request.query_params.get("sort", ""))
-        return Response({
-            "track": track.slug,
-            "suite_version": track.suite_version,
-            "columns": [{"key": c.key, "evaluation_set": c.evaluation_set.name, "metric": c.metric,
-                         "higher_is_better": c.higher_is_better} for c in columns],
-            "rows": [
-                {
-                    "id": str(r.submission.public_id),
-                    "name": r.submission.name,
-                    "owner": r.submission.owner.username,
-                    "rank": r.rank,
-                    "is_baseline": r.submission.is_baseline,
-                    "scores": {k: {"value": v.value, "ci_low": v.ci_low, "ci_high": v.ci_high,
-                                   "num_examples": v.num_examples} for k, v in r.scores.items()},
-                }
-                for r in rows
-            ],
-        })
+        return Response(as_json(build(track, request.user, Filters.from_params(request.query_params)), request))

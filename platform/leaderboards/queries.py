@@ -1,86 +1,396 @@
-"""Leaderboard rows for a track, built with a fixed number of queries whatever its size."""
+"""Leaderboard tables for a track, built with a fixed number of queries whatever its size.
+
+A track has several tables ("views"): an overview of the headline score on every evaluation set
+and every threat model, one per distribution shift (clean vs shifted accuracy, the drop and the
+effective robustness), one per threat model (clean, robust, and the accuracy left after each
+attack of the cascade), and for detectors one per evaluation set with every detector metric.
+Every view is filtered the same way, sorted on any column, exported as CSV or JSON, and plotted.
+"""
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
+import numpy as np
 from django.db.models import Q
+from django.urls import reverse
 
-from benchmarks.models import EvaluationSet, Track
-from submissions.models import Result, Submission
+from benchmarks.models import BaselineFit, EvaluationSet, Track
+from submissions.models import EvaluationRun, Result, Submission
+
+DETECTOR_METRICS = (("auc", "AUC"), ("average_precision", "average precision"), ("tpr@1%fpr", "TPR at 1% FPR"),
+                    ("tpr@5%fpr", "TPR at 5% FPR"))
+ROBUST = "robust_accuracy@"
+#: Known attack stages in cascade order; others are shown after them in the order they appear.
+STAGE_ORDER = ("apgd-ce", "apgd-t", "fab-t", "square")
+STAGE_LABELS = {"apgd-ce": "APGD-CE", "apgd-t": "APGD-T", "fab-t": "FAB-T", "square": "Square"}
+TRANSFORMS = ("logit", "probit")
+MODEL_TYPES = tuple(Submission.ModelType.values)
+#: The submission columns a leaderboard row shows (the rest, e.g. failure text, is never loaded).
+ROW_FIELDS = ("public_id", "name", "owner__username", "track", "model_type", "extra_data", "is_baseline", "is_public",
+              "paper_url", "code_url", "state", "created_at")
+URL_PLACEHOLDER = uuid.UUID(int=0)
+
+
+@dataclass
+class Score:
+    """One number of a row (stored or computed here), shaped like a Result so templates treat both alike."""
+
+    metric: str
+    value: float
+    ci_low: float | None = None
+    ci_high: float | None = None
+    num_examples: int | None = None
 
 
 @dataclass
 class Column:
-    """One score column: a metric on an evaluation set. All current metrics are higher-is-better."""
+    """One score column. ``metric`` is the stored metric, or ``drop`` / ``effective_robustness``."""
 
     key: str
     evaluation_set: EvaluationSet
     metric: str
     label: str
     higher_is_better: bool = True
+    description: str = ""
+
+    @property
+    def direction(self) -> str:
+        return "higher is better" if self.higher_is_better else "lower is better"
 
 
 @dataclass
 class Row:
     submission: Submission
-    scores: dict[str, Result] = field(default_factory=dict)
+    scores: dict[str, Any] = field(default_factory=dict)
     rank: int | None = None
+    verified: bool = False
+    suite_version: str = ""
+    url: str = ""
 
     def value(self, key: str) -> float | None:
         result = self.scores.get(key)
         return None if result is None else result.value
 
 
-def columns_for(track: Track) -> list[Column]:
+@dataclass
+class Filters:
+    """What the reader asked for, parsed leniently from GET parameters (unknown values are ignored)."""
+
+    view: str = "overview"
+    sort: str = ""
+    descending: bool | None = None
+    model_type: str = ""
+    extra_data: str = ""  # "yes", "no" or "" (either)
+    verified: bool = False
+    shift: str = ""  # the shift the effective-robustness plot shows
+    scale: str = "logit"  # logit or probit axes (and the effective-robustness line)
+    threat: str = ""  # the threat model the robust-accuracy plot shows
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, str]) -> Filters:
+        order = params.get("order", "")
+        return cls(
+            view=params.get("view", "") or "overview",
+            sort=params.get("sort", ""),
+            descending=None if order not in {"asc", "desc"} else order == "desc",
+            model_type=params.get("model_type", "") if params.get("model_type", "") in MODEL_TYPES else "",
+            extra_data=params.get("extra_data", "") if params.get("extra_data", "") in {"yes", "no"} else "",
+            verified=params.get("verified", "") in {"1", "yes", "on", "true"},
+            shift=params.get("shift", ""),
+            scale=params.get("scale", "") if params.get("scale", "") in TRANSFORMS else "logit",
+            threat=params.get("threat", ""),
+        )
+
+    def as_params(self) -> dict[str, str]:
+        """The non-default parameters, to carry across links (sorting, toggles, exports)."""
+        out = {"view": self.view if self.view != "overview" else "", "sort": self.sort,
+               "order": "" if self.descending is None else ("desc" if self.descending else "asc"),
+               "model_type": self.model_type, "extra_data": self.extra_data, "verified": "1" if self.verified else "",
+               "shift": self.shift, "scale": self.scale if self.scale != "logit" else "", "threat": self.threat}
+        return {k: v for k, v in out.items() if v}
+
+
+@dataclass
+class Leaderboard:
+    track: Track
+    filters: Filters
+    views: list[tuple[str, str]]
+    columns: list[Column]
+    rows: list[Row]
+    sort: str
+    descending: bool
+    rank_key: str
+    clean_set: EvaluationSet | None
+    shift_sets: list[EvaluationSet]
+    threats: list[str]
+    #: (shift set id, transform) -> the current effective-robustness line of that shift.
+    fits: dict[tuple[int, str], BaselineFit]
+    #: Accuracies for the plots, whatever the view: submission id -> (set id, metric) -> value.
+    values: dict[int, dict[tuple[int, str], float]]
+
+    @property
+    def plot_shift(self) -> EvaluationSet | None:
+        wanted = self.filters.shift or (self.filters.view.split(":", 1)[1] if self.filters.view.startswith("shift:")
+                                        else "")
+        return next((s for s in self.shift_sets if s.name == wanted), self.shift_sets[0] if self.shift_sets else None)
+
+    @property
+    def plot_threat(self) -> str:
+        wanted = self.filters.threat or (self.filters.view.split(":", 1)[1] if self.filters.view.startswith("threat:")
+                                         else "")
+        return wanted if wanted in self.threats else (self.threats[0] if self.threats else "")
+
+
+def _threats(track: Track, found: set[str]) -> list[str]:
+    """Threat labels: the track's configured ones in order, then any others that have results."""
+    configured = [t.get("label", "") for t in (getattr(track, "threat_models", None) or []) if isinstance(t, dict)]
+    return [t for t in configured if t] + sorted(found - set(configured))
+
+
+def _views(track: Track, shift_sets: list[EvaluationSet], sets: list[EvaluationSet],
+           threats: list[str]) -> list[tuple[str, str]]:
+    views = [("overview", "Overview")]
+    if track.task_kind == Track.TaskKind.CLASSIFIER:
+        views += [(f"shift:{s.name}", f"Shift: {s.name}") for s in shift_sets]
+        views += [(f"threat:{t}", f"Threat model: {t}") for t in threats]
+    else:
+        views += [(f"set:{s.name}", f"All metrics: {s.name}") for s in sets]
+    return views
+
+
+def _headline_label(track: Track) -> str:
+    return "accuracy" if track.headline_metric == "accuracy" else "AUC"
+
+
+def columns_for(track: Track, sets: list[EvaluationSet] | None = None, view: str = "overview",
+                threats: list[str] | None = None, stages: dict[str, list[str]] | None = None) -> list[Column]:
+    """The columns of one view; the first one is what ranks are computed on."""
+    sets = sets if sets is not None else sorted(track.evaluation_sets.all(),
+                                                key=lambda s: (s.role != EvaluationSet.Role.CLEAN, s.id))
+    threats = threats or []
     metric = track.headline_metric
-    label = "accuracy" if metric == "accuracy" else "AUC"
-    return [
-        Column(f"{s.name}:{metric}", s, metric, f"{s.name} {label}")
-        for s in sorted(track.evaluation_sets.all(), key=lambda s: (s.role != EvaluationSet.Role.CLEAN, s.id))
-    ]
+    clean = next((s for s in sets if s.role == EvaluationSet.Role.CLEAN), None)
+    by_name = {s.name: s for s in sets}
+    kind, _, arg = view.partition(":")
+    if kind == "shift" and arg in by_name and clean is not None:
+        shift = by_name[arg]
+        return [
+            Column(f"{shift.name}:accuracy", shift, "accuracy", f"{shift.name} accuracy",
+                   description="Accuracy on the shifted set."),
+            Column(f"{clean.name}:accuracy", clean, "accuracy", f"{clean.name} accuracy",
+                   description="Accuracy on the clean set."),
+            Column(f"{shift.name}:drop", shift, "drop", "drop (clean − shifted)", higher_is_better=False,
+                   description="Accuracy lost under the shift, in points."),
+            Column(f"{shift.name}:effective_robustness", shift, "effective_robustness", "effective robustness",
+                   description="Shifted accuracy above the baseline line's prediction, in points."),
+        ]
+    if kind == "threat" and arg in threats and clean is not None:
+        cols = [Column(f"{clean.name}:{ROBUST}{arg}", clean, f"{ROBUST}{arg}", f"robust accuracy ({arg})",
+                       description="Accuracy left after the whole attack cascade."),
+                Column(f"{clean.name}:accuracy", clean, "accuracy", f"{clean.name} accuracy")]
+        for stage in (stages or {}).get(arg, []):
+            cols.append(Column(f"{clean.name}:{ROBUST}{arg}>{stage}", clean, f"{ROBUST}{arg}>{stage}",
+                               f"after {STAGE_LABELS.get(stage, stage)}",
+                               description="Robust accuracy after this stage of the cascade."))
+        return cols
+    if kind == "set" and arg in by_name and track.task_kind == Track.TaskKind.DETECTOR:
+        s = by_name[arg]
+        return [Column(f"{s.name}:{m}", s, m, f"{s.name} {label}") for m, label in DETECTOR_METRICS]
+    cols = [Column(f"{s.name}:{metric}", s, metric, f"{s.name} {_headline_label(track)}") for s in sets]
+    if clean is not None and track.task_kind == Track.TaskKind.CLASSIFIER:
+        cols += [Column(f"{clean.name}:{ROBUST}{t}", clean, f"{ROBUST}{t}", f"robust accuracy ({t})")
+                 for t in threats]
+    return cols
 
 
-def leaderboard(track: Track, user=None, sort: str = "", descending: bool = True) -> tuple[list[Column], list[Row]]:
-    """Finished submissions visible to ``user``, scored under the track's current suite version."""
-    columns = columns_for(track)
+def _flagged(attacks: Any) -> bool:
+    """True when any attack's reliability check raised a flag (gradient masking and the like)."""
+    if not isinstance(attacks, dict):
+        return False
+    for info in attacks.values():
+        for flag in (info or {}).get("flags", []) if isinstance(info, dict) else []:
+            if isinstance(flag, dict) and flag.get("flagged"):
+                return True
+    return False
+
+
+def _visible_submissions(track: Track, user: Any, filters: Filters):
     visible = Q(is_public=True)
     if user is not None and user.is_authenticated:
         visible |= Q(owner=user)
-    submissions = list(
-        Submission.objects.filter(visible, track=track, state=Submission.State.FINISHED).select_related("owner")
-    )
-    rows = {s.pk: Row(s) for s in submissions}
-    wanted = {(c.evaluation_set.pk, c.metric): c.key for c in columns}
-    results = Result.objects.filter(
-        submission__in=rows.keys(), suite_version=track.suite_version, metric__in={c.metric for c in columns}
-    )
-    for result in results:
-        key = wanted.get((result.evaluation_set_id, result.metric))
-        if key:
-            rows[result.submission_id].scores[key] = result
-    ordered = list(rows.values())
-    sort_key = sort if sort in {c.key for c in columns} else (columns[0].key if columns else "")
+    qs = Submission.objects.filter(visible, track=track, state=Submission.State.FINISHED, withdrawal__isnull=True)
+    if filters.model_type:
+        qs = qs.filter(model_type=filters.model_type)
+    if filters.extra_data:
+        qs = qs.filter(extra_data=filters.extra_data == "yes")
+    return qs
+
+
+def _effective_robustness(fit_row: BaselineFit, clean: np.ndarray, shifted: np.ndarray) -> list[Score]:
+    """Effective robustness of many models against one line at once (one bootstrap pass for all)."""
+    from evaluator.metrics.effective_robustness import BaselineFit as Fit
+
+    fit = Fit.from_dict(fit_row.fit)
+    value = shifted - np.asarray(fit.predict(clean))
+    if not fit.bootstrap_slopes:
+        return [Score("points", float(v)) for v in value]
+    low, high = fit.band(clean)  # the same percentile band effective_robustness() uses, per model
+    return [Score("points", float(v), float(s - h), float(s - lo)) for v, s, lo, h in
+            zip(value, shifted, low, high, strict=True)]
+
+
+def build(track: Track, user: Any = None, filters: Filters | None = None) -> Leaderboard:
+    """Everything a leaderboard page, its exports and its plots need, in seven queries."""
+    filters = filters or Filters()
+    sets = sorted(track.evaluation_sets.all(), key=lambda s: (s.role != EvaluationSet.Role.CLEAN, s.id))
+    clean = next((s for s in sets if s.role == EvaluationSet.Role.CLEAN), None)
+    shift_sets = [s for s in sets if s.role == EvaluationSet.Role.SHIFT]
+    sets_by_id = {s.pk: s for s in sets}
+
+    subs_qs = _visible_submissions(track, user, filters)
+    submissions = list(subs_qs.select_related("owner").only(*ROW_FIELDS).order_by("created_at", "id"))
+
+    # One query for every number any view or plot needs: headline metrics on every set, final
+    # robust accuracies, and the per-stage or per-metric numbers only when this view shows them.
+    wanted = Q(metric=track.headline_metric) | Q(metric="accuracy")
+    if track.task_kind == Track.TaskKind.CLASSIFIER:
+        wanted |= Q(metric__startswith=ROBUST)
+    else:
+        wanted |= Q(metric__in=[m for m, _ in DETECTOR_METRICS])
+    results = Result.objects.filter(wanted, submission__in=subs_qs.values("pk"), suite_version=track.suite_version)
+    if not filters.view.startswith("threat:"):
+        results = results.exclude(metric__contains=">")
+    by_sub: dict[int, list[tuple[int, Score]]] = {}
+    found_threats: set[str] = set()
+    stages: dict[str, list[str]] = {}
+    # Plain tuples, not model instances: a thousand models have several thousand numbers.
+    for sub_id, set_id, metric, value, low, high, n in results.values_list(
+        "submission_id", "evaluation_set_id", "metric", "value", "ci_low", "ci_high", "num_examples"
+    ):
+        if set_id not in sets_by_id:
+            continue
+        by_sub.setdefault(sub_id, []).append((set_id, Score(metric, value, low, high, n)))
+        if metric.startswith(ROBUST):
+            threat, _, stage = metric[len(ROBUST):].partition(">")
+            found_threats.add(threat)
+            if stage and stage not in stages.setdefault(threat, []):
+                stages[threat].append(stage)
+    for threat, found in list(stages.items()):
+        order = {name: i for i, name in enumerate(found)}
+        stages[threat] = sorted(found, key=lambda s: (STAGE_ORDER.index(s) if s in STAGE_ORDER else len(STAGE_ORDER),
+                                                      order[s]))
+    threats = _threats(track, found_threats)
+
+    views = _views(track, shift_sets, sets, threats)
+    if filters.view not in {v for v, _ in views}:
+        filters.view = "overview"
+    columns = columns_for(track, sets, filters.view, threats, stages)
+
+    runs = EvaluationRun.objects.filter(submission__in=subs_qs.values("pk"), suite_version=track.suite_version)
+    run_info = {sid: (ok, attacks)
+                for sid, ok, attacks in runs.values_list("submission_id", "ok", "provenance__attacks")}
+
+    fits = {(f.shift_set_id, f.transform): f for f in
+            BaselineFit.objects.filter(track=track, is_current=True, shift_set__in=shift_sets)}
+
+    rows: list[Row] = []
+    values: dict[int, dict[tuple[int, str], float]] = {}
+    by_key = {(c.evaluation_set.pk, c.metric): c.key for c in columns}
+    url_pattern = reverse("submission-detail", args=[URL_PLACEHOLDER])
+    for submission in submissions:
+        row = Row(submission, url=url_pattern.replace(str(URL_PLACEHOLDER), str(submission.public_id)))
+        mine = values.setdefault(submission.pk, {})
+        for set_id, score in by_sub.get(submission.pk, []):
+            mine[(set_id, score.metric)] = score.value
+            key = by_key.get((set_id, score.metric))
+            if key:
+                row.scores[key] = score
+        ok, attacks = run_info.get(submission.pk, (False, None))
+        row.verified = bool(ok) and not _flagged(attacks)
+        row.suite_version = track.suite_version if submission.pk in run_info else ""
+        if filters.verified and not row.verified:
+            continue
+        rows.append(row)
+
+    _derived_columns(columns, rows, clean, fits, filters.scale)
+
+    rank_key = columns[0].key if columns else ""
+    sort_key = filters.sort if filters.sort in {c.key for c in columns} else rank_key
+    sort_col = next((c for c in columns if c.key == sort_key), None)
+    descending = filters.descending if filters.descending is not None else bool(sort_col and sort_col.higher_is_better)
     if sort_key:
-        present = [r for r in ordered if r.value(sort_key) is not None]
-        missing = [r for r in ordered if r.value(sort_key) is None]
+        present = [r for r in rows if r.value(sort_key) is not None]
+        missing = [r for r in rows if r.value(sort_key) is None]
         present.sort(key=lambda r: r.value(sort_key), reverse=descending)
-        ordered = present + missing
+        rows = present + missing
     if columns:
-        _rank_by_interval(ordered, columns[0].key)
-    return columns, ordered
+        _rank_by_interval(rows, rank_key, columns[0].higher_is_better)
+    return Leaderboard(track, filters, views, columns, rows, sort_key, descending, rank_key, clean, shift_sets,
+                       threats, fits, values)
 
 
-def _rank_by_interval(rows: list[Row], key: str) -> None:
-    """Rank on the headline score so that a model only outranks those it beats beyond its interval.
+def _derived_columns(columns: list[Column], rows: list[Row], clean: EvaluationSet | None,
+                     fits: dict[tuple[int, str], BaselineFit], scale: str) -> None:
+    """Fill the drop and effective-robustness columns from the stored accuracies."""
+    if clean is None:
+        return
+    clean_key = f"{clean.name}:accuracy"
+    for column in columns:
+        if column.metric not in {"drop", "effective_robustness"}:
+            continue
+        shift_key = f"{column.evaluation_set.name}:accuracy"
+        both = [r for r in rows if r.value(clean_key) is not None and r.value(shift_key) is not None]
+        if column.metric == "drop":
+            for r in both:
+                r.scores[column.key] = Score("points", r.value(clean_key) - r.value(shift_key))
+            continue
+        fit = fits.get((column.evaluation_set.pk, scale))
+        column.description = (f"Shifted accuracy above the {scale} baseline line over {fit.n_models} standard "
+                              "models, in points (95% bootstrap interval over the line)." if fit else
+                              "No baseline line yet: it needs at least 3 standard baselines.")
+        if fit is None or not both:
+            continue
+        ers = _effective_robustness(fit, np.array([r.value(clean_key) for r in both]),
+                                    np.array([r.value(shift_key) for r in both]))
+        for r, er in zip(both, ers, strict=True):
+            r.scores[column.key] = er
 
-    A model's rank is 1 + the number of models whose lower interval bound lies above its upper
-    bound: models whose intervals overlap share a rank (the convention of the robustness
-    leaderboards that report uncertainty).
+
+def _rank_by_interval(rows: list[Row], key: str, higher_is_better: bool = True) -> None:
+    """Rank on one score so that a model only outranks those it beats beyond its interval.
+
+    A model's rank is 1 + the number of models whose interval lies entirely on the better side
+    of its own: models whose intervals overlap share a rank (the convention of the robustness
+    leaderboards that report uncertainty). Sorting the bounds makes it O(n log n).
     """
+    import bisect
+
     scored = [(r, r.scores[key]) for r in rows if key in r.scores]
-    for row, result in scored:
-        high = result.ci_high if result.ci_high is not None else result.value
-        row.rank = 1 + sum(
-            1 for _, other in scored if (other.ci_low if other.ci_low is not None else other.value) > high
-        )
+    for row in rows:
+        row.rank = None
+
+    def low(s: Any) -> float:
+        return s.ci_low if s.ci_low is not None else s.value
+
+    def high(s: Any) -> float:
+        return s.ci_high if s.ci_high is not None else s.value
+
+    if higher_is_better:
+        lows = sorted(low(s) for _, s in scored)
+        for row, s in scored:
+            row.rank = 1 + len(lows) - bisect.bisect_right(lows, high(s))
+    else:
+        highs = sorted(high(s) for _, s in scored)
+        for row, s in scored:
+            row.rank = 1 + bisect.bisect_left(highs, low(s))
+
+
+def leaderboard(track: Track, user: Any = None, sort: str = "", descending: bool = True) -> tuple[list[Column],
+                                                                                                  list[Row]]:
+    """The overview table (kept for callers that only need columns and rows)."""
+    board = build(track, user, Filters(sort=sort, descending=descending))
+    return board.columns, board.rows

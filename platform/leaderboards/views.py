@@ -1,12 +1,18 @@
-"""Public pages: the list of benchmarks and each track's leaderboard."""
+"""Public pages: the list of benchmarks and each track's leaderboard, its plots and its exports."""
 
 from __future__ import annotations
 
-from django.http import HttpRequest, HttpResponse
+from typing import Any
+from urllib.parse import urlencode
+
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, render
 
 from benchmarks.models import Benchmark, Track
-from leaderboards.queries import leaderboard
+from leaderboards import exports
+from leaderboards.plots import MODEL_TYPE_STYLE, effective_robustness_figure, figure_json, robust_accuracy_figure
+from leaderboards.queries import TRANSFORMS, Filters, Leaderboard, build
+from submissions.models import Submission
 
 
 def home(request: HttpRequest) -> HttpResponse:
@@ -14,14 +20,79 @@ def home(request: HttpRequest) -> HttpResponse:
     return render(request, "leaderboards/home.html", {"benchmarks": benchmarks})
 
 
+def _track(slug: str) -> Track:
+    return get_object_or_404(Track.objects.select_related("benchmark"), slug=slug, is_public=True)
+
+
+def _board(request: HttpRequest, slug: str) -> Leaderboard:
+    track = _track(slug)
+    return build(track, request.user, Filters.from_params(request.GET))
+
+
+def _link(params: dict[str, str], **changes: str) -> str:
+    """A query string: the current parameters with ``changes`` applied (empty values dropped)."""
+    merged = {**params, **changes}
+    return "?" + urlencode({k: v for k, v in merged.items() if v})
+
+
 def track_leaderboard(request: HttpRequest, slug: str) -> HttpResponse:
-    track = get_object_or_404(Track.objects.select_related("benchmark"), slug=slug, is_public=True)
-    sort = request.GET.get("sort", "")
-    descending = request.GET.get("order", "desc") != "asc"
-    columns, rows = leaderboard(track, request.user, sort=sort, descending=descending)
-    return render(
-        request,
-        "leaderboards/track.html",
-        {"track": track, "columns": columns, "rows": rows, "sort": sort or (columns[0].key if columns else ""),
-         "descending": descending, "evaluation_sets": track.evaluation_sets.all()},
-    )
+    board = _board(request, slug)
+    params = board.filters.as_params()
+    table_params = {k: v for k, v in params.items() if k not in {"sort", "order"}}
+    headers = []
+    for column in board.columns:
+        active = board.sort == column.key
+        # A first click sorts best-first; a second click on the same column reverses it.
+        best_first = "desc" if column.higher_is_better else "asc"
+        worst_first = "asc" if column.higher_is_better else "desc"
+        is_best_first = board.descending == column.higher_is_better
+        order = (worst_first if is_best_first else best_first) if active else best_first
+        headers.append({
+            "column": column,
+            "aria_sort": ("descending" if board.descending else "ascending") if active else "none",
+            "href": _link(table_params, sort=column.key, order=order),
+        })
+    er_fig = effective_robustness_figure(board, request.user)
+    robust_fig = robust_accuracy_figure(board, request.user)
+    shift = board.plot_shift
+    context: dict[str, Any] = {
+        "track": board.track,
+        "board": board,
+        "columns": board.columns,
+        "rows": board.rows,
+        "headers": headers,
+        "filters": board.filters,
+        "params": params,
+        "view_links": [{"key": k, "label": label, "href": _link(params, view=k if k != "overview" else "", sort="",
+                                                                  order=""), "active": k == board.filters.view}
+                       for k, label in board.views],
+        "shift_links": [{"label": s.name, "href": _link(params, shift=s.name) + "#er-plot-section",
+                         "active": shift is not None and s.pk == shift.pk} for s in board.shift_sets],
+        "scale_links": [{"label": t, "href": _link(params, scale=t if t != "logit" else "") + "#er-plot-section",
+                         "active": t == board.filters.scale} for t in TRANSFORMS],
+        "threat_links": [{"label": t, "href": _link(params, threat=t) + "#robust-plot-section",
+                          "active": t == board.plot_threat} for t in board.threats],
+        "plot_shift": shift if board.track.task_kind == Track.TaskKind.CLASSIFIER else None,
+        "er_fit": board.fits.get((shift.pk, board.filters.scale)) if shift else None,
+        "er_figure": figure_json(er_fig) if er_fig is not None else None,
+        "robust_figure": figure_json(robust_fig) if robust_fig is not None else None,
+        "model_types": Submission.ModelType.choices,
+        "legend": MODEL_TYPE_STYLE,
+        "export_query": _link(params)[1:],
+        "evaluation_sets": [board.clean_set, *board.shift_sets] if board.clean_set else board.shift_sets,
+    }
+    return render(request, "leaderboards/track.html", context)
+
+
+def export_json(request: HttpRequest, slug: str) -> JsonResponse:
+    board = _board(request, slug)
+    response = JsonResponse(exports.as_json(board, request), json_dumps_params={"indent": 1})
+    response["Content-Disposition"] = f'inline; filename="{board.track.slug}-leaderboard.json"'
+    return response
+
+
+def export_csv(request: HttpRequest, slug: str) -> HttpResponse:
+    board = _board(request, slug)
+    response = HttpResponse(exports.as_csv(board), content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{board.track.slug}-leaderboard.csv"'
+    return response

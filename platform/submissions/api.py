@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from django.db.models import Q, QuerySet
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import mixins, parsers, permissions, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from accounts.quota import QuotaExceeded
 from submissions import services
 from submissions.models import Submission
 from submissions.serializers import SubmissionSerializer
@@ -47,13 +49,21 @@ class SubmissionViewSet(
             visible = visible.filter(owner=user)
         return visible
 
+    @extend_schema(responses={201: SubmissionSerializer, 400: OpenApiResponse(description="Invalid upload."),
+                              429: OpenApiResponse(description="Submission quota used up on this track; "
+                                                               "Retry-After says when the daily limit resets.")})
     def create(self, request: Request, *args, **kwargs) -> Response:
         serializer = self.get_serializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = dict(serializer.validated_data)
         track = data.pop("track")
         upload = data.pop("artifact")
-        submission = services.create_submission(request.user, track, upload, **data)
+        try:
+            submission = services.create_submission(request.user, track, upload, **data)
+        except QuotaExceeded as exc:
+            headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+            return Response({"detail": exc.message, "code": "quota_exceeded"},
+                            status=status.HTTP_429_TOO_MANY_REQUESTS, headers=headers)
         out = self.get_serializer(submission)
         return Response(out.data, status=status.HTTP_201_CREATED, headers={"Location": out.data["status_url"]})
 

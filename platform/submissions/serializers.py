@@ -39,6 +39,9 @@ class SubmissionSerializer(serializers.ModelSerializer):
     status_url = serializers.SerializerMethodField()
     page_url = serializers.SerializerMethodField()
     results = serializers.SerializerMethodField()
+    queue_position = serializers.SerializerMethodField(
+        help_text="1 = next to run; only while queued, on the status URL (null otherwise)."
+    )
 
     class Meta:
         model = Submission
@@ -46,8 +49,8 @@ class SubmissionSerializer(serializers.ModelSerializer):
             "id", "track", "owner", "name", "artifact", "artifact_format", "zoo_architecture", "architecture",
             "paper_url", "code_url", "training_data", "extra_data", "license", "is_public", "model_type",
             "is_baseline", "artifact_sha256", "artifact_size", "state", "failure_code", "failure_reason",
-            "progress", "progress_stage", "created_at", "started_at", "finished_at", "status_url", "page_url",
-            "results",
+            "progress", "progress_stage", "queue_position", "created_at", "started_at", "finished_at", "status_url",
+            "page_url", "results",
         ]
         read_only_fields = [
             "model_type", "is_baseline", "artifact_sha256", "artifact_size", "state", "failure_code",
@@ -63,6 +66,12 @@ class SubmissionSerializer(serializers.ModelSerializer):
         request = self.context.get("request")
         path = obj.get_absolute_url()
         return request.build_absolute_uri(path) if request else path
+
+    def get_queue_position(self, obj: Submission) -> int | None:
+        view = self.context.get("view")
+        if obj.state != Submission.State.QUEUED or getattr(view, "action", None) != "retrieve":
+            return None  # one count query per object: only on the status URL, not in lists
+        return Submission.objects.filter(state=Submission.State.QUEUED, queued_at__lt=obj.queued_at).count() + 1
 
     def get_results(self, obj: Submission) -> list[dict]:
         if obj.state != Submission.State.FINISHED:

@@ -50,7 +50,12 @@ def safe_display_name(name: str) -> str:
 
 
 def create_submission(owner: Any, track: Track, upload: File, **metadata: Any) -> Submission:
-    """Store the artifact under a generated name, record its sha256, and queue its evaluation."""
+    """Store the artifact under a generated name, record its sha256, charge the quota, and queue it.
+
+    Raises ``accounts.quota.QuotaExceeded`` (before anything is stored) when the owner has used up
+    a daily or total limit on the track.
+    """
+    from accounts import quota
     from submissions.tasks import enqueue
 
     declared = metadata.pop("artifact_format", "") or ""
@@ -64,8 +69,10 @@ def create_submission(owner: Any, track: Track, upload: File, **metadata: Any) -
         **metadata,
     )
     with transaction.atomic():
+        quota.check_and_lock(owner, track)
         submission.artifact.save("upload", upload, save=False)
         submission.save()
+        quota.charge(submission)
         transaction.on_commit(lambda: enqueue(submission))
     return submission
 

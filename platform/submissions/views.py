@@ -8,7 +8,9 @@ from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
+from accounts.quota import QuotaExceeded, quota_rows
 from benchmarks.fits import TRANSFORMS, robustness_of
+from leaderboards.model_page import model_page_context
 from submissions import services
 from submissions.forms import SubmissionForm
 from submissions.models import Submission
@@ -27,14 +29,18 @@ def submit(request: HttpRequest) -> HttpResponse:
         form = SubmissionForm(request.POST, request.FILES)
         if form.is_valid():
             data = {k: v for k, v in form.cleaned_data.items() if k not in {"track", "artifact"}}
-            submission = services.create_submission(
-                request.user, form.cleaned_data["track"], form.cleaned_data["artifact"], **data
-            )
-            messages.success(request, "Your model was uploaded and queued for evaluation.")
-            return redirect(submission)
+            try:
+                submission = services.create_submission(
+                    request.user, form.cleaned_data["track"], form.cleaned_data["artifact"], **data
+                )
+            except QuotaExceeded as exc:
+                form.add_error(None, exc.message)
+            else:
+                messages.success(request, "Your model was uploaded and queued for evaluation.")
+                return redirect(submission)
     else:
         form = SubmissionForm(initial={"track": request.GET.get("track")})
-    return render(request, "submissions/submit.html", {"form": form})
+    return render(request, "submissions/submit.html", {"form": form, "quotas": quota_rows(request.user)})
 
 
 def status_payload(submission: Submission) -> dict:
@@ -58,20 +64,15 @@ def status_payload(submission: Submission) -> dict:
 def detail(request: HttpRequest, public_id) -> HttpResponse:
     submission = _visible_submission(request, public_id)
     track = submission.track
-    results = (
-        submission.results.filter(suite_version=track.suite_version).select_related("evaluation_set")
-        if submission.state == Submission.State.FINISHED
-        else []
-    )
-    run = submission.runs.filter(suite_version=track.suite_version).first()
     transform = request.GET.get("transform", "logit")
-    robustness = robustness_of(submission, transform if transform in TRANSFORMS else "logit")
+    transform = transform if transform in TRANSFORMS else "logit"
+    robustness = robustness_of(submission, transform)
     is_owner = request.user.is_authenticated and (request.user.is_staff or request.user.pk == submission.owner_id)
     return render(
         request,
         "submissions/detail.html",
-        {"submission": submission, "track": track, "results": results, "run": run, "is_owner": is_owner,
-         "status": status_payload(submission), "robustness": robustness, "transform": transform},
+        {"submission": submission, "track": track, "is_owner": is_owner, "status": status_payload(submission),
+         "robustness": robustness, "transform": transform, **model_page_context(submission, request.user)},
     )
 
 
@@ -107,5 +108,10 @@ def rerun(request: HttpRequest, public_id) -> HttpResponse:
 
 @login_required
 def mine(request: HttpRequest) -> HttpResponse:
-    submissions = Submission.objects.filter(owner=request.user).select_related("track")
-    return render(request, "submissions/mine.html", {"submissions": submissions})
+    submissions = list(Submission.objects.filter(owner=request.user).select_related("track", "withdrawal"))
+    queue = list(Submission.objects.filter(state=Submission.State.QUEUED).order_by("queued_at", "id")
+                 .values_list("pk", flat=True)) if any(s.state == Submission.State.QUEUED for s in submissions) else []
+    positions = {pk: i + 1 for i, pk in enumerate(queue)}
+    for s in submissions:
+        s.queue_position = positions.get(s.pk)
+    return render(request, "submissions/mine.html", {"submissions": submissions, "quotas": quota_rows(request.user)})

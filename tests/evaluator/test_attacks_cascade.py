@@ -109,19 +109,43 @@ def test_the_cascade_only_attacks_points_still_robust() -> None:
     assert tm.stages[-1].backward_passes == 0  # Square is black-box
 
 
+class Spy(nn.Module):
+    """Records, per stage (told by the progress callback), which original points the model saw:
+    every image it gets lies within eps of exactly one of them."""
+
+    def __init__(self, model: nn.Module, originals: torch.Tensor, eps: float) -> None:
+        super().__init__()
+        self.model, self.originals, self.eps = model, originals.flatten(1), eps
+        self.stage = "none"
+        self.seen: dict[str, set[int]] = {}
+
+    def on_progress(self, fraction: float, stage: str) -> None:
+        self.stage = stage.split()[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        distance = (x.flatten(1)[:, None, :] - self.originals[None]).abs().amax(dim=2)
+        close = distance <= self.eps * (1 + 1e-5)
+        assert (close.sum(dim=1) == 1).all(), "the spy needs points farther apart than 2 eps"
+        self.seen.setdefault(self.stage, set()).update(close.float().argmax(dim=1).tolist())
+        return self.model(x)
+
+
 def test_each_stage_only_sees_the_survivors_of_the_previous_one() -> None:
-    """A spy records the clean images each stage is handed (its first model call per chunk)."""
     model, x, y, _ = problem(seed=3, n=80)
-    threat = ThreatModel("L2", float(boundary_distance(model, x, y, "L2").median()))
-    outcome = attack_threat_model(model, x, y, torch.ones(len(y), dtype=torch.bool), threat, suite=SMALL, seed=0)
-    broken_ce = outcome.broken_by["apgd-ce"]
-    broken_t = outcome.broken_by["apgd-t"]
-    broken_sq = outcome.broken_by["square"]
-    assert not (broken_ce & broken_t).any() and not ((broken_ce | broken_t) & broken_sq).any()
-    assert torch.equal(outcome.robust, ~(broken_ce | broken_t | broken_sq))
+    threat = ThreatModel("Linf", float(boundary_distance(model, x, y, "Linf").median()))
+    spy = Spy(model, x, threat.eps)
+    clean_correct = torch.ones(len(y), dtype=torch.bool)
+    clean_correct[:5] = False  # pretend five points were misclassified: no stage may touch them
+    outcome = attack_threat_model(spy, x, y, clean_correct, threat, suite=SMALL, seed=0, on_progress=spy.on_progress)
+    broken_ce, broken_t, broken_sq = (outcome.broken_by[s] for s in ("apgd-ce", "apgd-t", "square"))
+    as_set = lambda mask: set(mask.nonzero().squeeze(1).tolist())  # noqa: E731
+    assert spy.seen["apgd-ce"] == as_set(clean_correct)
+    assert spy.seen["apgd-t"] == as_set(clean_correct & ~broken_ce)
+    assert spy.seen["square"] == as_set(clean_correct & ~broken_ce & ~broken_t)
+    assert broken_ce.any() and spy.seen["square"]
+    assert torch.equal(outcome.robust, clean_correct & ~(broken_ce | broken_t | broken_sq))
     stages = outcome.report.stages
-    assert stages[1].attacked == int((~broken_ce).sum())
-    assert stages[2].attacked == int((~(broken_ce | broken_t)).sum())
+    assert [s.attacked for s in stages] == [len(spy.seen[name]) for name in ("apgd-ce", "apgd-t", "square")]
 
 
 def test_pass_count_matches_a_hand_count() -> None:

@@ -9,7 +9,7 @@ import pytest
 from django.core.management import call_command
 from django.test import Client
 
-from benchmarks.models import EvaluationSet, Track
+from benchmarks.models import BaselineFit, EvaluationSet, Track
 from submissions.models import Result, Submission
 from submissions.tasks import evaluate_submission
 
@@ -33,7 +33,7 @@ def test_build_demo_and_evaluate_every_baseline(arena_dirs, capsys):
     assert usps.role == "shift" and usps.shift_kind == "natural"
 
     baselines = list(Submission.objects.filter(is_baseline=True))
-    assert len(baselines) == 6
+    assert len(baselines) == 6  # the shared pretrained models
     for submission in baselines:
         evaluate_submission(submission.pk)
     for submission in baselines:
@@ -70,5 +70,14 @@ def test_build_demo_and_evaluate_every_baseline(arena_dirs, capsys):
     page = Client().get("/tracks/mnist-digits/").content.decode()
     assert "LeNet-5 (advertorch, clean training)" in page and f"{100 * lenet.value:.2f}%" in page
 
+    # The testbed: trained standard baselines give the effective-robustness line its points.
+    call_command("train_digit_baselines", "--only", "linear-sgd-1ep", "mlp-8", "cnn-4-1ep")
+    for submission in Submission.objects.filter(is_baseline=True, state="queued"):
+        evaluate_submission(submission.pk)
+    fits = {(f.shift_set.name, f.transform): f for f in BaselineFit.objects.filter(is_current=True)}
+    assert {("usps", "logit"), ("usps", "probit"), ("mnist-c", "logit"), ("cifar10-c", "logit")} <= set(fits)
+    assert fits[("usps", "logit")].n_models == 5 and fits[("cifar10-c", "logit")].n_models == 3
+    assert 0.2 < fits[("usps", "logit")].slope < 2.0
+
     call_command("build_demo", "--limit", "2000")  # idempotent: same hashes, no duplicate baselines
-    assert Submission.objects.filter(is_baseline=True).count() == 6
+    assert Submission.objects.filter(is_baseline=True).count() == 9

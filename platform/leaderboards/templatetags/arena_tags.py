@@ -9,7 +9,7 @@ from django.utils.html import format_html
 
 register = template.Library()
 
-_PERCENT_METRICS = {"accuracy"}
+_PERCENT_PREFIXES = ("accuracy", "robust_accuracy", "tpr@")
 
 
 @register.filter
@@ -20,14 +20,16 @@ def dictget(mapping: dict, key: str) -> Any:
 def _fmt(metric: str, value: float | None) -> str:
     if value is None:
         return "–"
-    if metric in _PERCENT_METRICS:
+    if metric == "points":  # an accuracy difference (drop, effective robustness)
+        return f"{100 * value:+.2f} pt"
+    if metric.startswith(_PERCENT_PREFIXES):
         return f"{100 * value:.2f}%"
     return f"{value:.3f}"
 
 
 @register.filter
 def score(result: Any) -> str:
-    """``98.90% [98.6, 99.1]`` for accuracy, ``0.953 [0.941, 0.962]`` for other metrics."""
+    """``98.90% [98.60%, 99.10%]`` for accuracies, ``0.953 [0.941, 0.962]`` for AUC, ``+1.20 pt`` for gaps."""
     if result is None:
         return "–"
     interval = ""
@@ -39,6 +41,20 @@ def score(result: Any) -> str:
 @register.filter
 def percent(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.1f}%"
+
+
+@register.filter
+def seconds(value: Any) -> str:
+    """A duration people read at a glance: ``42.1 s``, ``3 min 05 s``, ``1 h 02 min``."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):  # missing from older provenance records
+        return "–"
+    if value < 60:
+        return f"{value:.1f} s"
+    if value < 3600:
+        return f"{int(value // 60)} min {int(value % 60):02d} s"
+    return f"{int(value // 3600)} h {int(value % 3600 // 60):02d} min"
 
 
 @register.filter
