@@ -29,6 +29,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
@@ -57,8 +58,8 @@ def import_autoattack(path: str | None) -> Any:
     return importlib.import_module("autoattack").AutoAttack
 
 
-def load_setup(name: str, work: Path, models_dir: Path, mirror: Path, n: int) -> tuple[torch.nn.Module, torch.Tensor,
-                                                                                        torch.Tensor, ThreatModel]:
+def load_setup(name: str, work: Path, models_dir: Path, mirror: Path, n: int, spread: bool) -> tuple[
+        torch.nn.Module, torch.Tensor, torch.Tensor, ThreatModel]:
     arch, checkpoint, dataset, threat = SETUPS[name]
     weights = work / f"{arch}.safetensors"
     convert_checkpoint(arch, models_dir / checkpoint, weights)
@@ -68,8 +69,11 @@ def load_setup(name: str, work: Path, models_dir: Path, mirror: Path, n: int) ->
     data_root = work / "data"
     fetch_dataset(dataset, data_root, mirror=mirror)
     images, labels = load_dataset(dataset, data_root)
-    x = torch.from_numpy(images[:n].copy()).float().div(255.0)
-    y = torch.from_numpy(labels[:n].copy()).long()
+    # The CIFAR JPEG set loads class by class, so its first 1,000 images are all airplanes;
+    # --spread takes n evenly spaced images instead (every class for n >= 10).
+    index = np.linspace(0, len(labels) - 1, n).round().astype(np.int64) if spread else np.arange(n)
+    x = torch.from_numpy(images[index].copy()).float().div(255.0)
+    y = torch.from_numpy(labels[index].copy()).long()
     return model, x, y, threat
 
 
@@ -116,6 +120,7 @@ def run_autoattack(auto_attack: Any, model: torch.nn.Module, x: torch.Tensor, y:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=1000, help="first n test images of each dataset")
+    parser.add_argument("--spread", action="store_true", help="n evenly spaced test images instead of the first n")
     parser.add_argument("--models", default="cifar_resnet20,mnist_lenet5", help="comma-separated: " + ",".join(SETUPS))
     parser.add_argument("--autoattack", default=None, help="path to a fra31/auto-attack checkout (or AUTOATTACK_PATH)")
     parser.add_argument("--shared", default=str(ROOT.parent / "shared"), help="folder with data/ and models/")
@@ -128,14 +133,16 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     auto_attack = import_autoattack(args.autoattack)
     shared = Path(args.shared)
-    results: dict[str, Any] = {"n": args.n, "threads": args.threads}
+    results: dict[str, Any] = {"n": args.n, "spread": args.spread, "threads": args.threads}
     with tempfile.TemporaryDirectory() as tmp:
         for name in [m.strip() for m in args.models.split(",") if m.strip()]:
-            model, x, y, threat = load_setup(name, Path(tmp), shared / "models", shared / "data", args.n)
+            model, x, y, threat = load_setup(name, Path(tmp), shared / "models", shared / "data", args.n, args.spread)
             ours = run_ours(model, x, y, threat, args.seed, args.batch_size)
             theirs = run_autoattack(auto_attack, model, x, y, threat, args.seed, args.batch_size)
             results[name] = {"threat": threat.key, "ours": ours, "autoattack": theirs}
-            print(f"\n{name}  ({threat.norm} eps={threat.eps:.4f}, n={args.n}, clean {ours['clean_accuracy']:.2%})")
+            points = "evenly spaced" if args.spread else "first"
+            print(f"\n{name}  ({threat.norm} eps={threat.eps:.4f}, {points} n={args.n}, "
+                  f"{len(set(y.tolist()))} classes, clean {ours['clean_accuracy']:.2%})")
             print(f"  {'suite':<12}{'robust acc':>12}{'forward':>12}{'backward':>12}{'passes':>12}{'seconds':>10}")
             for label, r in (("ours", ours), ("AutoAttack", theirs)):
                 print(f"  {label:<12}{r['robust_accuracy']:>12.2%}{r['forward']:>12,}{r['backward']:>12,}"

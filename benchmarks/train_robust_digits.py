@@ -166,7 +166,8 @@ def main() -> None:
               f"{report.backward_passes:,} backward passes, {report.seconds:.0f} s", flush=True)
 
     print(f"\nsuite {suite.version}, Linf eps {args.eps}, {len(evaluation)} hidden MNIST points, seed {args.seed}")
-    print(f"  {'model':<15}{'train s':>9}{'clean acc':>11}{'robust acc':>12}{'95% CI':>18}{'passes':>13}{'attack s':>10}")
+    header = f"{'model':<15}{'train s':>9}{'clean acc':>11}{'robust acc':>12}{'95% CI':>18}{'passes':>13}"
+    print(f"  {header}{'attack s':>10}")
     for name, train_s, report, tm in rows:
         interval = f"[{tm.ci_low:.1%}, {tm.ci_high:.1%}]"
         passes = report.forward_passes + report.backward_passes
