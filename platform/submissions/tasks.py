@@ -89,6 +89,9 @@ def evaluate_submission(submission_id: int) -> str:
 
         refit_track(submission.track)
     if not result.ok:
+        from accounts.quota import refund_platform_failure
+
+        refund_platform_failure(submission)  # the platform's own faults do not cost the researcher quota
         logger.info("submission %s failed: %s", submission.public_id, failure_message(result.error_code, result.error))
     return submission.state
 
