@@ -28,6 +28,8 @@ from evaluator.spec import InputSpec, JobSpec, MetricValue, Result
 
 #: Share of the progress bar given to loading and checking the model, before any data is seen.
 _SETUP_WEIGHT = 0.03
+#: Progress weight of one attacked point, relative to one clean image.
+_ATTACK_WEIGHT = 200.0
 
 
 def hardware_description(device: str) -> dict[str, Any]:
@@ -127,6 +129,68 @@ def score_detector(outputs: torch.Tensor, labels: torch.Tensor, set_name: str, s
     return list(detection_metrics(scores, labels.numpy(), evaluation_set=set_name, seed=seed))
 
 
+def attack_subset(num_examples: int, points: int, seed: int) -> torch.Tensor:
+    """The seeded subset of the clean set that the attack suite attacks (sorted indices)."""
+    order = torch.randperm(num_examples, generator=torch.Generator().manual_seed(seed))
+    return order[: min(points, num_examples)].sort().values
+
+
+def run_attacks(
+    model: torch.nn.Module, spec: JobSpec, set_name: str, images_uint8: torch.Tensor, labels: torch.Tensor,
+    device: torch.device, progress: ProgressCallback,
+) -> tuple[list[MetricValue], dict[str, Any]]:
+    """The attack cascade on a seeded subset of the clean set, plus the reliability checks.
+
+    Returns ``robust_accuracy@<threat>`` (final, with its interval) and
+    ``robust_accuracy@<threat>><stage>`` (after each stage) metrics, and per threat model the
+    passes spent, seconds and reliability flags for the provenance.
+    """
+    from dataclasses import asdict
+
+    from evaluator.attacks.cascade import run_cascade
+    from evaluator.attacks.reliability import run_reliability_checks
+    from evaluator.attacks.threat import ThreatModel
+
+    subset = attack_subset(int(labels.shape[0]), spec.attack_points, spec.seed)
+    x = to_model_input(images_uint8[subset], spec.input, device)
+    y = labels[subset].to(device)
+    threats = [ThreatModel(t.norm, t.eps) for t in spec.threat_models]
+    with_checks = spec.reliability_points > 0
+    stages = StagedProgress(progress, [4.0 if with_checks else 1.0] + ([1.0] if with_checks else []))
+
+    def on_cascade(fraction: float, stage: str) -> None:
+        stages.report(0, fraction, f"attacks: {stage}")
+
+    report = run_cascade(model, x, y, threats, suite=spec.attack_suite, seed=spec.seed,
+                         batch_size=spec.batch_size, device=device, progress=on_cascade)
+    metrics: list[MetricValue] = []
+    details: dict[str, Any] = {}
+    for index, (threat_spec, threat, outcome) in enumerate(
+        zip(spec.threat_models, threats, report.threat_models, strict=True)
+    ):
+        label = threat_spec.label
+        metrics.append(MetricValue(set_name, f"robust_accuracy@{label}", outcome.robust_accuracy, outcome.num_examples,
+                                   outcome.ci_low, outcome.ci_high, outcome.ci_method))
+        for stage in outcome.stages:
+            metrics.append(MetricValue(set_name, f"robust_accuracy@{label}>{stage.attack}", stage.robust_accuracy,
+                                       outcome.num_examples))
+        flags: list[dict[str, Any]] = []
+        if with_checks:
+            stages.report(1, index / len(threats), f"reliability checks: {label}")
+            checks = run_reliability_checks(model, x, y, threat, subset=spec.reliability_points, seed=spec.seed,
+                                            cascade_report=outcome, batch_size=spec.batch_size, device=device)
+            flags = [asdict(flag) for flag in checks.flags]
+        details[label] = {
+            "norm": threat.norm, "eps": threat.eps, "suite": report.suite_version, "points": outcome.num_examples,
+            "clean_accuracy": outcome.clean_accuracy, "forward_passes": outcome.forward_passes,
+            "backward_passes": outcome.backward_passes, "seconds": outcome.seconds, "flags": flags,
+            "stages": [asdict(stage) for stage in outcome.stages],
+        }
+    metrics.append(MetricValue(set_name, "attacked_clean_accuracy", report.clean_accuracy, report.num_examples,
+                               report.clean_ci_low, report.clean_ci_high, "clopper-pearson-95"))
+    return metrics, details
+
+
 def run_job(spec: JobSpec, progress: ProgressCallback = ignore_progress) -> Result:
     """Evaluate one submission as the spec says; failures come back as a Result, not an exception."""
     started = time.perf_counter()
@@ -137,12 +201,17 @@ def run_job(spec: JobSpec, progress: ProgressCallback = ignore_progress) -> Resu
         progress(0.0, "loading model")
         model = load_model(spec.artifact, spec.input)
         model = model.to(device)
-        progress(_SETUP_WEIGHT / 2, "checking the model's input and output contract")
+        progress(0.0, "checking the model's input and output contract")
         check_contract(model, spec.input, spec.task, spec.num_classes, spec.batch_size, spec.time_budget_s, spec.device)
 
         datasets = [read_evaluation_set(s.path, s.sha256 or None) for s in spec.evaluation_sets]
         total_images = sum(int(d.labels.shape[0]) for d in datasets)
-        stages = StagedProgress(progress, [_SETUP_WEIGHT * total_images] + [int(d.labels.shape[0]) for d in datasets])
+        attacking = spec.task == "classifier" and bool(spec.threat_models)
+        # An attacked point costs hundreds of passes: weigh the attack stage accordingly.
+        attack_weight = [_ATTACK_WEIGHT * min(spec.attack_points, total_images)] if attacking else []
+        stages = StagedProgress(
+            progress, [_SETUP_WEIGHT * total_images] + [int(d.labels.shape[0]) for d in datasets] + attack_weight
+        )
         stages.report(0, 1.0, "model checked")
 
         result = Result(job_id=spec.job_id, ok=True, suite_version=spec.suite_version, seed=spec.seed)
@@ -164,6 +233,18 @@ def run_job(spec: JobSpec, progress: ProgressCallback = ignore_progress) -> Resu
             else:
                 metrics = score_detector(outputs, data.labels, set_spec.name, spec.seed)
             result.metrics.extend(metrics)
+        if attacking:
+            clean_index = next((i for i, s in enumerate(spec.evaluation_sets) if s.role == "clean"), 0)
+            clean_spec, clean_data = spec.evaluation_sets[clean_index], datasets[clean_index]
+            attack_stage = len(datasets) + 1
+
+            def on_attack(fraction: float, stage: str) -> None:
+                stages.report(attack_stage, fraction, stage)
+
+            attack_metrics, provenance["attacks"] = run_attacks(
+                model, spec, clean_spec.name, clean_data.images, clean_data.labels, device, on_attack
+            )
+            result.metrics.extend(attack_metrics)
         elapsed = time.perf_counter() - started
         provenance.update(seconds=round(elapsed, 3), images=total_images,
                           images_per_second=round(total_images / elapsed, 1) if elapsed > 0 else None)

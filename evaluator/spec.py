@@ -88,6 +88,10 @@ class JobSpec:
     threat_models: tuple[ThreatModelSpec, ...] = ()
     #: How many clean-set points (a seeded subset) the attack suite attacks.
     attack_points: int = 1000
+    #: The registered attack-suite configuration (evaluator.attacks.cascade.SUITES).
+    attack_suite: str = "attacks-1"
+    #: Points (of the attacked subset) the reliability checks run on; 0 skips them.
+    reliability_points: int = 200
     spec_version: int = SPEC_VERSION
 
     def to_json(self) -> str:

@@ -9,6 +9,8 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 export PATH="$VENV/bin:$PATH"
+# Spinning OpenMP threads collapse throughput when cores are shared; passive waiting avoids it.
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 export PYTHONPATH="$ROOT/platform:$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
 install_requirements() {  # $1: requirements file

@@ -15,6 +15,7 @@ gradient of the final iterate is never used, so the last iteration is forward on
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -36,6 +37,15 @@ DEFAULT_ITERATIONS = 100
 MOMENTUM_ALPHA = 0.75
 #: Fraction of steps since the last checkpoint that must have raised the loss to keep the step size.
 DEFAULT_RHO = 0.75
+#: Iterations between two progress reports.
+_REPORT_EVERY = 10
+
+#: Called with the fraction of an attack's work done (0 to 1) so long runs can show progress.
+InnerProgress = Callable[[float], None]
+
+
+def _ignore(fraction: float) -> None:
+    """No progress reporting."""
 
 
 def checkpoints(n_iter: int) -> list[int]:
@@ -62,6 +72,7 @@ def _apgd_single_run(
     rho: float,
     generator: torch.Generator,
     batch_size: int,
+    progress: InnerProgress = _ignore,
 ) -> AttackResult:
     """One APGD run from a random start on every point of ``x``."""
     n = x.shape[0]
@@ -89,6 +100,8 @@ def _apgd_single_run(
         active = (~fooled).nonzero().squeeze(1)
         if active.numel() == 0:
             break
+        if i % _REPORT_EVERY == 0:
+            progress(i / n_iter)
         xa, xa_prev, xs = x_cur[active], x_prev[active], x[active]
         step_a = step[active].view(-1, *[1] * (x.dim() - 1))
         z = threat.project(xa + step_a * steepest_direction(grad[active], threat.norm), xs)
@@ -152,6 +165,7 @@ def apgd(
     n_restarts: int = 1,
     rho: float = DEFAULT_RHO,
     batch_size: int = 256,
+    progress: InnerProgress = _ignore,
 ) -> AttackResult:
     """APGD on ``loss`` ("ce", "dlr", or "dlr-targeted" with ``target``), ``n_restarts`` random starts.
 
@@ -165,13 +179,18 @@ def apgd(
     x = x.detach()
     fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     x_adv = x.clone()
-    for _ in range(max(n_restarts, 1)):
+    restarts = max(n_restarts, 1)
+    for restart in range(restarts):
         todo = (~fooled).nonzero().squeeze(1)
         if todo.numel() == 0:
             break
+
+        def inner(fraction: float, restart: int = restart) -> None:
+            progress((restart + fraction) / restarts)
+
         run = _apgd_single_run(
             model, x[todo], y[todo], threat, loss_fn, None if target is None else target[todo],
-            n_iter, rho, generator, batch_size,
+            n_iter, rho, generator, batch_size, inner,
         )
         x_adv[todo] = run.x_adv
         fooled[todo] = run.fooled
@@ -188,9 +207,13 @@ def apgd_ce(
     n_iter: int = DEFAULT_ITERATIONS,
     n_restarts: int = 1,
     batch_size: int = 256,
+    progress: InnerProgress = _ignore,
 ) -> AttackResult:
     """Untargeted APGD on the cross-entropy loss (AutoAttack's first stage)."""
-    return apgd(model, x, y, threat, generator, loss="ce", n_iter=n_iter, n_restarts=n_restarts, batch_size=batch_size)
+    return apgd(
+        model, x, y, threat, generator, loss="ce", n_iter=n_iter, n_restarts=n_restarts, batch_size=batch_size,
+        progress=progress,
+    )
 
 
 def apgd_targeted(
@@ -205,6 +228,7 @@ def apgd_targeted(
     n_restarts: int = 1,
     batch_size: int = 256,
     clean_logits: Tensor | None = None,
+    progress: InnerProgress = _ignore,
 ) -> AttackResult:
     """APGD-T: targeted DLR towards each of the ``n_target_classes`` most likely wrong classes.
 
@@ -219,7 +243,8 @@ def apgd_targeted(
     ranking = clean_logits.argsort(dim=1, descending=True)
     fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     x_adv = x.clone()
-    for rank in range(1, min(n_target_classes, num_classes - 1) + 1):
+    n_targets = max(min(n_target_classes, num_classes - 1), 0)
+    for rank in range(1, n_targets + 1):
         # The rank-th most likely class other than the label (the label is rank 0 on correct points).
         candidates = ranking[:, : rank + 1]
         not_label = candidates != y[:, None]
@@ -231,9 +256,12 @@ def apgd_targeted(
         todo = valid.nonzero().squeeze(1)
         if todo.numel() == 0:
             continue
+        def inner(fraction: float, rank: int = rank) -> None:
+            progress((rank - 1 + fraction) / n_targets)
+
         result = apgd(
-            model, x[todo], y[todo], ThreatModel(threat.norm, threat.eps), generator,
-            loss="dlr-targeted", target=target[todo], n_iter=n_iter, n_restarts=n_restarts, batch_size=batch_size,
+            model, x[todo], y[todo], threat, generator, loss="dlr-targeted", target=target[todo],
+            n_iter=n_iter, n_restarts=n_restarts, batch_size=batch_size, progress=inner,
         )
         hit = todo[result.fooled]
         fooled[hit] = True

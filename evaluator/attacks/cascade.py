@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -166,21 +167,22 @@ def _run_stage(
     suite: SuiteConfig,
     generator: torch.Generator,
     batch_size: int,
+    progress: Callable[[float], None],
 ) -> AttackResult:
     if stage == "apgd-ce":
         return apgd_ce(
             model, x, y, threat, generator,
-            n_iter=suite.apgd_iterations, n_restarts=suite.apgd_restarts, batch_size=batch_size,
+            n_iter=suite.apgd_iterations, n_restarts=suite.apgd_restarts, batch_size=batch_size, progress=progress,
         )
     if stage == "apgd-t":
         return apgd_targeted(
             model, x, y, threat, generator, n_target_classes=suite.target_classes,
-            n_iter=suite.apgd_iterations, n_restarts=suite.apgd_restarts, batch_size=batch_size,
+            n_iter=suite.apgd_iterations, n_restarts=suite.apgd_restarts, batch_size=batch_size, progress=progress,
         )
     if stage == "square":
         return square_attack(
             model, x, y, threat, generator, n_queries=suite.square_queries, p_init=suite.square_p_init,
-            batch_size=batch_size,
+            batch_size=batch_size, progress=progress,
         )
     raise ValueError(f"unknown stage {stage!r}")
 
@@ -226,13 +228,22 @@ def attack_threat_model(
         todo = robust.nonzero().squeeze(1)
         broken = torch.zeros_like(robust)
         total = int(todo.numel())
+        label = f"{stage} ({threat.norm}, eps={threat.eps:.4g})"
         for chunk_index, start in enumerate(range(0, total, config.chunk_size)):
-            staged.report(stage_index, start / total, f"{stage} ({threat.norm}, eps={threat.eps:.4g})")
             index = todo[start : start + config.chunk_size]
+
+            def inner(
+                fraction: float, start: int = start, size: int = int(index.numel()), total: int = total,
+                stage_index: int = stage_index, label: str = label,
+            ) -> None:
+                # Points of this stage done so far, counting this chunk's share of its work.
+                staged.report(stage_index, (start + fraction * size) / total, label)
+
+            inner(0.0)
             generator = make_generator(
                 derive_seed(seed, config.version, threat.key, stage, chunk_index), x.device
             )
-            result = _run_stage(stage, counter, x[index], y[index], threat, config, generator, batch_size)
+            result = _run_stage(stage, counter, x[index], y[index], threat, config, generator, batch_size, inner)
             claimed = result.fooled.nonzero().squeeze(1)
             if claimed.numel():
                 # Confirm each claimed adversarial image: inside the threat model and misclassified.
@@ -255,7 +266,7 @@ def attack_threat_model(
                 seconds=round(time.perf_counter() - stage_started, 3),
             )
         )
-        staged.report(stage_index, 1.0, f"{stage} ({threat.norm}, eps={threat.eps:.4g}) done")
+        staged.report(stage_index, 1.0, f"{label} done")
     robust_count = int(robust.sum())
     accuracy, low, high = accuracy_with_interval(robust_count, n)
     report = ThreatModelReport(

@@ -15,6 +15,7 @@ cost is ``n_queries`` forward passes per point.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -29,6 +30,12 @@ DEFAULT_P_INIT = 0.8
 #: Query counts at which p is halved, on a 10,000-query schedule (the paper's).
 _P_HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 _TINY = 1e-12
+#: Queries between two progress reports.
+_REPORT_EVERY = 100
+
+
+def _ignore(fraction: float) -> None:
+    """No progress reporting."""
 
 
 def p_schedule(iteration: int, p_init: float, n_queries: int, rescale: bool) -> float:
@@ -111,8 +118,12 @@ def square_attack(
     p_init: float = DEFAULT_P_INIT,
     rescale_schedule: bool = False,
     batch_size: int = 256,
+    progress: Callable[[float], None] = _ignore,
 ) -> AttackResult:
-    """Untargeted Square attack on images (N, C, H, W) in [0, 1]; see the module docstring."""
+    """Untargeted Square attack on images (N, C, H, W) in [0, 1]; see the module docstring.
+
+    ``progress`` is called with the fraction of the query budget spent, every 100 queries.
+    """
     if x.dim() != 4:
         raise ValueError(f"the Square attack needs (N, C, H, W) images, got shape {tuple(x.shape)}")
     x = x.detach()
@@ -134,6 +145,8 @@ def square_attack(
         active = (~fooled).nonzero().squeeze(1)
         if active.numel() == 0:
             break
+        if iteration % _REPORT_EVERY == 0:
+            progress(iteration / n_queries)
         k = active.numel()
         xs, best = x[active], x_best[active]
         p = p_schedule(iteration, p_init, n_queries, rescale_schedule)

