@@ -40,6 +40,7 @@ def as_json(board: Leaderboard, request: Any = None) -> dict[str, Any]:
                 "extra_data": r.submission.extra_data,
                 "is_baseline": r.submission.is_baseline,
                 "verified": r.verified,
+                "unreliable": r.unreliable,
                 "suite_version": r.suite_version,
                 "paper_url": r.submission.paper_url,
                 "code_url": r.submission.code_url,
@@ -55,8 +56,8 @@ def as_csv(board: Leaderboard) -> str:
     """One line per model; each score column becomes value, ci_low and ci_high columns."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    head = ["rank", "id", "name", "owner", "model_type", "extra_data", "baseline", "verified", "suite_version",
-            "paper_url", "code_url"]
+    head = ["rank", "id", "name", "owner", "model_type", "extra_data", "baseline", "verified", "unreliable",
+            "suite_version", "paper_url", "code_url"]
     for c in board.columns:
         direction = "higher_better" if c.higher_is_better else "lower_better"
         head += [f"{c.key} ({direction})", f"{c.key} ci_low", f"{c.key} ci_high"]
@@ -64,8 +65,8 @@ def as_csv(board: Leaderboard) -> str:
     for r in board.rows:
         s = r.submission
         line: list[Any] = ["" if r.rank is None else r.rank, str(s.public_id), s.name, s.owner.username, s.model_type,
-                           int(s.extra_data), int(s.is_baseline), int(r.verified), r.suite_version, s.paper_url,
-                           s.code_url]
+                           int(s.extra_data), int(s.is_baseline), int(r.verified), int(r.unreliable),
+                           r.suite_version, s.paper_url, s.code_url]
         for c in board.columns:
             score = r.scores.get(c.key)
             if score is None:

@@ -68,6 +68,8 @@ class Row:
     scores: dict[str, Any] = field(default_factory=dict)
     rank: int | None = None
     verified: bool = False
+    #: A reliability check of the attack suite fired (RobustBench's unreliable-evaluation mark).
+    unreliable: bool = False
     suite_version: str = ""
     url: str = ""
 
@@ -310,7 +312,8 @@ def build(track: Track, user: Any = None, filters: Filters | None = None) -> Lea
             if key:
                 row.scores[key] = score
         ok, attacks = run_info.get(submission.pk, (False, None))
-        row.verified = bool(ok) and not _flagged(attacks)
+        row.unreliable = _flagged(attacks)
+        row.verified = bool(ok) and not row.unreliable
         row.suite_version = track.suite_version if submission.pk in run_info else ""
         if filters.verified and not row.verified:
             continue

@@ -84,3 +84,24 @@ def test_leaderboard_lists_public_finished_models_sorted_with_interval_ranks(dig
     client.force_login(other_user)  # the owner sees their private model, highlighted
     html = client.get(reverse("leaderboard", args=["digits"])).content.decode()
     assert "Private D" in html and 'class="mine"' in html
+
+
+def test_a_fired_reliability_check_marks_the_evaluation_unreliable(digits_track, researcher, other_user):
+    from submissions.models import EvaluationRun
+
+    honest = _submission(digits_track, researcher, "Honest")
+    masked = _submission(digits_track, other_user, "Masked")
+    _finish(honest, 0.95, 0.94, 0.96)
+    _finish(masked, 0.96, 0.95, 0.97)
+    flags = {"Linf-0.3": {"flags": [{"check": "black_box", "flagged": True, "explanation": "Square beat APGD"}]}}
+    EvaluationRun.objects.filter(submission=masked).update(provenance={"attacks": flags})
+    clean = {"Linf-0.3": {"flags": [{"check": "black_box", "flagged": False, "explanation": "fine"}]}}
+    EvaluationRun.objects.filter(submission=honest).update(provenance={"attacks": clean})
+
+    html = Client().get(reverse("leaderboard", args=["digits"])).content.decode()
+    masked_row = html[html.index("Masked"):].split("</tr>", 1)[0]
+    honest_row = html[html.index("Honest"):].split("</tr>", 1)[0]
+    assert "unreliable evaluation" in masked_row and "verified" not in masked_row
+    assert "unreliable evaluation" not in honest_row and "verified" in honest_row
+    rows = {r["name"]: r for r in Client().get("/tracks/digits/leaderboard.json").json()["rows"]}
+    assert rows["Masked"]["unreliable"] is True and rows["Honest"]["unreliable"] is False
