@@ -259,8 +259,8 @@ def _check_program_input(program: torch.export.ExportedProgram, input_spec: Inpu
 def _weights_only_torch_load() -> Iterator[None]:
     """Makes every ``torch.load`` inside ``torch.export.load`` refuse arbitrary pickles.
 
-    torch reads this variable on each call, overriding call sites that pass
-    ``weights_only=False``. Process-wide, so evaluations run one job per process.
+    torch reads this variable on each call, overriding call sites inside torch that ask for a
+    full (unsafe) unpickling. Process-wide, so evaluations run one job per process.
     """
     saved = {
         name: os.environ.get(name) for name in ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
