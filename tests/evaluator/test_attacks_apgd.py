@@ -10,8 +10,6 @@ its projection is right); points nearer must be broken.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -21,27 +19,9 @@ from evaluator.attacks.apgd import apgd, apgd_ce, apgd_targeted, checkpoints
 from evaluator.attacks.common import make_generator
 from evaluator.attacks.counting import CountingModel, PassCount
 from evaluator.attacks.threat import ThreatModel, dual_norm
+from tests.evaluator.attack_models import LinearModel, one_thread  # noqa: F401 (autouse fixture)
 
 TOLERANCE = 0.01  # points within 1% of the boundary distance are not judged
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models run fastest on one thread, especially on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-class LinearModel(nn.Module):
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(weight)
-        self.bias = nn.Parameter(bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.flatten(1) @ self.weight.t() + self.bias
 
 
 def boundary_distance(model: LinearModel, x: torch.Tensor, y: torch.Tensor, norm: str) -> tuple[torch.Tensor,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,36 +20,12 @@ from evaluator.attacks.cascade import (
 )
 from evaluator.attacks.counting import CountingModel, PassCount
 from evaluator.attacks.threat import ThreatModel, default_threat_models, dual_norm
+from tests.evaluator.attack_models import LinearModel, Quantised, one_thread  # noqa: F401 (autouse fixture)
 
 SHARED = Path(__file__).resolve().parents[3] / "shared"
 
 #: A small suite with the standard stages, so the cascade's logic is tested in seconds.
 SMALL = SuiteConfig("test-small", apgd_iterations=20, target_classes=3, square_queries=200, chunk_size=64)
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-class LinearModel(nn.Module):
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(weight)
-        self.bias = nn.Parameter(bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.flatten(1) @ self.weight.t() + self.bias
-
-
-class MaskedLinear(LinearModel):
-    """Quantises its input first: the gradient is zero almost everywhere, scores are not."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(torch.round(x * 4) / 4)
 
 
 def problem(seed: int = 0, n: int = 120, classes: int = 5) -> tuple[LinearModel, torch.Tensor, torch.Tensor,
@@ -208,7 +183,7 @@ def test_progress_moves_forward_to_one() -> None:
 
 def test_square_catches_what_masked_gradients_hide() -> None:
     g = torch.Generator().manual_seed(8)
-    masked = MaskedLinear(torch.randn(5, 3 * 6 * 6, generator=g), torch.zeros(5))
+    masked = Quantised(torch.randn(5, 3 * 6 * 6, generator=g), torch.zeros(5))
     x = torch.rand(60, 3, 6, 6, generator=g)
     with torch.no_grad():
         y = masked(x).argmax(1)

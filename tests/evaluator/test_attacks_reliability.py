@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
-from torch import nn
 
 from evaluator.attacks.cascade import run_cascade
 from evaluator.attacks.reliability import (
@@ -17,33 +14,9 @@ from evaluator.attacks.reliability import (
     run_reliability_checks,
 )
 from evaluator.attacks.threat import ThreatModel
+from tests.evaluator.attack_models import LinearModel, Quantised, one_thread  # noqa: F401 (autouse fixture)
 
 CHECKS = {"gradients", "eps_monotonic", "eps_large", "black_box", "random_noise"}
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-class LinearModel(nn.Module):
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(weight)
-        self.bias = nn.Parameter(bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.flatten(1) @ self.weight.t() + self.bias
-
-
-class Quantised(LinearModel):
-    """Rounds its input to 5 grey levels first: a non-differentiable step, zero gradient a.e."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(torch.round(x * 4) / 4)
 
 
 class Detached(LinearModel):

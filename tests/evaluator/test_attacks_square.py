@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from torch import nn
@@ -12,27 +10,15 @@ from evaluator.attacks.common import make_generator
 from evaluator.attacks.counting import CountingModel
 from evaluator.attacks.square import _l2_update_pattern, _ring_pattern, p_schedule, square_attack
 from evaluator.attacks.threat import ThreatModel, dual_norm
+from tests.evaluator.attack_models import LinearModel, one_thread  # noqa: F401 (autouse fixture)
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-class NoGradientLinear(nn.Module):
+class NoGradientLinear(LinearModel):
     """A linear classifier whose outputs carry no gradient: only scores are observable."""
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(weight)
-        self.bias = nn.Parameter(bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return x.flatten(1) @ self.weight.t() + self.bias
+            return super().forward(x)
 
 
 def problem(norm: str, seed: int = 0, n: int = 60) -> tuple[NoGradientLinear, torch.Tensor, torch.Tensor, torch.Tensor]:
