@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import http.server
 import io
-import os
 import shutil
 import tarfile
 import threading
@@ -21,20 +20,9 @@ from evaluator.data.fetch import fetch_dataset, load_dataset, load_labels
 from evaluator.data.integrity import sha256_file, tree_sha256
 from evaluator.data.registry import DatasetSource, RemoteFile, get_dataset, list_datasets
 from evaluator.errors import EvaluationError
+from tests.shared_paths import SHARED_DATA, needs_shared
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _shared_data() -> Path | None:
-    candidates = [os.environ.get("ARENA_DATA_MIRROR", ""), REPO / "shared" / "data", REPO.parent / "shared" / "data"]
-    for candidate in candidates:
-        if candidate and (Path(candidate) / "mnist").is_dir():
-            return Path(candidate)
-    return None
-
-
-SHARED = _shared_data()
-needs_shared = pytest.mark.skipif(SHARED is None, reason="shared/data mirror not available")
+SHARED = SHARED_DATA
 
 
 def _files_under(root: Path) -> list[str]:

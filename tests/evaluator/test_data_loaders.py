@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import os
 import shutil
 import struct
 from pathlib import Path
@@ -14,20 +13,9 @@ from PIL import Image
 
 from evaluator.data import loaders
 from evaluator.errors import EvaluationError
+from tests.shared_paths import SHARED_DATA, needs_shared
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _shared_data() -> Path | None:
-    candidates = [os.environ.get("ARENA_DATA_MIRROR", ""), REPO / "shared" / "data", REPO.parent / "shared" / "data"]
-    for candidate in candidates:
-        if candidate and (Path(candidate) / "mnist").is_dir():
-            return Path(candidate)
-    return None
-
-
-SHARED = _shared_data()
-needs_shared = pytest.mark.skipif(SHARED is None, reason="shared/data mirror not available")
+SHARED = SHARED_DATA
 
 # Per-class counts of the MNIST test set (LeCun's files).
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -24,23 +23,13 @@ from evaluator.testbed.digits import (
     train_all,
     train_recipe,
 )
+from tests.shared_paths import SHARED_DATA, needs_shared
 
-REPO = Path(__file__).resolve().parents[2]
 #: The demo benchmark's split seed (platform/benchmarks/demo.py HIDDEN_SEED); the testbed trains
 #: on the public half of that split and is scored on the hidden half.
 SPLIT_SEED = 20261125
 
 
-def _shared_data() -> Path | None:
-    candidates = [os.environ.get("ARENA_DATA_MIRROR", ""), REPO / "shared" / "data", REPO.parent / "shared" / "data"]
-    for candidate in candidates:
-        if candidate and (Path(candidate) / "mnist").is_dir():
-            return Path(candidate)
-    return None
-
-
-SHARED_DATA = _shared_data()
-needs_shared = pytest.mark.skipif(SHARED_DATA is None, reason="shared/data mirror not available")
 
 
 @pytest.fixture(scope="module")
