@@ -71,6 +71,47 @@ class ThreatModelSpec:
 
 
 @dataclass(frozen=True)
+class GeneratorSpec:
+    """A detector track's generator ``G(z)``: a zoo architecture, its safetensors weights, z ~ N(0, I).
+
+    The universal attacks need it inside the sandbox: the patch learns on public fakes drawn
+    from it, and the latent-space attack learns one change to its input.
+    """
+
+    architecture: str
+    path: str
+    sha256: str = ""
+    latent_dim: int = 0
+
+
+@dataclass(frozen=True)
+class DetectorAttackSpec:
+    """Parameters of the detector attack suite (Carlini & Farid 2020); see docs/evaluation.md.
+
+    Every attack works on a seeded subset of ``points`` hidden fakes of the clean set and is
+    scored against all of the clean set's hidden reals.
+    """
+
+    #: Hidden fakes attacked (a seeded subset of the clean set's fakes).
+    points: int = 500
+    #: A fake "scores as real" when it falls below the threshold that flags this share of reals.
+    target_fpr: float = 0.05
+    #: Linf budgets of the loss-maximising attack; 1/255 is "the lowest bit of each pixel".
+    pgd_budgets: tuple[float, ...] = (1 / 255, 2 / 255, 4 / 255)
+    pgd_steps: int = 50
+    #: Norms of the distortion-minimising attack.
+    min_norms: tuple[str, ...] = ("L2", "Linf", "L0")
+    #: Share of the image area the universal patch covers (a square of the nearest whole side).
+    patch_area: float = 0.01
+    #: Public fakes (drawn from the generator with ``public_seed``) the universal attacks learn on.
+    universal_train_images: int = 2000
+    universal_steps: int = 300
+    #: Latent attack radius relative to sqrt(latent_dim): ||delta||_2 <= latent_radius * sqrt(d).
+    latent_radius: float = 0.5
+    public_seed: int = 1
+
+
+@dataclass(frozen=True)
 class JobSpec:
     job_id: str
     task: TaskKind
@@ -92,6 +133,10 @@ class JobSpec:
     attack_suite: str = "attacks-1"
     #: Points (of the attacked subset) the reliability checks run on; 0 skips them.
     reliability_points: int = 200
+    #: Detector tracks: the generator of the in-distribution fakes (for the universal attacks).
+    generator: GeneratorSpec | None = None
+    #: Detector tracks: the attack suite's parameters; None runs no detector attacks.
+    detector_attacks: DetectorAttackSpec | None = None
     spec_version: int = SPEC_VERSION
 
     def to_json(self) -> str:
@@ -109,6 +154,14 @@ class JobSpec:
         data["artifact"] = ArtifactSpec(**data["artifact"])
         data["evaluation_sets"] = tuple(EvaluationSetSpec(**s) for s in data["evaluation_sets"])
         data["threat_models"] = tuple(ThreatModelSpec(**t) for t in data.get("threat_models", ()))
+        if data.get("generator"):
+            data["generator"] = GeneratorSpec(**data["generator"])
+        if data.get("detector_attacks"):
+            raw = dict(data["detector_attacks"])
+            for key in ("pgd_budgets", "min_norms"):
+                if key in raw:
+                    raw[key] = tuple(raw[key])
+            data["detector_attacks"] = DetectorAttackSpec(**raw)
         return cls(**data)
 
     @classmethod

@@ -60,6 +60,16 @@ class Track(models.Model):
     reliability_points = models.PositiveIntegerField(
         default=200, help_text="Attacked points the reliability checks run on (0: no checks)."
     )
+    generator = models.JSONField(
+        default=dict, blank=True,
+        help_text='Detector tracks: the generator of the in-distribution fakes, {"architecture", "relative_path" '
+                  '(under ARENA_DATA_DIR), "sha256", "latent_dim"}; empty: no universal attacks.',
+    )
+    detector_attacks = models.JSONField(
+        default=dict, blank=True,
+        help_text="Detector tracks: overrides of the attack suite's parameters (evaluator DetectorAttackSpec); "
+                  "empty on a detector track with a generator: the defaults. Set {\"enabled\": false} for none.",
+    )
     batch_size = models.PositiveIntegerField(default=256)
     time_budget_seconds = models.FloatField(default=60.0, help_text="Seconds a model may take for one batch.")
     is_public = models.BooleanField(default=True)

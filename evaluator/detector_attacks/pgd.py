@@ -1,0 +1,80 @@
+"""Loss-maximising attack: projected gradient descent on the detector's score, towards "real".
+
+The attacker wants a fake image to look real, so the loss it maximises is minus the detector's
+score. Unlike a classifier attack there is no single success condition: the AUC compares every
+attacked fake with every real image, so the attack keeps pushing each score down for its whole
+budget and returns, per image, the iterate with the lowest score it saw.
+
+Step size: it starts at the radius ``eps`` and decays on a cosine schedule to a hundredth of it, which a linear detector needs once (its optimum is a corner of
+the ball, reached by the first full step) and a non-linear one needs for its final refinements.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from evaluator.attacks.common import derive_seed, make_generator
+from evaluator.attacks.threat import Norm, project, random_in_ball, steepest_direction
+from evaluator.detector_attacks.common import score_and_grad
+
+#: Iterations of the loss-maximising attack (per image).
+DEFAULT_STEPS = 50
+
+
+def step_sizes(eps: float, steps: int) -> list[float]:
+    """Cosine decay from ``eps`` to ``eps / 100`` over ``steps`` iterations (the last is ``eps / 100``)."""
+    if steps <= 1:
+        return [eps] * max(steps, 0)
+    floor = eps / 100.0
+    return [floor + (eps - floor) * 0.5 * (1 + math.cos(math.pi * t / (steps - 1))) for t in range(steps)]
+
+
+def lower_score(
+    model: nn.Module,
+    x: Tensor,
+    norm: Norm,
+    eps: float | Tensor,
+    steps: int = DEFAULT_STEPS,
+    random_start: bool = False,
+    seed: int = 0,
+    batch_size: int = 256,
+) -> tuple[Tensor, Tensor]:
+    """The lowest-scoring image found in each image's ``norm`` ball of radius ``eps`` (in [0, 1]).
+
+    ``eps`` may be one radius or a (N,) tensor of radii, one per image (the distortion-minimising
+    attack searches over it). Returns (x_adv, score of x_adv), both before quantisation.
+    """
+    eps_t = eps if isinstance(eps, Tensor) else torch.full((x.shape[0],), float(eps))
+    eps_t = eps_t.to(device=x.device, dtype=x.dtype)
+    advs: list[Tensor] = []
+    best_scores: list[Tensor] = []
+    for start in range(0, x.shape[0], batch_size):
+        xb, eb = x[start : start + batch_size], eps_t[start : start + batch_size]
+        if random_start:
+            gen = make_generator(derive_seed(seed, "detector-pgd", norm, start), x.device)
+            noise = random_in_ball(torch.zeros_like(xb), norm, 1.0, gen)
+            current = project(xb + noise * eb.view(-1, *([1] * (xb.dim() - 1))), xb, norm, eb)
+        else:
+            current = xb.clone()
+        best = current.clone()
+        best_score = torch.full((xb.shape[0],), math.inf, device=x.device)
+        max_eps = float(eb.max()) if eb.numel() else 0.0
+        for size in step_sizes(1.0, steps):
+            scores, grad = score_and_grad(model, current)
+            improved = scores < best_score
+            best[improved] = current[improved]
+            best_score = torch.where(improved, scores, best_score)
+            if max_eps == 0.0:
+                break
+            step = (eb * size).view(-1, *([1] * (xb.dim() - 1)))
+            current = project(current - step * steepest_direction(grad, norm), xb, norm, eb)
+        scores, _ = score_and_grad(model, current)
+        improved = scores < best_score
+        best[improved] = current[improved]
+        best_score = torch.where(improved, scores, best_score)
+        advs.append(best)
+        best_scores.append(best_score)
+    return torch.cat(advs), torch.cat(best_scores)
