@@ -14,13 +14,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 
 from evaluator import __version__
 from evaluator.data.evalsets import read_evaluation_set
 from evaluator.errors import EvaluationError
 from evaluator.metrics.classification import accuracy_with_interval, per_class_accuracy
-from evaluator.metrics.detection import detection_metrics
+from evaluator.metrics.detection import detection_metrics, fixed_threshold_rates, threshold_at_fpr
 from evaluator.models.contract import check_contract
 from evaluator.models.loading import load_model
 from evaluator.progress import ProgressCallback, StagedProgress, ignore_progress
@@ -124,9 +125,39 @@ def score_classifier(
     return metrics, per_class_accuracy(predictions.numpy(), labels.numpy(), num_classes)
 
 
-def score_detector(outputs: torch.Tensor, labels: torch.Tensor, set_name: str, seed: int) -> list[MetricValue]:
+def score_detector(
+    outputs: torch.Tensor,
+    labels: torch.Tensor,
+    set_name: str,
+    seed: int,
+    clean_thresholds: dict[float, float] | None = None,
+    groups: torch.Tensor | None = None,
+    group_names: list[str] | None = None,
+) -> list[MetricValue]:
+    """AUC, AP and TPR at 1 % and 5 % FPR, overall and (grouped sets) per group.
+
+    On a shifted set the TPRs use thresholds set on the clean set's reals (``clean_thresholds``,
+    FPR -> threshold), held fixed as a deployed detector's would be, and the set's false-alarm
+    rate at those thresholds is reported beside them: a laundering that makes reals look fake
+    shows up there rather than being hidden by re-tuning the threshold on shifted data.
+    """
     scores = outputs.reshape(outputs.shape[0], -1)[:, 0].numpy()
-    return list(detection_metrics(scores, labels.numpy(), evaluation_set=set_name, seed=seed))
+    label_array = labels.numpy()
+    parts = [("", np.ones(label_array.shape[0], dtype=bool))]
+    if groups is not None and group_names:
+        parts += [(f"@{name}", groups.numpy() == index) for index, name in enumerate(group_names)]
+    metrics: list[MetricValue] = []
+    for suffix, mask in parts:
+        if not mask.any():
+            continue
+        computed = detection_metrics(scores[mask], label_array[mask], evaluation_set=set_name, seed=seed)
+        if clean_thresholds:
+            computed = [m for m in computed if not m.metric.startswith("tpr@")]
+            computed += fixed_threshold_rates(scores[mask], label_array[mask], clean_thresholds, set_name)
+        for metric in computed:
+            metric.metric += suffix
+        metrics.extend(computed)
+    return metrics
 
 
 def attack_subset(num_examples: int, points: int, seed: int) -> torch.Tensor:
@@ -191,6 +222,46 @@ def run_attacks(
     return metrics, details
 
 
+def _clean_index(spec: JobSpec) -> int:
+    return next((i for i, s in enumerate(spec.evaluation_sets) if s.role == "clean"), 0)
+
+
+def _score_detector_sets(spec: JobSpec, datasets: list[Any], outputs: list[torch.Tensor]) -> list[MetricValue]:
+    """Detector metrics of every set; shifted sets are judged at thresholds set on the clean reals."""
+    clean = _clean_index(spec)
+    clean_scores = outputs[clean].reshape(outputs[clean].shape[0], -1)[:, 0].numpy()
+    clean_reals = clean_scores[datasets[clean].labels.numpy() == 0]
+    thresholds = {fpr: threshold_at_fpr(clean_reals, fpr) for fpr in (0.01, 0.05)} if clean_reals.size else None
+    metrics: list[MetricValue] = []
+    for index, (set_spec, data, out) in enumerate(zip(spec.evaluation_sets, datasets, outputs, strict=True)):
+        metrics += score_detector(
+            out, data.labels, set_spec.name, spec.seed, None if index == clean else thresholds,
+            getattr(data, "groups", None), getattr(data, "group_names", None),
+        )
+    return metrics
+
+
+def run_detector_attacks(
+    model: torch.nn.Module, spec: JobSpec, datasets: list[Any], device: torch.device, progress: ProgressCallback
+) -> tuple[list[MetricValue], dict[str, Any]]:
+    """The Carlini-Farid suite on the clean set: hidden reals against attacked hidden fakes."""
+    from evaluator.detector_attacks.suite import run_detector_suite
+    from evaluator.models.loading import load_generator
+
+    assert spec.detector_attacks is not None
+    clean_spec, data = spec.evaluation_sets[_clean_index(spec)], datasets[_clean_index(spec)]
+    generator, latent_dim = None, 0
+    if spec.generator is not None:
+        generator = load_generator(spec.generator.path, spec.generator.architecture, spec.generator.sha256).to(device)
+        latent_dim = spec.generator.latent_dim
+    labels = data.labels
+    return run_detector_suite(
+        model, data.images[labels == 0], data.images[labels == 1], spec.detector_attacks, clean_spec.name,
+        spec.seed, generator=generator, latent_dim=latent_dim, batch_size=spec.batch_size, device=device,
+        progress=progress,
+    )
+
+
 def run_job(spec: JobSpec, progress: ProgressCallback = ignore_progress) -> Result:
     """Evaluate one submission as the spec says; failures come back as a Result, not an exception."""
     started = time.perf_counter()
@@ -207,14 +278,21 @@ def run_job(spec: JobSpec, progress: ProgressCallback = ignore_progress) -> Resu
         datasets = [read_evaluation_set(s.path, s.sha256 or None) for s in spec.evaluation_sets]
         total_images = sum(int(d.labels.shape[0]) for d in datasets)
         attacking = spec.task == "classifier" and bool(spec.threat_models)
+        attacking_detector = spec.task == "detector" and spec.detector_attacks is not None
         # An attacked point costs hundreds of passes: weigh the attack stage accordingly.
-        attack_weight = [_ATTACK_WEIGHT * min(spec.attack_points, total_images)] if attacking else []
+        if attacking:
+            attack_weight = [_ATTACK_WEIGHT * min(spec.attack_points, total_images)]
+        elif attacking_detector:
+            attack_weight = [_ATTACK_WEIGHT * min(spec.detector_attacks.points, total_images)]
+        else:
+            attack_weight = []
         stages = StagedProgress(
             progress, [_SETUP_WEIGHT * total_images] + [int(d.labels.shape[0]) for d in datasets] + attack_weight
         )
         stages.report(0, 1.0, "model checked")
 
         result = Result(job_id=spec.job_id, ok=True, suite_version=spec.suite_version, seed=spec.seed)
+        detector_outputs: list[torch.Tensor] = []
         for index, (set_spec, data) in enumerate(zip(spec.evaluation_sets, datasets, strict=True), start=1):
             count = int(data.labels.shape[0])
             stage = f"evaluating {set_spec.name} ({set_spec.role})"
@@ -230,11 +308,13 @@ def run_job(spec: JobSpec, progress: ProgressCallback = ignore_progress) -> Resu
                     getattr(data, "groups", None), getattr(data, "group_names", None),
                 )
                 result.per_class[set_spec.name] = per_class
+                result.metrics.extend(metrics)
             else:
-                metrics = score_detector(outputs, data.labels, set_spec.name, spec.seed)
-            result.metrics.extend(metrics)
+                detector_outputs.append(outputs)
+        if spec.task == "detector":
+            result.metrics.extend(_score_detector_sets(spec, datasets, detector_outputs))
         if attacking:
-            clean_index = next((i for i, s in enumerate(spec.evaluation_sets) if s.role == "clean"), 0)
+            clean_index = _clean_index(spec)
             clean_spec, clean_data = spec.evaluation_sets[clean_index], datasets[clean_index]
             attack_stage = len(datasets) + 1
 
@@ -243,6 +323,16 @@ def run_job(spec: JobSpec, progress: ProgressCallback = ignore_progress) -> Resu
 
             attack_metrics, provenance["attacks"] = run_attacks(
                 model, spec, clean_spec.name, clean_data.images, clean_data.labels, device, on_attack
+            )
+            result.metrics.extend(attack_metrics)
+        if attacking_detector:
+            attack_stage = len(datasets) + 1
+
+            def on_detector_attack(fraction: float, stage: str) -> None:
+                stages.report(attack_stage, fraction, stage)
+
+            attack_metrics, provenance["detector_attacks"] = run_detector_attacks(
+                model, spec, datasets, device, on_detector_attack
             )
             result.metrics.extend(attack_metrics)
         elapsed = time.perf_counter() - started

@@ -5,8 +5,9 @@ score. Unlike a classifier attack there is no single success condition: the AUC 
 attacked fake with every real image, so the attack keeps pushing each score down for its whole
 budget and returns, per image, the iterate with the lowest score it saw.
 
-Step size: it starts at the radius ``eps`` and decays on a cosine schedule to a hundredth of it, which a linear detector needs once (its optimum is a corner of
-the ball, reached by the first full step) and a non-linear one needs for its final refinements.
+Step size: it starts at the radius ``eps`` and decays on a cosine schedule to a hundredth of it.
+A linear detector needs one full step (its optimum is a corner of the ball); a non-linear one
+needs the small late steps for its final refinements.
 """
 
 from __future__ import annotations

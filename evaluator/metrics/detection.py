@@ -178,3 +178,25 @@ def detection_metrics(
         )
         for name, point, low, high in zip(names, points, lows, highs, strict=True)
     ]
+
+
+def fixed_threshold_rates(
+    scores: np.ndarray, labels: np.ndarray, thresholds: dict[float, float], evaluation_set: str = ""
+) -> list[MetricValue]:
+    """TPR and FPR at thresholds fixed beforehand (on clean reals), with Clopper-Pearson intervals.
+
+    ``thresholds`` maps a target FPR (e.g. 0.05) to the threshold that achieved it on clean
+    data. The threshold is treated as fixed, so each rate is a binomial proportion of the
+    fakes (TPR) or reals (FPR) of this set that reach it.
+    """
+    from evaluator.metrics.classification import accuracy_with_interval
+
+    scores, labels = _check_binary(scores, labels)
+    fakes, reals = scores[labels == 1], scores[labels == 0]
+    out: list[MetricValue] = []
+    for target, threshold in sorted(thresholds.items()):
+        name = f"{target * 100:g}%fpr"
+        for metric, group in ((f"tpr@{name}", fakes), (f"fpr@{name}", reals)):
+            value, low, high = accuracy_with_interval(int(np.sum(group >= threshold)), int(group.size))
+            out.append(MetricValue(evaluation_set, metric, value, int(group.size), low, high, "clopper-pearson-95"))
+    return out

@@ -129,6 +129,36 @@ def _load_safetensors(path: Path, architecture: str, input_spec: InputSpec) -> n
     return model.eval()
 
 
+def load_generator(path: str | os.PathLike[str], architecture: str, sha256: str = "") -> nn.Module:
+    """A detector track's own generator (a platform file, not a submission), eval mode, frozen.
+
+    Any problem here is the platform's fault, so it is reported as ``data_integrity`` (hash
+    mismatch) or ``data_unavailable`` (missing or unreadable) and never counts against a user.
+    """
+    from evaluator.data.integrity import sha256_file
+
+    file = Path(path)
+    if not file.is_file():
+        raise EvaluationError("data_unavailable", "The track's generator file is missing.")
+    if sha256 and sha256_file(file) != sha256:
+        raise EvaluationError("data_integrity", "The track's generator file does not match its recorded sha256.")
+    entry = get_architecture(architecture)
+    if entry.task != "generator":
+        raise EvaluationError("data_unavailable", f"{architecture!r} is not a generator architecture.")
+    try:
+        state_dict = load_file(str(file), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise EvaluationError("data_unavailable", f"The generator could not be read: {_shorten(exc)}") from None
+    model = entry.build()
+    try:
+        load_weights_strict(model, state_dict, architecture)
+    except EvaluationError as exc:
+        raise EvaluationError("data_unavailable", exc.message) from None
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return model.eval()
+
+
 def load_weights_strict(model: nn.Module, state_dict: Mapping[str, Tensor], architecture: str) -> None:
     """``load_state_dict(strict=True)`` with a message that names the offending keys.
 

@@ -547,3 +547,40 @@ class MnistSmallCnnDetector(nn.Module):
 )
 def _build_mnist_small_cnn_detector() -> nn.Module:
     return MnistSmallCnnDetector()
+
+
+class MnistSurrogateCnnDetector(nn.Module):
+    """A second small detector family, for black-box transfer attacks on the detector track.
+
+    The transfer set is crafted on this model and then scored by a submission that was never
+    queried, so it must *not* share the baseline's architecture: 5x5 kernels, wider channels and
+    a linear head (no hidden layer) make it a different function class from the 3x3 small CNN,
+    so the attack measures transfer rather than a white-box attack on a look-alike.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.normalize = Normalize(MNIST_MEAN, MNIST_STD)
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 32, 5, padding=2),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 5, padding=2),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
+        self.head = nn.Linear(64 * 7 * 7, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(self.normalize(x)).flatten(1)).squeeze(-1)
+
+
+@register_architecture(
+    "mnist_surrogate_cnn_detector",
+    input_shape=(1, 28, 28),
+    task="detector",
+    description="Surrogate CNN (5x5 convs 32/64, linear 3136-1) real-vs-fake detector for transfer attacks; "
+    "MNIST mean/std inside.",
+)
+def _build_mnist_surrogate_cnn_detector() -> nn.Module:
+    return MnistSurrogateCnnDetector()

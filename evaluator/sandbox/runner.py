@@ -137,9 +137,13 @@ def _relocate(spec: JobSpec) -> tuple[JobSpec, dict[str, str]]:
         host = os.path.realpath(s.path)
         inside = mounts.setdefault(host, f"{_JOB_DIR}/data/{len(mounts)}.safetensors")
         sets.append(replace(s, path=inside))
+    generator = spec.generator
+    if generator is not None:
+        host = os.path.realpath(generator.path)
+        generator = replace(generator, path=mounts.setdefault(host, f"{_JOB_DIR}/generator.safetensors"))
     relocated = replace(
         spec, artifact=replace(spec.artifact, path=mounts[os.path.realpath(spec.artifact.path)]),
-        evaluation_sets=tuple(sets),
+        evaluation_sets=tuple(sets), generator=generator,
     )
     return relocated, mounts
 

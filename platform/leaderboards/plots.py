@@ -5,6 +5,7 @@
   y = x, points coloured by model type, the viewer's own models ringed, each point a link.
 * Robust against clean accuracy for a threat model.
 * The corruption heatmap of one model (corruption x severity).
+* For detector tracks, the collapse of AUC under each attack, beside Carlini & Farid's numbers.
 
 Each figure has a constant number of traces whatever the number of models, so a leaderboard of
 thousands of models costs one array per model type, not one trace per model.
@@ -20,7 +21,8 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from django.utils.safestring import SafeString, mark_safe
 
-from leaderboards.queries import ROBUST, Leaderboard
+from benchmarks.models import EvaluationSet
+from leaderboards.queries import ATTACK_REFERENCES, ATTACKED_AUC, ROBUST, Leaderboard, attack_label
 
 #: Okabe-Ito colours (distinguishable with colour-vision deficiencies) and a distinct symbol each,
 #: so the model type never rests on colour alone.
@@ -249,3 +251,68 @@ def _corruption_order(name: str) -> tuple[int, str]:
     from evaluator.shifts.corruptions import CORRUPTIONS
 
     return (CORRUPTIONS.index(name), name) if name in CORRUPTIONS else (len(CORRUPTIONS), name)
+
+
+#: Carlini & Farid (2020), their detector's AUC with no attack and under each attack (their table).
+PAPER_COLLAPSE = (("clean", 0.95), ("lowest bit", 0.0005), ("universal patch", 0.08), ("universal latent", 0.17),
+                  ("black-box transfer", 0.22))
+
+
+def detector_attack_figure(board: Leaderboard, user: Any = None) -> go.Figure | None:
+    """AUC with no attack and under each attack of the suite, one line per model, and the paper's.
+
+    Each model type is one trace whose models are separated by gaps (None), so the figure has a
+    constant number of traces however many models there are.
+    """
+    clean = board.clean_set
+    if clean is None or not board.attacks:
+        return None
+    transfer = [s for s in board.shift_sets if s.shift_kind == EvaluationSet.ShiftKind.ADVERSARIAL]
+    conditions: list[tuple[str, int, str]] = [("no attack", clean.pk, "auc")]
+    conditions += [(attack_label(a), clean.pk, f"{ATTACKED_AUC}{a}") for a in board.attacks
+                   if a not in ATTACK_REFERENCES and not a.startswith("min-")]
+    conditions += [(f"transfer ({s.name})", s.pk, "auc") for s in transfer]
+    names = [c[0] for c in conditions]
+    groups: dict[str, tuple[list[Any], list[Any], list[Any]]] = {}
+    count = 0
+    for row in board.rows:
+        mine = board.values.get(row.submission.pk, {})
+        ys = [mine.get((set_id, metric)) for _, set_id, metric in conditions]
+        if ys[0] is None or all(y is None for y in ys[1:]):
+            continue
+        xs, yv, text = groups.setdefault(row.submission.model_type, ([], [], []))
+        xs.extend([*names, None])
+        yv.extend([*ys, None])
+        text.extend([row.submission.name] * len(names) + [None])
+        count += 1
+    if not count:
+        return None
+    traces: list[go.Scatter] = []
+    for model_type, (label, colour, symbol) in MODEL_TYPE_STYLE.items():
+        if model_type in groups:
+            xs, ys, text = groups[model_type]
+            traces.append(go.Scatter(x=xs, y=ys, text=text, mode="lines+markers", name=label, connectgaps=False,
+                                     hovertemplate="<b>%{text}</b><br>%{x}: AUC %{y:.3f}<extra></extra>",
+                                     line={"color": colour, "width": 1.5},
+                                     marker={"color": colour, "symbol": symbol, "size": 8}))
+    # Where each of the paper's numbers sits on this plot's axis (absent conditions are skipped).
+    placed = {"clean": names[0], "lowest bit": attack_label("Linf-1/255"), "universal latent": attack_label("latent"),
+              "universal patch": next((n for n in names if n.startswith("universal patch")), None),
+              "black-box transfer": next((n for n in names if n.startswith("transfer")), None)}
+    paper = [(placed[key], value) for key, value in PAPER_COLLAPSE if placed[key] in names]
+    if paper:
+        traces.insert(0, go.Scatter(x=[p[0] for p in paper], y=[p[1] for p in paper], mode="markers+lines",
+                                    name="Carlini & Farid 2020 (their detector)",
+                                    line={"color": "#777777", "dash": "dot", "width": 1.5},
+                                    marker={"color": "#777777", "symbol": "x", "size": 9},
+                                    hovertemplate="paper: %{x}: AUC %{y:.4f}<extra></extra>"))
+    chance = go.Scatter(x=[names[0], names[-1]], y=[0.5, 0.5], mode="lines", name="chance (AUC 0.5)",
+                        line={"color": "#bbbbbb", "dash": "dash", "width": 1}, hoverinfo="skip")
+    fig = go.Figure(data=[chance, *traces])
+    layout = _layout("condition", "AUC (fake is positive)")
+    layout["height"] = 480
+    layout["xaxis"].update(type="category", categoryorder="array", categoryarray=names)
+    layout["yaxis"].update(range=[0, 1.02])
+    layout["meta"] = {"models": count}
+    fig.update_layout(layout)
+    return fig

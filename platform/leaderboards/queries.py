@@ -24,6 +24,12 @@ from submissions.models import EvaluationRun, Result, Submission
 DETECTOR_METRICS = (("auc", "AUC"), ("average_precision", "average precision"), ("tpr@1%fpr", "TPR at 1% FPR"),
                     ("tpr@5%fpr", "TPR at 5% FPR"))
 ROBUST = "robust_accuracy@"
+#: Detector attack metrics on the clean set: AUC of reals against attacked fakes, and distortions.
+ATTACKED_AUC = "auc@"
+DISTORTION = "median_distortion@"
+SUCCESS = "success_rate@"
+#: References that the attacked AUCs are compared with (same fakes, not attacked).
+ATTACK_REFERENCES = ("clean-subset", "latent-reference")
 #: Known attack stages in cascade order; others are shown after them in the order they appear.
 STAGE_ORDER = ("apgd-ce", "apgd-t", "fab-t", "square")
 STAGE_LABELS = {"apgd-ce": "APGD-CE", "apgd-t": "APGD-T", "fab-t": "FAB-T", "square": "Square"}
@@ -133,6 +139,8 @@ class Leaderboard:
     fits: dict[tuple[int, str], BaselineFit]
     #: Accuracies for the plots, whatever the view: submission id -> (set id, metric) -> value.
     values: dict[int, dict[tuple[int, str], float]]
+    #: Detector tracks: attack labels with an attacked AUC on the clean set, in display order.
+    attacks: list[str] = field(default_factory=list)
 
     @property
     def plot_shift(self) -> EvaluationSet | None:
@@ -154,14 +162,44 @@ def _threats(track: Track, found: set[str]) -> list[str]:
 
 
 def _views(track: Track, shift_sets: list[EvaluationSet], sets: list[EvaluationSet],
-           threats: list[str]) -> list[tuple[str, str]]:
+           threats: list[str], attacks: list[str] | None = None) -> list[tuple[str, str]]:
     views = [("overview", "Overview")]
     if track.task_kind == Track.TaskKind.CLASSIFIER:
         views += [(f"shift:{s.name}", f"Shift: {s.name}") for s in shift_sets]
         views += [(f"threat:{t}", f"Threat model: {t}") for t in threats]
     else:
+        if attacks:
+            views.append(("attacks", "Attacks"))
         views += [(f"set:{s.name}", f"All metrics: {s.name}") for s in sets]
     return views
+
+
+def attack_label(attack: str) -> str:
+    """A reader's name for a detector attack label as the evaluator writes it."""
+    if attack.startswith("Linf-"):
+        return f"L∞ {attack[5:]} PGD" + (" (lowest bit)" if attack == "Linf-1/255" else "")
+    if attack.startswith("min-"):
+        return f"minimal {attack[4:]} change"
+    if attack.startswith("patch-"):
+        return f"universal patch {attack[6:]}"
+    return {"latent": "universal latent", "latent-reference": "latent reference (no attack)",
+            "clean-subset": "attacked subset, clean"}.get(attack, attack)
+
+
+def _attack_order(attack: str) -> tuple[int, float, str]:
+    """Clean reference, PGD budgets by size, minimal changes, patch, latent, then anything else."""
+    if attack == "clean-subset":
+        return (0, 0.0, attack)
+    if attack.startswith("Linf-"):
+        numerator, _, denominator = attack[5:].partition("/")
+        try:
+            return (1, float(numerator) / float(denominator or 1), attack)
+        except ValueError:
+            return (1, 0.0, attack)
+    for rank, prefix in enumerate(("min-", "patch-", "latent"), start=2):
+        if attack.startswith(prefix):
+            return (rank, 0.0, attack)
+    return (9, 0.0, attack)
 
 
 def _headline_label(track: Track) -> str:
@@ -169,8 +207,10 @@ def _headline_label(track: Track) -> str:
 
 
 def columns_for(track: Track, sets: list[EvaluationSet] | None = None, view: str = "overview",
-                threats: list[str] | None = None, stages: dict[str, list[str]] | None = None) -> list[Column]:
+                threats: list[str] | None = None, stages: dict[str, list[str]] | None = None,
+                attacks: list[str] | None = None, distortions: list[str] | None = None) -> list[Column]:
     """The columns of one view; the first one is what ranks are computed on."""
+    attacks = attacks or []
     sets = sets if sets is not None else sorted(track.evaluation_sets.all(),
                                                 key=lambda s: (s.role != EvaluationSet.Role.CLEAN, s.id))
     threats = threats or []
@@ -202,10 +242,27 @@ def columns_for(track: Track, sets: list[EvaluationSet] | None = None, view: str
     if kind == "set" and arg in by_name and track.task_kind == Track.TaskKind.DETECTOR:
         s = by_name[arg]
         return [Column(f"{s.name}:{m}", s, m, f"{s.name} {label}") for m, label in DETECTOR_METRICS]
+    if kind == "attacks" and clean is not None and track.task_kind == Track.TaskKind.DETECTOR:
+        cols = [Column(f"{clean.name}:auc", clean, "auc", f"{clean.name} AUC", description="AUC with no attack.")]
+        cols += [Column(f"{clean.name}:{ATTACKED_AUC}{a}", clean, f"{ATTACKED_AUC}{a}", f"AUC: {attack_label(a)}",
+                        description="AUC of the hidden reals against the attacked hidden fakes (8-bit images).")
+                 for a in attacks]
+        cols += [Column(f"{s.name}:auc", s, "auc", f"AUC: {s.name} (black-box transfer)",
+                        description="AUC on fakes attacked through the platform's own surrogate detector.")
+                 for s in sets if s.shift_kind == EvaluationSet.ShiftKind.ADVERSARIAL]
+        for norm in distortions or []:
+            unit = "pixels" if norm == "L0" else "in [0, 1]"
+            cols.append(Column(f"{clean.name}:{DISTORTION}min-{norm}", clean, f"{DISTORTION}min-{norm}",
+                               f"median {norm} to look real",
+                               description=f"Median {norm} change ({unit}) that made a fake score as real."))
+        return cols
     cols = [Column(f"{s.name}:{metric}", s, metric, f"{s.name} {_headline_label(track)}") for s in sets]
     if clean is not None and track.task_kind == Track.TaskKind.CLASSIFIER:
         cols += [Column(f"{clean.name}:{ROBUST}{t}", clean, f"{ROBUST}{t}", f"robust accuracy ({t})")
                  for t in threats]
+    if clean is not None and track.task_kind == Track.TaskKind.DETECTOR:
+        cols += [Column(f"{clean.name}:{ATTACKED_AUC}{a}", clean, f"{ATTACKED_AUC}{a}", f"AUC: {attack_label(a)}")
+                 for a in attacks if a not in ATTACK_REFERENCES and not a.startswith("min-")]
     return cols
 
 
@@ -263,12 +320,16 @@ def build(track: Track, user: Any = None, filters: Filters | None = None) -> Lea
         wanted |= Q(metric__startswith=ROBUST)
     else:
         wanted |= Q(metric__in=[m for m, _ in DETECTOR_METRICS])
+        if clean is not None:
+            wanted |= Q(evaluation_set=clean) & (Q(metric__startswith=ATTACKED_AUC) | Q(metric__startswith=DISTORTION))
     results = Result.objects.filter(wanted, submission__in=subs_qs.values("pk"), suite_version=track.suite_version)
     if not filters.view.startswith("threat:"):
         results = results.exclude(metric__contains=">")
     by_sub: dict[int, list[tuple[int, Score]]] = {}
     found_threats: set[str] = set()
     stages: dict[str, list[str]] = {}
+    found_attacks: set[str] = set()
+    found_distortions: set[str] = set()
     # Plain tuples, not model instances: a thousand models have several thousand numbers.
     for sub_id, set_id, metric, value, low, high, n in results.values_list(
         "submission_id", "evaluation_set_id", "metric", "value", "ci_low", "ci_high", "num_examples"
@@ -281,16 +342,23 @@ def build(track: Track, user: Any = None, filters: Filters | None = None) -> Lea
             found_threats.add(threat)
             if stage and stage not in stages.setdefault(threat, []):
                 stages[threat].append(stage)
+        elif clean is not None and set_id == clean.pk:
+            if metric.startswith(ATTACKED_AUC):
+                found_attacks.add(metric[len(ATTACKED_AUC):])
+            elif metric.startswith(DISTORTION):
+                found_distortions.add(metric[len(DISTORTION) + len("min-"):])
+    attacks = sorted(found_attacks, key=_attack_order)
+    distortions = [n for n in ("L2", "Linf", "L0") if n in found_distortions]
     for threat, found in list(stages.items()):
         order = {name: i for i, name in enumerate(found)}
         stages[threat] = sorted(found, key=lambda s: (STAGE_ORDER.index(s) if s in STAGE_ORDER else len(STAGE_ORDER),
                                                       order[s]))
     threats = _threats(track, found_threats)
 
-    views = _views(track, shift_sets, sets, threats)
+    views = _views(track, shift_sets, sets, threats, attacks)
     if filters.view not in {v for v, _ in views}:
         filters.view = "overview"
-    columns = columns_for(track, sets, filters.view, threats, stages)
+    columns = columns_for(track, sets, filters.view, threats, stages, attacks, distortions)
 
     runs = EvaluationRun.objects.filter(submission__in=subs_qs.values("pk"), suite_version=track.suite_version)
     run_info = {sid: (ok, attacks)
@@ -333,7 +401,7 @@ def build(track: Track, user: Any = None, filters: Filters | None = None) -> Lea
     if columns:
         _rank_by_interval(rows, rank_key, columns[0].higher_is_better)
     return Leaderboard(track, filters, views, columns, rows, sort_key, descending, rank_key, clean, shift_sets,
-                       threats, fits, values)
+                       threats, fits, values, attacks)
 
 
 def _derived_columns(columns: list[Column], rows: list[Row], clean: EvaluationSet | None,

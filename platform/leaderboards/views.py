@@ -10,7 +10,13 @@ from django.shortcuts import get_object_or_404, render
 
 from benchmarks.models import Benchmark, Track
 from leaderboards import exports
-from leaderboards.plots import MODEL_TYPE_STYLE, effective_robustness_figure, figure_json, robust_accuracy_figure
+from leaderboards.plots import (
+    MODEL_TYPE_STYLE,
+    detector_attack_figure,
+    effective_robustness_figure,
+    figure_json,
+    robust_accuracy_figure,
+)
 from leaderboards.queries import TRANSFORMS, Filters, Leaderboard, build
 from submissions.models import Submission
 
@@ -54,6 +60,7 @@ def track_leaderboard(request: HttpRequest, slug: str) -> HttpResponse:
         })
     er_fig = effective_robustness_figure(board, request.user)
     robust_fig = robust_accuracy_figure(board, request.user)
+    detector_fig = detector_attack_figure(board, request.user)
     shift = board.plot_shift
     context: dict[str, Any] = {
         "track": board.track,
@@ -76,6 +83,7 @@ def track_leaderboard(request: HttpRequest, slug: str) -> HttpResponse:
         "er_fit": board.fits.get((shift.pk, board.filters.scale)) if shift else None,
         "er_figure": figure_json(er_fig) if er_fig is not None else None,
         "robust_figure": figure_json(robust_fig) if robust_fig is not None else None,
+        "detector_figure": figure_json(detector_fig) if detector_fig is not None else None,
         "model_types": Submission.ModelType.choices,
         "legend": MODEL_TYPE_STYLE,
         "export_query": _link(params)[1:],

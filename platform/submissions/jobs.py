@@ -6,11 +6,21 @@ This module is the only place that knows both the ORM and the evaluator's datacl
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
 
-from evaluator.spec import ArtifactSpec, EvaluationSetSpec, InputSpec, JobSpec, ThreatModelSpec
+from benchmarks.models import Track
+from evaluator.spec import (
+    ArtifactSpec,
+    DetectorAttackSpec,
+    EvaluationSetSpec,
+    GeneratorSpec,
+    InputSpec,
+    JobSpec,
+    ThreatModelSpec,
+)
 from evaluator.spec import Result as EvaluatorResult
 from submissions.models import EvaluationRun, Result, Submission
 
@@ -71,7 +81,31 @@ def build_job_spec(submission: Submission) -> JobSpec:
         attack_points=track.attack_points,
         attack_suite=track.attack_suite,
         reliability_points=track.reliability_points,
+        generator=generator_spec(track),
+        detector_attacks=detector_attack_spec(track),
     )
+
+
+def generator_spec(track: Track) -> GeneratorSpec | None:
+    """The track's generator file (under ARENA_DATA_DIR, never served), if it has one."""
+    if track.task_kind != Track.TaskKind.DETECTOR or not track.generator:
+        return None
+    g = track.generator
+    return GeneratorSpec(architecture=g["architecture"], path=str(Path(settings.ARENA_DATA_DIR) / g["relative_path"]),
+                         sha256=g.get("sha256", ""), latent_dim=int(g.get("latent_dim", 0)))
+
+
+def detector_attack_spec(track: Track) -> DetectorAttackSpec | None:
+    """The detector attack suite's parameters: the defaults, overridden by the track's JSON."""
+    if track.task_kind != Track.TaskKind.DETECTOR:
+        return None
+    overrides = dict(track.detector_attacks or {})
+    if not overrides.pop("enabled", True):
+        return None
+    for key in ("pgd_budgets", "min_norms"):
+        if key in overrides:
+            overrides[key] = tuple(overrides[key])
+    return DetectorAttackSpec(**overrides)
 
 
 def failure_message(code: str, detail: str) -> str:

@@ -9,7 +9,7 @@ from django.utils.html import format_html
 
 register = template.Library()
 
-_PERCENT_PREFIXES = ("accuracy", "robust_accuracy", "tpr@")
+_PERCENT_PREFIXES = ("accuracy", "robust_accuracy", "tpr@", "fpr@", "success_rate@")
 
 
 @register.filter
@@ -24,6 +24,10 @@ def _fmt(metric: str, value: float | None) -> str:
         return f"{100 * value:+.2f} pt"
     if metric.startswith(_PERCENT_PREFIXES):
         return f"{100 * value:.2f}%"
+    if metric == "median_distortion@min-L0":  # pixels changed
+        return f"{value:.1f} px"
+    if metric == "median_distortion@min-Linf":  # grey levels are how people think of an Linf change
+        return f"{255 * value:.2f}/255"
     return f"{value:.3f}"
 
 
