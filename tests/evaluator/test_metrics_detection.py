@@ -144,3 +144,20 @@ def test_input_checks() -> None:
         roc_auc(np.array([0.1, 0.2]), np.array([0, 2]))
     with pytest.raises(ValueError):
         threshold_at_fpr(np.array([]), 0.01)
+
+
+def test_fixed_threshold_rates_count_by_hand() -> None:
+    """Rates at a threshold fixed on clean reals are plain proportions with Clopper-Pearson intervals."""
+    from evaluator.metrics.classification import clopper_pearson
+    from evaluator.metrics.detection import fixed_threshold_rates
+
+    reals = [0.1, 0.2, 0.3, 0.9]  # one real at or above 0.5
+    fakes = [0.4, 0.5, 0.6, 0.7, 0.8]  # four fakes at or above 0.5
+    scores, labels = _scores(reals, fakes)
+    rates = {m.metric: m for m in fixed_threshold_rates(scores, labels, {0.05: 0.5, 0.01: 0.85}, "s")}
+    assert set(rates) == {"tpr@5%fpr", "fpr@5%fpr", "tpr@1%fpr", "fpr@1%fpr"}
+    assert rates["tpr@5%fpr"].value == pytest.approx(4 / 5) and rates["fpr@5%fpr"].value == pytest.approx(1 / 4)
+    assert rates["tpr@1%fpr"].value == 0.0 and rates["fpr@1%fpr"].value == pytest.approx(1 / 4)
+    low, high = clopper_pearson(4, 5)
+    assert (rates["tpr@5%fpr"].ci_low, rates["tpr@5%fpr"].ci_high) == pytest.approx((low, high))
+    assert rates["tpr@5%fpr"].num_examples == 5 and rates["fpr@5%fpr"].num_examples == 4
