@@ -6,14 +6,16 @@ import csv
 import io
 from typing import Any
 
+from leaderboards.precision import round_released
 from leaderboards.queries import Leaderboard
 
 
 def _score(result: Any) -> dict[str, Any] | None:
+    """A score as released: rounded to the digits its interval justifies (leaderboards.precision)."""
     if result is None:
         return None
-    return {"value": result.value, "ci_low": result.ci_low, "ci_high": result.ci_high,
-            "num_examples": result.num_examples}
+    value, low, high = round_released(result.metric, result.value, result.ci_low, result.ci_high)
+    return {"value": value, "ci_low": low, "ci_high": high, "num_examples": result.num_examples}
 
 
 def as_json(board: Leaderboard, request: Any = None) -> dict[str, Any]:
@@ -72,8 +74,8 @@ def as_csv(board: Leaderboard) -> str:
             if score is None:
                 line += ["", "", ""]
             else:
-                line += [score.value, "" if score.ci_low is None else score.ci_low,
-                         "" if score.ci_high is None else score.ci_high]
+                value, low, high = round_released(score.metric, score.value, score.ci_low, score.ci_high)
+                line += [value, "" if low is None else low, "" if high is None else high]
         writer.writerow([_safe_cell(v) for v in line])
     return out.getvalue()
 

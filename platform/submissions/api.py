@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.db.models import Q, QuerySet
+from django.urls import reverse
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import mixins, parsers, permissions, status, viewsets
 from rest_framework.decorators import action
@@ -50,6 +53,8 @@ class SubmissionViewSet(
         return visible
 
     @extend_schema(responses={201: SubmissionSerializer, 400: OpenApiResponse(description="Invalid upload."),
+                              409: OpenApiResponse(description="The same file is already evaluated on this track "
+                                                               "under its current suite (duplicate_of names it)."),
                               429: OpenApiResponse(description="Submission quota used up on this track; "
                                                                "Retry-After says when the daily limit resets.")})
     def create(self, request: Request, *args, **kwargs) -> Response:
@@ -64,6 +69,13 @@ class SubmissionViewSet(
             headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
             return Response({"detail": exc.message, "code": "quota_exceeded"},
                             status=status.HTTP_429_TOO_MANY_REQUESTS, headers=headers)
+        except services.DuplicateSubmission as exc:
+            body: dict[str, Any] = {"detail": exc.message, "code": "duplicate"}
+            if exc.existing is not None:
+                body["duplicate_of"] = str(exc.existing.public_id)
+                body["status_url"] = request.build_absolute_uri(
+                    reverse("api-submission-detail", args=[exc.existing.public_id]))
+            return Response(body, status=status.HTTP_409_CONFLICT)
         out = self.get_serializer(submission)
         return Response(out.data, status=status.HTTP_201_CREATED, headers={"Location": out.data["status_url"]})
 

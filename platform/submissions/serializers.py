@@ -6,6 +6,7 @@ from django.conf import settings
 from rest_framework import serializers
 
 from benchmarks.models import Track
+from leaderboards.precision import round_released
 from submissions.models import Result, Submission
 
 
@@ -16,6 +17,13 @@ class ResultSerializer(serializers.ModelSerializer):
         model = Result
         fields = ["evaluation_set", "metric", "value", "ci_low", "ci_high", "ci_method", "num_examples",
                   "suite_version", "seed"]
+
+    def to_representation(self, instance: Result) -> dict:
+        """Hidden-set scores leave the platform only at the precision their interval justifies."""
+        data = super().to_representation(instance)
+        data["value"], data["ci_low"], data["ci_high"] = round_released(
+            instance.metric, instance.value, instance.ci_low, instance.ci_high)
+        return data
 
 
 class OmittableBooleanField(serializers.BooleanField):

@@ -15,6 +15,33 @@ from submissions.models import Submission
 CHUNK = 1024 * 1024
 
 
+class DuplicateSubmission(Exception):
+    """These exact weights were already evaluated (or are being evaluated) on this track and suite.
+
+    A second evaluation would cost a worker and tell nobody anything new, and letting identical
+    files through under new names would let a leaderboard be padded. ``existing`` is the earlier
+    submission when the uploader may see it, else None.
+    """
+
+    def __init__(self, message: str, existing: Submission | None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.existing = existing
+
+
+def find_duplicate(track: Track, sha256: str, zoo_architecture: str = "") -> Submission | None:
+    """An earlier submission of the same file (and zoo architecture) whose evaluation still counts.
+
+    Counted: one queued or running, and one finished under the track's current suite version.
+    Not counted: failed or cancelled ones (a platform fault must be retryable) and those scored
+    under an older suite (the new suite has not seen the file yet).
+    """
+    same = Submission.objects.filter(track=track, artifact_sha256=sha256, zoo_architecture=zoo_architecture)
+    pending = same.filter(state__in=[Submission.State.QUEUED, Submission.State.RUNNING])
+    current = same.filter(state=Submission.State.FINISHED, runs__suite_version=track.suite_version)
+    return (pending | current).order_by("created_at", "id").first()
+
+
 def sha256_of(file: File) -> str:
     """Hash an uploaded file chunk by chunk: uploads are temporary files, never read whole."""
     digest = hashlib.sha256()
@@ -53,7 +80,8 @@ def create_submission(owner: Any, track: Track, upload: File, **metadata: Any) -
     """Store the artifact under a generated name, record its sha256, charge the quota, and queue it.
 
     Raises ``accounts.quota.QuotaExceeded`` (before anything is stored) when the owner has used up
-    a daily or total limit on the track.
+    a daily or total limit on the track, and :class:`DuplicateSubmission` (nothing stored, no quota
+    charged) when the same file is already evaluated on the track under its current suite.
     """
     from accounts import quota
     from submissions.tasks import enqueue
@@ -70,6 +98,13 @@ def create_submission(owner: Any, track: Track, upload: File, **metadata: Any) -
     )
     with transaction.atomic():
         quota.check_and_lock(owner, track)
+        duplicate = find_duplicate(track, submission.artifact_sha256, submission.zoo_architecture)
+        if duplicate is not None:
+            visible = duplicate if duplicate.visible_to(owner) else None
+            where = f" as “{duplicate.name}”" if visible is not None else ""
+            raise DuplicateSubmission(
+                f"This file was already submitted to {track.name}{where} and its evaluation under suite "
+                f"{track.suite_version} stands; it is not evaluated twice.", visible)
         submission.artifact.save("upload", upload, save=False)
         submission.save()
         quota.charge(submission)

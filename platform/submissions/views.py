@@ -33,7 +33,7 @@ def submit(request: HttpRequest) -> HttpResponse:
                 submission = services.create_submission(
                     request.user, form.cleaned_data["track"], form.cleaned_data["artifact"], **data
                 )
-            except QuotaExceeded as exc:
+            except (QuotaExceeded, services.DuplicateSubmission) as exc:
                 form.add_error(None, exc.message)
             else:
                 messages.success(request, "Your model was uploaded and queued for evaluation.")

@@ -7,9 +7,10 @@ from typing import Any
 from django import template
 from django.utils.html import format_html
 
+from leaderboards.precision import decimals_for, is_percent
+
 register = template.Library()
 
-_PERCENT_PREFIXES = ("accuracy", "robust_accuracy", "tpr@", "fpr@", "success_rate@")
 
 
 @register.filter
@@ -17,29 +18,34 @@ def dictget(mapping: dict, key: str) -> Any:
     return mapping.get(key) if mapping else None
 
 
-def _fmt(metric: str, value: float | None) -> str:
+def _fmt(metric: str, value: float | None, decimals: int | None = None) -> str:
     if value is None:
         return "–"
     if metric == "points":  # an accuracy difference (drop, effective robustness)
-        return f"{100 * value:+.2f} pt"
-    if metric.startswith(_PERCENT_PREFIXES):
-        return f"{100 * value:.2f}%"
+        return f"{100 * value:+.{2 if decimals is None else decimals}f} pt"
+    if is_percent(metric):
+        return f"{100 * value:.{2 if decimals is None else decimals}f}%"
     if metric == "median_distortion@min-L0":  # pixels changed
         return f"{value:.1f} px"
     if metric == "median_distortion@min-Linf":  # grey levels are how people think of an Linf change
         return f"{255 * value:.2f}/255"
-    return f"{value:.3f}"
+    return f"{value:.{3 if decimals is None else decimals}f}"
 
 
 @register.filter
 def score(result: Any) -> str:
-    """``98.90% [98.60%, 99.10%]`` for accuracies, ``0.953 [0.941, 0.962]`` for AUC, ``+1.20 pt`` for gaps."""
+    """``98.9% [98.6%, 99.2%]`` for accuracies, ``0.95 [0.94, 0.96]`` for AUC, ``+1.2 pt`` for gaps.
+
+    Digits are those the interval justifies (:mod:`leaderboards.precision`).
+    """
     if result is None:
         return "–"
     interval = ""
+    digits = None
     if result.ci_low is not None and result.ci_high is not None:
-        interval = f" [{_fmt(result.metric, result.ci_low)}, {_fmt(result.metric, result.ci_high)}]"
-    return format_html('{}<span class="ci">{}</span>', _fmt(result.metric, result.value), interval)
+        digits = decimals_for(result.metric, result.ci_low, result.ci_high)
+        interval = f" [{_fmt(result.metric, result.ci_low, digits)}, {_fmt(result.metric, result.ci_high, digits)}]"
+    return format_html('{}<span class="ci">{}</span>', _fmt(result.metric, result.value, digits), interval)
 
 
 @register.filter
