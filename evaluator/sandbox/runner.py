@@ -3,8 +3,19 @@
 The trusted parent (a Celery worker) never loads a submission itself. It starts
 ``python -m evaluator run -`` in a child with no network, no inherited environment (so no
 database or broker credentials), read-only views of the artifact, the evaluation sets and the
-Python installation, a private /tmp, resource limits and a wall-clock timeout; it passes the
-JobSpec on stdin and reads back JSON lines only.
+Python installation, a private size-limited /tmp, resource limits and a wall-clock timeout; it
+passes the JobSpec on stdin and reads back JSON lines only.
+
+Who the child runs as matters as much as what it sees. A worker running as root starts
+bubblewrap as root (so it can mount files only root may reach) and the sandboxed program is then
+dropped, by ``setpriv``, to a uid of its own with no capabilities and ``no_new_privs``: the
+kernel does not apply the process-count limit to root, so a fork bomb is only contained once the
+child is not root. A worker running as an ordinary user runs bubblewrap in a user namespace
+instead, and the limits apply to that user.
+
+Besides the rlimits (hard per-process or per-uid caps that make an allocation or a fork fail),
+the parent samples the child's process tree twice a second and stops a job whose processes
+together exceed the process or memory limit, so such a job ends quickly with a clear reason.
 
 Without bubblewrap the child still gets a scrubbed environment and resource limits, but it
 shares the host's network and file system: that mode must be allowed explicitly by the operator
@@ -13,6 +24,7 @@ shares the host's network and file system: that mode must be allowed explicitly 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import resource
@@ -23,37 +35,104 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
-from pathlib import Path
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path, PurePosixPath
+from typing import IO
 
 from evaluator.progress import ProgressCallback, ignore_progress
+from evaluator.sandbox.identity import (
+    DEFAULT_IDENTITY,
+    IdentityUnavailable,
+    SandboxIdentity,
+    claim_identity,
+    wait_until_gone,
+)
+from evaluator.sandbox.monitor import TreeUsage, tree_usage
 from evaluator.spec import JobSpec, Result
 
 #: Where the evaluator package and the job's files appear inside the sandbox.
 _CODE_DIR = "/opt/arena"
 _JOB_DIR = "/job"
 _STDERR_TAIL = 4000
+#: Longest stdout/stderr line the parent keeps (a hostile child may print one endless line).
+_MAX_LINE = 16 * 1024**2
+#: Seconds between two looks at the child (timeout, cancellation, process tree).
+_POLL_SECONDS = 0.5
+#: Share of the process limit at which the job is stopped as a fork bomb (the kernel refuses
+#: forks at the limit itself; the parent stops the job instead of letting it spin there).
+_PROCESS_ALARM = 0.9
+#: The only capabilities bubblewrap keeps for the program it starts when run as root, so that
+#: setpriv can switch to the job's uid and empty the bounding set; setpriv then drops them all.
+_SETPRIV_CAPS = ("CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP")
 
 
 class SandboxUnavailable(RuntimeError):
     """Raised when bubblewrap is missing and the operator has not allowed the unsandboxed mode."""
 
 
+def _default_threads() -> int:
+    return max(1, os.cpu_count() or 1)
+
+
 @dataclass(frozen=True)
 class SandboxLimits:
-    """Per-job limits. Memory is a limit on the child's data segment (RLIMIT_DATA)."""
+    """Per-job limits.
+
+    ``memory_bytes`` is enforced twice: as RLIMIT_DATA on every process (so one allocation beyond
+    it fails at once, with a MemoryError or torch's allocator error) and on the sum of the
+    private resident memory of all the job's processes (sampled). RLIMIT_DATA rather than
+    RLIMIT_AS: address space reservations that are never backed (CUDA maps tens of GiB; glibc
+    reserves 64 MiB per thread arena) would trip an address-space limit without using memory.
+    Measured with torch 2.13 on CPU: importing torch takes about 0.2 GiB of data segment; a
+    LeNet-5 evaluation of 2,000 MNIST images peaks at about 0.35 GiB of private memory (0.42 GiB
+    with the attack suite) and fails below about 0.4 GiB. The 8 GiB default leaves room for
+    ImageNet-sized models and batches while a runaway allocation still fails at once.
+
+    ``max_processes`` counts threads too (the kernel's RLIMIT_NPROC does); ``tmp_bytes`` caps the
+    private /tmp, which lives in memory.
+    """
 
     wall_seconds: float = 3600.0
     cpu_seconds: int = 4 * 3600
     memory_bytes: int = 8 * 1024**3
     max_file_bytes: int = 256 * 1024**2
+    tmp_bytes: int = 1024**3
     max_processes: int = 512
-    threads: int = max(1, (os.cpu_count() or 1))
+    threads: int = field(default_factory=_default_threads)
 
 
 def bubblewrap_path() -> str | None:
     return shutil.which("bwrap")
+
+
+#: bubblewrap 0.8 brought --size (the /tmp cap) and --disable-userns.
+_MIN_BWRAP_VERSION = (0, 8)
+
+
+@functools.lru_cache(maxsize=4)
+def _bwrap_version(path: str) -> tuple[int, ...]:
+    """The installed bubblewrap's version, e.g. (0, 8, 0); () when it cannot be told."""
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ()
+    words = out.split()
+    try:
+        return tuple(int(part) for part in words[-1].split(".")) if words else ()
+    except ValueError:
+        return ()
+
+
+def setpriv_path() -> str | None:
+    """setpriv (util-linux) drops the sandboxed program to its uid when the worker is root."""
+    return shutil.which("setpriv")
+
+
+def _privileged() -> bool:
+    """Whether bubblewrap runs as root here (and the child must then be dropped to a sandbox uid)."""
+    return os.geteuid() == 0
 
 
 def _project_root() -> Path:
@@ -66,37 +145,96 @@ def _python_roots() -> list[str]:
     return sorted(r for r in roots if r and not r.startswith("/usr"))
 
 
-def _bwrap_command(spec_paths: dict[str, str], limits: SandboxLimits) -> list[str]:
-    cmd = [
+class _CommandBuilder:
+    """Accumulates bubblewrap arguments; creates mount points' parents world-readable.
+
+    bubblewrap creates missing parent folders with mode 0700 owned by root, which an
+    unprivileged sandbox user could not walk through; they are created explicitly with 0755.
+    """
+
+    def __init__(self, head: list[str]) -> None:
+        self.args = head
+        self.folders: set[str] = {"/"}
+
+    def parents(self, inside: str) -> None:
+        for parent in reversed(PurePosixPath(inside).parents):
+            if str(parent) not in self.folders:
+                self.folders.add(str(parent))
+                self.args += ["--perms", "0755", "--dir", str(parent)]
+
+    def ro_bind(self, host: str, inside: str) -> None:
+        self.parents(inside)
+        self.args += ["--ro-bind", host, inside]
+
+    def ro_data(self, fd: int, inside: str) -> None:
+        self.parents(inside)
+        self.args += ["--perms", "0444", "--ro-bind-data", str(fd), inside]
+
+
+def _bwrap_command(
+    spec_paths: Mapping[str, str],
+    limits: SandboxLimits,
+    identity: SandboxIdentity | None = None,
+    copied: Mapping[str, int] | None = None,
+) -> list[str]:
+    """The bubblewrap command line up to (not including) the program to run inside.
+
+    ``spec_paths`` maps host files to where they appear read-only inside; ``copied`` maps places
+    inside to open file descriptors whose content is copied in instead (files the sandbox uid
+    may not read on the host; see :func:`_plan_mounts`). ``identity`` is the uid the program
+    runs as when bubblewrap runs as root (default: the first sandbox uid).
+    """
+    privileged = _privileged()
+    if privileged:
+        # As root, a user namespace would map the child's uid 0 to the host's root, so none is
+        # made: the mounts are set up as root and the program is dropped to its own uid below.
+        namespaces = ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try",
+                      "--cap-drop", "ALL"]
+        for cap in _SETPRIV_CAPS:
+            namespaces += ["--cap-add", cap]
+    else:
+        # Unprivileged: bubblewrap needs a user namespace; none may be nested inside it.
+        namespaces = ["--unshare-all", "--unshare-user", "--disable-userns", "--cap-drop", "ALL"]
+    build = _CommandBuilder([
         bubblewrap_path() or "bwrap",
-        "--unshare-all",  # network, PID, IPC, UTS, cgroup and user namespaces
+        *namespaces,  # network, PID, IPC, UTS and cgroup namespaces
         "--die-with-parent",
         "--new-session",
         "--clearenv",
         "--ro-bind", "/usr", "/usr",
         "--proc", "/proc",
         "--dev", "/dev",
-        "--tmpfs", "/tmp",
+        "--perms", "1777", "--size", str(limits.tmp_bytes), "--tmpfs", "/tmp",
         "--chdir", "/tmp",
-    ]
+    ])
+    build.folders.update({"/usr", "/proc", "/dev", "/tmp"})
     for name in ("bin", "lib", "lib64", "sbin"):
         host = Path("/") / name
         if host.is_symlink():
-            cmd += ["--symlink", os.readlink(host), f"/{name}"]
+            build.args += ["--symlink", os.readlink(host), f"/{name}"]
         elif host.is_dir():
-            cmd += ["--ro-bind", str(host), f"/{name}"]
+            build.ro_bind(str(host), f"/{name}")
     # Only what the dynamic loader needs from /etc: no passwd, hosts or credentials.
     for etc in ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime"):
         if os.path.exists(etc):
-            cmd += ["--ro-bind", etc, etc]
+            build.ro_bind(etc, etc)
     for root in _python_roots():
-        cmd += ["--ro-bind", root, root]
-    cmd += ["--ro-bind", str(_project_root() / "evaluator"), f"{_CODE_DIR}/evaluator"]
+        build.ro_bind(root, root)
+    build.ro_bind(str(_project_root() / "evaluator"), f"{_CODE_DIR}/evaluator")
     for host_path, inside in spec_paths.items():
-        cmd += ["--ro-bind", host_path, inside]
+        build.ro_bind(host_path, inside)
+    for inside, fd in (copied or {}).items():
+        build.ro_data(fd, inside)
     for key, value in _child_env(limits, _CODE_DIR).items():
-        cmd += ["--setenv", key, value]
-    return cmd
+        build.args += ["--setenv", key, value]
+    if privileged:
+        identity = identity or DEFAULT_IDENTITY
+        build.args += [
+            setpriv_path() or "/usr/bin/setpriv",
+            f"--reuid={identity.uid}", f"--regid={identity.gid}", "--clear-groups",
+            "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--",
+        ]
+    return build.args
 
 
 def _child_env(limits: SandboxLimits, code_dir: str) -> dict[str, str]:
@@ -120,7 +258,8 @@ def _child_env(limits: SandboxLimits, code_dir: str) -> dict[str, str]:
 def _limit_resources(limits: SandboxLimits) -> Callable[[], None]:
     def apply() -> None:  # runs in the child between fork and exec
         os.setsid()
-        resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds))
+        # SIGXCPU at the soft limit (a clear reason), SIGKILL a little later for a program that ignores it.
+        resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 5))
         resource.setrlimit(resource.RLIMIT_DATA, (limits.memory_bytes, limits.memory_bytes))
         resource.setrlimit(resource.RLIMIT_FSIZE, (limits.max_file_bytes, limits.max_file_bytes))
         resource.setrlimit(resource.RLIMIT_NPROC, (limits.max_processes, limits.max_processes))
@@ -148,9 +287,223 @@ def _relocate(spec: JobSpec) -> tuple[JobSpec, dict[str, str]]:
     return relocated, mounts
 
 
-def _describe_exit(returncode: int, limits: SandboxLimits, stderr_tail: str) -> tuple[str, str]:
+def _plan_mounts(
+    mounts: Mapping[str, str], identity: SandboxIdentity | None
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Split the job's files into those bound as they are and those copied into the sandbox.
+
+    A file the sandbox uid may not read (the hidden sets are written 0600 by their owner) is
+    copied in: the parent opens it and bubblewrap copies the content into the sandbox's memory,
+    read-only. Copying costs memory for the job's duration, so large sets are better made
+    readable to the sandbox group (see :mod:`evaluator.sandbox.identity`).
+    """
+    if identity is None:
+        return dict(mounts), {}
+    binds: dict[str, str] = {}
+    copies: dict[str, str] = {}
+    for host, inside in mounts.items():
+        if not os.path.exists(host) or identity.can_read(host):
+            binds[host] = inside  # a missing file: bubblewrap reports it
+        else:
+            copies[inside] = host
+    return binds, copies
+
+
+@contextmanager
+def _sandbox_prefix(
+    mounts: Mapping[str, str], limits: SandboxLimits
+) -> Iterator[tuple[list[str], tuple[int, ...], SandboxIdentity | None]]:
+    """The bubblewrap prefix for one run, the descriptors it needs and the uid it runs as; cleans up after.
+
+    As root, a sandbox uid is claimed for the run and released only once no process of that uid
+    is left, so the next job starts with a clean process count.
+    """
+    bwrap = bubblewrap_path()
+    if bwrap is None:
+        raise SandboxUnavailable("bubblewrap (bwrap) is not installed")
+    version = _bwrap_version(bwrap)
+    if version < _MIN_BWRAP_VERSION:
+        shown = ".".join(map(str, version)) or "unknown"
+        raise SandboxUnavailable(f"bubblewrap {shown} is too old; the sandbox needs 0.8 or newer")
+    privileged = _privileged()
+    if privileged and setpriv_path() is None:
+        raise SandboxUnavailable(
+            "the worker runs as root, and setpriv (util-linux) is needed to drop the sandboxed process to an "
+            "unprivileged uid; install it or run the worker as an ordinary user"
+        )
+    with ExitStack() as stack:
+        identity: SandboxIdentity | None = None
+        if privileged:
+            try:
+                identity = stack.enter_context(claim_identity())
+            except IdentityUnavailable as exc:
+                raise SandboxUnavailable(str(exc)) from None
+            stack.callback(wait_until_gone, identity.uid)  # runs before the uid's lock is released
+        binds, copies = _plan_mounts(mounts, identity)
+        fds: dict[str, int] = {}
+        for inside, host in copies.items():
+            fds[inside] = os.open(host, os.O_RDONLY | os.O_CLOEXEC)
+            stack.callback(os.close, fds[inside])
+        yield _bwrap_command(binds, limits, identity, fds), tuple(fds.values()), identity
+
+
+@dataclass
+class _ChildExit:
+    """What the parent observed of one child run."""
+
+    returncode: int
+    #: Why the parent stopped the child (timeout, cancelled, too_many_processes, out_of_memory), or "".
+    stopped: str
+    stderr_tail: str
+    wall_seconds: float
+    peak: TreeUsage
+
+
+def _read_lines(stream: IO[str]) -> Iterator[str]:
+    """Lines of ``stream``, each cut at _MAX_LINE characters (the rest of a longer line is dropped)."""
+    truncated = False
+    while True:
+        line = stream.readline(_MAX_LINE)
+        if not line:
+            return
+        complete = line.endswith("\n")
+        if not truncated:
+            yield line
+        truncated = not complete
+
+
+def _supervise(
+    cmd: Sequence[str],
+    *,
+    stdin_text: str,
+    limits: SandboxLimits,
+    on_stdout_line: Callable[[str], None],
+    env: Mapping[str, str],
+    cwd: str | None = None,
+    pass_fds: Sequence[int] = (),
+    should_cancel: Callable[[], bool] | None = None,
+) -> _ChildExit:
+    """Start ``cmd`` with the limits, feed it ``stdin_text``, and watch it until it ends."""
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        list(cmd),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=dict(env),
+        cwd=cwd,
+        pass_fds=tuple(pass_fds),
+        preexec_fn=_limit_resources(limits),  # noqa: PLW1509 - needed for setrlimit in the child
+        text=True,
+        errors="replace",
+    )
+    stderr_chunks: list[str] = []
+
+    def drain_stderr() -> None:
+        assert proc.stderr is not None
+        for line in _read_lines(proc.stderr):
+            stderr_chunks.append(line[-_STDERR_TAIL:])
+            if sum(len(c) for c in stderr_chunks) > 4 * _STDERR_TAIL:
+                del stderr_chunks[: len(stderr_chunks) // 2]
+
+    stderr_thread = threading.Thread(target=drain_stderr, daemon=True)
+    stderr_thread.start()
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        proc.stdin.write(stdin_text)
+        proc.stdin.close()
+    except BrokenPipeError:  # the child ended (or never read); its exit says why
+        pass
+
+    stopped: list[str] = []
+    peak = {"processes": 0, "tasks": 0, "memory_bytes": 0}
+
+    def watchdog() -> None:
+        while proc.poll() is None:
+            usage = tree_usage(proc.pid)
+            for key in peak:
+                peak[key] = max(peak[key], getattr(usage, key))
+            if time.monotonic() - started > limits.wall_seconds:
+                stopped.append("timeout")
+            elif usage.tasks >= _PROCESS_ALARM * limits.max_processes:
+                stopped.append("too_many_processes")
+            elif usage.memory_bytes > limits.memory_bytes:
+                stopped.append("out_of_memory")
+            elif should_cancel is not None and should_cancel():
+                stopped.append("cancelled")
+            if stopped:
+                _kill_group(proc)
+                return
+            time.sleep(_POLL_SECONDS)
+
+    watch_thread = threading.Thread(target=watchdog, daemon=True)
+    watch_thread.start()
+    for line in _read_lines(proc.stdout):
+        on_stdout_line(line)
+    proc.wait()
+    watch_thread.join(timeout=2)
+    stderr_thread.join(timeout=2)
+    return _ChildExit(
+        returncode=proc.returncode,
+        stopped=stopped[0] if stopped else "",
+        stderr_tail="".join(stderr_chunks)[-_STDERR_TAIL:],
+        wall_seconds=round(time.monotonic() - started, 3),
+        peak=TreeUsage(**peak),
+    )
+
+
+def _describe_stop(reason: str, limits: SandboxLimits) -> tuple[str, str]:
+    """Code and sentence for a child the parent stopped."""
+    if reason == "timeout":
+        return "timeout", f"The evaluation did not finish within {limits.wall_seconds:.0f} s."
+    if reason == "too_many_processes":
+        return "too_many_processes", (
+            f"The evaluation started too many processes or threads (limit {limits.max_processes}); it was stopped "
+            "as a fork bomb."
+        )
+    if reason == "out_of_memory":
+        return "out_of_memory", (
+            f"The evaluation's processes together used more than the memory limit of "
+            f"{limits.memory_bytes // 1024**2} MiB; it was stopped."
+        )
+    return "cancelled", "The evaluation was cancelled."
+
+
+_STDERR_SIGNS: tuple[tuple[tuple[str, ...], str, str], ...] = (
+    (("MemoryError", "Cannot allocate memory", "DefaultCPUAllocator", "std::bad_alloc"), "out_of_memory",
+     "The model exceeded the memory limit of {memory} MiB."),
+    (("File too large", "[Errno 27]"), "file_size_exceeded",
+     "The evaluation tried to write a file larger than the sandbox allows ({file} MiB)."),
+    (("No space left on device", "[Errno 28]"), "disk_full",
+     "The evaluation filled its private temporary folder (limit {tmp} MiB)."),
+    (("Resource temporarily unavailable", "BlockingIOError", "can't start new thread"), "too_many_processes",
+     "The evaluation could not start more processes or threads (limit {processes})."),
+)
+
+
+def _exit_signal(returncode: int, sandboxed: bool) -> int:
+    """The signal that ended the program, or 0.
+
+    bubblewrap reports a program killed by signal N as exit status 128 + N (it only dies by a
+    signal itself when the parent kills it); a program run directly shows up as -N.
+    """
     if returncode < 0:
-        sig = signal.Signals(-returncode)
+        return -returncode
+    if sandboxed and 128 < returncode <= 128 + 64:
+        return returncode - 128
+    return 0
+
+
+def _describe_exit(
+    returncode: int, limits: SandboxLimits, stderr_tail: str, sandboxed: bool = True
+) -> tuple[str, str]:
+    """Code and sentence for a child that ended without a result (a crash, a signal, a limit)."""
+    number = _exit_signal(returncode, sandboxed)
+    if number:
+        try:
+            sig = signal.Signals(number)
+        except ValueError:
+            return "crashed", f"The evaluation process died with signal {number}."
         if sig == signal.SIGXCPU:
             return "cpu_time_exceeded", f"The evaluation used more than {limits.cpu_seconds} s of CPU time."
         if sig == signal.SIGXFSZ:
@@ -158,10 +511,36 @@ def _describe_exit(returncode: int, limits: SandboxLimits, stderr_tail: str) -> 
         if sig == signal.SIGKILL:
             return "killed", "The evaluation process was killed (most often: it exceeded the memory limit)."
         return "crashed", f"The evaluation process died with signal {sig.name}."
-    if "MemoryError" in stderr_tail or "Cannot allocate memory" in stderr_tail or "DefaultCPUAllocator" in stderr_tail:
-        return "out_of_memory", f"The model exceeded the memory limit of {limits.memory_bytes // 1024**2} MiB."
+    sizes = {"memory": limits.memory_bytes // 1024**2, "file": limits.max_file_bytes // 1024**2,
+             "tmp": limits.tmp_bytes // 1024**2, "processes": limits.max_processes}
+    for signs, code, message in _STDERR_SIGNS:
+        if any(sign in stderr_tail for sign in signs):
+            return code, message.format(**sizes)
     last = stderr_tail.strip().splitlines()[-1] if stderr_tail.strip() else "no output"
     return "crashed", f"The evaluation process exited with status {returncode} without a result ({last[:300]})."
+
+
+def _parse_result(line: str, progress: ProgressCallback) -> Result | None:
+    """One JSON line from the child: reports progress, returns the Result if it is one."""
+    try:
+        event = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(event, dict):
+        return None
+    if event.get("event") == "progress":
+        try:
+            fraction = float(event.get("fraction", 0.0))
+        except (TypeError, ValueError):  # a malformed event is ignored; the callback's own errors are not
+            return None
+        progress(fraction, str(event.get("stage", "")))
+        return None
+    if event.get("event") == "result" and isinstance(event.get("result"), dict):
+        try:
+            return Result.from_dict(event["result"])
+        except (TypeError, ValueError):  # a malformed result is no result
+            return None
+    return None
 
 
 def run_sandboxed(
@@ -174,7 +553,8 @@ def run_sandboxed(
     """Evaluate ``spec`` in a child process and return its Result (never raises for model faults).
 
     ``should_cancel`` is polled about once a second; when it returns True the child is killed
-    and a ``cancelled`` Result comes back.
+    and a ``cancelled`` Result comes back. Raises :class:`SandboxUnavailable` when no sandbox can
+    be set up and the unsandboxed mode is not allowed.
     """
     limits = limits or SandboxLimits()
     use_bwrap = bubblewrap_path() is not None
@@ -182,98 +562,115 @@ def run_sandboxed(
         raise SandboxUnavailable(
             "bubblewrap (bwrap) is not installed, and unsandboxed evaluation is not allowed on this worker"
         )
-    mode = "bubblewrap" if use_bwrap else "unsandboxed"
+    found: list[Result] = []
+
+    def on_line(line: str) -> None:
+        result = _parse_result(line, progress)
+        if result is not None and not found:
+            found.append(result)
+
+    command = [sys.executable, "-m", "evaluator", "run", "-"]
     if use_bwrap:
+        mode = "bubblewrap"
         child_spec, mounts = _relocate(spec)
-        cmd = [*_bwrap_command(mounts, limits), sys.executable, "-m", "evaluator", "run", "-"]
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
-        cwd = None
+        with _sandbox_prefix(mounts, limits) as (prefix, fds, _):
+            outcome = _supervise(
+                [*prefix, *command], stdin_text=child_spec.to_json(), limits=limits, on_stdout_line=on_line,
+                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")}, pass_fds=fds, should_cancel=should_cancel,
+            )
     else:
-        child_spec = spec
+        mode = "unsandboxed"
         cwd = tempfile.mkdtemp(prefix="arena-job-")
         env = _child_env(limits, str(_project_root()))
         env["HOME"] = cwd
-        cmd = [sys.executable, "-m", "evaluator", "run", "-"]
-
-    started = time.monotonic()
-    proc = subprocess.Popen(
-        cmd,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
-        cwd=cwd,
-        preexec_fn=_limit_resources(limits),  # noqa: PLW1509 - needed for setrlimit in the child
-        text=True,
-    )
-    stderr_chunks: list[str] = []
-
-    def drain_stderr() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            stderr_chunks.append(line)
-            if sum(len(c) for c in stderr_chunks) > 4 * _STDERR_TAIL:
-                del stderr_chunks[: len(stderr_chunks) // 2]
-
-    stderr_thread = threading.Thread(target=drain_stderr, daemon=True)
-    stderr_thread.start()
-    assert proc.stdin is not None and proc.stdout is not None
-    proc.stdin.write(child_spec.to_json())
-    proc.stdin.close()
-
-    outcome: dict[str, str] = {}
-
-    def watchdog() -> None:
-        while proc.poll() is None:
-            if time.monotonic() - started > limits.wall_seconds:
-                outcome["why"] = "timeout"
-            elif should_cancel is not None and should_cancel():
-                outcome["why"] = "cancelled"
-            if outcome:
-                _kill_group(proc)
-                return
-            time.sleep(0.5)
-
-    watch_thread = threading.Thread(target=watchdog, daemon=True)
-    watch_thread.start()
-
-    result: Result | None = None
-    for line in proc.stdout:
         try:
-            event = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if not isinstance(event, dict):
-            continue
-        if event.get("event") == "progress":
-            progress(float(event.get("fraction", 0.0)), str(event.get("stage", "")))
-        elif event.get("event") == "result" and result is None:
-            result = Result.from_dict(event["result"])
-    proc.wait()
-    watch_thread.join(timeout=2)
-    stderr_thread.join(timeout=2)
-    stderr_tail = "".join(stderr_chunks)[-_STDERR_TAIL:]
-    elapsed = round(time.monotonic() - started, 3)
+            outcome = _supervise(
+                command, stdin_text=spec.to_json(), limits=limits, on_stdout_line=on_line, env=env, cwd=cwd,
+                should_cancel=should_cancel,
+            )
+        finally:
+            shutil.rmtree(cwd, ignore_errors=True)
 
-    if outcome.get("why") == "timeout":
-        result = Result.failure(spec, "timeout", f"The evaluation did not finish within {limits.wall_seconds:.0f} s.")
-    elif outcome.get("why") == "cancelled":
-        result = Result.failure(spec, "cancelled", "The evaluation was cancelled.")
+    result = found[0] if found else None
+    if outcome.stopped:
+        result = Result.failure(spec, *_describe_stop(outcome.stopped, limits))
     elif result is None:
-        code, message = _describe_exit(proc.returncode, limits, stderr_tail)
-        result = Result.failure(spec, code, message)
+        result = Result.failure(spec, *_describe_exit(outcome.returncode, limits, outcome.stderr_tail, use_bwrap))
     if result.job_id != spec.job_id:
         result = Result.failure(spec, "internal", "The evaluation returned a result for another job.")
-    result.provenance.update(sandbox=mode, wall_seconds=elapsed)
-    if cwd is not None:
-        shutil.rmtree(cwd, ignore_errors=True)
+    result.provenance.update(
+        sandbox=mode, wall_seconds=outcome.wall_seconds, peak_tasks=outcome.peak.tasks,
+        peak_memory_bytes=outcome.peak.memory_bytes,
+    )
     return result
 
 
+@dataclass(frozen=True)
+class SandboxRun:
+    """What a program run by :func:`run_program_sandboxed` did."""
+
+    returncode: int
+    #: "" when the program exited 0 within its limits; else a failure code as evaluations use.
+    error_code: str
+    #: A sentence saying why it failed ("" when it did not).
+    message: str
+    stdout: str
+    stderr_tail: str
+    wall_seconds: float
+    peak: TreeUsage
+    #: The sandbox uid it ran as (None when the worker is not root and no uid was switched).
+    uid: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.error_code
+
+
+def run_program_sandboxed(
+    argv: Sequence[str],
+    *,
+    limits: SandboxLimits | None = None,
+    files: Mapping[str, str] | None = None,
+    stdin_text: str = "",
+) -> SandboxRun:
+    """Run a fixed program under exactly the sandbox and limits an evaluation gets.
+
+    For tests and operator diagnostics only: the platform never calls it, and nothing a user
+    sends reaches ``argv``. It exists so that the sandbox's containment can be shown with
+    hostile Python (sockets, fork bombs, huge allocations), which a ``.pt2`` upload cannot carry.
+    ``files`` maps host files to the read-only paths they get inside (under ``/job``). Raises
+    :class:`SandboxUnavailable` when bubblewrap (or, as root, setpriv) is missing.
+    """
+    limits = limits or SandboxLimits()
+    mounts = {os.path.realpath(host): inside for host, inside in (files or {}).items()}
+    if any(not inside.startswith(f"{_JOB_DIR}/") for inside in mounts.values()):
+        raise ValueError(f"files must appear under {_JOB_DIR}/ inside the sandbox")
+    lines: list[str] = []
+    kept = [0]
+
+    def keep(line: str) -> None:
+        if kept[0] < _MAX_LINE:
+            lines.append(line)
+            kept[0] += len(line)
+
+    with _sandbox_prefix(mounts, limits) as (prefix, fds, identity):
+        outcome = _supervise(
+            [*prefix, *argv], stdin_text=stdin_text, limits=limits, on_stdout_line=keep,
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")}, pass_fds=fds,
+        )
+    if outcome.stopped:
+        code, message = _describe_stop(outcome.stopped, limits)
+    elif outcome.returncode != 0:
+        code, message = _describe_exit(outcome.returncode, limits, outcome.stderr_tail)
+    else:
+        code, message = "", ""
+    return SandboxRun(outcome.returncode, code, message, "".join(lines), outcome.stderr_tail, outcome.wall_seconds,
+                      outcome.peak, identity.uid if identity is not None else None)
+
+
 def _kill_group(proc: subprocess.Popen[str]) -> None:
+    """Kill the bubblewrap process group; the sandbox's PID namespace dies with it."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-
-

@@ -7,7 +7,10 @@ Three tracks:
   test digits, brought to MNIST's framing, are its natural distribution shift.
 * ``mnist-gan-detector``: a synthetic-image detector track. Hidden real MNIST digits against
   images drawn from the shared GAN generator with a hidden seed; fakes from the shared VAE
-  decoder are a generator the detector never saw (a shift).
+  decoder are a generator the detector never saw (a shift), the same images JPEG-compressed and
+  rescaled are laundering (a grouped shift), and the GAN fakes attacked through a surrogate
+  detector trained here on public data are a black-box transfer attack. The generator's weights
+  are stored with the track for the attack suite's universal attacks.
 * ``cifar10-jpeg``: a classifier track on the shared JPEG copy of the CIFAR-10 test set.
 
 The shared pretrained models are converted to safetensors for zoo architectures and submitted
@@ -17,7 +20,9 @@ through the same path as any researcher's upload, as public baselines.
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +44,28 @@ SET_VERSION = "1"
 CORRUPTION_PER_CELL = 100
 #: Tags every result of the demo tracks: clean sets, shifts and the attack suite "attacks-1".
 SUITE_VERSION = "demo-1"
+#: Seed of the *public* GAN fakes that platform-trained detectors (the surrogate here, the baseline
+#: of ``train_detector_baselines``) learn on; the attack suite draws its public fakes with the same
+#: seed (DetectorAttackSpec.public_seed). It must differ from HIDDEN_SEED, or a detector could be
+#: trained on the very fakes it is scored on.
+PUBLIC_FAKE_SEED = 1
+#: Linf radius of the black-box transfer attack: 8/255, eight grey levels per pixel, the usual
+#: budget for 8-bit images in the adversarial-examples literature (and this demo's CIFAR-10 threat
+#: model), so the number reads like others. On MNIST's flat black background eight levels are
+#: faint but not invisible, so the budget is generous to the attacker, as a robustness test should be.
+#: Measured on the full set: the attack takes the surrogate's own AUC from 0.97 to 0.63, but the
+#: GAN discriminator and the small-CNN baseline score the attacked fakes *higher* (AUC 0.78 -> 0.86
+#: and 0.97 -> 0.997): sign steps raise about 90 % of the fakes' black background pixels, and that
+#: faint noise reads as "fake" to them. Transfer is what the set measures, and here it fails.
+TRANSFER_EPS = 8 / 255
+#: PGD iterations on the surrogate; more steps fit the surrogate's own quirks rather than transfer.
+TRANSFER_STEPS = 20
+#: Epochs of the surrogate on 5,000 + 5,000 public images (about 0.97 AUC on the hidden clean set).
+SURROGATE_EPOCHS = 10
+#: Reals and fakes per laundering condition (5 conditions: 10,000 images in all).
+LAUNDERED_PER_CLASS = 1000
+#: The detector attack suite's parameters for a small demo (tests): a token budget.
+SMALL_DEMO_DETECTOR_ATTACKS = {"points": 40, "universal_train_images": 200, "universal_steps": 30, "pgd_steps": 10}
 
 
 @dataclass(frozen=True)
@@ -211,7 +238,9 @@ class DemoBuilder:
         self.log("building the digits detector track")
         detector = self._track(benchmark, "mnist-gan-detector", "MNIST real vs. GAN fakes", "detector", (1, 28, 28), 2,
                                "Tell real MNIST digits from images drawn from a GAN generator; fake is the positive "
-                               "class. Fakes from a VAE decoder are a generator the detector never saw.")
+                               "class. Fakes from a VAE decoder are a generator the detector never saw; JPEG and "
+                               "rescaling launder reals and fakes alike; fakes attacked through another detector "
+                               "test black-box transfer.")
         count = min(2000, len(hidden_labels))
         reals = hidden_images[:count]
         gan = self._generate("mnist_gan_generator", "mnist_gan/G--300.ckpt", count, HIDDEN_SEED)
@@ -225,6 +254,9 @@ class DemoBuilder:
                         role=EvaluationSet.Role.SHIFT, shift_kind=EvaluationSet.ShiftKind.NATURAL,
                         source=f"{count} hidden real MNIST digits and {count} samples of an unseen VAE decoder",
                         license="MNIST; generator MIT (csinva/gan-vae-pretrained-pytorch)")
+        self._write_generator(detector, "mnist_gan_generator", "mnist_gan/G--300.ckpt", "mnist-gan")
+        self._laundered_set(detector, "mnist-vs-gan-laundered", reals, gan)
+        self._transfer_set(detector, "mnist-vs-gan-transfer", reals, gan)
 
         self.log("building the CIFAR-10 track")
         cifar = self._track(benchmark, "cifar10-jpeg", "CIFAR-10 (JPEG test set)", "classifier", (3, 32, 32), 10,
@@ -242,6 +274,102 @@ class DemoBuilder:
         self._corruption_set(cifar, "cifar10-c", cifar_images, cifar_labels, "CIFAR-10 JPEG test set",
                              "CIFAR-10 (Krizhevsky 2009)")
         return benchmark
+
+    # -- detector-track helpers ----------------------------------------------------------------
+    @property
+    def detector_shift_per_class(self) -> int:
+        """Reals and fakes per laundering condition and in the transfer set; few for a small demo."""
+        return LAUNDERED_PER_CLASS if self.limit is None else max(10, min(LAUNDERED_PER_CLASS, self.limit // 10))
+
+    def _write_generator(self, track: Track, architecture: str, checkpoint: str, name: str) -> None:
+        """Store the track's generator as zoo safetensors under the data dir and point the track at it.
+
+        The attack suite's universal attacks need ``G`` inside the sandbox; the file is written
+        through the same zoo remap as the demo's own samples, atomically, and pinned by sha256.
+        """
+        from evaluator.data.integrity import sha256_file
+        from evaluator.models.convert import convert_checkpoint
+        from evaluator.models.zoo import get_architecture
+
+        relative = f"{track.slug}/generator-{name}.safetensors"
+        path = self.data_dir / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.part")
+        try:
+            convert_checkpoint(architecture, self._model_path(checkpoint), partial)
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
+        digest = sha256_file(path)
+        track.generator = {"architecture": architecture, "relative_path": relative, "sha256": digest,
+                           "latent_dim": int(get_architecture(architecture).latent_dim or 0)}
+        # Empty: the suite's defaults; a small demo (tests) gets a token budget.
+        track.detector_attacks = dict(SMALL_DEMO_DETECTOR_ATTACKS) if self.limit is not None else {}
+        track.save(update_fields=["generator", "detector_attacks"])
+        self.log(f"  generator {track.slug}:{architecture} -> {relative}, sha256 {digest[:12]}")
+
+    def _laundered_set(self, track: Track, name: str, reals: np.ndarray, fakes: np.ndarray) -> EvaluationSet:
+        """The same hidden reals and fakes under every laundering condition, one group per condition."""
+        from evaluator.shifts.laundering import laundered_set
+
+        per_class = min(self.detector_shift_per_class, len(reals), len(fakes))
+        images = np.concatenate([reals[:per_class], fakes[:per_class]])
+        labels = np.concatenate([np.zeros(per_class, dtype=np.int64), np.ones(per_class, dtype=np.int64)])
+        l_images, l_labels, groups, names = laundered_set(images, labels)
+        return self._write_set(
+            track, name, l_images, l_labels, role=EvaluationSet.Role.SHIFT,
+            shift_kind=EvaluationSet.ShiftKind.SYNTHETIC, groups=groups, group_names=names,
+            source=f"{per_class} hidden real MNIST digits and {per_class} hidden GAN samples, each re-saved as JPEG "
+                   f"(quality 90, 75, 50) and scaled down and back up (bilinear, 0.5 and 0.75) with Pillow: "
+                   f"{', '.join(names)}", license="MNIST; generator MIT (csinva/gan-vae-pretrained-pytorch)",
+        )
+
+    def _public_detector_data(self, track: Track) -> tuple[np.ndarray, np.ndarray]:
+        """Public reals (the public MNIST half) and as many public-seed fakes from the track's generator."""
+        from evaluator.data.evalsets import read_evaluation_set
+        from evaluator.models.loading import load_generator
+        from evaluator.testbed.detectors import sample_generator
+
+        public = read_evaluation_set(self.data_dir / "public/mnist-test-public.safetensors")
+        reals = public.images.numpy()
+        if self.limit is not None:  # a small demo: a small surrogate is enough to exercise the path
+            reals = reals[: max(50, self.limit // 4)]
+        g = track.generator
+        generator = load_generator(self.data_dir / g["relative_path"], g["architecture"], g["sha256"])
+        return reals, sample_generator(generator, len(reals), PUBLIC_FAKE_SEED, int(g["latent_dim"]))
+
+    def _transfer_set(self, track: Track, name: str, reals: np.ndarray, fakes: np.ndarray) -> EvaluationSet:
+        """Hidden reals against hidden fakes attacked through a surrogate detector (black box).
+
+        The surrogate is a different architecture from the track's baseline, trained here on public
+        data only; submissions are never queried, they only score the result.
+        """
+        from evaluator.testbed.detectors import SURROGATE_ARCHITECTURE, detector_auc, train_detector, transfer_attack
+
+        # The full demo attacks every hidden fake, so the transfer AUC compares with the clean AUC.
+        per_class = min(len(reals), len(fakes))
+        epochs, steps = SURROGATE_EPOCHS, TRANSFER_STEPS
+        if self.limit is not None:  # a small demo (tests): a few hundred images, a short schedule
+            per_class, epochs, steps = min(per_class, self.detector_shift_per_class), 2, 10
+        public_reals, public_fakes = self._public_detector_data(track)
+        started = time.perf_counter()
+        surrogate = train_detector(SURROGATE_ARCHITECTURE, public_reals, public_fakes, seed=HIDDEN_SEED, epochs=epochs)
+        train_seconds = time.perf_counter() - started
+        attacked = transfer_attack(surrogate, fakes[:per_class], TRANSFER_EPS, steps=steps, seed=HIDDEN_SEED)
+        attack_seconds = time.perf_counter() - started - train_seconds
+        public_auc = detector_auc(surrogate, public_reals, public_fakes)
+        self.log(f"  surrogate {SURROGATE_ARCHITECTURE}: {len(public_reals)} + {len(public_fakes)} public images, "
+                 f"{epochs} epochs in {train_seconds:.1f} s, public AUC {public_auc:.4f}; "
+                 f"attacked {per_class} hidden fakes in {attack_seconds:.1f} s")
+        labels = np.concatenate([np.zeros(per_class, dtype=np.int64), np.ones(per_class, dtype=np.int64)])
+        return self._write_set(
+            track, name, np.concatenate([reals[:per_class], attacked]), labels, role=EvaluationSet.Role.SHIFT,
+            shift_kind=EvaluationSet.ShiftKind.ADVERSARIAL,
+            source=f"{per_class} hidden real MNIST digits and {per_class} hidden GAN samples attacked by Linf PGD "
+                   f"(eps 8/255, {steps} steps, 8-bit) on a surrogate detector ({SURROGATE_ARCHITECTURE}) trained on "
+                   f"the public MNIST half against public-seed GAN samples; submissions are never queried",
+            license="MNIST; generator MIT (csinva/gan-vae-pretrained-pytorch)",
+        )
 
     def _track(self, benchmark: Benchmark, slug: str, name: str, kind: str, shape: tuple[int, int, int],
                num_classes: int, description: str, class_names: list[str] | None = None,

@@ -123,6 +123,8 @@ class EvaluationSet(models.Model):
         NONE = "", "None"
         NATURAL = "natural", "Natural shift"
         SYNTHETIC = "synthetic", "Synthetic shift (corruption)"
+        #: Inputs crafted against another model and only then scored by the submission (black box).
+        ADVERSARIAL = "adversarial", "adversarial (transfer)"
 
     track = models.ForeignKey(Track, on_delete=models.CASCADE, related_name="evaluation_sets")
     name = models.SlugField(max_length=80)

@@ -17,10 +17,13 @@ from evaluator.sandbox.runner import SandboxLimits, bubblewrap_path
 pytestmark = pytest.mark.skipif(bubblewrap_path() is None, reason="bubblewrap is not installed")
 
 PROBE = r"""
-import json, os, socket, platform
+import json, os, socket, platform, sys
 report = {"env": sorted(os.environ), "platform": platform.__file__, "uid": os.getuid()}
+status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines() if ":" in line)
+report["caps"] = {key: int(status[key].strip(), 16) for key in ("CapPrm", "CapEff", "CapBnd", "CapAmb")}
+report["no_new_privs"] = status["NoNewPrivs"].strip()
 try:
-    socket.create_connection(("127.0.0.1", int(os.environ.get("PROBE_PORT", "0") or 0) or 9), timeout=2)
+    socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=2)
     report["network"] = "open"
 except OSError as exc:
     report["network"] = type(exc).__name__
@@ -55,8 +58,7 @@ def test_sandbox_has_no_network_no_secrets_and_read_only_inputs(tmp_path, listen
     socket.create_connection(("127.0.0.1", listening_port), timeout=2).close()
 
     command = runner._bwrap_command({str(artifact): "/job/artifact"}, SandboxLimits())
-    env_args = ["--setenv", "PROBE_PORT", str(listening_port)]
-    out = subprocess.run([*command, *env_args, sys.executable, "-c", PROBE], capture_output=True, text=True,
+    out = subprocess.run([*command, sys.executable, "-c", PROBE, str(listening_port)], capture_output=True, text=True,
                          timeout=60, env={"PATH": os.environ["PATH"], "DATABASE_URL": os.environ["DATABASE_URL"]},
                          check=True)
     report = json.loads(out.stdout.strip().splitlines()[-1])
@@ -66,6 +68,9 @@ def test_sandbox_has_no_network_no_secrets_and_read_only_inputs(tmp_path, listen
     assert report["artifact"] == "weights" and not report["artifact_writable"]
     assert artifact.read_text() == "weights"
     assert report["platform"].endswith("/lib/python3.11/platform.py")
+    # Not root, no capabilities left, and no way to regain them through a setuid program.
+    assert report["uid"] != 0 and report["caps"] == {"CapPrm": 0, "CapEff": 0, "CapBnd": 0, "CapAmb": 0}, report
+    assert report["no_new_privs"] == "1"
 
 
 def test_wall_clock_timeout_kills_the_job(tmp_path, monkeypatch):
@@ -77,10 +82,51 @@ def test_wall_clock_timeout_kills_the_job(tmp_path, monkeypatch):
     spec = JobSpec("j", "classifier", InputSpec(1, 28, 28), ArtifactSpec(str(artifact), "pt2"), ())
     real_command = runner._bwrap_command
 
-    def sleeping_child(mounts, limits):
-        return [*real_command(mounts, limits), sys.executable, "-c", "import time; time.sleep(600)", "--"]
+    def sleeping_child(*args, **kwargs):
+        return [*real_command(*args, **kwargs), sys.executable, "-c", "import time; time.sleep(600)", "--"]
 
     monkeypatch.setattr(runner, "_bwrap_command", sleeping_child)
     result = runner.run_sandboxed(spec, limits=SandboxLimits(wall_seconds=2))
     assert not result.ok and result.error_code == "timeout"
     assert result.provenance["wall_seconds"] < 30
+
+
+NESTED_USERNS = r"""
+import ctypes, json
+libc = ctypes.CDLL(None, use_errno=True)
+status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines() if ":" in line)
+nested = libc.unshare(0x10000000)  # CLONE_NEWUSER
+print(json.dumps({"cap_eff": int(status["CapEff"].strip(), 16), "cap_bnd": int(status["CapBnd"].strip(), 16),
+                  "nested_userns": nested == 0}))
+"""
+
+
+def test_unprivileged_worker_command_drops_capabilities_and_nested_user_namespaces(monkeypatch):
+    """The command a non-root worker uses (checked here, as root, for what it promises inside).
+
+    A non-root worker cannot switch uids: bubblewrap runs the job in a user namespace and the
+    process-count limit applies to the worker's own user; nested user namespaces are refused
+    because many kernel exploits start with one.
+    """
+    monkeypatch.setattr(runner, "_privileged", lambda: False)
+    command = runner._bwrap_command({}, SandboxLimits())
+    assert "--unshare-user" in command and "--disable-userns" in command and "setpriv" not in " ".join(command)
+    run = runner.run_program_sandboxed([sys.executable, "-c", NESTED_USERNS], limits=SandboxLimits(wall_seconds=60))
+    assert run.ok, run.stderr_tail
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+    assert report == {"cap_eff": 0, "cap_bnd": 0, "nested_userns": False}
+
+
+def test_root_worker_drops_the_job_to_its_own_uid():
+    """As root, each job runs as a sandbox uid of its own: the process-count limit applies to it."""
+    if os.geteuid() != 0:
+        pytest.skip("the worker is not root here")
+    from evaluator.sandbox.identity import SANDBOX_GID, SANDBOX_UID_BASE, SANDBOX_UID_COUNT
+
+    code = "import os, resource; print(*os.getresuid(), *os.getresgid(), len(os.getgroups()), " \
+           "resource.getrlimit(resource.RLIMIT_NPROC)[0])"
+    run = runner.run_program_sandboxed([sys.executable, "-c", code], limits=SandboxLimits(max_processes=77))
+    assert run.ok, run.stderr_tail
+    ruid, euid, suid, rgid, egid, sgid, groups, nproc = map(int, run.stdout.split())
+    assert SANDBOX_UID_BASE <= ruid < SANDBOX_UID_BASE + SANDBOX_UID_COUNT and ruid == euid == suid
+    assert rgid == egid == sgid == SANDBOX_GID and groups == 0 and nproc == 77

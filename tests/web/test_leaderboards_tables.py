@@ -243,3 +243,48 @@ def test_detector_track_tables(researcher):
     assert "gan-test AUC" in html and "0.970" in html and "Effective robustness" not in html
     html = client.get("/tracks/gan/", {"view": "set:vae-test"}).content.decode()
     assert "vae-test TPR at 1% FPR" in html and "40.00%" in html and "0.700<span class=\"ci\"> [0.690, 0.710]" in html
+
+
+def test_detector_attack_view_and_collapse_plot(researcher):
+    """Attacked AUCs on the clean set become an Attacks view, overview columns and the collapse plot."""
+    import json
+    import re
+
+    from benchmarks.models import Benchmark, EvaluationSet, Track
+    from tests.web.test_leaderboards_helpers import new_submission
+
+    track = Track.objects.create(benchmark=Benchmark.objects.create(slug="d2", name="D2"), slug="gan2", name="GAN",
+                                 task_kind="detector", input_channels=1, input_height=28, input_width=28,
+                                 num_classes=2)
+    clean = EvaluationSet.objects.create(track=track, name="gan-test", role="clean", relative_path="a",
+                                         sha256="0" * 64, num_examples=4000)
+    transfer = EvaluationSet.objects.create(track=track, name="gan-transfer", role="shift", shift_kind="adversarial",
+                                            relative_path="b", sha256="0" * 64, num_examples=4000)
+    detector = new_submission(track, researcher, "Small CNN", state="finished")
+    numbers = [(clean, "auc", 0.99), (clean, "auc@clean-subset", 0.99), (clean, "auc@Linf-4/255", 0.002),
+               (clean, "auc@Linf-1/255", 0.31), (clean, "auc@patch-1%", 0.41), (clean, "auc@latent", 0.62),
+               (clean, "auc@latent-reference", 0.98), (clean, "auc@min-L2", 0.05),
+               (clean, "median_distortion@min-L2", 0.731), (clean, "median_distortion@min-Linf", 2 / 255),
+               (clean, "median_distortion@min-L0", 7.0), (transfer, "auc", 0.55)]
+    for evaluation_set, metric, value in numbers:
+        Result.objects.create(submission=detector, evaluation_set=evaluation_set, metric=metric, value=value,
+                              num_examples=2500, suite_version="clean-1", seed=0)
+    client = Client()
+    html = client.get("/tracks/gan2/").content.decode()
+    # The overview shows the attacks (not the references nor the minimal-change AUC) ...
+    assert "AUC: L∞ 1/255 PGD (lowest bit)" in html and "AUC: universal patch 1%" in html
+    assert "AUC: universal latent" in html and "latent reference" not in html.split("<table")[1].split("</table>")[0]
+    # ... and the collapse plot, with the paper's numbers beside the model's, in the suite's order.
+    figure = json.loads(re.search(r'<script type="application/json" id="detector-figure">(.*?)</script>', html,
+                                  re.S).group(1))
+    paper = next(t for t in figure["data"] if t["name"].startswith("Carlini"))
+    assert paper["y"] == [0.95, 0.0005, 0.08, 0.17, 0.22]
+    model = next(t for t in figure["data"] if t["name"].startswith("Standard") or t["name"] == "Submission")
+    assert model["x"][:6] == ["no attack", "L∞ 1/255 PGD (lowest bit)", "L∞ 4/255 PGD", "universal patch 1%",
+                              "universal latent", "transfer (gan-transfer)"]
+    assert model["y"][:6] == [0.99, 0.31, 0.002, 0.41, 0.62, 0.55]
+    html = client.get("/tracks/gan2/", {"view": "attacks"}).content.decode()
+    table = html.split("<table")[1].split("</table>")[0]
+    for text in ("AUC: attacked subset, clean", "AUC: minimal L2 change", "AUC: gan-transfer (black-box transfer)",
+                 "median L0 to look real", "7.0 px", "2.00/255", "0.731"):
+        assert text in table, text

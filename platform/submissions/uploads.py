@@ -1,0 +1,99 @@
+"""Refusing oversized uploads with HTTP 413 before they are written anywhere.
+
+Why here and not in the serializer: by the time a serializer or form sees the file, Django has
+already streamed the whole request body into a temporary file, so a multi-gigabyte upload would
+fill the disk before being refused. Two checks run earlier instead:
+
+* the middleware answers 413 from the request's ``Content-Length`` alone, before the body is read
+  (the WSGI body stream never yields more than ``Content-Length`` bytes, so the header cannot
+  understate the body), allowing room for the other form fields and the multipart framing;
+* for the API, an upload handler placed first counts each file's bytes as they arrive and stops
+  the upload (removing the partial temporary file) as soon as one file passes the limit.
+
+The web form keeps its in-page message for files up to about twice the limit, since a person reads it
+(the file is then streamed to a temporary file and refused by the form); bodies beyond that get
+the 413 from their header too, so no form post can fill the disk either.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from django.conf import settings
+from django.core.files.uploadhandler import FileUploadHandler
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from rest_framework import status
+from rest_framework.exceptions import APIException
+
+#: Bytes of multipart framing (boundaries, part headers) allowed on top of the fields.
+_FRAMING_BYTES = 64 * 1024
+#: How far past the limit a web-form upload may go and still get the form's readable page.
+_FORM_GRACE_BYTES = 16 * 1024**2
+
+
+def _limit_message() -> str:
+    return f"The file is larger than the limit of {settings.ARENA_MAX_UPLOAD_BYTES // 1024**2} MiB."
+
+
+class UploadTooLarge(APIException):
+    """An uploaded file passed ARENA_MAX_UPLOAD_BYTES while it was being received."""
+
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    default_code = "upload_too_large"
+
+
+def largest_acceptable_body(api: bool) -> int:
+    """The largest request body let through to the view.
+
+    For the API: one file within the limit plus the other fields and the framing. For the web
+    form: room for a file up to twice the limit plus 16 MiB, which the form then refuses with a
+    readable page.
+    """
+    fields = settings.DATA_UPLOAD_MAX_MEMORY_SIZE or 2 * 1024**2
+    limit = settings.ARENA_MAX_UPLOAD_BYTES
+    files = limit if api else 2 * limit + _FORM_GRACE_BYTES
+    return files + fields + _FRAMING_BYTES
+
+
+class FileSizeLimitHandler(FileUploadHandler):
+    """Counts each uploaded file's bytes and stops the upload when one passes the limit.
+
+    It must come before the handler that writes to disk, so the chunk past the limit is never
+    written; the files already opened by later handlers are closed (a closed temporary upload
+    file is deleted).
+    """
+
+    def receive_data_chunk(self, raw_data: bytes, start: int) -> bytes:
+        if start + len(raw_data) > settings.ARENA_MAX_UPLOAD_BYTES:
+            for handler in self.request.upload_handlers if self.request is not None else ():
+                partial = getattr(handler, "file", None)
+                if partial is not None and handler is not self:
+                    partial.close()
+            raise UploadTooLarge(_limit_message())
+        return raw_data
+
+    def file_complete(self, file_size: int) -> None:
+        return None  # the next handler builds the uploaded file
+
+
+class UploadSizeLimitMiddleware:
+    """Answers 413 for bodies too large to hold an acceptable upload, before reading them."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        try:
+            length = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = 0
+        api = request.path.startswith("/api/")
+        if length > largest_acceptable_body(api):
+            if api:
+                return JsonResponse({"detail": _limit_message(), "code": UploadTooLarge.default_code},
+                                    status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
+            return HttpResponse(_limit_message(), status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+                                content_type="text/plain; charset=utf-8")
+        if api and request.method in {"POST", "PUT", "PATCH"}:
+            request.upload_handlers.insert(0, FileSizeLimitHandler(request))
+        return self.get_response(request)
