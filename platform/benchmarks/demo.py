@@ -49,17 +49,17 @@ SUITE_VERSION = "demo-1"
 #: seed (DetectorAttackSpec.public_seed). It must differ from HIDDEN_SEED, or a detector could be
 #: trained on the very fakes it is scored on.
 PUBLIC_FAKE_SEED = 1
-#: Linf radius of the black-box transfer attack: 8/255, eight grey levels per pixel, the usual
-#: budget for 8-bit images in the adversarial-examples literature (and this demo's CIFAR-10 threat
-#: model), so the number reads like others. On MNIST's flat black background eight levels are
-#: faint but not invisible, so the budget is generous to the attacker, as a robustness test should be.
-#: Measured on the full set: the attack takes the surrogate's own AUC from 0.97 to 0.63, but the
-#: GAN discriminator and the small-CNN baseline score the attacked fakes *higher* (AUC 0.78 -> 0.86
-#: and 0.97 -> 0.997): sign steps raise about 90 % of the fakes' black background pixels, and that
-#: faint noise reads as "fake" to them. Transfer is what the set measures, and here it fails.
-TRANSFER_EPS = 8 / 255
-#: PGD iterations on the surrogate; more steps fit the surrogate's own quirks rather than transfer.
-TRANSFER_STEPS = 20
+#: The black-box transfer attack: sign-gradient descent on the platform's own surrogate detector,
+#: each pixel moving at most TRANSFER_EPS and only towards black or white ("tone-preserving", see
+#: evaluator.testbed.detectors.transfer_attack). Measured on 1,000 hidden fakes: plain Linf PGD at
+#: 8/255 takes the surrogate's own AUC from 0.93 to 0.66 but *raises* the small-CNN baseline's
+#: (0.97 -> 0.996), because it lays faint noise over the black background and every detector trained
+#: on clean MNIST reads noise as "fake". Tone-preserving steps add no such noise; at 32/255 they take
+#: the small CNN to 0.89, against 0.93 for the same budget with no surrogate (every pixel simply
+#: pushed to its nearer extreme), so the surrogate's gradient carries the larger part of the drop.
+TRANSFER_EPS = 32 / 255
+#: Descent iterations on the surrogate.
+TRANSFER_STEPS = 50
 #: Epochs of the surrogate on 5,000 + 5,000 public images (about 0.97 AUC on the hidden clean set).
 SURROGATE_EPOCHS = 10
 #: Reals and fakes per laundering condition (5 conditions: 10,000 images in all).
@@ -365,9 +365,11 @@ class DemoBuilder:
         return self._write_set(
             track, name, np.concatenate([reals[:per_class], attacked]), labels, role=EvaluationSet.Role.SHIFT,
             shift_kind=EvaluationSet.ShiftKind.ADVERSARIAL,
-            source=f"{per_class} hidden real MNIST digits and {per_class} hidden GAN samples attacked by Linf PGD "
-                   f"(eps 8/255, {steps} steps, 8-bit) on a surrogate detector ({SURROGATE_ARCHITECTURE}) trained on "
-                   f"the public MNIST half against public-seed GAN samples; submissions are never queried",
+            source=f"{per_class} hidden real MNIST digits and {per_class} hidden GAN samples attacked by "
+                   f"tone-preserving sign-gradient descent (each pixel at most {round(TRANSFER_EPS * 255)}/255 "
+                   f"towards its nearer extreme, {steps} steps, 8-bit) on a surrogate detector "
+                   f"({SURROGATE_ARCHITECTURE}) trained on the public MNIST half against public-seed GAN samples; "
+                   f"submissions are never queried",
             license="MNIST; generator MIT (csinva/gan-vae-pretrained-pytorch)",
         )
 

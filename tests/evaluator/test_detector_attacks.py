@@ -92,6 +92,22 @@ def test_lower_score_reaches_the_linear_optimum(norm: str) -> None:
     assert bool((lp_norm(x_adv - x, norm) <= eps * (1 + 1e-5)).all())  # type: ignore[arg-type]
 
 
+def test_box_descent_reaches_the_linear_corner_and_keeps_tones() -> None:
+    """In a per-pixel box a linear score is lowest at the corner picked by the signs of w."""
+    from evaluator.detector_attacks.pgd import lower_score_in_box, tone_preserving_box
+
+    model, x, _ = linear_problem()
+    w = model.weight.detach().view(1, 1, 8, 8)
+    low, high = tone_preserving_box(x, 0.05)
+    x_adv, adv_scores = lower_score_in_box(model, x, low, high, 0.05, steps=10)
+    corner = torch.where(w > 0, low, high)
+    with torch.no_grad():
+        assert torch.allclose(adv_scores, model(corner), atol=1e-5)
+    assert bool(((x_adv >= low - 1e-7) & (x_adv <= high + 1e-7)).all())
+    light = x >= 0.5
+    assert bool((x_adv[light] >= x[light]).all()) and bool((x_adv[~light] <= x[~light]).all())
+
+
 def test_lower_score_takes_one_radius_per_image() -> None:
     model, x, scores = linear_problem(n=6)
     eps = torch.tensor([0.0, 0.01, 0.02, 0.03, 0.04, 0.05])

@@ -109,3 +109,18 @@ def test_sample_generator_is_seeded_and_quantised() -> None:
     assert first.dtype == np.uint8 and first.shape == (5, 1, 28, 28)
     assert np.array_equal(first, second)
     assert not np.array_equal(first, sample_generator(generator, 5, 10, 64))
+
+
+def test_tone_preserving_transfer_adds_no_noise(surrogate, easy_pair) -> None:
+    """Each pixel moves only towards its nearer extreme: black stays black, white stays white."""
+    _, fakes = easy_pair
+    fakes = np.asarray(fakes).copy()
+    fakes[:, :, :4, :] = 0  # a flat black band, like MNIST's background
+    attacked = transfer_attack(surrogate, fakes, 16 / 255, steps=5).astype(np.int64)
+    clean = fakes.astype(np.int64)
+    assert np.all(attacked[clean == 0] == 0) and np.all(attacked[clean == 255] == 255)
+    dark, light = clean < 128, clean >= 128
+    assert np.all(attacked[dark] <= clean[dark]) and np.all(attacked[light] >= clean[light])
+    assert np.abs(attacked - clean).max() <= 16
+    plain = transfer_attack(surrogate, fakes, 16 / 255, steps=5, tone_preserving=False).astype(np.int64)
+    assert np.any(plain[clean == 0] > 0)  # the plain ball does put noise on the black band
