@@ -4,6 +4,7 @@ cancelling or deleting, a refund for platform faults, and exempt staff and robot
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 
 import pytest
 from django.contrib.auth.models import Group
@@ -25,8 +26,9 @@ pytestmark = pytest.mark.django_db
 
 
 def _upload(user, track, name: str = "m") -> Submission:
-    return services.create_submission(user, track, ContentFile(b"PK\x03\x04 not really a model", name="m.pt2"),
-                                      name=name)
+    # Distinct bytes each time: the same file twice on a track is refused as a duplicate.
+    content = b"PK\x03\x04 not really a model " + uuid.uuid4().bytes
+    return services.create_submission(user, track, ContentFile(content, name="m.pt2"), name=name)
 
 
 def _fail(submission: Submission, code: str) -> None:

@@ -3,7 +3,7 @@
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from benchmarks.demo import DemoBuilder
+from benchmarks.demo import TRACK_SLUGS, DemoBuilder
 
 
 class Command(BaseCommand):
@@ -16,10 +16,12 @@ class Command(BaseCommand):
                             help="folder of the shared pretrained weights (default: ARENA_MODEL_MIRROR)")
         parser.add_argument("--limit", type=int, default=None, help="at most this many images per evaluation set")
         parser.add_argument("--no-baselines", action="store_true", help="build the tracks only")
+        parser.add_argument("--track", action="append", choices=TRACK_SLUGS, dest="tracks",
+                            help="build only this track (repeatable; default: all)")
 
-    def handle(self, data_mirror, model_mirror, limit, no_baselines, **options):
+    def handle(self, data_mirror, model_mirror, limit, no_baselines, tracks=None, **options):
         builder = DemoBuilder(data_mirror or None, model_mirror or None, log=self.stdout.write, limit=limit)
-        builder.build()
+        builder.build(tracks)
         if not no_baselines:
-            made = builder.register_baselines()
+            made = builder.register_baselines(tracks)
             self.stdout.write(f"queued {len(made)} baseline submission(s) for evaluation")
