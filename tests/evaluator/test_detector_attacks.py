@@ -426,6 +426,10 @@ def test_suite_names_its_metrics_drops_the_auc_and_is_deterministic() -> None:
         assert by_name[f"auc@min-{norm}"].value < clean_auc
     assert by_name["median_distortion@min-Linf"].value <= by_name["median_distortion@min-L2"].value
     assert by_name["auc@clean-subset"].num_examples == 300 + 60
+    # Only fakes caught at the clean threshold need a change; the rate is over exactly those.
+    caught = round(provenance["caught_clean"] * 60)
+    assert caught > 0
+    assert by_name["success_rate@min-L2"].num_examples == caught == provenance["minimal_points"]
 
     assert provenance["points"] == 60 and provenance["patch"]["side"] == 2 and provenance["threshold"] > 0
     assert provenance["latent"]["delta_norm"] <= 0.5 * math.sqrt(8) + 1e-5
