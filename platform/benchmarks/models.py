@@ -70,6 +70,16 @@ class Track(models.Model):
         help_text="Detector tracks: overrides of the attack suite's parameters (evaluator DetectorAttackSpec); "
                   "empty on a detector track with a generator: the defaults. Set {\"enabled\": false} for none.",
     )
+    ladder = models.BooleanField(
+        default=False,
+        help_text="Release a user's new score only when it beats their best released score on this track by more "
+                  "than the noise (the Ladder of Blum and Hardt 2015); other submissions are withheld.",
+    )
+    ladder_margin = models.FloatField(
+        default=0.0, validators=[MinValueValidator(0.0)],
+        help_text="The Ladder's margin on the headline metric (e.g. 0.005 for half a point of accuracy); "
+                  "0: the new score's own confidence-interval half-width.",
+    )
     batch_size = models.PositiveIntegerField(default=256)
     time_budget_seconds = models.FloatField(default=60.0, help_text="Seconds a model may take for one batch.")
     is_public = models.BooleanField(default=True)

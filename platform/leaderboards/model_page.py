@@ -147,16 +147,18 @@ def model_page_context(submission: Submission, user: Any) -> dict[str, Any]:
     track = submission.track
     run = submission.runs.filter(suite_version=track.suite_version).first()
     results: list[Result] = []
-    if submission.state == Submission.State.FINISHED:
+    withheld = not submission.released and not (user is not None and getattr(user, "is_staff", False))
+    if submission.state == Submission.State.FINISHED and not withheld:
         results = list(submission.results.filter(suite_version=track.suite_version).select_related("evaluation_set"))
     scores = [r for r in results if not r.metric.startswith(("accuracy@", ROBUST))]
     verified = bool(run and run.ok and not _flagged((run.provenance or {}).get("attacks")))
     return {
         "results": scores,
         "run": run,
-        "cascades": cascades(submission, results, run),
+        "cascades": [] if withheld else cascades(submission, results, run),
         "heatmaps": heatmaps(results),
-        "per_class": per_class(track, run),
+        "per_class": None if withheld else per_class(track, run),
         "verified": verified,
         "withdrawn": Withdrawal.objects.filter(submission=submission).exists(),
+        "withheld": withheld,
     }

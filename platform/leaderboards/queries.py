@@ -281,7 +281,8 @@ def _visible_submissions(track: Track, user: Any, filters: Filters):
     visible = Q(is_public=True)
     if user is not None and user.is_authenticated:
         visible |= Q(owner=user)
-    qs = Submission.objects.filter(visible, track=track, state=Submission.State.FINISHED, withdrawal__isnull=True)
+    qs = Submission.objects.filter(visible, track=track, state=Submission.State.FINISHED, withdrawal__isnull=True,
+                                   released=True)
     if filters.model_type:
         qs = qs.filter(model_type=filters.model_type)
     if filters.extra_data:

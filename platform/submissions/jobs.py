@@ -22,6 +22,7 @@ from evaluator.spec import (
     ThreatModelSpec,
 )
 from evaluator.spec import Result as EvaluatorResult
+from submissions.ladder import apply_ladder
 from submissions.models import EvaluationRun, Result, Submission
 
 logger = logging.getLogger(__name__)
@@ -154,4 +155,5 @@ def record_result(submission: Submission, result: EvaluatorResult) -> None:
                     "seed": result.seed,
                 },
             )
+        apply_ladder(submission)
         submission.transition(Submission.State.FINISHED, progress=1.0, progress_stage="finished")

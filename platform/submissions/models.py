@@ -97,6 +97,9 @@ class Submission(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    #: False when the track's Ladder withheld this evaluation's scores (see submissions.ladder).
+    released = models.BooleanField(default=True)
+    ladder_note = models.CharField(max_length=300, blank=True)
 
     class Meta:
         ordering = ["-created_at"]

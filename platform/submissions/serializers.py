@@ -58,11 +58,13 @@ class SubmissionSerializer(serializers.ModelSerializer):
             "paper_url", "code_url", "training_data", "extra_data", "license", "is_public", "model_type",
             "is_baseline", "artifact_sha256", "artifact_size", "state", "failure_code", "failure_reason",
             "progress", "progress_stage", "queue_position", "created_at", "started_at", "finished_at", "status_url",
+            "released", "ladder_note",
             "page_url", "results",
         ]
         read_only_fields = [
             "model_type", "is_baseline", "artifact_sha256", "artifact_size", "state", "failure_code",
             "failure_reason", "progress", "progress_stage", "created_at", "started_at", "finished_at",
+            "released", "ladder_note",
         ]
 
     def get_status_url(self, obj: Submission) -> str:
@@ -84,6 +86,9 @@ class SubmissionSerializer(serializers.ModelSerializer):
     def get_results(self, obj: Submission) -> list[dict]:
         if obj.state != Submission.State.FINISHED:
             return []
+        request = self.context.get("request")
+        if not obj.released and not (request is not None and request.user.is_staff):
+            return []  # withheld by the track's Ladder: the owner learns only ladder_note
         rows = [r for r in obj.results.all() if r.suite_version == obj.track.suite_version]
         return ResultSerializer(rows, many=True).data
 
