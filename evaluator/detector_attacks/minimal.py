@@ -122,7 +122,8 @@ class _Search:
         seed = derive_seed(self.seed, "detector-minimal", self.norm, self.rounds)
         self.rounds += 1
         adv, scores = lower_score(self.model, xs, self.norm, eps, self.steps, False, seed, self.batch_size)  # type: ignore[arg-type]
-        self.gradient_passes += (self.steps + 1) * int(index.numel())
+        rules = 2 if self.norm == "Linf" else 1  # lower_score runs two step rules for Linf
+        self.gradient_passes += rules * (self.steps + 1) * int(index.numel())
         if self.quantized:
             if self.norm == "L2":
                 out = _round_into_ball(adv, xs, eps)

@@ -33,6 +33,14 @@ def step_sizes(eps: float, steps: int) -> list[float]:
     return [floor + (eps - floor) * 0.5 * (1 + math.cos(math.pi * t / (steps - 1))) for t in range(steps)]
 
 
+def _direction(grad: Tensor, norm: Norm, rule: str) -> Tensor:
+    """The step direction of one step rule (see :func:`lower_score`)."""
+    if rule == "scaled":  # Linf: each pixel moves in proportion to its gradient, the largest by a full step
+        peak = grad.flatten(1).abs().amax(dim=1).clamp_min(1e-12)
+        return grad / peak.view(-1, *([1] * (grad.dim() - 1)))
+    return steepest_direction(grad, norm)
+
+
 def lower_score(
     model: nn.Module,
     x: Tensor,
@@ -47,7 +55,32 @@ def lower_score(
 
     ``eps`` may be one radius or a (N,) tensor of radii, one per image (the distortion-minimising
     attack searches over it). Returns (x_adv, score of x_adv), both before quantisation.
+
+    For Linf two step rules run and each image keeps the better result: the usual sign steps,
+    which reach a linear detector's optimum (a corner of the ball) at once, and steps scaled by
+    the gradient (largest entry = one full step). Sign steps move every pixel by the same amount,
+    which on MNIST lays faint noise over the flat background that detectors read as "fake";
+    measured on the demo's small-CNN detector at 16/255, sign steps left an AUC of 0.89 where
+    scaled steps reached 0.61, while at 1/255 and on linear models sign steps are the stronger.
     """
+    rules = ("sign", "scaled") if norm == "Linf" else ("steepest",)
+    best, best_score = None, None
+    for rule in rules:
+        adv, score = _lower_score_rule(model, x, norm, eps, steps, random_start, seed, batch_size, rule)
+        if best is None or best_score is None:
+            best, best_score = adv, score
+        else:
+            better = score < best_score
+            best[better] = adv[better]
+            best_score = torch.where(better, score, best_score)
+    assert best is not None and best_score is not None
+    return best, best_score
+
+
+def _lower_score_rule(
+    model: nn.Module, x: Tensor, norm: Norm, eps: float | Tensor, steps: int, random_start: bool, seed: int,
+    batch_size: int, rule: str,
+) -> tuple[Tensor, Tensor]:
     eps_t = eps if isinstance(eps, Tensor) else torch.full((x.shape[0],), float(eps))
     eps_t = eps_t.to(device=x.device, dtype=x.dtype)
     advs: list[Tensor] = []
@@ -71,7 +104,7 @@ def lower_score(
             if max_eps == 0.0:
                 break
             step = (eb * size).view(-1, *([1] * (xb.dim() - 1)))
-            current = project(current - step * steepest_direction(grad, norm), xb, norm, eb)
+            current = project(current - step * _direction(grad, norm, rule), xb, norm, eb)
         scores, _ = score_and_grad(model, current)
         improved = scores < best_score
         best[improved] = current[improved]

@@ -167,7 +167,7 @@ def run_detector_suite(
         metrics += scored(label, attacked)
         provenance["pgd"][label] = {
             "norm": "Linf", "eps": float(eps), "steps": config.pgd_steps,
-            "gradient_passes": (config.pgd_steps + 1) * int(x.shape[0]),
+            "gradient_passes": 2 * (config.pgd_steps + 1) * int(x.shape[0]),  # two step rules
             "caught": caught(attacked), "seconds": round(time.perf_counter() - begun, 3),
         }
         stage += 1
