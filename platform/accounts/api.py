@@ -1,11 +1,15 @@
-"""API: where the caller stands with their submission quota on each public track."""
+"""API: where the caller stands with their submission quota on each public track; the token endpoint."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import permissions, serializers
+from rest_framework.authtoken.views import ObtainAuthToken
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
 from accounts.quota import usage_for
@@ -32,3 +36,25 @@ class QuotaView(APIView):
         tracks = list(Track.objects.filter(is_public=True).order_by("slug"))
         usage = usage_for(request.user, tracks)
         return Response([{"track": t.slug, **usage[t.pk].as_dict()} for t in tracks])
+
+
+class ObtainTokenView(ObtainAuthToken):
+    """DRF's username/password -> token endpoint, throttled per client address.
+
+    It takes a password, so it is a login form too. django-axes already locks a username from one
+    address after repeated failures (DRF passes the request to ``authenticate``); DRF's own class
+    turns throttling off, and the ``login`` rate bounds guesses spread over many usernames.
+    """
+
+    throttle_classes = [ScopedRateThrottle]
+    throttle_scope = "login"
+
+    def post(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        try:
+            return super().post(request, *args, **kwargs)
+        finally:
+            # Axes flags the request it was handed, here DRF's wrapper; its middleware looks at
+            # Django's request, so pass the flag on and the caller gets the 429 lockout answer
+            # rather than a 400 that looks like a mistyped password.
+            if getattr(request, "axes_locked_out", False):
+                request._request.axes_locked_out = True

@@ -1,4 +1,17 @@
-"""The Celery application that carries evaluation jobs from the web server to workers."""
+"""The Celery application that carries evaluation jobs from the web server to workers.
+
+Two things are configured here rather than in settings because they concern only Celery:
+
+* the beat schedule of the stale-job watchdog (``submissions.requeue_stale`` every
+  ``ARENA_WATCHDOG_SECONDS``, default 30; 0 leaves it out). Run ``celery -A arena beat`` once per
+  deployment (or ``celery -A arena worker -B`` on a single machine), or run ``manage.py requeue_stale``
+  from cron instead; see :mod:`submissions.recovery` and :mod:`submissions.fault_settings`.
+* ``ARENA_BROKER_VISIBILITY_TIMEOUT`` (seconds, Redis and SQS): how long a message taken by a worker
+  that never acknowledges it (the worker was killed) waits before the broker delivers it again.
+  Redis's default is one hour; a job running longer than it is delivered a second time (the second
+  delivery sees the first one's heartbeat and drops itself). The watchdog usually recovers a lost job
+  much sooner, so the default needs no change; tests shorten it to exercise the broker's redelivery.
+"""
 
 import os
 
@@ -9,6 +22,34 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "arena.settings")
 app = Celery("arena")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+@app.on_after_configure.connect
+def _fault_tolerance(sender: Celery, **kwargs: object) -> None:
+    """Add the watchdog's beat entry and the broker's visibility timeout, once the settings are loaded."""
+    from submissions.fault_settings import watchdog_seconds
+
+    interval = watchdog_seconds()
+    if interval > 0:
+        sender.conf.beat_schedule = {
+            **(sender.conf.beat_schedule or {}),
+            "requeue-stale-evaluations": {
+                "task": "submissions.requeue_stale",
+                "schedule": interval,
+                # A sweep that waited longer than its interval (every worker busy) is superseded by the next.
+                "options": {"expires": interval, "queue": sender.conf.task_default_queue},
+            },
+        }
+    visibility = os.environ.get("ARENA_BROKER_VISIBILITY_TIMEOUT")
+    if visibility:
+        seconds = float(visibility)
+        sender.conf.broker_transport_options = {
+            **(sender.conf.broker_transport_options or {}),
+            "visibility_timeout": seconds,
+            # How often kombu looks for messages past the timeout (its defaults suit an hour-long timeout).
+            "unacked_restore_interval": max(1.0, min(10.0, seconds / 4)),
+            "unacked_restore_throttle": 1,
+        }
 
 
 @app.task(name="arena.diagnostics", ignore_result=False)

@@ -3,6 +3,10 @@
 With nothing set, the site uses SQLite and kombu's filesystem transport under ``var/`` so that
 the first run needs no server. ``DATABASE_URL`` (PostgreSQL through psycopg2) and
 ``CELERY_BROKER_URL`` (Redis or RabbitMQ) switch to the production parts.
+
+``ARENA_PRODUCTION=1`` is the switch for a public deployment behind HTTPS: it refuses to start
+without an explicit ``SECRET_KEY`` and ``ALLOWED_HOSTS`` or with ``DEBUG`` on, and turns on the
+HTTPS-only settings (redirect, HSTS, secure cookies) that ``manage.py check --deploy`` asks for.
 """
 
 from __future__ import annotations
@@ -10,9 +14,12 @@ from __future__ import annotations
 import os
 import secrets
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
+from csp.constants import NONE, SELF, UNSAFE_INLINE
+from django.core.exceptions import ImproperlyConfigured
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 if str(PROJECT_ROOT) not in sys.path:  # the evaluator package lives at the project root
@@ -26,10 +33,25 @@ def env_bool(name: str, default: bool = False) -> bool:
     return default if value is None else value.strip().lower() in {"1", "true", "yes", "on"}
 
 
+def env_list(name: str, default: str = "") -> list[str]:
+    """A comma-separated variable; blanks around items and empty items dropped."""
+    return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+#: A public deployment: strict HTTPS settings, and no silent development defaults.
+PRODUCTION = env_bool("ARENA_PRODUCTION")
+
+
 def _secret_key() -> str:
-    """Use SECRET_KEY when set; else keep one generated key in var/ so sessions survive restarts."""
+    """Use SECRET_KEY when set; else keep one generated key in var/ so sessions survive restarts.
+
+    In production the key must come from the environment: a key generated per machine would make
+    every web server sign sessions and tokens differently.
+    """
     if os.environ.get("SECRET_KEY"):
         return os.environ["SECRET_KEY"]
+    if PRODUCTION:
+        raise ImproperlyConfigured("ARENA_PRODUCTION=1 needs SECRET_KEY (50+ random characters) in the environment.")
     path = VAR_DIR / "secret_key"
     if not path.exists():
         VAR_DIR.mkdir(parents=True, exist_ok=True)
@@ -40,8 +62,11 @@ def _secret_key() -> str:
 
 SECRET_KEY = _secret_key()
 DEBUG = env_bool("DEBUG")
-ALLOWED_HOSTS = [h for h in os.environ.get("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver").split(",") if h]
-CSRF_TRUSTED_ORIGINS = [o for o in os.environ.get("CSRF_TRUSTED_ORIGINS", "").split(",") if o]
+if PRODUCTION and DEBUG:
+    raise ImproperlyConfigured("DEBUG=1 shows settings and source code on errors: never with ARENA_PRODUCTION=1.")
+# Production has no default host: a forgotten ALLOWED_HOSTS fails `check --deploy` instead of guessing.
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "" if PRODUCTION else "localhost,127.0.0.1,[::1],testserver")
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -56,6 +81,8 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "drf_spectacular",
     "drf_spectacular_sidecar",  # Swagger UI and Redoc served from static files: the docs work offline
+    "axes",  # failed-login lockout (see AXES_* below)
+    "csp",
     "accounts",
     "benchmarks",
     "submissions",
@@ -65,12 +92,23 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    # 413 for oversized uploads before their body is read or stored (see submissions/uploads.py).
+    "submissions.uploads.UploadSizeLimitMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
+    "axes.middleware.AxesMiddleware",  # last: turns a locked-out login into the lockout page
+]
+
+# django-axes' backend goes first: it refuses a locked-out username/address pair before any
+# password is checked, so the right password does not get through during the lockout either.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
 ]
 
 ROOT_URLCONF = "arena.urls"
@@ -158,6 +196,14 @@ ARENA_DEFAULT_DAILY_LIMIT = int(os.environ.get("ARENA_DEFAULT_DAILY_LIMIT", 10))
 ARENA_DEFAULT_TOTAL_LIMIT = int(os.environ.get("ARENA_DEFAULT_TOTAL_LIMIT", 100))
 ARENA_QUOTA_EXEMPT_GROUP = os.environ.get("ARENA_QUOTA_EXEMPT_GROUP", "robots")
 
+# --- Cache: API throttling counters. Per process by default; CACHE_URL (redis://...) shares them. ---
+if os.environ.get("CACHE_URL"):
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
+                          "LOCATION": os.environ["CACHE_URL"]}}
+#: Reverse proxies in front of the web server that append to X-Forwarded-For. 0: none, use REMOTE_ADDR
+#: (never None: DRF would then key its throttles on the whole header, which a client can forge).
+PROXY_COUNT = int(os.environ.get("ARENA_PROXY_COUNT", 0))
+
 # --- Celery: kombu's filesystem transport as the embedded broker. ---
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "filesystem://")
 if CELERY_BROKER_URL.startswith("filesystem://"):
@@ -200,6 +246,18 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 100,
+    # Per client address (anonymous) or per user; the counters live in the default cache, so several
+    # web processes need a shared CACHE_URL (Redis) for the limits to hold across them.
+    "DEFAULT_THROTTLE_CLASSES": [
+        "rest_framework.throttling.AnonRateThrottle",
+        "rest_framework.throttling.UserRateThrottle",
+    ],
+    "DEFAULT_THROTTLE_RATES": {
+        "anon": os.environ.get("ARENA_API_ANON_RATE", "120/minute"),
+        "user": os.environ.get("ARENA_API_USER_RATE", "1200/minute"),
+        "login": os.environ.get("ARENA_API_LOGIN_RATE", "20/minute"),  # per address on the token endpoint
+    },
+    "NUM_PROXIES": PROXY_COUNT,
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Robustness Arena API",
@@ -217,6 +275,51 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
 }
 
+# --- Browser-side protections, on everywhere (development included, so that tests see them). ---
 SESSION_COOKIE_HTTPONLY = True
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"  # model pages' URLs (private ids) never leak to paper/code links
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        # No inline scripts anywhere: page scripts are static files, and figures travel as
+        # <script type="application/json"> data blocks, which CSP does not execute.
+        "script-src": [SELF],
+        # plotly.js, Swagger UI and Redoc write style attributes and <style> elements at run time.
+        "style-src": [SELF, UNSAFE_INLINE],
+        "img-src": [SELF, "data:"],  # Swagger UI's and plotly's icons are data: URIs
+        "font-src": [SELF],
+        "connect-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [SELF],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    },
+}
+
+# --- Failed logins (django-axes): a username is locked from one address after repeated failures.
+# Keyed on the (username, address) pair, so that nobody can lock someone else out from elsewhere and
+# a shared address (a lab behind NAT) keeps working for everyone else.
+AXES_FAILURE_LIMIT = int(os.environ.get("ARENA_LOGIN_FAILURE_LIMIT", 5))
+AXES_COOLOFF_TIME = timedelta(minutes=float(os.environ.get("ARENA_LOGIN_COOLOFF_MINUTES", 15)))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_VERBOSE = False  # no start-up banner on every command; lockouts are still logged
+AXES_LOCKOUT_CALLABLE = "accounts.lockout.lockout_response"  # 429 with Retry-After; JSON on the API
+AXES_CLIENT_IP_CALLABLE = "accounts.lockout.client_address"  # the same address the API throttles use
+
+# --- Production: HTTPS only. ---
+if PRODUCTION:
+    SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
+    # gunicorn already trusts X-Forwarded-Proto from FORWARDED_ALLOW_IPS; another server or a remote
+    # proxy can name the header that carries "https" instead (only if the proxy always sets it).
+    if os.environ.get("ARENA_PROXY_SSL_HEADER"):
+        _header = os.environ["ARENA_PROXY_SSL_HEADER"].upper().replace("-", "_")
+        SECURE_PROXY_SSL_HEADER = (f"HTTP_{_header}", "https")
+    SECURE_HSTS_SECONDS = int(os.environ.get("ARENA_HSTS_SECONDS", 365 * 24 * 3600))
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("ARENA_HSTS_INCLUDE_SUBDOMAINS", True)
+    SECURE_HSTS_PRELOAD = env_bool("ARENA_HSTS_PRELOAD", True)
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True

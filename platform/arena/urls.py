@@ -1,13 +1,14 @@
 """URL map: pages, the admin, and the versioned REST API with its OpenAPI schema and offline docs."""
 
+from csp.constants import SELF
+from csp.decorators import csp_update
 from django.contrib import admin
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
-from rest_framework.authtoken.views import obtain_auth_token
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerSplitView
 from rest_framework.routers import DefaultRouter
 
 from accounts import views as account_views
-from accounts.api import QuotaView
+from accounts.api import ObtainTokenView, QuotaView
 from leaderboards import views as leaderboard_views
 from leaderboards.api import TrackViewSet
 from submissions.api import SubmissionViewSet
@@ -28,8 +29,11 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/quota/", QuotaView.as_view(), name="api-quota"),
     path("api/v1/", include(router.urls)),
-    path("api/v1/token/", obtain_auth_token, name="api-obtain-token"),
+    path("api/v1/token/", ObtainTokenView.as_view(), name="api-obtain-token"),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
-    path("api/redoc/", SpectacularRedocView.as_view(url_name="api-schema"), name="api-redoc"),
+    # The split view serves Swagger UI's start-up code as a script file: no inline script for the CSP.
+    path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="api-schema"), name="api-docs"),
+    # Redoc builds its search index in a worker it creates from a blob: URL; only this page allows that.
+    path("api/redoc/", csp_update({"worker-src": [SELF, "blob:"]})(SpectacularRedocView.as_view(url_name="api-schema")),
+         name="api-redoc"),
 ]

@@ -49,7 +49,8 @@ class TrackViewSet(viewsets.ReadOnlyModelViewSet):
 
     @extend_schema(parameters=LEADERBOARD_PARAMETERS, responses={200: OpenApiTypes.OBJECT})
     @action(detail=True)
-    def leaderboard(self, request: Request, slug: str | None = None) -> Response:
+    def leaderboard(self, request: Request, slug: str | None = None, format: str | None = None) -> Response:
         """The track's leaderboard table: columns (with higher_is_better) and ranked rows with intervals."""
+        # ``format``: the router also routes ``leaderboard.json``, whose suffix arrives as this argument.
         track = self.get_object()
         return Response(as_json(build(track, request.user, Filters.from_params(request.query_params)), request))

@@ -17,6 +17,15 @@ from rest_framework.authtoken.models import Token
 from torch import nn
 
 
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    """API throttle counters live in the cache, which outlives a test: each test starts from zero."""
+    from django.core.cache import cache
+
+    cache.clear()
+    yield
+
+
 @pytest.fixture
 def arena_dirs(tmp_path, settings):
     settings.ARENA_DATA_DIR = tmp_path / "data"

@@ -46,6 +46,8 @@ def test_leaderboard_plots_filters_and_model_page(live_server, digits_track, res
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    # The Content-Security-Policy (script-src 'self') must not block anything these pages need.
+    page.on("console", lambda msg: errors.append(msg.text) if "Content Security Policy" in msg.text else None)
 
     page.goto(f"{live_server.url}/tracks/digits/?view=shift:usps")
     page.wait_for_selector("#er-plot[data-ready='1']", timeout=30_000)

@@ -1,0 +1,41 @@
+"""django-axes hooks: whom a failed login counts against, and what a locked-out login gets back."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from axes.helpers import get_cool_off, get_failure_limit
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
+from rest_framework.throttling import BaseThrottle
+
+
+def client_address(request: HttpRequest) -> str:
+    """The client's address exactly as the API throttles see it (DRF's ``NUM_PROXIES``).
+
+    One rule for both: behind ``ARENA_PROXY_COUNT`` proxies it is that many entries from the right
+    of X-Forwarded-For (the part a client cannot forge), else REMOTE_ADDR.
+    """
+    return BaseThrottle().get_ident(request)
+
+
+def lockout_response(request: HttpRequest, original_response: HttpResponse | None = None,
+                     credentials: dict[str, Any] | None = None) -> HttpResponse:
+    """What a locked-out login gets: 429, a message saying why and for how long, and Retry-After.
+
+    Axes' own page names no waiting time, and the token endpoint's callers are scripts that want
+    JSON; both get the same message here.
+    """
+    cool_off = get_cool_off(request)
+    minutes = math.ceil(cool_off.total_seconds() / 60) if cool_off else None
+    message = (f"Too many failed logins for this account from your address ({get_failure_limit(request, credentials)}"
+               " in a row): logging in is blocked" + (f" for {minutes} minutes" if minutes else "")
+               + ", even with the right password.")
+    if request.path.startswith("/api/"):
+        response: HttpResponse = JsonResponse({"detail": message, "code": "login_locked_out"}, status=429)
+    else:
+        response = render(request, "registration/locked_out.html", {"message": message}, status=429)
+    if cool_off:
+        response["Retry-After"] = str(int(cool_off.total_seconds()))
+    return response
