@@ -348,7 +348,7 @@ def build(track: Track, user: Any = None, filters: Filters | None = None) -> Lea
                 found_attacks.add(metric[len(ATTACKED_AUC):])
             elif metric.startswith(DISTORTION):
                 found_distortions.add(metric[len(DISTORTION) + len("min-"):])
-    attacks = sorted(found_attacks, key=_attack_order)
+    attack_labels = sorted(found_attacks, key=_attack_order)
     distortions = [n for n in ("L2", "Linf", "L0") if n in found_distortions]
     for threat, found in list(stages.items()):
         order = {name: i for i, name in enumerate(found)}
@@ -356,10 +356,10 @@ def build(track: Track, user: Any = None, filters: Filters | None = None) -> Lea
                                                       order[s]))
     threats = _threats(track, found_threats)
 
-    views = _views(track, shift_sets, sets, threats, attacks)
+    views = _views(track, shift_sets, sets, threats, attack_labels)
     if filters.view not in {v for v, _ in views}:
         filters.view = "overview"
-    columns = columns_for(track, sets, filters.view, threats, stages, attacks, distortions)
+    columns = columns_for(track, sets, filters.view, threats, stages, attack_labels, distortions)
 
     runs = EvaluationRun.objects.filter(submission__in=subs_qs.values("pk"), suite_version=track.suite_version)
     run_info = {sid: (ok, attacks)
@@ -402,7 +402,7 @@ def build(track: Track, user: Any = None, filters: Filters | None = None) -> Lea
     if columns:
         _rank_by_interval(rows, rank_key, columns[0].higher_is_better)
     return Leaderboard(track, filters, views, columns, rows, sort_key, descending, rank_key, clean, shift_sets,
-                       threats, fits, values, attacks)
+                       threats, fits, values, attack_labels)
 
 
 def _derived_columns(columns: list[Column], rows: list[Row], clean: EvaluationSet | None,

@@ -27,7 +27,8 @@ def test_model_page_shows_cascade_heatmap_per_class_and_provenance(models):
     html = Client().get(model.get_absolute_url()).content.decode()
     cascade = html.split(f"Adversarial robustness: {THREAT}", 1)[1].split("</section>", 1)[0]
     stages = re.findall(r"<td>after ([^<]+)</td><td class=\"num\">([0-9.]+)%", cascade)
-    assert stages == [("APGD-CE", "50.00"), ("APGD-T", "45.00"), ("Square", "30.00")]
+    # 500 attacked points: a half-width of about 4 points justifies whole percents.
+    assert stages == [("APGD-CE", "50"), ("APGD-T", "45"), ("Square", "30")]
     assert "reliability flag" in cascade and "Square found adversarial points APGD missed." in cascade
     assert "123,456 forward and 98,765 backward passes" in cascade
     assert "verified</span>" not in html.split("<main", 1)[1].split("</p>", 1)[0]  # flagged: no badge
@@ -51,7 +52,7 @@ def test_model_page_without_attacks_or_corruptions_degrades_gracefully(digits_tr
     plain = finish(new_submission(digits_track, researcher, "Plain"), 0.97)
     html = Client().get(plain.get_absolute_url()).content.decode()
     assert "Adversarial robustness" not in html and "Corruptions" not in html and "plotly" not in html
-    assert "97.00%" in html and "verified</span>" in html
+    assert "97.0%" in html and "verified</span>" in html
     queued = new_submission(digits_track, researcher, "Waiting")
     html = Client().get(queued.get_absolute_url()).content.decode()
     assert "Position 1 in the queue." in html and "not evaluated yet" in html

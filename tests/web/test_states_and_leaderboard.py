@@ -70,7 +70,7 @@ def test_leaderboard_lists_public_finished_models_sorted_with_interval_ranks(dig
     html = client.get(reverse("leaderboard", args=["digits"])).content.decode()
     assert html.index("Model A") < html.index("Model B") < html.index("Model C")
     assert "Private D" not in html and queued.name not in html
-    assert "99.00%" in html and "[98.50%, 99.40%]" in html
+    assert "99.0%" in html and "[98.5%, 99.4%]" in html
 
     ascending = client.get(reverse("leaderboard", args=["digits"]), {"sort": "mnist-hidden:accuracy",
                                                                       "order": "asc"}).content.decode()
