@@ -140,6 +140,13 @@ def record_result(submission: Submission, result: EvaluatorResult) -> None:
                 failure_reason=failure_message(result.error_code, result.error),
             )
             return
+        # A re-run replaces the evaluation: rows of metrics it no longer produces (a changed
+        # attack configuration, say) must not linger beside the new ones.
+        produced = {(sets[m.evaluation_set].pk, m.metric) for m in result.metrics}
+        stale = [pk for pk, set_id, name in Result.objects.filter(
+            submission=submission, suite_version=result.suite_version).values_list("pk", "evaluation_set_id", "metric")
+            if (set_id, name) not in produced]
+        Result.objects.filter(pk__in=stale).delete()
         for metric in result.metrics:
             Result.objects.update_or_create(
                 submission=submission,

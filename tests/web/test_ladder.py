@@ -57,3 +57,26 @@ def test_ladder_off_releases_everything(digits_track, researcher):
     worse = finish(new_submission(digits_track, researcher, "b"), 0.80)
     worse.refresh_from_db()
     assert worse.released and worse.ladder_note == ""
+
+
+def test_a_rerun_replaces_metrics_it_no_longer_produces(digits_track, researcher):
+    """Re-recording an evaluation keeps one row per produced metric and drops the ones it dropped."""
+    from evaluator.spec import MetricValue
+    from evaluator.spec import Result as EvaluatorResult
+    from submissions.jobs import record_result
+    from submissions.models import Result, Submission
+
+    submission = new_submission(digits_track, researcher, "rerun")
+
+    def record(metrics: list[str]) -> None:
+        submission.transition(Submission.State.RUNNING)
+        record_result(submission, EvaluatorResult(
+            job_id="x", ok=True, suite_version="clean-1", seed=0,
+            metrics=[MetricValue("mnist-hidden", m, 0.5, 10) for m in metrics]))
+        submission.refresh_from_db()
+
+    record(["accuracy", "robust_accuracy@Linf-2/255"])
+    submission.transition(Submission.State.QUEUED)
+    record(["accuracy", "robust_accuracy@Linf-16/255"])
+    assert sorted(Result.objects.filter(submission=submission).values_list("metric", flat=True)) == [
+        "accuracy", "robust_accuracy@Linf-16/255"]
