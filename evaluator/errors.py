@@ -10,8 +10,9 @@ from __future__ import annotations
 class EvaluationError(Exception):
     """A failure of one job. ``code`` is stable and machine-readable; ``message`` is for people."""
 
-    #: Codes whose cause is the platform, not the submitted model.
-    PLATFORM_CODES = frozenset({"data_integrity", "data_unavailable", "internal", "sandbox_unavailable"})
+    #: Codes whose cause is the platform, not the submitted model. ``worker_lost``: the worker process
+    #: evaluating the job vanished too often (set by the platform's heartbeat watchdog, never by the evaluator).
+    PLATFORM_CODES = frozenset({"data_integrity", "data_unavailable", "internal", "sandbox_unavailable", "worker_lost"})
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)

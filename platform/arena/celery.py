@@ -27,7 +27,7 @@ app.autodiscover_tasks()
 @app.on_after_configure.connect
 def _fault_tolerance(sender: Celery, **kwargs: object) -> None:
     """Add the watchdog's beat entry and the broker's visibility timeout, once the settings are loaded."""
-    from submissions.fault_settings import watchdog_seconds
+    from submissions.fault_settings import watchdog_queue, watchdog_seconds
 
     interval = watchdog_seconds()
     if interval > 0:
@@ -37,7 +37,7 @@ def _fault_tolerance(sender: Celery, **kwargs: object) -> None:
                 "task": "submissions.requeue_stale",
                 "schedule": interval,
                 # A sweep that waited longer than its interval (every worker busy) is superseded by the next.
-                "options": {"expires": interval, "queue": sender.conf.task_default_queue},
+                "options": {"expires": interval, "queue": watchdog_queue(sender.conf.task_default_queue)},
             },
         }
     visibility = os.environ.get("ARENA_BROKER_VISIBILITY_TIMEOUT")

@@ -125,14 +125,20 @@ class Submission(models.Model):
             if new_state not in self.TRANSITIONS[current.state]:
                 raise IllegalTransition(f"{current.state} -> {new_state}")
             now = timezone.now()
-            updates = {"state": new_state, **fields}
             if new_state == self.State.QUEUED:
-                updates.update(queued_at=now, started_at=None, finished_at=None, progress=0.0, progress_stage="",
-                               failure_code="", failure_reason="")
+                # A new evaluation request starts its attempt count at zero; the heartbeat watchdog,
+                # which requeues a job whose worker vanished, passes ``attempts`` (and its reason as
+                # ``progress_stage``) to keep them. ``task_id`` stays empty until the message is sent,
+                # so a job whose message never reached the broker can be found and sent again.
+                defaults = {"queued_at": now, "started_at": None, "finished_at": None, "heartbeat_at": None,
+                            "progress": 0.0, "progress_stage": "", "failure_code": "", "failure_reason": "",
+                            "attempts": 0, "task_id": ""}
+                updates = {**defaults, **fields, "state": new_state}
             elif new_state == self.State.RUNNING:
-                updates.update(started_at=now, heartbeat_at=now, attempts=current.attempts + 1)
+                updates = {**fields, "state": new_state, "started_at": now, "heartbeat_at": now,
+                           "attempts": current.attempts + 1}
             else:
-                updates.setdefault("finished_at", now)
+                updates = {"finished_at": now, **fields, "state": new_state}
             Submission.objects.filter(pk=self.pk).update(**updates)
         self.refresh_from_db()
 

@@ -1,8 +1,10 @@
-"""The Celery task that evaluates one submission through the sandboxed evaluator.
+"""The Celery tasks: evaluating one submission through the sandboxed evaluator, and the stale-job watchdog.
 
-The task is safe to deliver more than once (late acknowledgement means a job whose worker died
-comes back): a submission that already reached a final state is left alone, and results are
-written idempotently.
+The evaluation task is safe to deliver more than once (late acknowledgement means a job whose worker
+died comes back): :func:`submissions.recovery.claim` decides whether a delivery starts the job, takes
+over from a dead worker, or is a duplicate to drop; a heartbeat thread proves the worker alive; and
+the result is written idempotently, only by the attempt that still owns the job. Database writes
+survive dropped connections (see :func:`submissions.recovery.with_db_retry`).
 """
 
 from __future__ import annotations
@@ -10,14 +12,16 @@ from __future__ import annotations
 import logging
 import time
 
-from celery import shared_task
+from celery import Task, shared_task
 from django.conf import settings
+from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from evaluator.sandbox import SandboxLimits, SandboxUnavailable, run_sandboxed
 from evaluator.spec import Result as EvaluatorResult
+from submissions import recovery
 from submissions.jobs import build_job_spec, failure_message, record_result
-from submissions.models import IllegalTransition, Submission
+from submissions.models import EvaluationRun, Submission
 
 logger = logging.getLogger(__name__)
 
@@ -26,10 +30,15 @@ PROGRESS_INTERVAL = 0.5
 
 
 class _ProgressWriter:
-    """Writes progress and a heartbeat to the submission row, at most every PROGRESS_INTERVAL s."""
+    """Writes progress and a heartbeat to the submission row, at most every PROGRESS_INTERVAL s.
 
-    def __init__(self, submission_id: int) -> None:
+    Only while ``attempt`` owns the job, and never raising: a progress write lost to a dropped database
+    connection is skipped (the next one reconnects) instead of failing an evaluation that is fine.
+    """
+
+    def __init__(self, submission_id: int, attempt: int) -> None:
         self.submission_id = submission_id
+        self.attempt = attempt
         self.last = 0.0
 
     def __call__(self, fraction: float, stage: str) -> None:
@@ -37,52 +46,84 @@ class _ProgressWriter:
         if now - self.last < PROGRESS_INTERVAL and fraction < 1.0:
             return
         self.last = now
-        Submission.objects.filter(pk=self.submission_id, state=Submission.State.RUNNING).update(
-            progress=min(max(fraction, 0.0), 1.0), progress_stage=stage[:200], heartbeat_at=timezone.now()
-        )
-
-    def cancelled(self) -> bool:
-        return Submission.objects.filter(pk=self.submission_id, state=Submission.State.CANCELLED).exists()
-
-
-@shared_task(name="submissions.evaluate", acks_late=True, reject_on_worker_lost=True)
-def evaluate_submission(submission_id: int) -> str:
-    try:
-        submission = Submission.objects.select_related("track").get(pk=submission_id)
-    except Submission.DoesNotExist:
-        logger.warning("submission %s vanished before evaluation", submission_id)
-        return "missing"
-    if submission.state != Submission.State.QUEUED:
-        # Already finished, failed or cancelled: a redelivered or stale message.
-        if submission.state != Submission.State.RUNNING:
-            return submission.state
-    else:
         try:
-            submission.transition(Submission.State.RUNNING, progress=0.0, progress_stage="starting")
-        except IllegalTransition:
-            return submission.state
+            Submission.objects.filter(
+                pk=self.submission_id, state=Submission.State.RUNNING, attempts=self.attempt
+            ).update(progress=min(max(fraction, 0.0), 1.0), progress_stage=stage[:200], heartbeat_at=timezone.now())
+        except DatabaseError as exc:
+            logger.warning("progress of submission %s not written: %s", self.submission_id, exc)
+            recovery._drop_connection()
 
+
+def _record(submission_id: int, attempt: int, result: EvaluatorResult) -> Submission | None:
+    """Write the result if ``attempt`` still owns the job; None when it was cancelled or replaced meanwhile.
+
+    The ownership check and the writes share one transaction under the row lock, so a presumed-dead
+    worker that finishes late cannot write over (or next to) the attempt that replaced it.
+    """
+    with transaction.atomic():
+        current = Submission.objects.select_for_update().select_related("track").get(pk=submission_id)
+        if current.state != Submission.State.RUNNING or current.attempts != attempt:
+            # Repeated after a dropped connection whose commit had in fact gone through: it is this attempt's.
+            mine = current.attempts == attempt and current.state in (Submission.State.FINISHED,
+                                                                      Submission.State.FAILED)
+            if mine and EvaluationRun.objects.filter(submission=current, suite_version=result.suite_version,
+                                                     provenance__attempt=attempt).exists():
+                return current
+            return None
+        record_result(current, result)
+    return current
+
+
+@shared_task(name="submissions.evaluate", bind=True, acks_late=True, reject_on_worker_lost=True)
+def evaluate_submission(self: Task, submission_id: int) -> str:
+    # A message that comes back after its worker died (reject on worker loss, Redis's visibility timeout)
+    # has the same id as before, and Redis also flags it as redelivered (kombu's filesystem transport
+    # does not): only for such a message is it worth waiting to see whether the job's owner is gone.
+    # Called directly (tests, eager mode) there is no message.
+    redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
+    claim = recovery.with_db_retry(
+        lambda: recovery.claim(submission_id, message_id=self.request.id, redelivered=redelivered),
+        what=f"claiming submission {submission_id}",
+    )
+    if not isinstance(claim, recovery.Claim):
+        return claim  # a duplicate or stale delivery: the job is done, owned elsewhere, or gone
+    submission = recovery.with_db_retry(
+        lambda: Submission.objects.select_related("track").get(pk=submission_id), what="loading the submission"
+    )
     spec = build_job_spec(submission)
-    writer = _ProgressWriter(submission.pk)
+    writer = _ProgressWriter(submission.pk, claim.attempt)
     limits = SandboxLimits(wall_seconds=settings.ARENA_EVAL_WALL_SECONDS, memory_bytes=settings.ARENA_EVAL_MEMORY_BYTES)
-    try:
-        result = run_sandboxed(
-            spec, progress=writer, limits=limits, allow_unsandboxed=settings.ARENA_ALLOW_UNSANDBOXED,
-            should_cancel=writer.cancelled,
-        )
-    except SandboxUnavailable as exc:
-        logger.error("refusing to evaluate %s: %s", submission.public_id, exc)
-        result = EvaluatorResult.failure(spec, "sandbox_unavailable", str(exc))
-    except Exception as exc:  # the platform's own fault: record it, never leave the job stuck
-        logger.exception("evaluation of %s failed inside the platform", submission.public_id)
-        result = EvaluatorResult.failure(spec, "internal", f"{type(exc).__name__}: {exc}")
+    # Evaluated inside the caller's transaction (eager mode in a test or a request), the job is invisible
+    # to other connections and no worker can be lost: no heartbeat thread then.
+    with recovery.Heartbeat(submission.pk, claim.attempt, enabled=not connection.in_atomic_block) as heartbeat:
+        try:
+            result = run_sandboxed(
+                spec, progress=writer, limits=limits, allow_unsandboxed=settings.ARENA_ALLOW_UNSANDBOXED,
+                should_cancel=heartbeat.should_stop,
+            )
+        except SandboxUnavailable as exc:
+            logger.error("refusing to evaluate %s: %s", submission.public_id, exc)
+            result = EvaluatorResult.failure(spec, "sandbox_unavailable", str(exc))
+        except Exception as exc:  # the platform's own fault: record it, never leave the job stuck
+            logger.exception("evaluation of %s failed inside the platform", submission.public_id)
+            result = EvaluatorResult.failure(spec, "internal", f"{type(exc).__name__}: {exc}")
 
-    submission.refresh_from_db()
-    if submission.state == Submission.State.CANCELLED:
-        return "cancelled"
+    result.provenance["attempt"] = claim.attempt
+    if claim.note:
+        result.provenance["recovery"] = claim.note
+    recorded = recovery.with_db_retry(
+        lambda: _record(submission.pk, claim.attempt, result), what=f"recording the result of {submission.public_id}",
+        timeout=300.0,
+    )
+    if recorded is None:
+        state = Submission.objects.filter(pk=submission.pk).values_list("state", flat=True).first() or "missing"
+        logger.info("submission %s attempt %d ended without writing: the job is %s now", submission.public_id,
+                    claim.attempt, state)
+        return "cancelled" if state == Submission.State.CANCELLED else "superseded"
+    submission = recorded
     if result.provenance.get("sandbox") == "unsandboxed":
         logger.warning("submission %s was evaluated WITHOUT a sandbox (operator allowed it)", submission.public_id)
-    record_result(submission, result)
     if submission.is_baseline and result.ok:
         # The testbed changed: refit the effective-robustness lines of this track.
         from benchmarks.fits import refit_track
@@ -94,6 +135,12 @@ def evaluate_submission(submission_id: int) -> str:
         refund_platform_failure(submission)  # the platform's own faults do not cost the researcher quota
         logger.info("submission %s failed: %s", submission.public_id, failure_message(result.error_code, result.error))
     return submission.state
+
+
+@shared_task(name="submissions.requeue_stale", ignore_result=True)
+def requeue_stale_task() -> list[str]:
+    """The watchdog, run by Celery beat every ``ARENA_WATCHDOG_SECONDS`` (see arena/celery.py)."""
+    return [f"{r.public_id} {r.action}" for r in recovery.requeue_stale()]
 
 
 def enqueue(submission: Submission) -> None:
