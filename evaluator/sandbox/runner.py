@@ -171,11 +171,26 @@ class _CommandBuilder:
         self.args += ["--perms", "0444", "--ro-bind-data", str(fd), inside]
 
 
+def gpu_device_nodes(device: str, dev_root: str = "/dev") -> list[str]:
+    """The NVIDIA device files a job on ``device`` needs inside the sandbox (none for a CPU job).
+
+    The sandbox's /dev is a fresh, minimal one, so CUDA sees no GPU unless its device files are
+    bound in. Only jobs that asked for CUDA (or "auto") get them: a GPU passed into the sandbox
+    exposes the driver's large kernel interface, which the README's Security section discusses.
+    """
+    if not (device.startswith("cuda") or device == "auto"):
+        return []
+    root = Path(dev_root)
+    names = sorted(p.name for p in root.glob("nvidia*") if p.name != "nvidia-caps") if root.is_dir() else []
+    return [str(root / name) for name in names]
+
+
 def _bwrap_command(
     spec_paths: Mapping[str, str],
     limits: SandboxLimits,
     identity: SandboxIdentity | None = None,
     copied: Mapping[str, int] | None = None,
+    devices: Sequence[str] = (),
 ) -> list[str]:
     """The bubblewrap command line up to (not including) the program to run inside.
 
@@ -225,6 +240,8 @@ def _bwrap_command(
         build.ro_bind(host_path, inside)
     for inside, fd in (copied or {}).items():
         build.ro_data(fd, inside)
+    for node in devices:  # GPU jobs only (gpu_device_nodes)
+        build.args += ["--dev-bind", node, node]
     for key, value in _child_env(limits, _CODE_DIR).items():
         build.args += ["--setenv", key, value]
     if privileged:
@@ -311,7 +328,7 @@ def _plan_mounts(
 
 @contextmanager
 def _sandbox_prefix(
-    mounts: Mapping[str, str], limits: SandboxLimits
+    mounts: Mapping[str, str], limits: SandboxLimits, devices: Sequence[str] = ()
 ) -> Iterator[tuple[list[str], tuple[int, ...], SandboxIdentity | None]]:
     """The bubblewrap prefix for one run, the descriptors it needs and the uid it runs as; cleans up after.
 
@@ -344,7 +361,7 @@ def _sandbox_prefix(
         for inside, host in copies.items():
             fds[inside] = os.open(host, os.O_RDONLY | os.O_CLOEXEC)
             stack.callback(os.close, fds[inside])
-        yield _bwrap_command(binds, limits, identity, fds), tuple(fds.values()), identity
+        yield _bwrap_command(binds, limits, identity, fds, devices), tuple(fds.values()), identity
 
 
 @dataclass
@@ -573,7 +590,7 @@ def run_sandboxed(
     if use_bwrap:
         mode = "bubblewrap"
         child_spec, mounts = _relocate(spec)
-        with _sandbox_prefix(mounts, limits) as (prefix, fds, _):
+        with _sandbox_prefix(mounts, limits, gpu_device_nodes(spec.device)) as (prefix, fds, _):
             outcome = _supervise(
                 [*prefix, *command], stdin_text=child_spec.to_json(), limits=limits, on_stdout_line=on_line,
                 env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")}, pass_fds=fds, should_cancel=should_cancel,

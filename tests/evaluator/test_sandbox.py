@@ -130,3 +130,17 @@ def test_root_worker_drops_the_job_to_its_own_uid():
     ruid, euid, suid, rgid, egid, sgid, groups, nproc = map(int, run.stdout.split())
     assert SANDBOX_UID_BASE <= ruid < SANDBOX_UID_BASE + SANDBOX_UID_COUNT and ruid == euid == suid
     assert rgid == egid == sgid == SANDBOX_GID and groups == 0 and nproc == 77
+
+
+def test_gpu_jobs_get_the_nvidia_device_files_and_cpu_jobs_none(tmp_path):
+    """The sandbox's /dev is minimal; a CUDA job needs the driver's device files bound in."""
+    for name in ("nvidia0", "nvidiactl", "nvidia-uvm", "null"):
+        (tmp_path / name).touch()
+    (tmp_path / "nvidia-caps").mkdir()
+    assert runner.gpu_device_nodes("cpu", str(tmp_path)) == []
+    expected = [str(tmp_path / n) for n in ("nvidia-uvm", "nvidia0", "nvidiactl")]
+    assert runner.gpu_device_nodes("cuda:0", str(tmp_path)) == expected
+    assert runner.gpu_device_nodes("auto", str(tmp_path)) == expected
+    command = runner._bwrap_command({}, SandboxLimits(), devices=expected)
+    assert command[command.index("--dev-bind") + 1] == expected[0] and command.count("--dev-bind") == 3
+    assert "--dev-bind" not in runner._bwrap_command({}, SandboxLimits())
