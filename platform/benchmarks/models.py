@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from django.conf import settings
-from django.core.validators import MinValueValidator
+from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
 from django.urls import reverse
 
@@ -79,6 +79,11 @@ class Track(models.Model):
         default=0.0, validators=[MinValueValidator(0.0)],
         help_text="The Ladder's margin on the headline metric (e.g. 0.005 for half a point of accuracy); "
                   "0: the new score's own confidence-interval half-width.",
+    )
+    queue = models.CharField(
+        max_length=100, blank=True, validators=[RegexValidator(r"^[A-Za-z0-9_.-]*$", "Letters, digits, _ . - only.")],
+        help_text="Celery queue this track's evaluations go to (workers consume the queues they are given with -Q), "
+                  "so a heavy track cannot starve a light one; empty: the default queue.",
     )
     batch_size = models.PositiveIntegerField(default=256)
     time_budget_seconds = models.FloatField(default=60.0, help_text="Seconds a model may take for one batch.")

@@ -143,7 +143,12 @@ def requeue_stale_task() -> list[str]:
     return [f"{r.public_id} {r.action}" for r in recovery.requeue_stale()]
 
 
+def queue_for(submission: Submission) -> str:
+    """The track's own queue when it has one (heavy tracks apart from light ones), else the default."""
+    return submission.track.queue or settings.CELERY_TASK_DEFAULT_QUEUE
+
+
 def enqueue(submission: Submission) -> None:
-    """Send the submission to the evaluation queue and remember the task id."""
-    async_result = evaluate_submission.apply_async(args=[submission.pk], queue=settings.CELERY_TASK_DEFAULT_QUEUE)
+    """Send the submission to its track's evaluation queue and remember the task id."""
+    async_result = evaluate_submission.apply_async(args=[submission.pk], queue=queue_for(submission))
     Submission.objects.filter(pk=submission.pk).update(task_id=async_result.id or "")
