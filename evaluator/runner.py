@@ -12,6 +12,7 @@ import os
 import platform
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,7 @@ import torch
 
 from evaluator import __version__
 from evaluator.data.evalsets import read_evaluation_set
+from evaluator.devices import autocast_dtype, choose_batch_size, precision, resolve_device, use_mixed_precision
 from evaluator.errors import EvaluationError
 from evaluator.metrics.classification import accuracy_with_interval, per_class_accuracy
 from evaluator.metrics.detection import detection_metrics, fixed_threshold_rates, threshold_at_fpr
@@ -262,23 +264,47 @@ def run_detector_attacks(
     )
 
 
+def _run_settings(spec: JobSpec, model: torch.nn.Module, backward: bool,
+                  provenance: dict[str, Any]) -> tuple[JobSpec, bool]:
+    """The spec as it runs here (its batch size fitted to this device) and whether autocast is on.
+
+    Both go to the provenance: a score computed with a smaller batch or in mixed precision says so.
+    """
+    choice = choose_batch_size(model, spec.input, spec.device, spec.batch_size, backward=backward)
+    mixed = use_mixed_precision(spec.allow_mixed_precision, spec.device)
+    provenance["batch_size"] = choice.to_dict()
+    provenance["mixed_precision"] = {
+        "allowed": spec.allow_mixed_precision, "clean": mixed, "attacks": mixed,
+        "dtype": str(autocast_dtype()).removeprefix("torch.") if mixed else "float32",
+    }
+    return replace(spec, batch_size=choice.batch_size), mixed
+
+
 def run_job(spec: JobSpec, progress: ProgressCallback = ignore_progress) -> Result:
-    """Evaluate one submission as the spec says; failures come back as a Result, not an exception."""
+    """Evaluate one submission as the spec says; failures come back as a Result, not an exception.
+
+    ``spec.device`` may be ``auto`` (see :mod:`evaluator.devices`): it is resolved here, where the
+    model runs, and the provenance keeps both the device asked for and the one used.
+    """
     started = time.perf_counter()
     torch.manual_seed(spec.seed)
-    provenance = hardware_description(spec.device)
+    provenance: dict[str, Any] = {"device_requested": spec.device}
     try:
+        spec = replace(spec, device=resolve_device(spec.device))
+        provenance.update(hardware_description(spec.device))
         device = torch.device(spec.device)
         progress(0.0, "loading model")
         model = load_model(spec.artifact, spec.input)
         model = model.to(device)
         progress(0.0, "checking the model's input and output contract")
+        # The time budget is per batch of the track's size, whatever size this device ends up using.
         check_contract(model, spec.input, spec.task, spec.num_classes, spec.batch_size, spec.time_budget_s, spec.device)
+        attacking = spec.task == "classifier" and bool(spec.threat_models)
+        attacking_detector = spec.task == "detector" and spec.detector_attacks is not None
+        spec, mixed = _run_settings(spec, model, attacking or attacking_detector, provenance)
 
         datasets = [read_evaluation_set(s.path, s.sha256 or None) for s in spec.evaluation_sets]
         total_images = sum(int(d.labels.shape[0]) for d in datasets)
-        attacking = spec.task == "classifier" and bool(spec.threat_models)
-        attacking_detector = spec.task == "detector" and spec.detector_attacks is not None
         # An attacked point costs hundreds of passes: weigh the attack stage accordingly.
         if attacking:
             attack_weight = [_ATTACK_WEIGHT * min(spec.attack_points, total_images)]
@@ -300,7 +326,8 @@ def run_job(spec: JobSpec, progress: ProgressCallback = ignore_progress) -> Resu
             def on_batch(done: int, index: int = index, count: int = count, stage: str = stage) -> None:
                 stages.report(index, done / count, stage)
 
-            outputs = predict(model, data.images, spec.input, spec.batch_size, device, on_batch)
+            with precision(mixed, device):
+                outputs = predict(model, data.images, spec.input, spec.batch_size, device, on_batch)
             _check_finite(outputs, set_spec.name)
             if spec.task == "classifier":
                 metrics, per_class = score_classifier(
@@ -321,9 +348,10 @@ def run_job(spec: JobSpec, progress: ProgressCallback = ignore_progress) -> Resu
             def on_attack(fraction: float, stage: str) -> None:
                 stages.report(attack_stage, fraction, stage)
 
-            attack_metrics, provenance["attacks"] = run_attacks(
-                model, spec, clean_spec.name, clean_data.images, clean_data.labels, device, on_attack
-            )
+            with precision(mixed, device):
+                attack_metrics, provenance["attacks"] = run_attacks(
+                    model, spec, clean_spec.name, clean_data.images, clean_data.labels, device, on_attack
+                )
             result.metrics.extend(attack_metrics)
         if attacking_detector:
             attack_stage = len(datasets) + 1
@@ -331,9 +359,10 @@ def run_job(spec: JobSpec, progress: ProgressCallback = ignore_progress) -> Resu
             def on_detector_attack(fraction: float, stage: str) -> None:
                 stages.report(attack_stage, fraction, stage)
 
-            attack_metrics, provenance["detector_attacks"] = run_detector_attacks(
-                model, spec, datasets, device, on_detector_attack
-            )
+            with precision(mixed, device):
+                attack_metrics, provenance["detector_attacks"] = run_detector_attacks(
+                    model, spec, datasets, device, on_detector_attack
+                )
             result.metrics.extend(attack_metrics)
         elapsed = time.perf_counter() - started
         provenance.update(seconds=round(elapsed, 3), images=total_images,

@@ -137,6 +137,9 @@ class JobSpec:
     generator: GeneratorSpec | None = None
     #: Detector tracks: the attack suite's parameters; None runs no detector attacks.
     detector_attacks: DetectorAttackSpec | None = None
+    #: Whether the track accepts autocast (reduced precision) on CUDA, for clean predictions and attacks
+    #: alike; off, everything runs in float32 (see evaluator.devices). Ignored on CPU.
+    allow_mixed_precision: bool = False
     spec_version: int = SPEC_VERSION
 
     def to_json(self) -> str:

@@ -92,6 +92,9 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    # Added with leaderboards/cache.py: anonymous leaderboard pages and exports from the cache; a hit
+    # skips the rest of the stack (what it stores is that stack's own response, headers included).
+    "leaderboards.cache.LeaderboardCacheMiddleware",
     # 413 for oversized uploads before their body is read or stored (see submissions/uploads.py).
     "submissions.uploads.UploadSizeLimitMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -200,6 +203,10 @@ ARENA_QUOTA_EXEMPT_GROUP = os.environ.get("ARENA_QUOTA_EXEMPT_GROUP", "robots")
 if os.environ.get("CACHE_URL"):
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
                           "LOCATION": os.environ["CACHE_URL"]}}
+# --- Leaderboard cache (added with leaderboards/cache.py): anonymous leaderboard pages, exports and API
+# tables live in the cache above, keyed by a per-track version and a data stamp. Seconds an entry may live
+# at most; 0 turns the cache off (benchmarks/load_test.py's uncached server).
+ARENA_LEADERBOARD_CACHE_SECONDS = int(os.environ.get("ARENA_LEADERBOARD_CACHE_SECONDS", 600))
 #: Reverse proxies in front of the web server that append to X-Forwarded-For. 0: none, use REMOTE_ADDR
 #: (never None: DRF would then key its throttles on the whole header, which a client can forge).
 PROXY_COUNT = int(os.environ.get("ARENA_PROXY_COUNT", 0))

@@ -6,10 +6,12 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, viewsets
 from rest_framework.decorators import action
+from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from benchmarks.models import EvaluationSet, Track
+from leaderboards.cache import CACHE_HEADER, cached_data
 from leaderboards.exports import as_json
 from leaderboards.queries import MODEL_TYPES, Filters, build
 
@@ -42,8 +44,19 @@ LEADERBOARD_PARAMETERS = [
 ]
 
 
+class TrackPagination(LimitOffsetPagination):
+    """The default paging with bounds: a ``limit`` or ``offset`` past 2**63 reached SQLite as a server error."""
+
+    max_limit = 1000
+    max_offset = 10**9
+
+    def get_offset(self, request: Request) -> int:
+        return min(super().get_offset(request), self.max_offset)
+
+
 class TrackViewSet(viewsets.ReadOnlyModelViewSet):
     serializer_class = TrackSerializer
+    pagination_class = TrackPagination
     lookup_field = "slug"
     queryset = Track.objects.filter(is_public=True).select_related("benchmark").prefetch_related("evaluation_sets")
 
@@ -53,4 +66,7 @@ class TrackViewSet(viewsets.ReadOnlyModelViewSet):
         """The track's leaderboard table: columns (with higher_is_better) and ranked rows with intervals."""
         # ``format``: the router also routes ``leaderboard.json``, whose suffix arrives as this argument.
         track = self.get_object()
-        return Response(as_json(build(track, request.user, Filters.from_params(request.query_params)), request))
+        data, how = cached_data(request, "api", track, request.query_params,
+                                lambda: as_json(build(track, request.user, Filters.from_params(request.query_params)),
+                                                request))
+        return Response(data, headers={CACHE_HEADER: how})

@@ -1,0 +1,346 @@
+"""Caching of the public leaderboard: the page, its CSV/JSON exports and the API table.
+
+Building a track's leaderboard at 1,000 models takes the better part of a second (a few thousand
+result rows, the effective-robustness band of every model, three plotly figures, a large template),
+while the underlying data changes a few times an hour. Anonymous requests, which see exactly the
+same page, are therefore served from Django's cache (``CACHE_URL``: Redis in a deployment, so that
+every web process shares the entries; local memory per process otherwise): the page and exports by
+:class:`LeaderboardCacheMiddleware`, the API's table by :func:`cached_data` inside its view.
+
+Correctness comes first, so an entry's key carries two independent things:
+
+* a **version per track**, kept in the cache and bumped (after the transaction commits) by the
+  ``post_save``/``post_delete`` signals of the models a leaderboard is built from (see
+  :func:`connect_signals`); this catches edits that keep the set of listed models (a result
+  rewritten, a model renamed in the admin, a new baseline fit, a track's settings);
+* a **data stamp**: one query that aggregates the listed models (how many, which, the latest
+  ``finished_at``) and the track's current baseline fits. Much of the platform changes
+  state with ``QuerySet.update()`` (a submission's transitions, visibility, the Ladder's release),
+  which sends no signal, and a Celery worker on the default per-process cache cannot bump the web
+  server's version at all: the stamp makes a model that finishes, turns private or is withdrawn
+  leave the cached page on the very next request, whatever process made the change.
+
+Only requests without a session or a pending message (and, on the API, without a token) use the
+cache: a signed-in reader sees their private models (and the "mine" ring), so their page is always
+built for them. A time limit (``ARENA_LEADERBOARD_CACHE_SECONDS``; 0 turns caching off) bounds
+what neither mechanism sees, such as raw SQL.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.core.cache import cache
+from django.db import connection, transaction
+from django.db.models.signals import post_delete, post_save
+from django.http import HttpRequest, HttpResponse
+from django.urls import Resolver404, resolve
+from django.utils.cache import patch_vary_headers
+
+from benchmarks.models import BaselineFit, EvaluationSet, Track
+from leaderboards.queries import Filters
+from submissions.models import EvaluationRun, Result, Submission
+
+logger = logging.getLogger(__name__)
+
+#: Response header that says whether a leaderboard response came from the cache (for operators and tests).
+CACHE_HEADER = "X-Arena-Cache"
+_PREFIX = "arena:leaderboard"
+DEFAULT_SECONDS = 600
+
+
+def cache_seconds() -> int:
+    """How long an entry lives; 0 (or less) turns the leaderboard cache off."""
+    return int(getattr(settings, "ARENA_LEADERBOARD_CACHE_SECONDS", DEFAULT_SECONDS))
+
+
+def _version_key(track_id: int) -> str:
+    return f"{_PREFIX}:version:{track_id}"
+
+
+def track_version(track_id: int) -> int:
+    """The track's current version. A missing key (never set, or evicted) starts from the clock.
+
+    Starting from the clock, not 0, matters: were an evicted version to restart at a number used
+    before, entries cached under that older version would be served again.
+    """
+    key = _version_key(track_id)
+    version = cache.get(key)
+    if version is None:
+        cache.add(key, time.time_ns(), timeout=None)
+        version = cache.get(key)
+    return int(version) if version is not None else 0
+
+
+def bump_tracks(track_ids: Iterable[int]) -> None:
+    """Invalidate every cached leaderboard entry of these tracks (now, not at commit: see :func:`invalidate`)."""
+    for track_id in set(track_ids):
+        key = _version_key(track_id)
+        try:
+            cache.incr(key)
+        except ValueError:  # not in the cache: any fresh value differs from the versions in use
+            cache.set(key, time.time_ns(), timeout=None)
+
+
+# --- Signals: remember what changed, bump once the transaction commits. -------------------------------
+
+_pending = threading.local()
+
+
+def _pending_sets() -> tuple[set[int], set[int]]:
+    if not hasattr(_pending, "tracks"):
+        _pending.tracks, _pending.submissions = set(), set()
+    return _pending.tracks, _pending.submissions
+
+
+def _flush() -> None:
+    """Bump the tracks touched since the last commit (submission ids are resolved to tracks in one query)."""
+    tracks, submissions = _pending_sets()
+    if submissions:
+        tracks.update(Submission.objects.filter(pk__in=list(submissions)).values_list("track_id", flat=True))
+    pending = list(tracks)
+    tracks.clear()
+    submissions.clear()
+    bump_tracks(pending)
+
+
+def invalidate(track_id: int | None = None, submission_id: int | None = None) -> None:
+    """Bump a track's version when the current transaction commits (immediately outside one).
+
+    Bumping before the commit would let a request that runs in between cache the old data under
+    the new version. Several changes in one transaction (an evaluation writes dozens of results)
+    cost one bump. Changes rolled back are bumped with the next commit: harmless.
+    """
+    tracks, submissions = _pending_sets()
+    if track_id is not None:
+        tracks.add(track_id)
+    if submission_id is not None:
+        submissions.add(submission_id)
+    transaction.on_commit(_flush)
+
+
+def _submission_changed(sender: type, instance: Submission, **kwargs: Any) -> None:
+    if instance.state == Submission.State.FINISHED or kwargs.get("signal") is post_delete:
+        invalidate(track_id=instance.track_id)
+
+
+def _by_submission(sender: type, instance: Any, **kwargs: Any) -> None:
+    """A Result, EvaluationRun or Withdrawal: its track through the submission (cached on it when loaded)."""
+    field = type(instance)._meta.get_field("submission")
+    if field.is_cached(instance):
+        invalidate(track_id=instance.submission.track_id)
+    else:
+        invalidate(submission_id=instance.submission_id)
+
+
+def _by_track(sender: type, instance: Any, **kwargs: Any) -> None:
+    invalidate(track_id=instance.pk if isinstance(instance, Track) else instance.track_id)
+
+
+def connect_signals() -> None:
+    """Connect the receivers (from ``LeaderboardsConfig.ready``); ``dispatch_uid`` keeps them single."""
+    from accounts.models import Withdrawal
+
+    receivers: list[tuple[type, Callable[..., None]]] = [
+        (Submission, _submission_changed), (Result, _by_submission), (EvaluationRun, _by_submission),
+        (Withdrawal, _by_submission), (Track, _by_track), (EvaluationSet, _by_track), (BaselineFit, _by_track),
+    ]
+    for model, receiver in receivers:
+        for signal in (post_save, post_delete):
+            signal.connect(receiver, sender=model, weak=False,
+                           dispatch_uid=f"leaderboard-cache-{model.__name__}-{id(signal)}")
+
+
+# --- Keys. ------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Lookup:
+    """A public track as a cache key needs it, read with two small raw queries (no model instance)."""
+
+    track_id: int
+    suite_version: str
+    stamp: str
+
+
+def _stamp_sql() -> str:
+    """The data stamp as raw SQL: the ORM's compilation of it cost more than running it.
+
+    Listed models are ``queries._visible_submissions`` for an anonymous reader: finished, public,
+    released and not withdrawn. The statement aggregates the first three over the submissions
+    (through the index on track, state and visibility) and the track's withdrawals on their own (a
+    few rows; an anti-join per submission, or a join with the track row, each cost as much again);
+    tests/web/test_leaderboard_cache.py checks that the stamp follows the listing.
+    """
+    from accounts.models import Withdrawal
+
+    sub, fit, wd = Submission._meta.db_table, BaselineFit._meta.db_table, Withdrawal._meta.db_table
+    fits = f"FROM {fit} f WHERE f.track_id = %(track)s AND f.is_current = %(true)s"
+    withdrawn = f"FROM {wd} w JOIN {sub} ws ON ws.id = w.submission_id WHERE ws.track_id = %(track)s"
+    return (f"SELECT COUNT(s.id), SUM(s.id), MAX(s.finished_at), "
+            f"(SELECT COUNT(w.id) || ':' || COALESCE(SUM(w.submission_id), 0) {withdrawn}), "
+            f"(SELECT COUNT(f.id) || ':' || COALESCE(SUM(f.id), 0) {fits}) "
+            f"FROM {sub} s WHERE s.track_id = %(track)s AND s.state = %(finished)s AND s.is_public = %(true)s "
+            f"AND s.released = %(true)s")
+
+
+def lookup(slug: str) -> Lookup | None:
+    """The public track ``slug`` with its data stamp (see the module docstring); None when there is none.
+
+    The count and sum of the ids of the finished, public, released models and of the withdrawn ones
+    tell the listed set apart (a model leaving or joining changes a sum); the latest
+    ``finished_at`` changes when a listed model is evaluated again; the current fits' ids change
+    when a line is refitted.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT id, suite_version FROM {Track._meta.db_table} WHERE slug = %s AND is_public = %s",
+                       [slug, True])
+        track = cursor.fetchone()
+        if track is None:
+            return None
+        cursor.execute(_stamp_sql(), {"track": track[0], "true": True, "finished": Submission.State.FINISHED})
+        row = cursor.fetchone()
+    return Lookup(track[0], track[1], ".".join("" if v is None else str(v) for v in row))
+
+
+def cache_key(kind: str, found: Lookup, request: HttpRequest, params: Any) -> str:
+    """One entry per kind, track version and data stamp, host (exports hold absolute URLs) and filters.
+
+    Filters are normalised first (``Filters.as_params``), so equivalent URLs share an entry and
+    unknown parameters (``?utm_source=...``) do not split the cache.
+    """
+    normalized = sorted(Filters.from_params(params).as_params().items())
+    raw = repr((found.stamp, found.suite_version, request.scheme, request.get_host(), normalized))
+    digest = hashlib.sha256(raw.encode()).hexdigest()[:32]
+    return f"{_PREFIX}:{kind}:{found.track_id}:{track_version(found.track_id)}:{digest}"
+
+
+def shareable(request: HttpRequest) -> bool:
+    """A GET by a reader without a session or a pending message: the response every such reader gets.
+
+    Pages sign people in with the session cookie only, so without one the reader is anonymous
+    (this holds before the authentication middleware has run). The messages cookie means a message
+    to show on this page, for this reader.
+    """
+    if cache_seconds() <= 0 or request.method != "GET":
+        return False
+    cookies = request.COOKIES
+    return settings.SESSION_COOKIE_NAME not in cookies and "messages" not in cookies
+
+
+# --- Pages and exports: a middleware, so that a hit skips the rest of the stack. ----------------------
+
+#: URL names served through the cache, and the kind of entry each is.
+CACHED_VIEWS = {"leaderboard": "page", "leaderboard-csv": "csv", "leaderboard-json": "json"}
+#: Never kept with a cached body: per-response or recomputed headers.
+_DROPPED_HEADERS = {"set-cookie", "content-length", "content-encoding", CACHE_HEADER.lower()}
+
+
+def _accepts_gzip(request: HttpRequest) -> bool:
+    return "gzip" in request.headers.get("Accept-Encoding", "").lower()
+
+
+def _from_cache(request: HttpRequest, stored: dict[str, Any], how: str = "hit") -> HttpResponse:
+    """A response from a stored entry: the compressed body as it is when the client takes gzip."""
+    if _accepts_gzip(request):
+        response = HttpResponse(stored["gzip"])
+        response["Content-Encoding"] = "gzip"
+    else:
+        response = HttpResponse(gzip.decompress(stored["gzip"]))
+    for name, value in stored["headers"]:
+        response[name] = value
+    patch_vary_headers(response, ["Accept-Encoding"])
+    response["Content-Length"] = str(len(response.content))
+    response[CACHE_HEADER] = how
+    return response
+
+
+class LeaderboardCacheMiddleware:
+    """Serves the leaderboard page and its CSV/JSON exports from the cache to readers who may share them.
+
+    It sits near the top of the stack (after the security and static-file middleware): a hit costs
+    two small queries and a cache read, and skips sessions, authentication, CSRF, the CSP header's
+    construction and the view. What it stores is the final response of the rest of the stack
+    (headers included, cookies never), so a hit is byte for byte what the view would have sent.
+    Bodies are kept gzipped: a 1,000-model page is ~1.1 MB of HTML and ~160 KB compressed, which is
+    what browsers ask for; the rare client without gzip gets it decompressed.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        kind, slug = self._route(request)
+        if kind is None:
+            return self.get_response(request)
+        if not shareable(request):
+            response = self.get_response(request)
+            response[CACHE_HEADER] = "bypass"
+            return response
+        found = lookup(slug)
+        if found is None:  # no such public track: the view answers (404)
+            return self.get_response(request)
+        try:
+            key = cache_key(kind, found, request, request.GET)
+            stored = cache.get(key)
+        except Exception:  # a cache server that is down must not take the leaderboard down with it
+            logger.warning("leaderboard cache unavailable; building the page", exc_info=True)
+            response = self.get_response(request)
+            response[CACHE_HEADER] = "bypass"
+            return response
+        if stored is not None:
+            return _from_cache(request, stored)
+        response = self.get_response(request)
+        if response.status_code != 200 or getattr(response, "streaming", False) or response.has_header("Set-Cookie") \
+                or response.has_header("Content-Encoding"):
+            response[CACHE_HEADER] = "miss"
+            return response
+        stored = {"gzip": gzip.compress(response.content, compresslevel=6),
+                  "headers": [(name, value) for name, value in response.items()
+                              if name.lower() not in _DROPPED_HEADERS]}
+        try:
+            cache.set(key, stored, timeout=cache_seconds())
+        except Exception:
+            logger.warning("leaderboard cache unavailable; page not stored", exc_info=True)
+        if _accepts_gzip(request):
+            return _from_cache(request, stored, "miss")
+        patch_vary_headers(response, ["Accept-Encoding"])
+        response[CACHE_HEADER] = "miss"
+        return response
+
+    @staticmethod
+    def _route(request: HttpRequest) -> tuple[str | None, str]:
+        try:
+            match = resolve(request.path_info)
+        except Resolver404:
+            return None, ""
+        kind = CACHED_VIEWS.get(match.url_name or "")
+        return (kind, match.kwargs.get("slug", "")) if kind else (None, "")
+
+
+# --- The API's table: cached in the view, after DRF's authentication and throttles. ------------------
+
+def cached_data(request: Any, kind: str, track: Track, params: Any, build: Callable[[], Any]) -> tuple[Any, str]:
+    """``build()``'s data (JSON-ready), from the cache when shareable; also "hit", "miss" or "bypass".
+
+    ``request`` is DRF's: its user is authenticated by token as well as by session.
+    """
+    if not shareable(request) or request.user.is_authenticated:
+        return build(), "bypass"
+    found = lookup(track.slug)
+    if found is None:
+        return build(), "bypass"
+    key = cache_key(kind, found, request, params)
+    data = cache.get(key)
+    if data is not None:
+        return data, "hit"
+    data = build()
+    cache.set(key, data, timeout=cache_seconds())
+    return data, "miss"
