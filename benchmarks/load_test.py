@@ -80,15 +80,6 @@ def _load_populate():
     return module.populate
 
 
-def _database_url(settings_dict: dict) -> str:
-    """A DATABASE_URL naming the test database this process created, for the servers."""
-    if settings_dict["ENGINE"].endswith("sqlite3"):
-        return f"sqlite:///{settings_dict['NAME']}"
-    auth = settings_dict["USER"] + (f":{settings_dict['PASSWORD']}" if settings_dict["PASSWORD"] else "")
-    return f"postgres://{auth}@{settings_dict['HOST'] or '127.0.0.1'}:{settings_dict['PORT'] or 5432}/" \
-           f"{settings_dict['NAME']}"
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -216,6 +207,8 @@ def main() -> None:
     from django.db import connection, connections
     from django.test.utils import setup_test_environment
 
+    from arena.database import database_url
+
     setup_test_environment()
     old_name = connection.creation.create_test_db(verbosity=0, autoclobber=True)
     servers: list[subprocess.Popen] = []
@@ -226,7 +219,7 @@ def main() -> None:
               f"({connection.vendor})", flush=True)
         with connection.cursor() as cursor:  # planner statistics, as a live database has them (autovacuum)
             cursor.execute("ANALYZE")
-        database_url = _database_url(connection.settings_dict)
+        db_url = database_url(connection.settings_dict)
         connections.close_all()
 
         wrk = None if args.tool == "python" else _find_wrk()
@@ -243,9 +236,9 @@ def main() -> None:
             _drain(url.split("/", 3)[0] + "//" + url.split("/", 3)[2])
             return measured
 
-        cached_proc, cached = _start_server(database_url, 600, args.workers, args.threads)
+        cached_proc, cached = _start_server(db_url, 600, args.workers, args.threads)
         servers.append(cached_proc)
-        uncached_proc, uncached = _start_server(database_url, 0, args.workers, args.threads)
+        uncached_proc, uncached = _start_server(db_url, 0, args.workers, args.threads)
         servers.append(uncached_proc)
         pages = {
             "leaderboard page": f"/tracks/{track.slug}/",

@@ -37,13 +37,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from django.db import connection  # noqa: E402
 
-
-def _database_url() -> str:
-    db = connection.settings_dict
-    if db["ENGINE"].endswith("sqlite3"):
-        return f"sqlite:///{db['NAME']}"
-    auth = db["USER"] + (f":{db['PASSWORD']}" if db["PASSWORD"] else "")
-    return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+from arena.database import database_url  # noqa: E402
 
 
 def build_track(mirror: Path):
@@ -91,7 +85,8 @@ def run(workers: int, track, owner, files: list[bytes], folder: Path) -> float:
     settings.CELERY_TASK_DEFAULT_QUEUE = queue
     ids = [services.create_submission(owner, track, SimpleUploadedFile("m.safetensors", data), name=f"job {i}",
                                       zoo_architecture="mnist_lenet5").pk for i, data in enumerate(files)]
-    env = {**os.environ, "DATABASE_URL": _database_url(), "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
+    env = {**os.environ, "DATABASE_URL": database_url(connection.settings_dict),
+           "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
            "ARENA_DATA_DIR": str(settings.ARENA_DATA_DIR), "MEDIA_ROOT": str(settings.MEDIA_ROOT),
            "PYTHONPATH": f"{ROOT / 'platform'}:{ROOT}"}
     procs = []

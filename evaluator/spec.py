@@ -110,6 +110,15 @@ class DetectorAttackSpec:
     latent_radius: float = 0.5
     public_seed: int = 1
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DetectorAttackSpec:
+        """From JSON (a job spec, or a track's overrides), where tuples arrive as lists."""
+        raw = dict(data)
+        for key in ("pgd_budgets", "min_norms"):
+            if key in raw:
+                raw[key] = tuple(raw[key])
+        return cls(**raw)
+
 
 @dataclass(frozen=True)
 class JobSpec:
@@ -160,11 +169,7 @@ class JobSpec:
         if data.get("generator"):
             data["generator"] = GeneratorSpec(**data["generator"])
         if data.get("detector_attacks"):
-            raw = dict(data["detector_attacks"])
-            for key in ("pgd_budgets", "min_norms"):
-                if key in raw:
-                    raw[key] = tuple(raw[key])
-            data["detector_attacks"] = DetectorAttackSpec(**raw)
+            data["detector_attacks"] = DetectorAttackSpec.from_dict(data["detector_attacks"])
         return cls(**data)
 
     @classmethod

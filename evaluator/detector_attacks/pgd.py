@@ -13,6 +13,7 @@ needs the small late steps for its final refinements.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -77,6 +78,23 @@ def lower_score(
     return best, best_score
 
 
+def _descend(
+    model: nn.Module, current: Tensor, sizes: list[float], take_step: Callable[[Tensor, Tensor, float], Tensor]
+) -> tuple[Tensor, Tensor]:
+    """Descent shared by every score-lowering attack here: one step per size, and per image the
+    lowest-scoring iterate seen (the start and the final iterate included) with its score."""
+    best = current.clone()
+    best_score = torch.full((current.shape[0],), math.inf, device=current.device)
+    for size in [*sizes, None]:
+        scores, grad = score_and_grad(model, current)
+        improved = scores < best_score
+        best[improved] = current[improved]
+        best_score = torch.where(improved, scores, best_score)
+        if size is not None:
+            current = take_step(current, grad, size)
+    return best, best_score
+
+
 def _lower_score_rule(
     model: nn.Module, x: Tensor, norm: Norm, eps: float | Tensor, steps: int, random_start: bool, seed: int,
     batch_size: int, rule: str,
@@ -93,22 +111,14 @@ def _lower_score_rule(
             current = project(xb + noise * eb.view(-1, *([1] * (xb.dim() - 1))), xb, norm, eb)
         else:
             current = xb.clone()
-        best = current.clone()
-        best_score = torch.full((xb.shape[0],), math.inf, device=x.device)
         max_eps = float(eb.max()) if eb.numel() else 0.0
-        for size in step_sizes(1.0, steps):
-            scores, grad = score_and_grad(model, current)
-            improved = scores < best_score
-            best[improved] = current[improved]
-            best_score = torch.where(improved, scores, best_score)
-            if max_eps == 0.0:
-                break
-            step = (eb * size).view(-1, *([1] * (xb.dim() - 1)))
-            current = project(current - step * _direction(grad, norm, rule), xb, norm, eb)
-        scores, _ = score_and_grad(model, current)
-        improved = scores < best_score
-        best[improved] = current[improved]
-        best_score = torch.where(improved, scores, best_score)
+        radius = eb.view(-1, *([1] * (xb.dim() - 1)))
+
+        def take_step(current: Tensor, grad: Tensor, size: float, xb: Tensor = xb, eb: Tensor = eb,
+                      radius: Tensor = radius) -> Tensor:
+            return project(current - radius * size * _direction(grad, norm, rule), xb, norm, eb)
+
+        best, best_score = _descend(model, current, step_sizes(1.0, steps) if max_eps > 0.0 else [], take_step)
         advs.append(best)
         best_scores.append(best_score)
     return torch.cat(advs), torch.cat(best_scores)
@@ -142,15 +152,11 @@ def lower_score_in_box(
     for start in range(0, x.shape[0], batch_size):
         xb = x[start : start + batch_size]
         lo, hi = low[start : start + batch_size], high[start : start + batch_size]
-        current, best = xb.clone(), xb.clone()
-        best_score = torch.full((xb.shape[0],), math.inf, device=x.device)
-        for size in [*step_sizes(eps, steps), 0.0]:
-            scores, grad = score_and_grad(model, current)
-            improved = scores < best_score
-            best[improved] = current[improved]
-            best_score = torch.where(improved, scores, best_score)
-            if size:
-                current = torch.minimum(torch.maximum(current - size * grad.sign(), lo), hi)
+
+        def take_step(current: Tensor, grad: Tensor, size: float, lo: Tensor = lo, hi: Tensor = hi) -> Tensor:
+            return torch.minimum(torch.maximum(current - size * grad.sign(), lo), hi)
+
+        best, best_score = _descend(model, xb.clone(), step_sizes(eps, steps), take_step)
         advs.append(best)
         best_scores.append(best_score)
     return torch.cat(advs), torch.cat(best_scores)

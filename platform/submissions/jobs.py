@@ -103,10 +103,7 @@ def detector_attack_spec(track: Track) -> DetectorAttackSpec | None:
     overrides = dict(track.detector_attacks or {})
     if not overrides.pop("enabled", True):
         return None
-    for key in ("pgd_budgets", "min_norms"):
-        if key in overrides:
-            overrides[key] = tuple(overrides[key])
-    return DetectorAttackSpec(**overrides)
+    return DetectorAttackSpec.from_dict(overrides)
 
 
 def failure_message(code: str, detail: str) -> str:

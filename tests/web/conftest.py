@@ -16,6 +16,8 @@ from django.db import connection
 from rest_framework.authtoken.models import Token
 from torch import nn
 
+from arena.database import database_url
+
 
 @pytest.fixture(autouse=True)
 def _fresh_cache():
@@ -104,14 +106,6 @@ def bad_models(tmp_path) -> dict[str, Path]:
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _database_url() -> str:
-    db = connection.settings_dict
-    if db["ENGINE"].endswith("sqlite3"):
-        return f"sqlite:///{db['NAME']}"
-    auth = db["USER"] + (f":{db['PASSWORD']}" if db["PASSWORD"] else "")
-    return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
-
-
 @pytest.fixture
 def live_worker(arena_dirs, settings, tmp_path):
     """Start `celery -A arena worker` on a queue of its own, pointed at the test database."""
@@ -119,7 +113,7 @@ def live_worker(arena_dirs, settings, tmp_path):
     settings.CELERY_TASK_DEFAULT_QUEUE = queue
     env = {
         **os.environ,
-        "DATABASE_URL": _database_url(),
+        "DATABASE_URL": database_url(connection.settings_dict),
         "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
         "ARENA_DATA_DIR": str(settings.ARENA_DATA_DIR),
         "MEDIA_ROOT": str(settings.MEDIA_ROOT),

@@ -30,6 +30,7 @@ from django.core.files import File
 from django.db import connection
 from kombu import Connection
 
+from arena.database import database_url
 from submissions.models import EvaluationRun, Result, Submission
 from submissions.services import create_submission
 
@@ -39,16 +40,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.django_db(t
 #: Fault-recovery knobs for the workers: a lost worker is noticed within about 3 s.
 FAST_FAULTS = {"ARENA_HEARTBEAT_SECONDS": "1", "ARENA_HEARTBEAT_STALE_SECONDS": "3", "ARENA_MAX_ATTEMPTS": "3",
                "ARENA_WATCHDOG_SECONDS": "0"}
-
-
-def _database_url(application_name: str) -> str:
-    """The test database as a URL for the worker; on PostgreSQL its connections carry ``application_name``."""
-    db = connection.settings_dict
-    if db["ENGINE"].endswith("sqlite3"):
-        return f"sqlite:///{db['NAME']}"
-    auth = db["USER"] + (f":{db['PASSWORD']}" if db["PASSWORD"] else "")
-    host = f"{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}"
-    return f"postgres://{auth}@{host}/{db['NAME']}?application_name={application_name}"
 
 
 class Worker:
@@ -61,7 +52,7 @@ class Worker:
         self.application_name = f"arena-worker-{uuid.uuid4().hex[:8]}"
         full_env = {
             **os.environ,
-            "DATABASE_URL": _database_url(self.application_name),
+            "DATABASE_URL": database_url(connection.settings_dict, self.application_name),
             "CELERY_BROKER_URL": broker,
             "ARENA_DATA_DIR": str(settings.ARENA_DATA_DIR),
             "MEDIA_ROOT": str(settings.MEDIA_ROOT),

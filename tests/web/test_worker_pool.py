@@ -21,11 +21,12 @@ from pathlib import Path
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import connection
 from safetensors.torch import load_file, save_file
 
+from arena.database import database_url
 from submissions import services
 from submissions.models import EvaluationRun, Result, Submission
-from tests.web.conftest import _database_url
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -34,7 +35,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.django_db(t
 @contextmanager
 def worker(queues: str, settings, log_path: Path) -> Iterator[subprocess.Popen]:
     """One `celery -A arena worker` process, as an operator starts it, on the test database and broker."""
-    env = {**os.environ, "DATABASE_URL": _database_url(), "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
+    env = {**os.environ, "DATABASE_URL": database_url(connection.settings_dict),
+           "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
            "ARENA_DATA_DIR": str(settings.ARENA_DATA_DIR), "MEDIA_ROOT": str(settings.MEDIA_ROOT),
            "PYTHONPATH": f"{ROOT / 'platform'}:{ROOT}"}
     with log_path.open("w") as log:
