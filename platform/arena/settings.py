@@ -171,12 +171,52 @@ STATICFILES_FINDERS = [
 ]
 STATIC_ROOT = Path(os.environ.get("STATIC_ROOT", VAR_DIR / "static"))
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)
+
+
+def media_storage() -> dict:
+    """Where uploaded artifacts live: the local disk (one machine, or a shared volume) or an S3 bucket.
+
+    With many workers on many nodes a shared volume is a burden; an S3-compatible object store
+    (AWS, MinIO, Ceph) lets every node read the same artifacts. Workers copy an artifact to their
+    own scratch disk for the sandbox and check its sha256 on the way (submissions/artifacts.py).
+    Objects stay private: no public ACL, and links, if ever made, are signed and short-lived.
+    """
+    backend = os.environ.get("ARENA_MEDIA_STORAGE", "filesystem")
+    if backend in ("filesystem", "django.core.files.storage.FileSystemStorage"):
+        return {"BACKEND": "django.core.files.storage.FileSystemStorage"}
+    if backend not in ("s3", "storages.backends.s3.S3Storage"):
+        raise ImproperlyConfigured(f"ARENA_MEDIA_STORAGE must be 'filesystem' or 's3', not {backend!r}")
+    bucket = os.environ.get("ARENA_S3_BUCKET", "")
+    if not bucket:
+        raise ImproperlyConfigured("ARENA_MEDIA_STORAGE=s3 needs ARENA_S3_BUCKET")
+    options = {
+        "bucket_name": bucket,
+        "location": os.environ.get("ARENA_S3_PREFIX", "artifacts"),
+        "default_acl": None,  # the bucket's own policy (private); never public-read
+        "querystring_auth": True,
+        "querystring_expire": 300,
+        "file_overwrite": False,  # a generated name never replaces another artifact
+        "object_parameters": {"ServerSideEncryption": "AES256"} if env_bool("ARENA_S3_ENCRYPT") else {},
+    }
+    # Credentials may also come from boto3's own chain (AWS_ACCESS_KEY_ID, an instance role, ...).
+    given = {
+        "endpoint_url": os.environ.get("ARENA_S3_ENDPOINT_URL"),  # MinIO, Ceph, ...; unset for AWS
+        "region_name": os.environ.get("ARENA_S3_REGION"),
+        "access_key": os.environ.get("AWS_ACCESS_KEY_ID"),
+        "secret_key": os.environ.get("AWS_SECRET_ACCESS_KEY"),
+    }
+    options.update({option: value for option, value in given.items() if value})
+    return {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": options}
+
+
 STORAGES = {
-    "default": {"BACKEND": os.environ.get("ARENA_MEDIA_STORAGE", "django.core.files.storage.FileSystemStorage")},
+    "default": media_storage(),
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
 MEDIA_ROOT = Path(os.environ.get("MEDIA_ROOT", VAR_DIR / "media"))
 MEDIA_URL = "media/"  # never routed: uploaded artifacts are private
+# Workers copy artifacts from an object store here (one private folder per job, removed after it).
+ARENA_SCRATCH_DIR = Path(os.environ.get("ARENA_SCRATCH_DIR", VAR_DIR / "scratch"))
 
 # --- Uploads: stream to a temporary file, never read whole into memory. ---
 FILE_UPLOAD_HANDLERS = ["django.core.files.uploadhandler.TemporaryFileUploadHandler"]

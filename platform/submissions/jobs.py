@@ -22,6 +22,7 @@ from evaluator.spec import (
     ThreatModelSpec,
 )
 from evaluator.spec import Result as EvaluatorResult
+from submissions.artifacts import stored_path
 from submissions.ladder import apply_ladder
 from submissions.models import EvaluationRun, Result, Submission
 
@@ -53,7 +54,12 @@ FAILURE_HEADLINES = {
 }
 
 
-def build_job_spec(submission: Submission) -> JobSpec:
+def build_job_spec(submission: Submission, artifact_path: str | None = None) -> JobSpec:
+    """The evaluator's job for this submission; ``artifact_path`` is the worker's local copy, if any.
+
+    Without it the stored file's own path is used, which only the filesystem storage has (an object
+    store's artifact must first be copied: ``submissions.artifacts.local_artifact``).
+    """
     track = submission.track
     sets = tuple(
         EvaluationSetSpec(name=s.name, path=str(s.path), sha256=s.sha256, role=s.role)
@@ -66,7 +72,7 @@ def build_job_spec(submission: Submission) -> JobSpec:
             track.input_channels, track.input_height, track.input_width, (track.value_min, track.value_max)
         ),
         artifact=ArtifactSpec(
-            path=submission.artifact.path,
+            path=artifact_path if artifact_path is not None else (stored_path(submission) or ""),
             format=submission.artifact_format,
             sha256=submission.artifact_sha256,
             architecture=submission.zoo_architecture,

@@ -20,6 +20,7 @@ from django.utils import timezone
 from evaluator.sandbox import SandboxLimits, SandboxUnavailable, run_sandboxed
 from evaluator.spec import Result as EvaluatorResult
 from submissions import recovery
+from submissions.artifacts import ArtifactUnavailable, local_artifact
 from submissions.jobs import build_job_spec, failure_message, record_result
 from submissions.models import EvaluationRun, Submission
 
@@ -91,17 +92,22 @@ def evaluate_submission(self: Task, submission_id: int) -> str:
     submission = recovery.with_db_retry(
         lambda: Submission.objects.select_related("track").get(pk=submission_id), what="loading the submission"
     )
-    spec = build_job_spec(submission)
+    spec = build_job_spec(submission, artifact_path="")
     writer = _ProgressWriter(submission.pk, claim.attempt)
     limits = SandboxLimits(wall_seconds=settings.ARENA_EVAL_WALL_SECONDS, memory_bytes=settings.ARENA_EVAL_MEMORY_BYTES)
     # Evaluated inside the caller's transaction (eager mode in a test or a request), the job is invisible
     # to other connections and no worker can be lost: no heartbeat thread then.
     with recovery.Heartbeat(submission.pk, claim.attempt, enabled=not connection.in_atomic_block) as heartbeat:
         try:
-            result = run_sandboxed(
-                spec, progress=writer, limits=limits, allow_unsandboxed=settings.ARENA_ALLOW_UNSANDBOXED,
-                should_cancel=heartbeat.should_stop,
-            )
+            with local_artifact(submission) as artifact_path:
+                spec = build_job_spec(submission, artifact_path=artifact_path)
+                result = run_sandboxed(
+                    spec, progress=writer, limits=limits, allow_unsandboxed=settings.ARENA_ALLOW_UNSANDBOXED,
+                    should_cancel=heartbeat.should_stop,
+                )
+        except ArtifactUnavailable as exc:
+            logger.error("cannot evaluate %s: %s", submission.public_id, exc)
+            result = EvaluatorResult.failure(spec, "internal", f"The uploaded file could not be fetched: {exc}.")
         except SandboxUnavailable as exc:
             logger.error("refusing to evaluate %s: %s", submission.public_id, exc)
             result = EvaluatorResult.failure(spec, "sandbox_unavailable", str(exc))
