@@ -52,13 +52,42 @@ def hardware_description(device: str) -> dict[str, Any]:
     return info
 
 
+def to_pixels(images_uint8: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Stored 8-bit pixels as float images in [0, 1]: the space every attack budget is defined in."""
+    return images_uint8.to(device=device, dtype=torch.float32).div_(255.0)
+
+
 def to_model_input(images_uint8: torch.Tensor, input_spec: InputSpec, device: torch.device) -> torch.Tensor:
     """The one place where stored 8-bit pixels become the float images a model sees."""
     low, high = input_spec.value_range
-    x = images_uint8.to(device=device, dtype=torch.float32).div_(255.0)
+    x = to_pixels(images_uint8, device)
     if (low, high) != (0.0, 1.0):
         x = x.mul_(high - low).add_(low)
     return x
+
+
+class _FromPixels(torch.nn.Module):
+    """A model that takes [low, high], fed from pixels in [0, 1] by the same map as ``to_model_input``."""
+
+    def __init__(self, model: torch.nn.Module, low: float, high: float) -> None:
+        super().__init__()
+        self.model, self.low, self.scale = model, low, high - low
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x * self.scale + self.low)
+
+
+def in_pixel_space(model: torch.nn.Module, input_spec: InputSpec) -> torch.nn.Module:
+    """The model as the attacks must see it: taking pixels in [0, 1].
+
+    Threat models are stated on pixels (Linf 8/255 is 8 grey levels; a valid image has pixels in
+    [0, 1]) and the attacks clip to that box. Attacking a model that takes [-1, 1] directly would
+    clip to the wrong box and halve every budget, so its input map moves inside the attacked function.
+    """
+    low, high = input_spec.value_range
+    if (low, high) == (0.0, 1.0):
+        return model
+    return _FromPixels(model, low, high).eval()
 
 
 def predict(
@@ -185,7 +214,8 @@ def run_attacks(
     from evaluator.attacks.threat import ThreatModel
 
     subset = attack_subset(int(labels.shape[0]), spec.attack_points, spec.seed)
-    x = to_model_input(images_uint8[subset], spec.input, device)
+    model = in_pixel_space(model, spec.input)
+    x = to_pixels(images_uint8[subset], device)
     y = labels[subset].to(device)
     threats = [ThreatModel(t.norm, t.eps) for t in spec.threat_models]
     with_checks = spec.reliability_points > 0
@@ -244,9 +274,14 @@ def _score_detector_sets(spec: JobSpec, datasets: list[Any], outputs: list[torch
 
 
 def run_detector_attacks(
-    model: torch.nn.Module, spec: JobSpec, datasets: list[Any], device: torch.device, progress: ProgressCallback
+    model: torch.nn.Module, spec: JobSpec, datasets: list[Any], device: torch.device, progress: ProgressCallback,
+    clean_outputs: torch.Tensor | None = None,
 ) -> tuple[list[MetricValue], dict[str, Any]]:
-    """The Carlini-Farid suite on the clean set: hidden reals against attacked hidden fakes."""
+    """The Carlini-Farid suite on the clean set: hidden reals against attacked hidden fakes.
+
+    ``clean_outputs`` are the model's outputs on the clean set, already computed by the job; the
+    suite then does not score those images again.
+    """
     from evaluator.detector_attacks.suite import run_detector_suite
     from evaluator.models.loading import load_generator
 
@@ -257,10 +292,14 @@ def run_detector_attacks(
         generator = load_generator(spec.generator.path, spec.generator.architecture, spec.generator.sha256).to(device)
         latent_dim = spec.generator.latent_dim
     labels = data.labels
+    scores = None
+    if clean_outputs is not None:
+        column = clean_outputs.reshape(clean_outputs.shape[0], -1)[:, 0].double().numpy()
+        scores = (column[labels.numpy() == 0], column[labels.numpy() == 1])
     return run_detector_suite(
-        model, data.images[labels == 0], data.images[labels == 1], spec.detector_attacks, clean_spec.name,
-        spec.seed, generator=generator, latent_dim=latent_dim, batch_size=spec.batch_size, device=device,
-        progress=progress,
+        in_pixel_space(model, spec.input), data.images[labels == 0], data.images[labels == 1],
+        spec.detector_attacks, clean_spec.name, spec.seed, generator=generator, latent_dim=latent_dim,
+        batch_size=spec.batch_size, device=device, progress=progress, known_scores=scores,
     )
 
 
@@ -361,7 +400,7 @@ def run_job(spec: JobSpec, progress: ProgressCallback = ignore_progress) -> Resu
 
             with precision(mixed, device):
                 attack_metrics, provenance["detector_attacks"] = run_detector_attacks(
-                    model, spec, datasets, device, on_detector_attack
+                    model, spec, datasets, device, on_detector_attack, detector_outputs[_clean_index(spec)]
                 )
             result.metrics.extend(attack_metrics)
         elapsed = time.perf_counter() - started

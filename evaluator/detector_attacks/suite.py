@@ -95,8 +95,12 @@ def run_detector_suite(
     batch_size: int = 256,
     device: torch.device = torch.device("cpu"),
     progress: Callable[[float, str], None] | None = None,
+    known_scores: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[list[MetricValue], dict[str, Any]]:
     """Runs every attack of ``config`` against the detector ``model`` (in eval mode).
+
+    ``known_scores``, if given, are the model's scores of ``reals`` and of ``fakes`` (in their
+    order), already computed by the caller; else they are computed here.
 
     ``reals`` and ``fakes`` are the clean set's hidden images as uint8 (N, C, H, W). The
     universal attacks run only when a ``generator`` (latents of ``latent_dim`` dims to images in
@@ -124,8 +128,14 @@ def run_detector_suite(
     subset = attacked_subset(int(fakes.shape[0]), config.points, seed)
     fakes_subset = fakes[subset]
     x = to_unit(fakes_subset).to(device)
-    real_scores = fake_scores(model, to_unit(reals).to(device), batch_size).double().numpy()
-    clean_scores = fake_scores(model, x, batch_size).double().numpy()
+    if known_scores is None:
+        real_scores = fake_scores(model, to_unit(reals).to(device), batch_size).double().numpy()
+        clean_scores = fake_scores(model, x, batch_size).double().numpy()
+    else:
+        real_scores, all_fake_scores = (np.asarray(part, dtype=np.float64) for part in known_scores)
+        if real_scores.shape != (reals.shape[0],) or all_fake_scores.shape != (fakes.shape[0],):
+            raise ValueError("known_scores must hold one score per real and one per fake")
+        clean_scores = all_fake_scores[subset]
     threshold = threshold_at_fpr(real_scores, config.target_fpr)
     labels = np.concatenate([np.zeros(real_scores.size, dtype=np.int64), np.ones(clean_scores.size, dtype=np.int64)])
 

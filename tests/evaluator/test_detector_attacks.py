@@ -475,3 +475,20 @@ def test_suite_without_a_generator_runs_only_the_pixel_attacks() -> None:
         subset_scores = model(to_unit(fakes[attacked_subset(int(fakes.shape[0]), 20, 0)])).numpy()
     labels = np.r_[np.zeros(real_scores.size), np.ones(subset_scores.size)]
     assert values["auc@clean-subset"] == pytest.approx(roc_auc(np.r_[real_scores, subset_scores], labels), abs=1e-9)
+
+
+def test_suite_takes_the_callers_clean_scores_and_checks_their_shape() -> None:
+    model, reals, fakes, _ = suite_setting()
+    config = DetectorAttackSpec(points=20, pgd_budgets=(2 / 255,), pgd_steps=3, min_norms=("L2",))
+    computed, _ = run_detector_suite(model, reals, fakes, config, "clean", seed=0, batch_size=64)
+    with torch.no_grad():
+        known = (model(to_unit(reals)).double().numpy(), model(to_unit(fakes)).double().numpy())
+    given, _ = run_detector_suite(model, reals, fakes, config, "clean", seed=0, batch_size=64, known_scores=known)
+    assert given == computed
+    # Scores that are not the model's change the clean numbers: the suite really uses them.
+    shifted, _ = run_detector_suite(model, reals, fakes, config, "clean", seed=0, batch_size=64,
+                                    known_scores=(known[0] + 1.0, known[1]))
+    assert {m.metric: m.value for m in shifted}["auc@clean-subset"] < {
+        m.metric: m.value for m in computed}["auc@clean-subset"]
+    with pytest.raises(ValueError, match="one score per real"):
+        run_detector_suite(model, reals, fakes, config, "clean", seed=0, known_scores=(known[0][:-1], known[1]))
