@@ -165,12 +165,26 @@ def test_compose_services_fit_the_platform():
             assert (COMPOSE.parent / f"{env_file['path']}.example").is_file()
 
 
+def test_compose_object_store_is_optional_private_and_ready_before_use():
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    minio, bucket = services["minio"], services["minio-bucket"]
+    assert minio["profiles"] == ["s3"] and bucket["profiles"] == ["s3"]  # off unless asked for
+    assert "ports" not in minio  # reached by the services on the Compose network only
+    assert minio["healthcheck"]["test"]
+    assert bucket["depends_on"] == {"minio": {"condition": "service_healthy"}}
+    script = " ".join(bucket["command"])
+    assert "mc mb --ignore-existing" in script and "mc anonymous set none" in script
+    # The platform's services do not depend on it: the filesystem storage stays the default.
+    assert all("minio" not in service.get("depends_on", {}) for name, service in services.items()
+               if name not in ("minio", "minio-bucket"))
+
+
 def test_docker_compose_config_when_compose_is_installed():
     docker = shutil.which("docker")
     if docker is None or subprocess.run([docker, "compose", "version"], capture_output=True).returncode != 0:
         pytest.skip("docker compose is not installed")
     run = subprocess.run([docker, "compose", "-f", str(COMPOSE), "--profile", "gpu", "--profile", "tools",
-                          "config", "--quiet"], capture_output=True, text=True, timeout=60)
+                          "--profile", "s3", "config", "--quiet"], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
 
 
@@ -487,7 +501,8 @@ def test_operator_guide_covers_every_setting_and_command():
     missing = sorted(name for name in names if f"`{name}`" not in documented)
     assert missing == [], f"settings not described in docs/operations.md or README.md: {missing}"
     example = set(re.findall(r"^(?:# )?([A-Z][A-Z0-9_]+)=", (DEPLOY / "arena.env.example").read_text(), re.M))
-    assert example - {"POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB"} <= names
+    containers_own = {"POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB", "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"}
+    assert example - containers_own <= names
 
     commands = {p.stem for p in ROOT.glob("platform/*/management/commands/*.py") if p.stem != "__init__"}
     assert {"rerun_track", "build_demo", "requeue_stale"} <= commands
