@@ -12,13 +12,13 @@ from pathlib import Path
 import boto3
 import pytest
 from django.core.exceptions import ImproperlyConfigured
-from rest_framework.test import APIClient
 
 from accounts.models import QuotaEntry
 from arena.settings import media_storage
 from evaluator.sandbox import runner
-from submissions.models import Result, Submission
+from submissions.models import Result
 from submissions.tasks import evaluate_submission
+from tests.web.test_hostile_uploads import _files_under, _upload
 from tests.web.test_submission_flow import _reference_accuracy
 
 moto_server = pytest.importorskip("moto.server")
@@ -59,22 +59,8 @@ def bucket(s3_endpoint, settings, monkeypatch, tmp_path):
     client.delete_bucket(Bucket=BUCKET)
 
 
-def _upload(token: str, path: Path, **fields) -> Submission:
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {token}")
-    with path.open("rb") as handle:
-        response = client.post("/api/v1/submissions/", {"track": "digits", "name": path.stem, "artifact": handle,
-                                                        **fields}, format="multipart")
-    assert response.status_code == 201, response.content
-    return Submission.objects.get(public_id=response.json()["id"])
-
-
 def _keys(client) -> list[str]:
     return [item["Key"] for item in client.list_objects_v2(Bucket=BUCKET).get("Contents", [])]
-
-
-def _files_under(folder: Path) -> list[Path]:
-    return [p for p in folder.rglob("*") if p.is_file()] if folder.exists() else []
 
 
 def test_an_artifact_in_the_bucket_is_scored_like_one_on_disk(
