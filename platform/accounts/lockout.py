@@ -6,9 +6,10 @@ import math
 from typing import Any
 
 from axes.helpers import get_cool_off, get_failure_limit
+from django.contrib.auth.views import LoginView
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
-from rest_framework.throttling import BaseThrottle
+from rest_framework.throttling import BaseThrottle, ScopedRateThrottle
 
 
 def client_address(request: HttpRequest) -> str:
@@ -39,3 +40,28 @@ def lockout_response(request: HttpRequest, original_response: HttpResponse | Non
     if cool_off:
         response["Retry-After"] = str(int(cool_off.total_seconds()))
     return response
+
+
+class AddressThrottledLoginView(LoginView):
+    """Django's login form under the token endpoint's per-address rate (the ``login`` scope).
+
+    Axes locks one username at one address; a password spray tries one or two passwords on many
+    usernames and never trips it. The rate caps all login attempts from an address, whatever the
+    usernames, and the form and the token endpoint draw on the same budget (one cache key), so
+    alternating between them gains nothing.
+    """
+
+    throttle_scope = "login"
+
+    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        throttle = ScopedRateThrottle()
+        if not throttle.allow_request(request, self):
+            wait = throttle.wait()
+            seconds = max(1, math.ceil(wait)) if wait is not None else None
+            message = ("Too many login attempts from your address: logging in is paused"
+                       + (f" for {seconds} seconds" if seconds else "") + ", whatever the account.")
+            response = render(request, "registration/locked_out.html", {"message": message}, status=429)
+            if seconds:
+                response["Retry-After"] = str(seconds)
+            return response
+        return super().post(request, *args, **kwargs)

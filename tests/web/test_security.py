@@ -152,6 +152,24 @@ def test_token_endpoint_is_throttled_per_address(low_rates, ada, bob):
     assert api.post("/api/v1/token/", {"username": "ada-sec", "password": PASSWORD}).status_code == 429
 
 
+def test_login_form_is_throttled_per_address_across_usernames(low_rates, ada, bob):
+    """A password spray (one guess for each of many usernames) meets the address's rate, not axes' lockout."""
+    assert _login("ada-sec", "guess-1")[1].status_code == 200
+    assert _login("bob-sec", "guess-1")[1].status_code == 200
+    client, response = _login("bob-sec", PASSWORD)  # the third attempt from this address in a minute
+    assert response.status_code == 429 and "_auth_user_id" not in client.session
+    assert "Too many login attempts from your address" in response.content.decode()
+    assert 0 < int(response["Retry-After"]) <= 60
+    # The same person from another address logs in; the form and the token endpoint share the budget.
+    client, response = _login("bob-sec", PASSWORD, address="10.9.8.7")
+    assert response.status_code == 302 and client.session["_auth_user_id"] == str(bob.pk)
+    api = APIClient(REMOTE_ADDR="10.9.8.7")
+    assert api.post("/api/v1/token/", {"username": "bob-sec", "password": PASSWORD}).status_code == 200
+    assert api.post("/api/v1/token/", {"username": "bob-sec", "password": PASSWORD}).status_code == 429
+    # Showing the form is not an attempt.
+    assert Client(REMOTE_ADDR="127.0.0.1").get("/accounts/login/").status_code == 200
+
+
 def test_default_rates_are_configured():
     rates = SimpleRateThrottle.THROTTLE_RATES
     assert {"anon", "user", "login"} <= set(rates)
