@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from django.contrib.auth import get_user_model
-from django.db import connection
 from rest_framework.authtoken.models import Token
 from torch import nn
 
-from arena.database import database_url
+from tests.web.celery_workers import CeleryWorkers
 
 
 @pytest.fixture(autouse=True)
@@ -103,37 +100,23 @@ def bad_models(tmp_path) -> dict[str, Path]:
     return {"wrong_input": wrong_input_model(tmp_path / "cifar.pt2"), "nan": nan_model(tmp_path / "nan.pt2")}
 
 
-ROOT = Path(__file__).resolve().parents[2]
+@pytest.fixture
+def celery_worker(arena_dirs, settings, tmp_path) -> Iterator[CeleryWorkers]:
+    """Start real `celery -A arena worker` processes on a queue of this test's own (``celery_worker.queue``, also
+    the test process's default queue): ``celery_worker(name, **options)`` returns one started and ready (see
+    :class:`tests.web.celery_workers.CeleryWorkers`). All are stopped, and their logs shown, afterwards."""
+    queue = f"test-{uuid.uuid4().hex[:8]}"
+    settings.CELERY_TASK_DEFAULT_QUEUE = queue
+    workers = CeleryWorkers(tmp_path, settings, queue)
+    yield workers
+    workers.close()
 
 
 @pytest.fixture
-def live_worker(arena_dirs, settings, tmp_path):
-    """Start `celery -A arena worker` on a queue of its own, pointed at the test database."""
-    queue = f"test-{uuid.uuid4().hex[:8]}"
-    settings.CELERY_TASK_DEFAULT_QUEUE = queue
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url(connection.settings_dict),
-        "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
-        "ARENA_DATA_DIR": str(settings.ARENA_DATA_DIR),
-        "MEDIA_ROOT": str(settings.MEDIA_ROOT),
-        "ARENA_EVAL_QUEUE": queue,
-        "PYTHONPATH": f"{ROOT / 'platform'}:{ROOT}",
-    }
-    log = (tmp_path / "worker.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "arena", "worker", "--pool=solo", "-Q", queue, "--loglevel=INFO",
-         "--without-heartbeat", "--without-mingle", "--without-gossip"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    yield queue
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
-    print((tmp_path / "worker.log").read_text()[-3000:])
+def live_worker(celery_worker) -> str:
+    """One worker (solo pool, stopped gracefully) on a queue of its own, pointed at the test database: its queue."""
+    celery_worker("worker")
+    return celery_worker.queue
 
 
 def _wait_terminal(public_id: str, timeout: float = 240.0):

@@ -18,9 +18,7 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -30,11 +28,10 @@ from django.core.files import File
 from django.db import connection
 from kombu import Connection
 
-from arena.database import database_url
 from submissions.models import EvaluationRun, Result, Submission
 from submissions.services import create_submission
+from tests.web.celery_workers import CeleryWorkers
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 #: Fault-recovery knobs for the workers: a lost worker is noticed within about 3 s.
@@ -42,74 +39,15 @@ FAST_FAULTS = {"ARENA_HEARTBEAT_SECONDS": "1", "ARENA_HEARTBEAT_STALE_SECONDS": 
                "ARENA_WATCHDOG_SECONDS": "0"}
 
 
-class Worker:
-    """One evaluation worker process (prefork, one pool process unless told otherwise) and its log."""
-
-    def __init__(self, folder: Path, name: str, queue: str, broker: str, settings, *, beat: bool = False,
-                 env: dict[str, str] | None = None) -> None:
-        self.name = name
-        self.log_path = folder / f"worker-{name}.log"
-        self.application_name = f"arena-worker-{uuid.uuid4().hex[:8]}"
-        full_env = {
-            **os.environ,
-            "DATABASE_URL": database_url(connection.settings_dict, self.application_name),
-            "CELERY_BROKER_URL": broker,
-            "ARENA_DATA_DIR": str(settings.ARENA_DATA_DIR),
-            "MEDIA_ROOT": str(settings.MEDIA_ROOT),
-            "ARENA_EVAL_QUEUE": queue,
-            "PYTHONPATH": f"{ROOT / 'platform'}:{ROOT}",
-            **FAST_FAULTS,
-            **(env or {}),
-        }
-        full_env.pop("CELERY_RESULT_BACKEND", None)  # results go to the broker the worker is given
-        command = [sys.executable, "-m", "celery", "-A", "arena", "worker", "--pool=prefork", "--concurrency=1",
-                   "-Q", queue, "-n", f"{name}-{uuid.uuid4().hex[:6]}@%h", "--loglevel=INFO",
-                   "--without-heartbeat", "--without-mingle", "--without-gossip"]
-        if beat:
-            command += ["--beat", "--schedule", str(folder / f"beat-{name}")]
-        with self.log_path.open("w") as log:
-            self.proc = subprocess.Popen(command, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def pool_processes(self) -> list[int]:
-        """The main process's children: with --concurrency=1 and no beat, the one pool process."""
-        path = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
-        return [int(pid) for pid in path.read_text().split()] if path.exists() else []
-
-    def kill_everything(self) -> None:
-        """SIGKILL the whole process group at once: nothing of the worker gets to clean up or acknowledge."""
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait(timeout=30)
-
-    def stop(self) -> None:
-        """At the end of a test: no warm shutdown to wait for (the jobs are done), and nothing of the group left."""
-        self.kill_everything()
-
-
 @pytest.fixture
-def workers(arena_dirs, settings, tmp_path) -> Iterator[Callable[..., Worker]]:
-    """Start workers on a queue of this test's own; stop them all (and show their logs) afterwards."""
-    queue = f"test-{uuid.uuid4().hex[:8]}"
-    settings.CELERY_TASK_DEFAULT_QUEUE = queue
-    started: list[Worker] = []
-
-    def start(name: str, *, broker: str | None = None, **kwargs) -> Worker:
-        worker = Worker(tmp_path, name, queue, broker or settings.CELERY_BROKER_URL, settings, **kwargs)
-        started.append(worker)
-        return worker
-
-    start.queue = queue  # type: ignore[attr-defined]
-    yield start
-    for worker in started:
-        worker.stop()
-    for worker in started:
-        print(f"----- worker {worker.name} -----\n{worker.log()[-4000:]}")
+def workers(celery_worker, settings) -> Iterator[CeleryWorkers]:
+    """Start workers on a queue of this test's own: prefork with one pool process, the fast fault knobs, and
+    stopped by SIGKILL of their process group (no warm shutdown to wait for: the jobs are done, and nothing of
+    the group is left). Afterwards, drop what killed workers and beat left on the broker."""
+    celery_worker.configure(pool="prefork", concurrency=1, stop="kill", env=FAST_FAULTS)
+    yield celery_worker
+    celery_worker.stop_all()
+    queue = celery_worker.queue
     if settings.CELERY_BROKER_URL.startswith("redis://"):
         _forget_queue(settings.CELERY_BROKER_URL, queue)
     elif settings.CELERY_BROKER_URL.startswith("filesystem://"):  # beat's last sweeps, never consumed
@@ -206,7 +144,7 @@ def test_worker_killed_with_its_pool_is_recovered_by_the_watchdog_and_finishes_o
     """
     first = workers("first")
     submission = _wait(_submit(researcher, attack_track, lenet5_safetensors), _evaluating, "evaluating")
-    first.kill_everything()
+    first.kill()
     submission.refresh_from_db()
     assert submission.state == "running" and submission.attempts == 1 and not submission.runs.exists()
 
@@ -318,7 +256,7 @@ def test_redis_redelivers_a_killed_workers_job_after_the_visibility_timeout(
     send_via(private_redis.url, workers.queue)
     first = workers("first", broker=private_redis.url, env=timeout)
     submission = _wait(_submit(researcher, attack_track, lenet5_safetensors), _evaluating, "evaluating")
-    first.kill_everything()
+    first.kill()
 
     second = workers("second", broker=private_redis.url, env=timeout)
     submission = _wait(submission, lambda s: s.is_terminal, "finished")

@@ -8,52 +8,20 @@ light one.
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.files.uploadedfile import SimpleUploadedFile
-from django.db import connection
 from safetensors.torch import load_file, save_file
 
-from arena.database import database_url
 from submissions import services
 from submissions.models import EvaluationRun, Result, Submission
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
-
-
-@contextmanager
-def worker(queues: str, settings, log_path: Path) -> Iterator[subprocess.Popen]:
-    """One `celery -A arena worker` process, as an operator starts it, on the test database and broker."""
-    env = {**os.environ, "DATABASE_URL": database_url(connection.settings_dict),
-           "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
-           "ARENA_DATA_DIR": str(settings.ARENA_DATA_DIR), "MEDIA_ROOT": str(settings.MEDIA_ROOT),
-           "PYTHONPATH": f"{ROOT / 'platform'}:{ROOT}"}
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "arena", "worker", "--pool=solo", "-Q", queues,
-             "--loglevel=INFO", "--without-heartbeat", "--without-mingle", "--without-gossip",
-             "-n", f"{log_path.stem}@%h"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )
-        try:
-            yield proc
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
 
 
 def _variants(lenet5_safetensors: Path, folder: Path, count: int) -> list[Path]:
@@ -85,12 +53,10 @@ def _wait_all(ids: list[int], timeout: float) -> list[Submission]:
     raise AssertionError(f"not all jobs ended within {timeout} s: {states}")
 
 
-def test_two_workers_finish_twenty_jobs_exactly_once(digits_track, settings, tmp_path, lenet5_safetensors):
-    queue = f"pool-{uuid.uuid4().hex[:8]}"
-    settings.CELERY_TASK_DEFAULT_QUEUE = queue
+def test_two_workers_finish_twenty_jobs_exactly_once(celery_worker, digits_track, tmp_path, lenet5_safetensors):
     staff = get_user_model().objects.create_user("pool", password="x" * 16, is_staff=True)  # quota-exempt
     paths = _variants(lenet5_safetensors, tmp_path, 20)
-    with worker(queue, settings, tmp_path / "worker-a.log"), worker(queue, settings, tmp_path / "worker-b.log"):
+    with celery_worker("a") as worker_a, celery_worker("b") as worker_b:  # both on the test's queue
         ids = [_submit(staff, digits_track, path, f"variant {i}").pk for i, path in enumerate(paths)]
         subs = _wait_all(ids, timeout=900)
     assert {s.state for s in subs} == {Submission.State.FINISHED}
@@ -100,22 +66,19 @@ def test_two_workers_finish_twenty_jobs_exactly_once(digits_track, settings, tmp
     assert len(set(per_submission.values())) == 1  # the same metrics for every job, none twice
 
     # Each task ran on exactly one worker, and both workers did some of the work.
-    done = {}
-    for name in ("worker-a", "worker-b"):
-        log = (tmp_path / f"{name}.log").read_text()
-        done[name] = re.findall(r"Task submissions\.evaluate\[([0-9a-f-]+)\] succeeded", log)
-    all_tasks = done["worker-a"] + done["worker-b"]
+    done = {w.name: re.findall(r"Task submissions\.evaluate\[([0-9a-f-]+)\] succeeded", w.log())
+            for w in (worker_a, worker_b)}
+    all_tasks = done["a"] + done["b"]
     assert len(all_tasks) == len(set(all_tasks)) == 20
     assert set(all_tasks) == {s.task_id for s in subs}
-    assert done["worker-a"] and done["worker-b"], {k: len(v) for k, v in done.items()}
+    assert done["a"] and done["b"], {k: len(v) for k, v in done.items()}
 
 
-def test_a_track_with_its_own_queue_is_served_only_by_its_workers(digits_track, settings, tmp_path,
+def test_a_track_with_its_own_queue_is_served_only_by_its_workers(celery_worker, digits_track, tmp_path,
                                                                   lenet5_safetensors):
     from benchmarks.models import EvaluationSet, Track
 
-    light_queue, heavy_queue = f"light-{uuid.uuid4().hex[:8]}", f"heavy-{uuid.uuid4().hex[:8]}"
-    settings.CELERY_TASK_DEFAULT_QUEUE = light_queue
+    light_queue, heavy_queue = celery_worker.queue, f"heavy-{uuid.uuid4().hex[:8]}"  # light: the default
     heavy = Track.objects.create(benchmark=digits_track.benchmark, slug="digits-heavy", name="Digits (heavy)",
                                  task_kind="classifier", input_channels=1, input_height=28, input_width=28,
                                  num_classes=10, queue=heavy_queue)
@@ -124,12 +87,12 @@ def test_a_track_with_its_own_queue_is_served_only_by_its_workers(digits_track, 
                                  sha256=clean.sha256, num_examples=clean.num_examples)
     staff = get_user_model().objects.create_user("pool", password="x" * 16, is_staff=True)
     light_path, heavy_path = _variants(lenet5_safetensors, tmp_path, 2)
-    with worker(light_queue, settings, tmp_path / "light.log"):
+    with celery_worker("light", light_queue):
         light = _submit(staff, digits_track, light_path, "light job")
         on_heavy = _submit(staff, heavy, heavy_path, "heavy job")
         assert _wait_all([light.pk], timeout=300)[0].state == Submission.State.FINISHED
         time.sleep(3)
         on_heavy.refresh_from_db()
         assert on_heavy.state == Submission.State.QUEUED  # the light worker never takes it
-    with worker(heavy_queue, settings, tmp_path / "heavy.log"):
+    with celery_worker("heavy", heavy_queue):
         assert _wait_all([on_heavy.pk], timeout=300)[0].state == Submission.State.FINISHED
