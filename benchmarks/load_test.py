@@ -12,12 +12,18 @@ generator with the same outputs) against:
 * the leaderboard page on the uncached server, alternating with the cached one ``--rounds`` times,
   so that both numbers of the cached/uncached ratio come from the same minutes of this machine.
 
+With ``--baseline-tree DIR`` (another copy of the code, e.g. ``git worktree add /tmp/before HEAD``
+or an export of an older commit), a third server runs that code on the same database, and each
+endpoint is measured on it and on this tree alternately ``--rounds`` times: a before/after
+comparison from the same minutes of a noisy machine, instead of two runs at different times.
+
 It prints requests per second, p50 and p99 latency and errors per endpoint, the ratios, and
 whether the target (leaderboard p99 under 100 ms at 50 connections) holds. The API's anonymous
 throttle is raised for the servers (it would otherwise answer 429 after 120 requests). Requests carry
 a browser's ``Accept-Encoding: gzip, deflate, br``.
 
     .venv/bin/python benchmarks/load_test.py [--duration 10] [--connections 50] [--workers 3]
+                                             [--baseline-tree DIR]
 """
 
 from __future__ import annotations
@@ -86,7 +92,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start_server(database_url: str, cache_seconds: int, workers: int, threads: int) -> tuple[subprocess.Popen, str]:
+def _start_server(database_url: str, cache_seconds: int, workers: int, threads: int,
+                  root: Path = ROOT) -> tuple[subprocess.Popen, str]:
+    """gunicorn serving the code of ``root`` (this tree, or the ``--baseline-tree``) on a free loopback port."""
     port = _free_port()
     env = {**os.environ, "DATABASE_URL": database_url, "ARENA_LEADERBOARD_CACHE_SECONDS": str(cache_seconds),
            "ARENA_API_ANON_RATE": "100000000/s", "DEBUG": "0", "LOG_LEVEL": "WARNING", "OMP_NUM_THREADS": "1"}
@@ -94,7 +102,7 @@ def _start_server(database_url: str, cache_seconds: int, workers: int, threads: 
                "--bind", f"127.0.0.1:{port}", "--workers", str(workers), "--threads", str(threads),
                "--worker-class", "gthread" if threads > 1 else "sync", "--backlog", "2048", "--timeout", "300",
                "--log-level", "warning"]
-    process = subprocess.Popen(command, cwd=ROOT, env=env)
+    process = subprocess.Popen(command, cwd=root, env=env)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
@@ -196,12 +204,17 @@ def main() -> None:
     parser.add_argument("--submissions", type=int, default=1000)
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
-    parser.add_argument("--rounds", type=int, default=2, help="alternating cached/uncached leaderboard runs")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="alternating runs: cached/uncached leaderboard, before/after with --baseline-tree")
     parser.add_argument("--workers", type=int, default=3, help="gunicorn worker processes per server")
     parser.add_argument("--threads", type=int, default=1, help="gunicorn threads per worker (>1: gthread)")
     parser.add_argument("--wrk-threads", type=int, default=2)
     parser.add_argument("--tool", choices=["auto", "wrk", "python"], default="auto")
+    parser.add_argument("--baseline-tree", type=Path, default=None,
+                        help="another copy of the code (same database schema) to measure against, alternately")
     args = parser.parse_args()
+    if args.baseline_tree is not None and not (args.baseline_tree / "platform" / "arena" / "wsgi.py").is_file():
+        parser.error(f"--baseline-tree {args.baseline_tree}: no platform/arena/wsgi.py there")
 
     populate = _load_populate()
     from django.db import connection, connections
@@ -240,6 +253,11 @@ def main() -> None:
         servers.append(cached_proc)
         uncached_proc, uncached = _start_server(db_url, 0, args.workers, args.threads)
         servers.append(uncached_proc)
+        baseline = None
+        if args.baseline_tree is not None:
+            baseline_proc, baseline = _start_server(db_url, 600, args.workers, args.threads,
+                                                    args.baseline_tree.resolve())
+            servers.append(baseline_proc)
         pages = {
             "leaderboard page": f"/tracks/{track.slug}/",
             "model page": submission.get_absolute_url(),
@@ -249,6 +267,9 @@ def main() -> None:
         for path in pages.values():
             load(cached + path, args.workers * 2, 3.0)
         load(uncached + pages["leaderboard page"], args.workers, 3.0)
+        if baseline is not None:
+            for path in pages.values():
+                load(baseline + path, args.workers * 2, 3.0)
 
         tool = f"wrk ({wrk})" if wrk else "Python asyncio load generator"
         print(f"\n{tool}; {args.connections} connections, {args.duration:g} s per run; gunicorn "
@@ -263,6 +284,13 @@ def main() -> None:
             rounds["uncached"].append(load(uncached + pages["leaderboard page"], args.connections, args.duration))
         single = {name: load(base + pages["leaderboard page"], 1, args.duration)
                   for name, base in (("cached", cached), ("uncached", uncached))}
+        compared: dict[str, dict[str, list[Measurement]]] = {}
+        if baseline is not None:
+            for label, path in pages.items():
+                compared[label] = {"before": [], "after": []}
+                for _ in range(args.rounds):
+                    compared[label]["before"].append(load(baseline + path, args.connections, args.duration))
+                    compared[label]["after"].append(load(cached + path, args.connections, args.duration))
 
         def row(label: str, m: Measurement) -> str:
             return (f"{label:44s} {m.rps:9.1f} {m.p50_ms:9.1f} {m.p99_ms:9.1f} {m.requests:9d} "
@@ -280,6 +308,23 @@ def main() -> None:
 
         def median(name: str, attribute: str) -> float:
             return statistics.median(getattr(m, attribute) for m in rounds[name])
+
+        if compared:
+            print(f"\nbefore: {args.baseline_tree}; after: {ROOT} (alternating, {args.rounds} rounds each)")
+            print(f"{'endpoint':44s} {'req/s':>9s} {'p50 ms':>9s} {'p99 ms':>9s} {'requests':>9s} {'errors':>7s}")
+            print("-" * 92)
+            for label, runs in compared.items():
+                for name in ("before", "after"):
+                    for i, m in enumerate(runs[name], 1):
+                        print(row(f"{label}, {name}, round {i}", m))
+            print()
+            for label, runs in compared.items():
+                def mid(name: str, attribute: str, runs: dict[str, list[Measurement]] = runs) -> float:
+                    return statistics.median(getattr(m, attribute) for m in runs[name])
+
+                print(f"{label}: {mid('before', 'rps'):.1f} -> {mid('after', 'rps'):.1f} req/s "
+                      f"({mid('after', 'rps') / max(mid('before', 'rps'), 1e-9):.1f}x), p99 "
+                      f"{mid('before', 'p99_ms'):.0f} -> {mid('after', 'p99_ms'):.0f} ms (medians)")
 
         print()
         print(f"cached / uncached throughput at {args.connections} connections: "

@@ -20,6 +20,16 @@ Correctness comes first, so an entry's key carries two independent things:
   server's version at all: the stamp makes a model that finishes, turns private or is withdrawn
   leave the cached page on the very next request, whatever process made the change.
 
+The public **model page** of a finished (or failed, or cancelled) public submission is cached the
+same way, by the same middleware: a 1,000-model track means 1,000 such pages, each a handful of
+queries and, with corruption results, a plotly heatmap. Its stamp (:func:`lookup_submission`) is
+the submission's whole row with its owner's name, its track's row, its withdrawal, its reference
+model (name and ``finished_at``) and the track's current fits; the track's version covers the
+rest (its results, run and evaluation sets, through the signals above). Pages of queued or running
+submissions, whose progress and queue position move without any of that, are never cached. The
+default local-memory cache evicts the least recently used entries first, so a crawler walking
+every model page pushes out cold model pages, not the leaderboard read a hundred times a second.
+
 Only requests without a session or a pending message (and, on the API, without a token) use the
 cache: a signed-in reader sees their private models (and the "mine" ring), so their page is always
 built for them. A time limit (``ARENA_LEADERBOARD_CACHE_SECONDS``; 0 turns caching off) bounds
@@ -33,6 +43,7 @@ import hashlib
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -210,13 +221,70 @@ def lookup(slug: str) -> Lookup | None:
     return Lookup(track[0], track[1], ".".join("" if v is None else str(v) for v in row))
 
 
+#: Submission states whose model page no longer changes by itself (no progress, no queue position).
+_SETTLED_STATES = (Submission.State.FINISHED, Submission.State.FAILED, Submission.State.CANCELLED)
+
+
+def _submission_stamp_sql() -> str:
+    """One row: everything a model page shows that can change without a signal reaching this process.
+
+    ``QuerySet.update()`` changes a submission's visibility, state and Ladder release, and a worker
+    (another process) writes evaluations, withdrawals and refits. So the whole submission row, its
+    owner's name, the track's row and its benchmark's name, the withdrawal's id, the reference
+    model's name and ``finished_at`` and the ids of the track's current fits are read here instead.
+    Results are rewritten only by an evaluation, which moves ``finished_at``.
+    """
+    from accounts.models import Withdrawal
+
+    sub, track, fit = Submission._meta.db_table, Track._meta.db_table, BaselineFit._meta.db_table
+    user, wd = Submission._meta.get_field("owner").related_model._meta.db_table, Withdrawal._meta.db_table
+    bench = Track._meta.get_field("benchmark").related_model._meta.db_table
+    fits = f"SELECT COUNT(f.id) || ':' || COALESCE(SUM(f.id), 0) FROM {fit} f " \
+           "WHERE f.track_id = s.track_id AND f.is_current = %(true)s"
+    return (f"SELECT s.track_id AS arena_track, t.suite_version AS arena_suite, s.is_public AS arena_public, "
+            f"s.state AS arena_state, s.*, u.username, t.*, b.name, w.id, r.name, r.finished_at, ({fits}) "
+            f"FROM {sub} s JOIN {user} u ON u.id = s.owner_id JOIN {track} t ON t.id = s.track_id "
+            f"JOIN {bench} b ON b.id = t.benchmark_id "
+            f"LEFT JOIN {wd} w ON w.submission_id = s.id LEFT JOIN {sub} r ON r.id = s.relative_to_id "
+            f"WHERE s.public_id = %(public_id)s")
+
+
+def lookup_submission(public_id: uuid.UUID) -> Lookup | None:
+    """The model page's stamp, or None when an anonymous reader's page is not to be shared.
+
+    None for a submission that does not exist or is private (the view answers 404), and for one
+    still queued or running (its page changes with every progress report).
+    """
+    field = Submission._meta.get_field("public_id")
+    with connection.cursor() as cursor:
+        cursor.execute(_submission_stamp_sql(), {"public_id": field.get_db_prep_value(public_id, connection),
+                                                 "true": True})
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    track_id, suite_version, is_public, state = row[:4]
+    if not is_public or state not in _SETTLED_STATES:
+        return None
+    return Lookup(track_id, suite_version, f"{public_id}:{hashlib.sha256(repr(row).encode()).hexdigest()}")
+
+
+def _normalized(kind: str, params: Any) -> list[tuple[str, str]]:
+    """The parameters that change the response, in one canonical form per equivalent URL."""
+    if kind == MODEL_PAGE:
+        from benchmarks.fits import TRANSFORMS
+
+        transform = params.get("transform")
+        return [("transform", transform if transform in TRANSFORMS else "logit")]
+    return sorted(Filters.from_params(params).as_params().items())
+
+
 def cache_key(kind: str, found: Lookup, request: HttpRequest, params: Any) -> str:
     """One entry per kind, track version and data stamp, host (exports hold absolute URLs) and filters.
 
-    Filters are normalised first (``Filters.as_params``), so equivalent URLs share an entry and
-    unknown parameters (``?utm_source=...``) do not split the cache.
+    Filters are normalised first (``Filters.as_params``; the model page's only one is ``transform``),
+    so equivalent URLs share an entry and unknown parameters (``?utm_source=...``) do not split the cache.
     """
-    normalized = sorted(Filters.from_params(params).as_params().items())
+    normalized = _normalized(kind, params)
     raw = repr((found.stamp, found.suite_version, request.scheme, request.get_host(), normalized))
     digest = hashlib.sha256(raw.encode()).hexdigest()[:32]
     return f"{_PREFIX}:{kind}:{found.track_id}:{track_version(found.track_id)}:{digest}"
@@ -237,8 +305,11 @@ def shareable(request: HttpRequest) -> bool:
 
 # --- Pages and exports: a middleware, so that a hit skips the rest of the stack. ----------------------
 
+#: The kind of entry of a model page (a submission's public page).
+MODEL_PAGE = "model"
 #: URL names served through the cache, and the kind of entry each is.
-CACHED_VIEWS = {"leaderboard": "page", "leaderboard-csv": "csv", "leaderboard-json": "json"}
+CACHED_VIEWS = {"leaderboard": "page", "leaderboard-csv": "csv", "leaderboard-json": "json",
+                "submission-detail": MODEL_PAGE}
 #: Never kept with a cached body: per-response or recomputed headers.
 _DROPPED_HEADERS = {"set-cookie", "content-length", "content-encoding", CACHE_HEADER.lower()}
 
@@ -263,11 +334,11 @@ def _from_cache(request: HttpRequest, stored: dict[str, Any], how: str = "hit") 
 
 
 class LeaderboardCacheMiddleware:
-    """Serves the leaderboard page and its CSV/JSON exports from the cache to readers who may share them.
+    """Serves leaderboards, their CSV/JSON exports and model pages from the cache to readers who may share them.
 
     It sits near the top of the stack (after the security and static-file middleware): a hit costs
-    two small queries and a cache read, and skips sessions, authentication, CSRF, the CSP header's
-    construction and the view. What it stores is the final response of the rest of the stack
+    two small queries (one for a model page) and a cache read, and skips sessions, authentication,
+    CSRF, the CSP header's construction and the view. What it stores is the final response of the rest of the stack
     (headers included, cookies never), so a hit is byte for byte what the view would have sent.
     Bodies are kept gzipped: a 1,000-model page is ~1.1 MB of HTML and ~160 KB compressed, which is
     what browsers ask for; the rare client without gzip gets it decompressed.
@@ -277,15 +348,15 @@ class LeaderboardCacheMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        kind, slug = self._route(request)
+        kind, target = self._route(request)
         if kind is None:
             return self.get_response(request)
         if not shareable(request):
             response = self.get_response(request)
             response[CACHE_HEADER] = "bypass"
             return response
-        found = lookup(slug)
-        if found is None:  # no such public track: the view answers (404)
+        found = lookup_submission(target) if kind == MODEL_PAGE else lookup(target)
+        if found is None:  # no such public track, or a model page not to share: the view answers
             return self.get_response(request)
         try:
             key = cache_key(kind, found, request, request.GET)
@@ -316,13 +387,16 @@ class LeaderboardCacheMiddleware:
         return response
 
     @staticmethod
-    def _route(request: HttpRequest) -> tuple[str | None, str]:
+    def _route(request: HttpRequest) -> tuple[str | None, Any]:
+        """The kind of entry and what it is of: a track's slug, or a submission's public id."""
         try:
             match = resolve(request.path_info)
         except Resolver404:
             return None, ""
         kind = CACHED_VIEWS.get(match.url_name or "")
-        return (kind, match.kwargs.get("slug", "")) if kind else (None, "")
+        if kind is None:
+            return None, ""
+        return kind, match.kwargs.get("public_id") if kind == MODEL_PAGE else match.kwargs.get("slug", "")
 
 
 # --- The API's table: cached in the view, after DRF's authentication and throttles. ------------------

@@ -6,14 +6,22 @@ the upload and evaluation code; ``submissions.views.detail`` merges this context
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from django.utils.safestring import SafeString
+from django.core.cache import cache
+from django.utils.safestring import SafeString, mark_safe
 
 from benchmarks.models import EvaluationSet
 from leaderboards.queries import ROBUST, STAGE_LABELS, STAGE_ORDER, _flagged, _threats
 from submissions.models import EvaluationRun, Result, Submission
+
+if TYPE_CHECKING:
+    from benchmarks.fits import ShiftRobustness
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -87,10 +95,37 @@ def cascades(submission: Submission, results: list[Result], run: EvaluationRun |
     return out
 
 
-def heatmaps(results: list[Result]) -> list[Heatmap]:
-    """One heatmap per synthetic-shift set that has per-cell accuracies ``accuracy@<corruption>:<severity>``."""
+def _heatmap_figure(cells: dict[tuple[str, int], float]) -> tuple[SafeString, list[str], list[list[float | None]]]:
+    """The heatmap's figure JSON with its rows (names, and accuracies in percent), cached by content.
+
+    Building the plotly figure is most of a model page's time (~20 ms for 15 corruptions x 5
+    severities), for a figure that is a pure function of the cells. The key is a digest of the cells
+    themselves, so an entry can never be stale and needs no invalidation: new results are new cells.
+    """
+    from leaderboards.cache import cache_seconds
     from leaderboards.plots import corruption_heatmap, figure_json
 
+    key = f"arena:heatmap:{hashlib.sha256(repr(sorted(cells.items())).encode()).hexdigest()[:40]}"
+    seconds = cache_seconds()
+    try:
+        stored = cache.get(key) if seconds > 0 else None
+    except Exception:  # a cache server that is down costs the figure's time, not the page
+        stored = None
+    if stored is None:
+        figure = corruption_heatmap(cells)
+        trace = figure.data[0]
+        stored = (str(figure_json(figure)), list(trace.y), [list(row) for row in trace.z])
+        if seconds > 0:
+            try:
+                cache.set(key, stored, timeout=seconds)
+            except Exception:
+                logger.warning("cache unavailable; heatmap not stored", exc_info=True)
+    text, names, z = stored
+    return mark_safe(text), names, z  # noqa: S308 - figure_json's output, escaped for a script element
+
+
+def heatmaps(results: list[Result]) -> list[Heatmap]:
+    """One heatmap per synthetic-shift set that has per-cell accuracies ``accuracy@<corruption>:<severity>``."""
     by_set: dict[int, dict[tuple[str, int], float]] = {}
     sets: dict[int, EvaluationSet] = {}
     overall: dict[int, Result] = {}
@@ -106,15 +141,14 @@ def heatmaps(results: list[Result]) -> list[Heatmap]:
         sets[r.evaluation_set_id] = r.evaluation_set
     out = []
     for set_id, cells in by_set.items():
-        figure = corruption_heatmap(cells)
+        figure, names, zs = _heatmap_figure(cells)
         severities = sorted({s for _, s in cells})
-        trace = figure.data[0]
         rows = []
-        for name, zs in zip(trace.y, trace.z, strict=True):
-            values = [None if v is None else v / 100 for v in zs]
+        for name, row in zip(names, zs, strict=True):
+            values = [None if v is None else v / 100 for v in row]
             present = [v for v in values if v is not None]
             rows.append((name, values, sum(present) / len(present) if present else None))
-        out.append(Heatmap(sets[set_id], figure_json(figure), overall.get(set_id), severities, rows))
+        out.append(Heatmap(sets[set_id], figure, overall.get(set_id), severities, rows))
     return out
 
 
@@ -140,16 +174,45 @@ def per_class(track: Any, run: EvaluationRun | None) -> PerClass | None:
     return PerClass(sets, [(label(c), [(table[s] or {}).get(c) for s in sets]) for c in classes])
 
 
-def model_page_context(submission: Submission, user: Any) -> dict[str, Any]:
-    """Context for the model page: scores, cascades, heatmaps, per-class results, badges and actions."""
+#: What the model page reads through its submission's relations, joined into the query that loads it.
+MODEL_PAGE_RELATED = ("track__benchmark", "owner", "withdrawal", "relative_to")
+
+
+def _withdrawn(submission: Submission) -> bool:
+    """Whether the submission has a Withdrawal row: from the joined relation when loaded with MODEL_PAGE_RELATED."""
     from accounts.models import Withdrawal
 
+    try:
+        return submission.withdrawal is not None
+    except Withdrawal.DoesNotExist:
+        return False
+
+
+def model_page_context(submission: Submission, user: Any, transform: str | None = "logit") -> dict[str, Any]:
+    """Context for the model page: scores, cascades, heatmaps, per-class results, robustness, badges.
+
+    It costs a fixed number of queries whatever the track holds (many shift sets, corruption
+    cells, attack stages): the track's evaluation sets (one query, reused for every result), the
+    submission's current results (one), its run (one), the current lines of the track's shift sets
+    (one) and, only for a model with a ``relative_to`` reference, that model's accuracies (one).
+    The effective robustness comes from the accuracies among the results already loaded, not from a
+    second reading of them; load ``submission`` with :data:`MODEL_PAGE_RELATED` so that the owner,
+    track, withdrawal and reference come with it. tests/web/test_model_page_queries.py holds it to that.
+    """
+    from benchmarks.fits import TRANSFORMS
+
+    transform = transform if transform in TRANSFORMS else "logit"
     track = submission.track
+    sets = {s.pk: s for s in EvaluationSet.objects.filter(track_id=track.pk)}
     run = submission.runs.filter(suite_version=track.suite_version).first()
     results: list[Result] = []
     withheld = not submission.released and not (user is not None and getattr(user, "is_staff", False))
-    if submission.state == Submission.State.FINISHED and not withheld:
-        results = list(submission.results.filter(suite_version=track.suite_version).select_related("evaluation_set"))
+    finished = submission.state == Submission.State.FINISHED
+    if finished and not withheld:
+        results = list(submission.results.filter(suite_version=track.suite_version))
+        for r in results:
+            if r.evaluation_set_id in sets:  # else (never for a consistent track) Django loads it on access
+                r.evaluation_set = sets[r.evaluation_set_id]
     scores = [r for r in results if not r.metric.startswith(("accuracy@", ROBUST))]
     verified = bool(run and run.ok and not _flagged((run.provenance or {}).get("attacks")))
     return {
@@ -158,7 +221,29 @@ def model_page_context(submission: Submission, user: Any) -> dict[str, Any]:
         "cascades": [] if withheld else cascades(submission, results, run),
         "heatmaps": heatmaps(results),
         "per_class": None if withheld else per_class(track, run),
+        # Withheld scores stay withheld here too: the table shows the clean and shifted accuracies.
+        "robustness": _robustness(submission, transform, list(sets.values()), results),
+        "transform": transform,
         "verified": verified,
-        "withdrawn": Withdrawal.objects.filter(submission=submission).exists(),
+        "withdrawn": _withdrawn(submission),
         "withheld": withheld,
     }
+
+
+def _robustness(submission: Submission, transform: str, sets: list[EvaluationSet],
+                results: list[Result]) -> list[ShiftRobustness]:
+    """Effective and relative robustness from the loaded results: at most two queries (fits, reference)."""
+    from benchmarks.fits import current_fits, robustness_rows
+
+    clean = sorted((s for s in sets if s.role == EvaluationSet.Role.CLEAN), key=lambda s: s.pk)
+    shift_sets = sorted((s for s in sets if s.role == EvaluationSet.Role.SHIFT), key=lambda s: s.name)
+    mine = {r.evaluation_set_id: r.value for r in results if r.metric == "accuracy"}
+    if not clean or not shift_sets or clean[0].pk not in mine or not any(s.pk in mine for s in shift_sets):
+        return []  # nothing to show: spare the fits' query (each holds its bootstrap resamples)
+    reference: dict[int, float] = {}
+    if submission.relative_to_id:
+        reference = dict(Result.objects.filter(
+            submission_id=submission.relative_to_id, evaluation_set__in=shift_sets, metric="accuracy",
+            suite_version=submission.track.suite_version).order_by().values_list("evaluation_set_id", "value"))
+    return robustness_rows(submission, transform, clean[0], shift_sets, mine, reference,
+                           current_fits(shift_sets, transform))

@@ -9,15 +9,15 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from accounts.quota import QuotaExceeded, quota_rows
-from benchmarks.fits import TRANSFORMS, robustness_of
-from leaderboards.model_page import model_page_context
+from leaderboards.model_page import MODEL_PAGE_RELATED, model_page_context
 from submissions import services
 from submissions.forms import SubmissionForm
 from submissions.models import Submission
 
 
-def _visible_submission(request: HttpRequest, public_id) -> Submission:
-    submission = get_object_or_404(Submission.objects.select_related("track__benchmark", "owner"), public_id=public_id)
+def _visible_submission(request: HttpRequest, public_id, related: tuple[str, ...] = ("track__benchmark", "owner")
+                        ) -> Submission:
+    submission = get_object_or_404(Submission.objects.select_related(*related), public_id=public_id)
     if not submission.visible_to(request.user):
         raise Http404("No such submission.")
     return submission
@@ -62,17 +62,15 @@ def status_payload(submission: Submission) -> dict:
 
 
 def detail(request: HttpRequest, public_id) -> HttpResponse:
-    submission = _visible_submission(request, public_id)
-    track = submission.track
-    transform = request.GET.get("transform", "logit")
-    transform = transform if transform in TRANSFORMS else "logit"
-    robustness = robustness_of(submission, transform)
+    """The model page (built in leaderboards.model_page; anonymous renders are cached by leaderboards.cache)."""
+    submission = _visible_submission(request, public_id, MODEL_PAGE_RELATED)
     is_owner = request.user.is_authenticated and (request.user.is_staff or request.user.pk == submission.owner_id)
     return render(
         request,
         "submissions/detail.html",
-        {"submission": submission, "track": track, "is_owner": is_owner, "status": status_payload(submission),
-         "robustness": robustness, "transform": transform, **model_page_context(submission, request.user)},
+        {"submission": submission, "track": submission.track, "is_owner": is_owner,
+         "status": status_payload(submission),
+         **model_page_context(submission, request.user, request.GET.get("transform"))},
     )
 
 
