@@ -259,6 +259,7 @@ def run_detector_suite(
             n_eval=int(x.shape[0]), public_seed=derive_seed(config.public_seed, "public-z"),
             hidden_seed=derive_seed(seed, "detector-attacks", "latent", "hidden"), z_public=z_public,
             seed=derive_seed(seed, "detector-attacks", "latent", "train"), batch_size=batch_size, device=device,
+            threshold=threshold, real_scores=real_scores,
         )
         attacked = score_images(outcome.attacked)
         reference = score_images(outcome.reference)
@@ -268,6 +269,8 @@ def run_detector_suite(
             "latent_dim": latent_dim, "latent_radius": config.latent_radius, "radius": outcome.radius,
             "delta_norm": float(outcome.delta.norm()), "train_images": config.universal_train_images,
             "steps": config.universal_steps, "gradient_passes": outcome.gradient_passes,
+            "objective": outcome.objective, "public_auc": outcome.public_auc,
+            "public_flagged": outcome.public_flagged,
             "caught": caught(attacked), "caught_reference": caught(reference),
             "seconds": round(time.perf_counter() - begun, 3),
         }

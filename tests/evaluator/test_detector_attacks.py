@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from evaluator.attacks.threat import lp_norm
 from evaluator.detector_attacks.common import to_unit
-from evaluator.detector_attacks.latent import generate, latent_attack, learn_latent_offset
+from evaluator.detector_attacks.latent import generate, latent_attack, learn_latent_offset, objective_loss
 from evaluator.detector_attacks.minimal import minimal_distortion
 from evaluator.detector_attacks.patch import (
     apply_patch,
@@ -360,6 +360,36 @@ def test_latent_attack_returns_8_bit_hidden_fakes_with_and_without_the_offset() 
     assert torch.equal(outcome.reference, generate(generator, z_hidden))
     with pytest.raises(ValueError, match="another seed"):
         latent_attack(model, generator, 8, **{**kwargs, "hidden_seed": 1})  # type: ignore[arg-type]
+
+
+def test_latent_restarts_keep_the_offset_whose_public_fakes_hide_best() -> None:
+    generator, weight = linear_generator()
+    model = LinearDetector(weight)
+    z_public = torch.randn(120, 8, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        real_scores = model(torch.rand(200, 1, 8, 8, generator=torch.Generator().manual_seed(6))).numpy()
+    common = {"latent_radius": 0.5, "steps": 30, "n_eval": 40, "public_seed": 1, "hidden_seed": 2,
+              "z_public": z_public, "batch_size": 40, "seed": 9}
+    # One restart of the mean score is exactly the single run of earlier suite versions.
+    single = latent_attack(model, generator, 8, objectives=("mean-score",), restarts=1, **common)
+    alone = learn_latent_offset(model, generator, z_public, 0.5 * math.sqrt(8), 30, 9, 40)
+    assert torch.equal(single.delta, alone) and single.public_auc == {}
+    outcome = latent_attack(model, generator, 8, threshold=float(np.quantile(real_scores, 0.95)),
+                            real_scores=real_scores, **common)
+    assert set(outcome.public_auc) == {"mean-score", "mean-score#2", "flagged", "flagged#2"}
+    assert outcome.objective == min(outcome.public_auc, key=outcome.public_auc.get)
+    assert set(outcome.public_flagged) == set(outcome.public_auc)
+    assert all(0.0 <= v <= 1.0 for v in outcome.public_auc.values())
+    assert outcome.gradient_passes == 4 * 30 * 40
+    with pytest.raises(ValueError, match="unknown latent attack objective"):
+        latent_attack(model, generator, 8, objectives=("median",), **common)
+
+
+def test_flagged_objective_is_the_smoothed_share_above_the_threshold() -> None:
+    scores = torch.tensor([-50.0, 0.0, 50.0])
+    assert float(objective_loss(scores, "flagged", 0.0)) == pytest.approx((0.0 + 0.5 + 1.0) / 3, abs=1e-6)
+    assert float(objective_loss(scores, "flagged", 50.0)) == pytest.approx((0.0 + 0.0 + 0.5) / 3, abs=1e-6)
+    assert float(objective_loss(scores, "mean-score", 7.0)) == pytest.approx(0.0)
 
 
 # --------------------------------------------------------------------------- suite
