@@ -27,11 +27,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
 from torch import Tensor, nn
 
 from evaluator.attacks.common import derive_seed, make_generator
-from evaluator.detector_attacks.common import _first_column, quantize
+from evaluator.detector_attacks.common import _first_column, fake_scores, quantize, to_unit
+from evaluator.metrics.detection import roc_auc, tpr_at_threshold
 
 #: Adam's per-coordinate step, relative to ``radius / sqrt(latent_dim)``: about twenty steps
 #: cross the ball, and a cosine decay to a hundredth of it lets the last steps settle.
@@ -206,11 +206,13 @@ def latent_attack(
         delta = learn_latent_offset(model, generator, z_public, radius, steps, run_seed, batch_size,
                                     objective=objective, threshold=threshold)
         if len(tries) > 1:
-            with torch.no_grad():
-                scores = _scores_of(model, generate(generator, z_public + delta, batch_size), batch_size)
-            flagged[name] = float((scores >= threshold).double().mean())
+            scores = fake_scores(model, to_unit(generate(generator, z_public + delta, batch_size)), batch_size)
+            scores = scores.double().numpy()
+            flagged[name] = tpr_at_threshold(scores, threshold)
             if real_scores is not None and len(real_scores):
-                aucs[name] = _auc_against(scores.double().cpu().numpy(), np.asarray(real_scores, np.float64))
+                reals = np.asarray(real_scores, np.float64)
+                aucs[name] = roc_auc(np.concatenate([reals, scores]),
+                                     np.concatenate([np.zeros(reals.size), np.ones(scores.size)]))
         criterion = aucs.get(name, flagged.get(name, 0.0))
         if best is None or criterion < best[0]:
             best = (criterion, name, delta)
@@ -227,16 +229,3 @@ def latent_attack(
         public_auc=aucs,
         public_flagged=flagged,
     )
-
-
-def _auc_against(fake: np.ndarray, real: np.ndarray) -> float:
-    """The AUC of these fakes against these reals: P(a fake scores above a real), ties counting half."""
-    labels = np.concatenate([np.zeros(real.size), np.ones(fake.size)])
-    return float(roc_auc_score(labels, np.concatenate([real, fake])))
-
-
-def _scores_of(model: nn.Module, images_uint8: Tensor, batch_size: int) -> Tensor:
-    """The detector's scores of 8-bit images, as the suite scores them."""
-    parts = [_first_column(model(images_uint8[i : i + batch_size].float().div(255.0))).float()
-             for i in range(0, images_uint8.shape[0], batch_size)]
-    return torch.cat(parts)

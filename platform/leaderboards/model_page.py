@@ -206,7 +206,7 @@ def model_page_context(submission: Submission, user: Any, transform: str | None 
     sets = {s.pk: s for s in EvaluationSet.objects.filter(track_id=track.pk)}
     run = submission.runs.filter(suite_version=track.suite_version).first()
     results: list[Result] = []
-    withheld = not submission.released and not (user is not None and getattr(user, "is_staff", False))
+    withheld = submission.scores_withheld_from(user)
     finished = submission.state == Submission.State.FINISHED
     if finished and not withheld:
         results = list(submission.results.filter(suite_version=track.suite_version))

@@ -118,6 +118,10 @@ class Submission(models.Model):
     def visible_to(self, user) -> bool:
         return self.is_public or (user.is_authenticated and (user.is_staff or user.pk == self.owner_id))
 
+    def scores_withheld_from(self, user) -> bool:
+        """Whether the track's Ladder keeps this submission's scores from ``user`` (staff always see them)."""
+        return not self.released and not (user is not None and getattr(user, "is_staff", False))
+
     def transition(self, new_state: str, **fields) -> None:
         """Move to ``new_state`` under a row lock, refusing moves the state machine forbids."""
         with transaction.atomic():

@@ -65,7 +65,7 @@ class CurrentResultsField(serializers.ListSerializer):
         if instance.state != Submission.State.FINISHED:
             return []
         request = self.context.get("request")
-        if not instance.released and not (request is not None and request.user.is_staff):
+        if instance.scores_withheld_from(request.user if request is not None else None):
             return []  # withheld by the track's Ladder: the owner learns only ladder_note
         rows = getattr(instance, CURRENT_RESULTS_ATTR, None)
         if rows is None:

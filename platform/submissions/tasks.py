@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 
 from celery import Task, shared_task
 from django.conf import settings
@@ -92,7 +93,7 @@ def evaluate_submission(self: Task, submission_id: int) -> str:
     submission = recovery.with_db_retry(
         lambda: Submission.objects.select_related("track").get(pk=submission_id), what="loading the submission"
     )
-    spec = build_job_spec(submission, artifact_path="")
+    spec = build_job_spec(submission, artifact_path="")  # the path once the artifact is local (below)
     writer = _ProgressWriter(submission.pk, claim.attempt)
     limits = SandboxLimits(wall_seconds=settings.ARENA_EVAL_WALL_SECONDS, memory_bytes=settings.ARENA_EVAL_MEMORY_BYTES)
     # Evaluated inside the caller's transaction (eager mode in a test or a request), the job is invisible
@@ -100,7 +101,7 @@ def evaluate_submission(self: Task, submission_id: int) -> str:
     with recovery.Heartbeat(submission.pk, claim.attempt, enabled=not connection.in_atomic_block) as heartbeat:
         try:
             with local_artifact(submission) as artifact_path:
-                spec = build_job_spec(submission, artifact_path=artifact_path)
+                spec = replace(spec, artifact=replace(spec.artifact, path=artifact_path))
                 result = run_sandboxed(
                     spec, progress=writer, limits=limits, allow_unsandboxed=settings.ARENA_ALLOW_UNSANDBOXED,
                     should_cancel=heartbeat.should_stop,
