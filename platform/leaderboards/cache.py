@@ -181,6 +181,12 @@ class Lookup:
     stamp: str
 
 
+def _current_fits_sql(track: str) -> str:
+    """A subquery naming the current fits of the track ``track`` (an SQL expression): refitting changes it."""
+    return (f"SELECT COUNT(f.id) || ':' || COALESCE(SUM(f.id), 0) FROM {BaselineFit._meta.db_table} f "
+            f"WHERE f.track_id = {track} AND f.is_current = %(true)s")
+
+
 def _stamp_sql() -> str:
     """The data stamp as raw SQL: the ORM's compilation of it cost more than running it.
 
@@ -192,12 +198,11 @@ def _stamp_sql() -> str:
     """
     from accounts.models import Withdrawal
 
-    sub, fit, wd = Submission._meta.db_table, BaselineFit._meta.db_table, Withdrawal._meta.db_table
-    fits = f"FROM {fit} f WHERE f.track_id = %(track)s AND f.is_current = %(true)s"
+    sub, wd = Submission._meta.db_table, Withdrawal._meta.db_table
     withdrawn = f"FROM {wd} w JOIN {sub} ws ON ws.id = w.submission_id WHERE ws.track_id = %(track)s"
     return (f"SELECT COUNT(s.id), SUM(s.id), MAX(s.finished_at), "
             f"(SELECT COUNT(w.id) || ':' || COALESCE(SUM(w.submission_id), 0) {withdrawn}), "
-            f"(SELECT COUNT(f.id) || ':' || COALESCE(SUM(f.id), 0) {fits}) "
+            f"({_current_fits_sql('%(track)s')}) "
             f"FROM {sub} s WHERE s.track_id = %(track)s AND s.state = %(finished)s AND s.is_public = %(true)s "
             f"AND s.released = %(true)s")
 
@@ -236,11 +241,10 @@ def _submission_stamp_sql() -> str:
     """
     from accounts.models import Withdrawal
 
-    sub, track, fit = Submission._meta.db_table, Track._meta.db_table, BaselineFit._meta.db_table
+    sub, track = Submission._meta.db_table, Track._meta.db_table
     user, wd = Submission._meta.get_field("owner").related_model._meta.db_table, Withdrawal._meta.db_table
     bench = Track._meta.get_field("benchmark").related_model._meta.db_table
-    fits = f"SELECT COUNT(f.id) || ':' || COALESCE(SUM(f.id), 0) FROM {fit} f " \
-           "WHERE f.track_id = s.track_id AND f.is_current = %(true)s"
+    fits = _current_fits_sql("s.track_id")
     return (f"SELECT s.track_id AS arena_track, t.suite_version AS arena_suite, s.is_public AS arena_public, "
             f"s.state AS arena_state, s.*, u.username, t.*, b.name, w.id, r.name, r.finished_at, ({fits}) "
             f"FROM {sub} s JOIN {user} u ON u.id = s.owner_id JOIN {track} t ON t.id = s.track_id "
