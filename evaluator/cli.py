@@ -14,17 +14,27 @@ from pathlib import Path
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    """The scorer: runs ``{"spec": ..., "host": ...}`` (or a bare JobSpec), the model in a process of its own."""
     from evaluator.progress import JsonLineProgress
+    from evaluator.remote.client import HostOptions
     from evaluator.runner import run_job
+    from evaluator.sandbox.runner import SandboxLimits
     from evaluator.spec import JobSpec
 
     text = sys.stdin.read() if args.spec == "-" else Path(args.spec).read_text()
-    spec = JobSpec.from_json(text)
-    # The protocol stream is a private duplicate of stdout, and the model's own prints go to
-    # stderr, so nothing a model prints can be mistaken for a progress or result line.
+    payload = json.loads(text)
+    host = HostOptions.default()
+    if isinstance(payload, dict) and "spec" in payload:
+        raw_host = payload.get("host") or {}
+        limits = SandboxLimits(**raw_host["limits"]) if raw_host.get("limits") else None
+        host = HostOptions(sandbox=raw_host.get("sandbox", host.sandbox), limits=limits)
+        payload = payload["spec"]
+    spec = JobSpec.from_dict(payload)
+    # The protocol stream is a private duplicate of stdout, and anything else printed goes to
+    # stderr, so no stray print can be mistaken for a progress or result line.
     protocol = open(sys.stdout.fileno(), "w", buffering=1, closefd=False)  # noqa: SIM115
     sys.stdout = sys.stderr
-    result = run_job(spec, JsonLineProgress(protocol))
+    result = run_job(spec, JsonLineProgress(protocol), host=host)
     protocol.write(json.dumps({"event": "result", "result": json.loads(result.to_json())}) + "\n")
     protocol.flush()
     return 0 if result.ok else 3

@@ -1,55 +1,47 @@
-"""Runs one JobSpec to a Result: load the model, check its contract, score every evaluation set.
+"""Runs one JobSpec to a Result: host the model, check its contract, score every evaluation set.
 
-This is what ``python -m evaluator run`` calls inside the sandbox. It never raises for a bad
-submission: every failure becomes a Result with an error code and a sentence a researcher
-understands. Only aggregate metrics and per-class accuracies leave this function; per-example
-outputs on hidden data never do.
+This is the scorer, what ``python -m evaluator run`` calls. It holds the evaluation sets, the
+labels and the generator, and computes every number; the submitted model runs in a process of
+its own (:mod:`evaluator.remote`) and is only ever asked for outputs and input gradients. It
+never raises for a bad submission: every failure becomes a Result with an error code and a
+sentence a researcher understands. Only aggregate metrics and per-class accuracies leave this
+function; per-example outputs on hidden data never do.
+
+Batches cannot be gamed: every evaluation set is fed in an order drawn from a secret seed of
+this job (so no batch is one class, and no model can tell which stored image is in which
+batch), and a sample of each set's hidden images is evaluated again alone, in another batch, at
+another batch size and twice; a model whose outputs differ beyond rounding fails as
+``batch_dependent`` or ``nondeterministic`` (:func:`check_batch_consistency`).
 """
 
 from __future__ import annotations
 
-import os
-import platform
+import secrets
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import torch
 
-from evaluator import __version__
 from evaluator.data.evalsets import read_evaluation_set
-from evaluator.devices import autocast_dtype, choose_batch_size, precision, resolve_device, use_mixed_precision
+from evaluator.devices import autocast_dtype, use_mixed_precision
 from evaluator.errors import EvaluationError
+from evaluator.hardware import hardware_description
 from evaluator.metrics.classification import accuracy_with_interval, per_class_accuracy
 from evaluator.metrics.detection import detection_metrics, fixed_threshold_rates, threshold_at_fpr
 from evaluator.models.contract import check_contract
-from evaluator.models.loading import load_model
 from evaluator.progress import ProgressCallback, StagedProgress, ignore_progress
+from evaluator.remote.client import HostOptions, ModelRaised, RemoteModel, host_model
 from evaluator.spec import InputSpec, JobSpec, MetricValue, Result
+
+__all__ = ["hardware_description", "run_job", "predict", "check_batch_consistency"]
 
 #: Share of the progress bar given to loading and checking the model, before any data is seen.
 _SETUP_WEIGHT = 0.03
 #: Progress weight of one attacked point, relative to one clean image.
 _ATTACK_WEIGHT = 200.0
-
-
-def hardware_description(device: str) -> dict[str, Any]:
-    """Where a score was computed, for provenance (it uses the standard ``platform`` module)."""
-    info: dict[str, Any] = {
-        "device": device,
-        "machine": platform.machine(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "evaluator": __version__,
-        "stdlib_platform_module": platform.__file__,
-    }
-    if device.startswith("cuda") and torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
-    return info
 
 
 def to_pixels(images_uint8: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -90,6 +82,16 @@ def in_pixel_space(model: torch.nn.Module, input_spec: InputSpec) -> torch.nn.Mo
     return _FromPixels(model, low, high).eval()
 
 
+def evaluation_order(count: int, rng: torch.Generator | None = None) -> torch.Tensor:
+    """The order a set's images are fed in: a permutation from the job's secret generator.
+
+    Stored sets are sorted (a detector set holds its reals, then its fakes); fed in that order,
+    every batch would be one class and a model could read the class off the batch. A random
+    order mixes classes, and a secret seed means the model cannot know which image is where.
+    """
+    return torch.randperm(count, generator=rng)
+
+
 def predict(
     model: torch.nn.Module,
     images_uint8: torch.Tensor,
@@ -97,25 +99,135 @@ def predict(
     batch_size: int,
     device: torch.device,
     on_batch: Callable[[int], None] | None = None,
+    order: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Model outputs for every image, in batches, without autograd; outputs stay on the CPU."""
+    """Model outputs for every image, in batches, without autograd; outputs stay on the CPU.
+
+    With ``order``, batch k holds the images ``order[k*batch_size:(k+1)*batch_size]``; the
+    outputs come back in the stored order all the same.
+    """
     outputs: list[torch.Tensor] = []
     total = images_uint8.shape[0]
     with torch.inference_mode():
         for start in range(0, total, batch_size):
-            batch = to_model_input(images_uint8[start : start + batch_size], input_spec, device)
+            rows = slice(start, start + batch_size) if order is None else order[start : start + batch_size]
+            batch = to_model_input(images_uint8[rows], input_spec, device)
             try:
                 out = model(batch)
+            except EvaluationError:
+                raise
+            except ModelRaised as exc:
+                raise EvaluationError("model_error", str(exc)) from None
             except Exception as exc:  # the submission's code failed on real data
                 raise EvaluationError(
-                    "model_error", f"The model raised {type(exc).__name__} on evaluation images: {str(exc)[:300]}"
+                    "model_error", f"The model raised {type(exc).__name__} on evaluation images."
                 ) from exc
             if not isinstance(out, torch.Tensor):
                 raise EvaluationError("wrong_dtype", f"The model returned {type(out).__name__}, not a tensor.")
             outputs.append(out.detach().float().cpu())
             if on_batch is not None:
                 on_batch(min(start + batch_size, total))
-    return torch.cat(outputs)
+    stacked = torch.cat(outputs)
+    if order is None:
+        return stacked
+    restored = torch.empty_like(stacked)
+    restored[order] = stacked
+    return restored
+
+
+#: Hidden images per evaluation set that the batch checks look at again.
+CONSISTENCY_SAMPLE = 16
+#: Outputs of the same image may differ by this share of their scale between batchings (float32
+#: kernels sum in another order at another batch size); far below any change that moves a score.
+CONSISTENCY_RTOL = 1e-4
+#: The same, under autocast on a GPU (bfloat16 or float16 rounding).
+CONSISTENCY_RTOL_MIXED = 5e-2
+
+
+@dataclass(frozen=True)
+class ConsistencyReport:
+    """What the batch checks compared, for the provenance."""
+
+    images: int
+    comparisons: int
+    max_batch_difference: float
+    max_repeat_difference: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"images": self.images, "comparisons": self.comparisons,
+                "max_batch_difference": float(f"{self.max_batch_difference:.3g}"),
+                "max_repeat_difference": float(f"{self.max_repeat_difference:.3g}")}
+
+
+def _relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double().reshape(a.shape[0], -1), b.double().reshape(b.shape[0], -1)
+    scale = torch.maximum(a.abs().amax(dim=1), b.abs().amax(dim=1)).clamp_min(1.0)
+    return float(((a - b).abs().amax(dim=1) / scale).max()) if a.shape[0] else 0.0
+
+
+def check_batch_consistency(
+    model: torch.nn.Module,
+    images_uint8: torch.Tensor,
+    outputs: torch.Tensor,
+    input_spec: InputSpec,
+    batch_size: int,
+    device: torch.device,
+    rng: torch.Generator | None = None,
+    *,
+    sample: int = CONSISTENCY_SAMPLE,
+    rtol: float = CONSISTENCY_RTOL,
+    set_name: str = "",
+) -> ConsistencyReport:
+    """Re-evaluate a random sample of hidden images alone, in another batch, at another size, and twice.
+
+    ``outputs`` are the job's outputs for every image (stored order). A model whose output for an
+    image depends on the other images of its batch (batch statistics, a batch mean added to every
+    score) differs between these batchings and fails ``batch_dependent``; one whose outputs differ
+    between two identical calls fails ``nondeterministic``. The sample and its companions come
+    from the job's secret generator, so the checked images cannot be told from the others.
+    """
+    total = int(images_uint8.shape[0])
+    if total == 0:
+        return ConsistencyReport(0, 0, 0.0, 0.0)
+    chosen = torch.randperm(total, generator=rng)[: min(sample, total)]
+    picked = images_uint8[chosen]
+    expected = outputs[chosen]
+    size = max(1, min(batch_size, total))
+    other_size = max(1, min(total, size // 2 + 1 if size > 2 else size + 1))
+    # Another batch of the usual size: the sample beside other companions, at other positions.
+    companions = torch.randperm(total, generator=rng)
+    companions = companions[~torch.isin(companions, chosen)][: max(size - len(chosen), 0)]
+    mixed_rows = torch.cat([chosen, companions])
+    mixed_order = torch.randperm(len(mixed_rows), generator=rng)
+    mixed_rows = mixed_rows[mixed_order]
+    position = {int(row): index for index, row in enumerate(mixed_rows.tolist())}
+    where = torch.tensor([position[int(row)] for row in chosen.tolist()])
+
+    def run(batch_rows: torch.Tensor, images: torch.Tensor | None = None) -> torch.Tensor:
+        return predict(model, images_uint8[batch_rows] if images is None else images, input_spec,
+                       len(batch_rows) or 1, device)
+
+    in_batch = run(mixed_rows)[where]
+    in_batch_again = run(mixed_rows)[where]
+    alone = torch.cat([predict(model, picked[i : i + 1], input_spec, 1, device) for i in range(len(chosen))])
+    resized = predict(model, picked, input_spec, other_size, device)
+    repeat = _relative_difference(in_batch, in_batch_again)
+    batch = max(_relative_difference(expected, other) for other in (in_batch, alone, resized))
+    where_text = f" of {set_name}" if set_name else ""
+    if repeat > rtol:
+        raise EvaluationError(
+            "nondeterministic",
+            f"The same batch of evaluation images{where_text}, sent twice, gave outputs that differ by up to "
+            f"{repeat:.3g} of their scale. Put the model in eval mode and remove randomness from its forward pass.",
+        )
+    if batch > rtol:
+        raise EvaluationError(
+            "batch_dependent",
+            f"An evaluation image{where_text} got outputs that differ by up to {batch:.3g} of their scale depending "
+            "on the other images in its batch or the batch size. Each image's output must depend on that image "
+            "alone (no batch statistics: eval mode, no cross-batch operations).",
+        )
+    return ConsistencyReport(len(chosen), 4 * len(chosen), batch, repeat)
 
 
 def _check_finite(outputs: torch.Tensor, set_name: str) -> None:
@@ -303,116 +415,147 @@ def run_detector_attacks(
     )
 
 
-def _run_settings(spec: JobSpec, model: torch.nn.Module, backward: bool,
-                  provenance: dict[str, Any]) -> tuple[JobSpec, bool]:
-    """The spec as it runs here (its batch size fitted to this device) and whether autocast is on.
+def _run_settings(spec: JobSpec, model: RemoteModel, device: str, backward: bool,
+                  provenance: dict[str, Any]) -> JobSpec:
+    """The spec as it runs here (its batch size fitted to the model's device), and the precision used.
 
     Both go to the provenance: a score computed with a smaller batch or in mixed precision says so.
+    On a GPU the model process measures what fits; its answer can only lower the track's batch size.
     """
-    choice = choose_batch_size(model, spec.input, spec.device, spec.batch_size, backward=backward)
-    mixed = use_mixed_precision(spec.allow_mixed_precision, spec.device)
-    provenance["batch_size"] = choice.to_dict()
+    choice: dict[str, Any] = {"batch_size": spec.batch_size, "requested": spec.batch_size, "reason": "cpu"}
+    if device.startswith("cuda"):
+        choice = model.plan(spec.batch_size, backward, spec.input.value_range)
+    mixed = use_mixed_precision(spec.allow_mixed_precision, device)
+    provenance["batch_size"] = choice
     provenance["mixed_precision"] = {
         "allowed": spec.allow_mixed_precision, "clean": mixed, "attacks": mixed,
         "dtype": str(autocast_dtype()).removeprefix("torch.") if mixed else "float32",
     }
-    return replace(spec, batch_size=choice.batch_size), mixed
+    return replace(spec, batch_size=int(choice["batch_size"]))
 
 
-def run_job(spec: JobSpec, progress: ProgressCallback = ignore_progress) -> Result:
+def run_job(spec: JobSpec, progress: ProgressCallback = ignore_progress, host: HostOptions | None = None) -> Result:
     """Evaluate one submission as the spec says; failures come back as a Result, not an exception.
 
-    ``spec.device`` may be ``auto`` (see :mod:`evaluator.devices`): it is resolved here, where the
-    model runs, and the provenance keeps both the device asked for and the one used.
+    The model runs in its own process, started as ``host`` says (by default under bubblewrap
+    where it is installed). ``spec.device`` may be ``auto`` (see :mod:`evaluator.devices`): the
+    model process resolves it, since only it knows whether a GPU reached it, and the provenance
+    keeps both the device asked for and the one used. Everything the scorer computes stays on
+    the CPU.
     """
     started = time.perf_counter()
     torch.manual_seed(spec.seed)
     provenance: dict[str, Any] = {"device_requested": spec.device}
+    device = torch.device("cpu")
+    #: Batch order and check samples: secret to this job, unknown to the model and to anyone watching.
+    order_rng = torch.Generator().manual_seed(secrets.randbits(63))
     try:
-        spec = replace(spec, device=resolve_device(spec.device))
-        provenance.update(hardware_description(spec.device))
-        device = torch.device(spec.device)
         progress(0.0, "loading model")
-        model = load_model(spec.artifact, spec.input)
-        model = model.to(device)
-        progress(0.0, "checking the model's input and output contract")
-        # The time budget is per batch of the track's size, whatever size this device ends up using.
-        check_contract(model, spec.input, spec.task, spec.num_classes, spec.batch_size, spec.time_budget_s, spec.device)
         attacking = spec.task == "classifier" and bool(spec.threat_models)
         attacking_detector = spec.task == "detector" and spec.detector_attacks is not None
-        spec, mixed = _run_settings(spec, model, attacking or attacking_detector, provenance)
-
-        datasets = [read_evaluation_set(s.path, s.sha256 or None) for s in spec.evaluation_sets]
-        total_images = sum(int(d.labels.shape[0]) for d in datasets)
-        # An attacked point costs hundreds of passes: weigh the attack stage accordingly.
-        if attacking:
-            attack_weight = [_ATTACK_WEIGHT * min(spec.attack_points, total_images)]
-        elif attacking_detector:
-            attack_weight = [_ATTACK_WEIGHT * min(spec.detector_attacks.points, total_images)]
-        else:
-            attack_weight = []
-        stages = StagedProgress(
-            progress, [_SETUP_WEIGHT * total_images] + [int(d.labels.shape[0]) for d in datasets] + attack_weight
-        )
-        stages.report(0, 1.0, "model checked")
-
-        result = Result(job_id=spec.job_id, ok=True, suite_version=spec.suite_version, seed=spec.seed)
-        detector_outputs: list[torch.Tensor] = []
-        for index, (set_spec, data) in enumerate(zip(spec.evaluation_sets, datasets, strict=True), start=1):
-            count = int(data.labels.shape[0])
-            stage = f"evaluating {set_spec.name} ({set_spec.role})"
-
-            def on_batch(done: int, index: int = index, count: int = count, stage: str = stage) -> None:
-                stages.report(index, done / count, stage)
-
-            with precision(mixed, device):
-                outputs = predict(model, data.images, spec.input, spec.batch_size, device, on_batch)
-            _check_finite(outputs, set_spec.name)
-            if spec.task == "classifier":
-                metrics, per_class = score_classifier(
-                    outputs, data.labels, spec.num_classes, set_spec.name,
-                    getattr(data, "groups", None), getattr(data, "group_names", None),
-                )
-                result.per_class[set_spec.name] = per_class
-                result.metrics.extend(metrics)
-            else:
-                detector_outputs.append(outputs)
-        if spec.task == "detector":
-            result.metrics.extend(_score_detector_sets(spec, datasets, detector_outputs))
-        if attacking:
-            clean_index = _clean_index(spec)
-            clean_spec, clean_data = spec.evaluation_sets[clean_index], datasets[clean_index]
-            attack_stage = len(datasets) + 1
-
-            def on_attack(fraction: float, stage: str) -> None:
-                stages.report(attack_stage, fraction, stage)
-
-            with precision(mixed, device):
-                attack_metrics, provenance["attacks"] = run_attacks(
-                    model, spec, clean_spec.name, clean_data.images, clean_data.labels, device, on_attack
-                )
-            result.metrics.extend(attack_metrics)
-        if attacking_detector:
-            attack_stage = len(datasets) + 1
-
-            def on_detector_attack(fraction: float, stage: str) -> None:
-                stages.report(attack_stage, fraction, stage)
-
-            with precision(mixed, device):
-                attack_metrics, provenance["detector_attacks"] = run_detector_attacks(
-                    model, spec, datasets, device, on_detector_attack, detector_outputs[_clean_index(spec)]
-                )
-            result.metrics.extend(attack_metrics)
+        host = host or HostOptions.default()
+        with host_model(spec.artifact, spec.input, task=spec.task, num_classes=spec.num_classes, device=spec.device,
+                        time_budget_s=spec.time_budget_s, batch_size=spec.batch_size,
+                        mixed_precision=spec.allow_mixed_precision, options=host) as hosted:
+            model = hosted.model
+            provenance.update(hosted.hardware)
+            provenance["device"] = hosted.device
+            provenance["model_process"] = hosted.sandbox
+            progress(0.0, "checking the model's input and output contract")
+            # The time budget is per batch of the track's size, whatever size this device ends up using.
+            contract = check_contract(model, spec.input, spec.task, spec.num_classes, spec.batch_size,
+                                      spec.time_budget_s, "cpu")
+            provenance["contract"] = {"probe_seconds": round(contract.probe_seconds, 4),
+                                      "seconds_per_batch": round(contract.seconds_per_batch, 4)}
+            model.strict = True
+            spec = _run_settings(spec, model, hosted.device, attacking or attacking_detector, provenance)
+            model.batch_size = spec.batch_size
+            result = _score(spec, model, device, progress, provenance, order_rng, attacking, attacking_detector)
+            provenance["spot_checks"] = {"calls": model.calls, "checked": model.spot_checks}
         elapsed = time.perf_counter() - started
-        provenance.update(seconds=round(elapsed, 3), images=total_images,
-                          images_per_second=round(total_images / elapsed, 1) if elapsed > 0 else None)
+        provenance.update(seconds=round(elapsed, 3),
+                          images_per_second=round(provenance["images"] / elapsed, 1) if elapsed > 0 else None)
         result.provenance = provenance
         progress(1.0, "done")
         return result
     except EvaluationError as exc:
         provenance["seconds"] = round(time.perf_counter() - started, 3)
         return Result.failure(spec, exc.code, exc.message, **provenance)
-    except torch.cuda.OutOfMemoryError:
-        return Result.failure(spec, "out_of_memory", "The model ran out of GPU memory.", **provenance)
     except MemoryError:
-        return Result.failure(spec, "out_of_memory", "The model exceeded the evaluation's memory limit.", **provenance)
+        return Result.failure(spec, "out_of_memory", "The evaluation exceeded its memory limit.", **provenance)
+
+
+def _score(spec: JobSpec, model: RemoteModel, device: torch.device, progress: ProgressCallback,
+           provenance: dict[str, Any], order_rng: torch.Generator, attacking: bool,
+           attacking_detector: bool) -> Result:
+    """Every evaluation set through the model in a secret order, the batch checks, then the attacks."""
+    datasets = [read_evaluation_set(s.path, s.sha256 or None) for s in spec.evaluation_sets]
+    total_images = sum(int(d.labels.shape[0]) for d in datasets)
+    provenance["images"] = total_images
+    # An attacked point costs hundreds of passes: weigh the attack stage accordingly.
+    if attacking:
+        attack_weight = [_ATTACK_WEIGHT * min(spec.attack_points, total_images)]
+    elif attacking_detector:
+        assert spec.detector_attacks is not None
+        attack_weight = [_ATTACK_WEIGHT * min(spec.detector_attacks.points, total_images)]
+    else:
+        attack_weight = []
+    stages = StagedProgress(
+        progress, [_SETUP_WEIGHT * total_images] + [int(d.labels.shape[0]) for d in datasets] + attack_weight
+    )
+    stages.report(0, 1.0, "model checked")
+    rtol = CONSISTENCY_RTOL_MIXED if provenance["mixed_precision"]["clean"] else CONSISTENCY_RTOL
+    model.tolerance = rtol
+    # From here on the model process sees hidden images: none of its own words are kept any more.
+    model.hidden = True
+
+    result = Result(job_id=spec.job_id, ok=True, suite_version=spec.suite_version, seed=spec.seed)
+    detector_outputs: list[torch.Tensor] = []
+    checks: dict[str, Any] = {}
+    for index, (set_spec, data) in enumerate(zip(spec.evaluation_sets, datasets, strict=True), start=1):
+        count = int(data.labels.shape[0])
+        stage = f"evaluating {set_spec.name} ({set_spec.role})"
+
+        def on_batch(done: int, index: int = index, count: int = count, stage: str = stage) -> None:
+            stages.report(index, done / count, stage)
+
+        order = evaluation_order(count, order_rng)
+        outputs = predict(model, data.images, spec.input, spec.batch_size, device, on_batch, order)
+        _check_finite(outputs, set_spec.name)
+        checks[set_spec.name] = check_batch_consistency(
+            model, data.images, outputs, spec.input, spec.batch_size, device, order_rng, rtol=rtol,
+            set_name=set_spec.name,
+        ).to_dict()
+        if spec.task == "classifier":
+            metrics, per_class = score_classifier(
+                outputs, data.labels, spec.num_classes, set_spec.name,
+                getattr(data, "groups", None), getattr(data, "group_names", None),
+            )
+            result.per_class[set_spec.name] = per_class
+            result.metrics.extend(metrics)
+        else:
+            detector_outputs.append(outputs)
+    provenance["batch_checks"] = checks
+    if spec.task == "detector":
+        result.metrics.extend(_score_detector_sets(spec, datasets, detector_outputs))
+    attack_stage = len(datasets) + 1
+
+    def on_attack(fraction: float, stage: str) -> None:
+        stages.report(attack_stage, fraction, stage)
+
+    try:
+        if attacking:
+            clean_index = _clean_index(spec)
+            clean_spec, clean_data = spec.evaluation_sets[clean_index], datasets[clean_index]
+            attack_metrics, provenance["attacks"] = run_attacks(
+                model, spec, clean_spec.name, clean_data.images, clean_data.labels, device, on_attack
+            )
+            result.metrics.extend(attack_metrics)
+        if attacking_detector:
+            attack_metrics, provenance["detector_attacks"] = run_detector_attacks(
+                model, spec, datasets, device, on_attack, detector_outputs[_clean_index(spec)]
+            )
+            result.metrics.extend(attack_metrics)
+    except ModelRaised as exc:
+        raise EvaluationError("model_error", str(exc)) from None
+    return result

@@ -135,14 +135,17 @@ def check_contract(
 def _run(model: nn.Module, images: Tensor, input_spec: InputSpec) -> Any:
     try:
         return model(images)
+    except EvaluationError:  # already named (a model process that timed out, crashed or sent a non-tensor)
+        raise
     except Exception as exc:  # any exception here is the submission failing on a valid input
-        text = " ".join(str(exc).split()) or type(exc).__name__
+        kind = getattr(exc, "type_name", type(exc).__name__)
+        text = " ".join(str(exc).split()) or kind
         if len(text) > 300:
             text = text[:297] + "..."
         low, high = input_spec.value_range
         raise EvaluationError(
             "wrong_input_shape",
-            f"The model raised {type(exc).__name__} on a float32 batch of shape {tuple(images.shape)} with values in "
+            f"The model raised {kind} on a float32 batch of shape {tuple(images.shape)} with values in "
             f"[{low:g}, {high:g}]: {text}",
         ) from None
 

@@ -1,12 +1,16 @@
-"""Runs one JobSpec in a child process, under bubblewrap where the host has it.
+"""Runs one JobSpec across two processes, with the submitted model alone in bubblewrap.
 
-The trusted parent (a Celery worker) never loads a submission itself. It starts
-``python -m evaluator run -`` in a child with no network, no inherited environment (so no
-database or broker credentials), read-only views of the artifact, the evaluation sets and the
-Python installation, a private size-limited /tmp, resource limits and a wall-clock timeout; it
-passes the JobSpec on stdin and reads back JSON lines only.
+The trusted parent (a Celery worker) never loads a submission itself. It starts the scorer,
+``python -m evaluator run -``, as an ordinary child with no inherited environment (so no
+database or broker credentials), resource limits and a wall-clock timeout; it passes the
+JobSpec on stdin and reads back JSON lines only. The scorer holds the evaluation sets and
+computes every number, and starts the model process (:mod:`evaluator.remote`) under
+bubblewrap: no network, read-only views of the artifact (the only job file it can see) and the
+Python installation, a private size-limited /tmp. The model process receives image batches and
+returns outputs and gradients, nothing else: it never sees a label, an evaluation-set file, the
+generator or the result.
 
-Who the child runs as matters as much as what it sees. A worker running as root starts
+Who the model process runs as matters as much as what it sees. A worker running as root starts
 bubblewrap as root (so it can mount files only root may reach) and the sandboxed program is then
 dropped, by ``setpriv``, to a uid of its own with no capabilities and ``no_new_privs``: the
 kernel does not apply the process-count limit to root, so a fork bomb is only contained once the
@@ -14,12 +18,14 @@ child is not root. A worker running as an ordinary user runs bubblewrap in a use
 instead, and the limits apply to that user.
 
 Besides the rlimits (hard per-process or per-uid caps that make an allocation or a fork fail),
-the parent samples the child's process tree twice a second and stops a job whose processes
-together exceed the process or memory limit, so such a job ends quickly with a clear reason.
+the parent samples the job's process tree (scorer and model process) twice a second and stops
+a job whose processes together exceed the process or memory limit, so such a job ends quickly
+with a clear reason.
 
-Without bubblewrap the child still gets a scrubbed environment and resource limits, but it
-shares the host's network and file system: that mode must be allowed explicitly by the operator
-(``allow_unsandboxed``), and the Result's provenance says which mode ran.
+Without bubblewrap the model still runs in a process of its own with a scrubbed environment and
+resource limits, but it shares the host's network and file system: that mode must be allowed
+explicitly by the operator (``allow_unsandboxed``), and the Result's provenance says which mode
+ran.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO
 
@@ -54,7 +60,7 @@ from evaluator.spec import JobSpec, Result
 
 #: Where the evaluator package and the job's files appear inside the sandbox.
 _CODE_DIR = "/opt/arena"
-_JOB_DIR = "/job"
+_JOB_DIR = JOB_DIR = "/job"
 _STDERR_TAIL = 4000
 #: Longest stdout/stderr line the parent keeps (a hostile child may print one endless line).
 _MAX_LINE = 16 * 1024**2
@@ -137,6 +143,9 @@ def _privileged() -> bool:
 
 def _project_root() -> Path:
     return Path(__file__).resolve().parents[2]
+
+
+project_root = _project_root
 
 
 def _python_roots() -> list[str]:
@@ -254,6 +263,11 @@ def _bwrap_command(
     return build.args
 
 
+def child_env(limits: SandboxLimits, code_dir: str) -> dict[str, str]:
+    """The whole environment of a job's processes: nothing inherited from the worker."""
+    return _child_env(limits, code_dir)
+
+
 def _child_env(limits: SandboxLimits, code_dir: str) -> dict[str, str]:
     threads = str(limits.threads)
     return {
@@ -283,25 +297,6 @@ def _limit_resources(limits: SandboxLimits) -> Callable[[], None]:
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
     return apply
-
-
-def _relocate(spec: JobSpec) -> tuple[JobSpec, dict[str, str]]:
-    """Rewrite host paths in the spec to their read-only mount points inside the sandbox."""
-    mounts: dict[str, str] = {os.path.realpath(spec.artifact.path): f"{_JOB_DIR}/artifact"}
-    sets = []
-    for s in spec.evaluation_sets:
-        host = os.path.realpath(s.path)
-        inside = mounts.setdefault(host, f"{_JOB_DIR}/data/{len(mounts)}.safetensors")
-        sets.append(replace(s, path=inside))
-    generator = spec.generator
-    if generator is not None:
-        host = os.path.realpath(generator.path)
-        generator = replace(generator, path=mounts.setdefault(host, f"{_JOB_DIR}/generator.safetensors"))
-    relocated = replace(
-        spec, artifact=replace(spec.artifact, path=mounts[os.path.realpath(spec.artifact.path)]),
-        evaluation_sets=tuple(sets), generator=generator,
-    )
-    return relocated, mounts
 
 
 def _plan_mounts(
@@ -362,6 +357,25 @@ def _sandbox_prefix(
             fds[inside] = os.open(host, os.O_RDONLY | os.O_CLOEXEC)
             stack.callback(os.close, fds[inside])
         yield _bwrap_command(binds, limits, identity, fds, devices), tuple(fds.values()), identity
+
+
+sandbox_prefix = _sandbox_prefix
+
+
+def check_sandbox_available() -> None:
+    """Raise :class:`SandboxUnavailable` now, in the worker, if bubblewrap cannot be used on this host."""
+    bwrap = bubblewrap_path()
+    if bwrap is None:
+        raise SandboxUnavailable("bubblewrap (bwrap) is not installed")
+    version = _bwrap_version(bwrap)
+    if version < _MIN_BWRAP_VERSION:
+        shown = ".".join(map(str, version)) or "unknown"
+        raise SandboxUnavailable(f"bubblewrap {shown} is too old; the sandbox needs 0.8 or newer")
+    if _privileged() and setpriv_path() is None:
+        raise SandboxUnavailable(
+            "the worker runs as root, and setpriv (util-linux) is needed to drop the sandboxed process to an "
+            "unprivileged uid; install it or run the worker as an ordinary user"
+        )
 
 
 @dataclass
@@ -537,6 +551,20 @@ def _describe_exit(
     return "crashed", f"The evaluation process exited with status {returncode} without a result ({last[:300]})."
 
 
+def describe_model_exit(returncode: int, stderr_tail: str, sandboxed: bool) -> tuple[str, str]:
+    """Code and sentence for a model process that ended during a job.
+
+    Its stderr only selects among fixed sentences (out of memory, file too large, ...): the model
+    process is untrusted, so nothing it wrote is repeated on a page.
+    """
+    code, message = _describe_exit(returncode, SandboxLimits(), stderr_tail, sandboxed)
+    if code == "crashed":
+        return "model_crashed", f"The model process ended unexpectedly (exit status {returncode})."
+    if code == "killed":
+        return "killed", "The model process was killed (most often: it exceeded the memory limit)."
+    return code, message.replace("The evaluation", "The model")
+
+
 def _parse_result(line: str, progress: ProgressCallback) -> Result | None:
     """One JSON line from the child: reports progress, returns the Result if it is one."""
     try:
@@ -567,18 +595,22 @@ def run_sandboxed(
     allow_unsandboxed: bool = False,
     should_cancel: Callable[[], bool] | None = None,
 ) -> Result:
-    """Evaluate ``spec`` in a child process and return its Result (never raises for model faults).
+    """Evaluate ``spec`` in the scorer process (the model in its sandbox) and return its Result.
 
-    ``should_cancel`` is polled about once a second; when it returns True the child is killed
-    and a ``cancelled`` Result comes back. Raises :class:`SandboxUnavailable` when no sandbox can
-    be set up and the unsandboxed mode is not allowed.
+    Never raises for model faults. ``should_cancel`` is polled about once a second; when it
+    returns True the job's processes are killed and a ``cancelled`` Result comes back. Raises
+    :class:`SandboxUnavailable` when no sandbox can be set up and the unsandboxed mode is not
+    allowed.
     """
     limits = limits or SandboxLimits()
     use_bwrap = bubblewrap_path() is not None
-    if not use_bwrap and not allow_unsandboxed:
+    if use_bwrap:
+        check_sandbox_available()
+    elif not allow_unsandboxed:
         raise SandboxUnavailable(
             "bubblewrap (bwrap) is not installed, and unsandboxed evaluation is not allowed on this worker"
         )
+    mode = "bubblewrap" if use_bwrap else "unsandboxed"
     found: list[Result] = []
 
     def on_line(line: str) -> None:
@@ -586,33 +618,24 @@ def run_sandboxed(
         if result is not None and not found:
             found.append(result)
 
-    command = [sys.executable, "-m", "evaluator", "run", "-"]
-    if use_bwrap:
-        mode = "bubblewrap"
-        child_spec, mounts = _relocate(spec)
-        with _sandbox_prefix(mounts, limits, gpu_device_nodes(spec.device)) as (prefix, fds, _):
-            outcome = _supervise(
-                [*prefix, *command], stdin_text=child_spec.to_json(), limits=limits, on_stdout_line=on_line,
-                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")}, pass_fds=fds, should_cancel=should_cancel,
-            )
-    else:
-        mode = "unsandboxed"
-        cwd = tempfile.mkdtemp(prefix="arena-job-")
-        env = _child_env(limits, str(_project_root()))
-        env["HOME"] = cwd
-        try:
-            outcome = _supervise(
-                command, stdin_text=spec.to_json(), limits=limits, on_stdout_line=on_line, env=env, cwd=cwd,
-                should_cancel=should_cancel,
-            )
-        finally:
-            shutil.rmtree(cwd, ignore_errors=True)
+    job = json.dumps({"spec": json.loads(spec.to_json()),
+                      "host": {"sandbox": "bubblewrap" if use_bwrap else "process", "limits": asdict(limits)}})
+    cwd = tempfile.mkdtemp(prefix="arena-job-")
+    env = _child_env(limits, str(_project_root()))
+    env["HOME"] = cwd
+    try:
+        outcome = _supervise(
+            [sys.executable, "-m", "evaluator", "run", "-"], stdin_text=job, limits=limits, on_stdout_line=on_line,
+            env=env, cwd=cwd, should_cancel=should_cancel,
+        )
+    finally:
+        shutil.rmtree(cwd, ignore_errors=True)
 
     result = found[0] if found else None
     if outcome.stopped:
         result = Result.failure(spec, *_describe_stop(outcome.stopped, limits))
     elif result is None:
-        result = Result.failure(spec, *_describe_exit(outcome.returncode, limits, outcome.stderr_tail, use_bwrap))
+        result = Result.failure(spec, *_describe_exit(outcome.returncode, limits, outcome.stderr_tail, False))
     if result.job_id != spec.job_id:
         result = Result.failure(spec, "internal", "The evaluation returned a result for another job.")
     result.provenance.update(
