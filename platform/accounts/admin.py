@@ -1,8 +1,36 @@
-"""Admin: per-track quota limits (editable), the quota ledger and withdrawals (read-only)."""
+"""Admin: per-track quota limits (editable), the quota ledger and withdrawals (read-only), and
+approving new accounts (``ARENA_SIGNUP_MODE=approval``)."""
 
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.contrib.auth import get_user_model
+from django.contrib.auth.admin import UserAdmin
+from django.db.models import QuerySet
+from django.http import HttpRequest
 
 from accounts.models import QuotaEntry, TrackQuota, Withdrawal
+
+User = get_user_model()
+
+
+class ApprovingUserAdmin(UserAdmin):
+    """Django's user admin, with the accounts awaiting approval one filter and one action away.
+
+    Under ``ARENA_SIGNUP_MODE=approval`` a sign-up creates an inactive account; a staff member
+    filters on *Active: No*, checks who they are, and approves them (or ticks *Active* on one user).
+    """
+
+    list_display = ["username", "email", "is_active", "is_staff", "date_joined", "last_login"]
+    ordering = ["-date_joined"]
+    actions = ["approve_selected"]
+
+    @admin.action(description="Approve the selected accounts (make them active)")
+    def approve_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
+        count = queryset.filter(is_active=False).update(is_active=True)
+        self.message_user(request, f"Approved {count} account(s).", messages.SUCCESS)
+
+
+admin.site.unregister(User)
+admin.site.register(User, ApprovingUserAdmin)
 
 
 @admin.register(TrackQuota)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.utils.decorators import method_decorator
+from django.views.decorators.cache import never_cache
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import permissions, serializers
 from rest_framework.authtoken.views import ObtainAuthToken
@@ -38,9 +40,11 @@ class QuotaView(APIView):
         return Response([{"track": t.slug, **usage[t.pk].as_dict()} for t in tracks])
 
 
+@method_decorator(never_cache, name="dispatch")
 class ObtainTokenView(ObtainAuthToken):
-    """DRF's username/password -> token endpoint, throttled per client address.
+    """DRF's username/password -> token endpoint, throttled per client address; never cached.
 
+    Its answer is a credential, so it carries ``Cache-Control: no-store`` like the token page.
     It takes a password, so it is a login form too. django-axes already locks a username from one
     address after repeated failures (DRF passes the request to ``authenticate``); DRF's own class
     turns throttling off, and the ``login`` rate bounds guesses spread over many usernames.

@@ -1,4 +1,5 @@
-"""django-axes hooks: whom a failed login counts against, and what a locked-out login gets back."""
+"""django-axes hooks (whom a failed login counts against, what a locked-out login gets back), and the
+per-address rates of the login and sign-up forms."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ from axes.helpers import get_cool_off, get_failure_limit
 from django.contrib.auth.views import LoginView
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
+from django.urls import reverse
 from rest_framework.throttling import BaseThrottle, ScopedRateThrottle
+
+from accounts.forms import ApprovalAwareAuthenticationForm
 
 
 def client_address(request: HttpRequest) -> str:
@@ -42,7 +46,40 @@ def lockout_response(request: HttpRequest, original_response: HttpResponse | Non
     return response
 
 
-class AddressThrottledLoginView(LoginView):
+class AddressThrottleMixin:
+    """Puts a view's POSTs under a per-address DRF rate (``throttle_scope``), answering 429 past it.
+
+    The API's throttles work on any request, so the HTML forms that need a per-address budget
+    (login, sign-up) reuse DRF's ``ScopedRateThrottle`` and its cache counters rather than a
+    counter of their own; the address is :func:`client_address`'s, the same as the API's.
+    Only POSTs count: showing the form is free.
+    """
+
+    throttle_scope: str
+    #: The 429 page's sentence; ``{wait}`` becomes " for N seconds" (or nothing when unknown).
+    throttled_message: str
+    throttled_title: str = "Too many attempts"
+    #: URL name of the form to come back to.
+    retry_url_name: str
+
+    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        throttle = ScopedRateThrottle()
+        if not throttle.allow_request(request, self):
+            return self.throttled_response(request, throttle.wait())
+        return super().post(request, *args, **kwargs)  # type: ignore[misc]
+
+    def throttled_response(self, request: HttpRequest, wait: float | None) -> HttpResponse:
+        seconds = max(1, math.ceil(wait)) if wait is not None else None
+        message = self.throttled_message.format(wait=f" for {seconds} seconds" if seconds else "")
+        response = render(request, "registration/locked_out.html",
+                          {"message": message, "title": self.throttled_title,
+                           "retry_url": reverse(self.retry_url_name)}, status=429)
+        if seconds:
+            response["Retry-After"] = str(seconds)
+        return response
+
+
+class AddressThrottledLoginView(AddressThrottleMixin, LoginView):
     """Django's login form under the token endpoint's per-address rate (the ``login`` scope).
 
     Axes locks one username at one address; a password spray tries one or two passwords on many
@@ -51,17 +88,8 @@ class AddressThrottledLoginView(LoginView):
     alternating between them gains nothing.
     """
 
+    authentication_form = ApprovalAwareAuthenticationForm
     throttle_scope = "login"
-
-    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        throttle = ScopedRateThrottle()
-        if not throttle.allow_request(request, self):
-            wait = throttle.wait()
-            seconds = max(1, math.ceil(wait)) if wait is not None else None
-            message = ("Too many login attempts from your address: logging in is paused"
-                       + (f" for {seconds} seconds" if seconds else "") + ", whatever the account.")
-            response = render(request, "registration/locked_out.html", {"message": message}, status=429)
-            if seconds:
-                response["Retry-After"] = str(seconds)
-            return response
-        return super().post(request, *args, **kwargs)
+    retry_url_name = "login"
+    throttled_title = "Too many login attempts"
+    throttled_message = "Too many login attempts from your address: logging in is paused{wait}, whatever the account."

@@ -7,6 +7,6 @@ from accounts.lockout import AddressThrottledLoginView
 urlpatterns = [
     path("login/", AddressThrottledLoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
-    path("signup/", views.signup, name="signup"),
+    path("signup/", views.SignupView.as_view(), name="signup"),
     path("token/", views.api_token, name="api-token"),
 ]

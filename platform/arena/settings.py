@@ -239,6 +239,13 @@ ARENA_DEFAULT_DAILY_LIMIT = int(os.environ.get("ARENA_DEFAULT_DAILY_LIMIT", 10))
 ARENA_DEFAULT_TOTAL_LIMIT = int(os.environ.get("ARENA_DEFAULT_TOTAL_LIMIT", 100))
 ARENA_QUOTA_EXEMPT_GROUP = os.environ.get("ARENA_QUOTA_EXEMPT_GROUP", "robots")
 
+# --- Sign-up (accounts.views.SignupView): quotas are per account, so accounts must not be free for the taking.
+# "open": an account at once; "approval": created inactive until a staff member activates it in the admin
+# (no outgoing mail server needed); "closed": no sign-up, staff create accounts. A public site defaults to approval.
+ARENA_SIGNUP_MODE = os.environ.get("ARENA_SIGNUP_MODE", "approval" if PRODUCTION else "open").strip().lower()
+if ARENA_SIGNUP_MODE not in {"open", "approval", "closed"}:
+    raise ImproperlyConfigured(f"ARENA_SIGNUP_MODE must be open, approval or closed, not {ARENA_SIGNUP_MODE!r}")
+
 # --- Cache: API throttling counters. Per process by default; CACHE_URL (redis://...) shares them. ---
 if os.environ.get("CACHE_URL"):
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
@@ -303,6 +310,7 @@ REST_FRAMEWORK = {
         "anon": os.environ.get("ARENA_API_ANON_RATE", "120/minute"),
         "user": os.environ.get("ARENA_API_USER_RATE", "1200/minute"),
         "login": os.environ.get("ARENA_API_LOGIN_RATE", "20/minute"),  # per address on the token endpoint
+        "signup": os.environ.get("ARENA_SIGNUP_RATE", "10/hour"),  # per address, every sign-up form POST
     },
     "NUM_PROXIES": PROXY_COUNT,
 }

@@ -13,6 +13,7 @@ thousands of models costs one array per model type, not one trace per model.
 
 from __future__ import annotations
 
+import html
 from collections.abc import Callable
 from typing import Any
 
@@ -41,6 +42,18 @@ def figure_json(fig: go.Figure) -> SafeString:
     """The figure as JSON that is safe inside a <script type="application/json"> element."""
     text = pio.to_json(fig, validate=False, pretty=False, engine="json")
     return mark_safe(text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026"))  # noqa: S308
+
+
+def hover_text(text: str) -> str:
+    """``text`` as plain text in a plotly label: ``<``, ``>`` and ``&`` as entities.
+
+    Plotly draws hover labels, tick labels and trace text from a subset of HTML (``<a href>``,
+    ``<b>``, ``<br>``...), so a model named ``<a href="https://evil">x</a>`` would otherwise become a
+    link in a leaderboard's hover label. Plotly turns ``&lt;``, ``&gt;`` and ``&amp;`` back into the
+    characters after it has looked for tags; it knows no other named entity (``&quot;`` would show
+    as is), hence ``quote=False``.
+    """
+    return html.escape(text, quote=False)
 
 
 def _pct(value: float | None, digits: int = 2) -> str:
@@ -95,7 +108,8 @@ def _points(board: Leaderboard, x_of: dict[int, float], y_of: dict[int, float],
         x, y = x_of.get(s.pk), y_of.get(s.pk)
         if x is None or y is None:
             continue
-        point = (x, y, [row.url, s.name, s.owner.username, *hover_extra(s.pk)])
+        labels = [s.name, s.owner.username, *hover_extra(s.pk)]
+        point = (x, y, [row.url, *map(hover_text, labels)])
         groups.setdefault(s.model_type, []).append(point)
         if user_id is not None and s.owner_id == user_id:
             mine.append(point)
@@ -283,7 +297,7 @@ def detector_attack_figure(board: Leaderboard, user: Any = None) -> go.Figure | 
         xs, yv, text = groups.setdefault(row.submission.model_type, ([], [], []))
         xs.extend([*names, None])
         yv.extend([*ys, None])
-        text.extend([row.submission.name] * len(names) + [None])
+        text.extend([hover_text(row.submission.name)] * len(names) + [None])
         count += 1
     if not count:
         return None

@@ -25,13 +25,16 @@ class SubmissionAdmin(admin.ModelAdmin):
     inlines = [ResultInline]
     actions = ["rerun_selected", "cancel_selected"]
 
-    @admin.action(description="Re-run the evaluation of the selected submissions")
+    @admin.action(description="Re-run the evaluation of the selected submissions (not charged to quotas)")
     def rerun_selected(self, request, queryset):
         count = 0
         for submission in queryset:
             try:
                 services.rerun(submission)
                 count += 1
+            except services.ArtifactDeleted:
+                self.message_user(request, f"{submission}: its file was deleted when it was cancelled.",
+                                  messages.WARNING)
             except IllegalTransition:
                 self.message_user(request, f"{submission} is still {submission.state}.", messages.WARNING)
         self.message_user(request, f"Queued {count} submission(s) again.")

@@ -111,9 +111,14 @@ class SubmissionViewSet(
             visible = visible.filter(owner=user)
         return visible
 
-    @extend_schema(responses={201: SubmissionSerializer, 400: OpenApiResponse(description="Invalid upload."),
-                              409: OpenApiResponse(description="The same file is already evaluated on this track "
-                                                               "under its current suite (duplicate_of names it)."),
+    @extend_schema(responses={201: SubmissionSerializer,
+                              400: OpenApiResponse(description="Invalid upload, refused before anything is stored "
+                                                               "or charged: a field sent twice, a file in a format "
+                                                               "the platform does not accept or not the declared "
+                                                               "one, safetensors without a known zoo architecture."),
+                              409: OpenApiResponse(description="You already submitted the same file to this track "
+                                                               "and its evaluation under the current suite stands "
+                                                               "(duplicate_of names your earlier submission)."),
                               429: OpenApiResponse(description="Submission quota used up on this track; "
                                                                "Retry-After says when the daily limit resets.")})
     def create(self, request: Request, *args, **kwargs) -> Response:
@@ -129,17 +134,16 @@ class SubmissionViewSet(
             return Response({"detail": exc.message, "code": "quota_exceeded"},
                             status=status.HTTP_429_TOO_MANY_REQUESTS, headers=headers)
         except services.DuplicateSubmission as exc:
-            body: dict[str, Any] = {"detail": exc.message, "code": "duplicate"}
-            if exc.existing is not None:
-                body["duplicate_of"] = str(exc.existing.public_id)
-                body["status_url"] = request.build_absolute_uri(
-                    reverse("api-submission-detail", args=[exc.existing.public_id]))
-            return Response(body, status=status.HTTP_409_CONFLICT)
+            return Response({"detail": exc.message, "code": "duplicate", "duplicate_of": str(exc.existing.public_id),
+                             "status_url": request.build_absolute_uri(
+                                 reverse("api-submission-detail", args=[exc.existing.public_id]))},
+                            status=status.HTTP_409_CONFLICT)
         out = self.get_serializer(submission)
         return Response(out.data, status=status.HTTP_201_CREATED, headers={"Location": out.data["status_url"]})
 
     @action(detail=True, methods=["post"])
     def cancel(self, request: Request, id: str | None = None, format: str | None = None) -> Response:
+        """Cancel a queued or running evaluation; its uploaded file is deleted (the record keeps its sha256)."""
         # ``format``: the router also routes ``cancel.json``, whose suffix arrives as this argument.
         submission = self.get_object()
         if not services.cancel(submission):

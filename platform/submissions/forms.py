@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django import forms
 from django.conf import settings
+from django.core.files import File
 
 from benchmarks.models import Track
 from submissions.models import Submission
+from submissions.uploads import check_artifact, check_zoo_architecture, repeated_field_errors
 
 
 class SubmissionForm(forms.ModelForm):
@@ -28,7 +32,7 @@ class SubmissionForm(forms.ModelForm):
         ]
         labels = {"zoo_architecture": "Zoo architecture (safetensors only)", "is_public": "Show on the leaderboard"}
 
-    def clean_artifact(self):
+    def clean_artifact(self) -> File:
         artifact = self.cleaned_data["artifact"]
         if artifact.size > settings.ARENA_MAX_UPLOAD_BYTES:
             raise forms.ValidationError(
@@ -36,9 +40,18 @@ class SubmissionForm(forms.ModelForm):
             )
         return artifact
 
-    def clean(self):
+    def clean_zoo_architecture(self) -> str:
+        return check_zoo_architecture(self.cleaned_data["zoo_architecture"])
+
+    def clean(self) -> dict[str, Any]:
+        """The same checks as the API's serializer: no repeated field, a file whose content fits what is declared."""
         data = super().clean()
-        fmt = data.get("artifact_format")
-        if fmt == Submission.Format.SAFETENSORS and not data.get("zoo_architecture"):
-            self.add_error("zoo_architecture", "Safetensors weights need the zoo architecture they belong to.")
+        for name, message in repeated_field_errors(self.data, self.files).items():
+            self.add_error(name if name in self.fields else None, message)
+        if data.get("artifact") is not None and not self.errors:
+            try:
+                data["artifact_format"] = check_artifact(data["artifact"], data.get("artifact_format", ""),
+                                                         data.get("zoo_architecture", ""))
+            except forms.ValidationError as error:
+                self.add_error(None, error)
         return data

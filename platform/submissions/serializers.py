@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
+from django.core.files import File
 from django.db.models import F, Prefetch
 from rest_framework import serializers
 
 from benchmarks.models import Track
 from leaderboards.precision import round_released
 from submissions.models import Result, Submission
+from submissions.uploads import check_artifact, check_zoo_architecture, repeated_field_errors
 
 
 class ResultSerializer(serializers.ModelSerializer):
@@ -131,14 +135,26 @@ class SubmissionSerializer(serializers.ModelSerializer):
             return None  # one count query per object: only on the status URL, not in lists
         return Submission.objects.filter(state=Submission.State.QUEUED, queued_at__lt=obj.queued_at).count() + 1
 
-    def validate_artifact(self, value):
+    def to_internal_value(self, data: Any) -> dict[str, Any]:
+        """Refuse a multipart body that repeats a field before reading any of them (uploads.repeated_field_errors)."""
+        repeated = repeated_field_errors(data)
+        if repeated:
+            raise serializers.ValidationError({name: [message] for name, message in repeated.items()},
+                                              code="repeated_field")
+        return super().to_internal_value(data)
+
+    def validate_artifact(self, value: File) -> File:
         if value.size > settings.ARENA_MAX_UPLOAD_BYTES:
             raise serializers.ValidationError(
                 f"The file is larger than the limit of {settings.ARENA_MAX_UPLOAD_BYTES // 1024**2} MiB."
             )
         return value
 
-    def validate(self, attrs):
-        if attrs.get("artifact_format") == Submission.Format.SAFETENSORS and not attrs.get("zoo_architecture"):
-            raise serializers.ValidationError({"zoo_architecture": "Safetensors weights need a zoo architecture."})
+    def validate_zoo_architecture(self, value: str) -> str:
+        return check_zoo_architecture(value)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        """The format is the one the content shows (uploads.check_artifact); a contradicting declaration is refused."""
+        attrs["artifact_format"] = check_artifact(attrs["artifact"], attrs.get("artifact_format", ""),
+                                                  attrs.get("zoo_architecture", ""))
         return attrs

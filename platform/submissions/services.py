@@ -10,33 +10,40 @@ from django.core.files import File
 from django.db import transaction
 
 from benchmarks.models import Track
-from submissions.models import Submission
+from submissions.models import IllegalTransition, Submission
 
 CHUNK = 1024 * 1024
 
 
 class DuplicateSubmission(Exception):
-    """These exact weights were already evaluated (or are being evaluated) on this track and suite.
+    """The uploader already submitted these exact weights to this track, and that evaluation still counts.
 
-    A second evaluation would cost a worker and tell nobody anything new, and letting identical
-    files through under new names would let a leaderboard be padded. ``existing`` is the earlier
-    submission when the uploader may see it, else None.
+    A second evaluation would cost a worker and tell the uploader nothing new. Only the uploader's
+    own submissions are compared: telling someone that *another* user uploaded the same file would
+    reveal that user's (possibly private) submission, so another user's identical file is simply a
+    new submission. ``existing`` is the uploader's earlier submission.
     """
 
-    def __init__(self, message: str, existing: Submission | None) -> None:
+    def __init__(self, message: str, existing: Submission) -> None:
         super().__init__(message)
         self.message = message
         self.existing = existing
 
 
-def find_duplicate(track: Track, sha256: str, zoo_architecture: str = "") -> Submission | None:
-    """An earlier submission of the same file (and zoo architecture) whose evaluation still counts.
+class ArtifactDeleted(IllegalTransition):
+    """The submission cannot be queued again: its file was deleted when it was cancelled."""
+
+
+def find_duplicate(owner: Any, track: Track, sha256: str, zoo_architecture: str = "") -> Submission | None:
+    """``owner``'s earlier submission of the same file (and zoo architecture) whose evaluation still counts.
 
     Counted: one queued or running, and one finished under the track's current suite version.
     Not counted: failed or cancelled ones (a platform fault must be retryable) and those scored
-    under an older suite (the new suite has not seen the file yet).
+    under an older suite (the new suite has not seen the file yet). Other users' submissions are
+    never looked at (see :class:`DuplicateSubmission`).
     """
-    same = Submission.objects.filter(track=track, artifact_sha256=sha256, zoo_architecture=zoo_architecture)
+    same = Submission.objects.filter(owner=owner, track=track, artifact_sha256=sha256,
+                                     zoo_architecture=zoo_architecture)
     pending = same.filter(state__in=[Submission.State.QUEUED, Submission.State.RUNNING])
     current = same.filter(state=Submission.State.FINISHED, runs__suite_version=track.suite_version)
     return (pending | current).order_by("created_at", "id").first()
@@ -81,7 +88,9 @@ def create_submission(owner: Any, track: Track, upload: File, **metadata: Any) -
 
     Raises ``accounts.quota.QuotaExceeded`` (before anything is stored) when the owner has used up
     a daily or total limit on the track, and :class:`DuplicateSubmission` (nothing stored, no quota
-    charged) when the same file is already evaluated on the track under its current suite.
+    charged) when the owner's own earlier upload of the same file still counts on the track.
+    The upload is trusted to be well-formed: the API's serializer and the web form check it first
+    (``submissions.uploads.check_artifact``); internal callers (demo, baselines) pass known files.
     """
     from accounts import quota
     from submissions.tasks import enqueue
@@ -98,13 +107,11 @@ def create_submission(owner: Any, track: Track, upload: File, **metadata: Any) -
     )
     with transaction.atomic():
         quota.check_and_lock(owner, track)
-        duplicate = find_duplicate(track, submission.artifact_sha256, submission.zoo_architecture)
+        duplicate = find_duplicate(owner, track, submission.artifact_sha256, submission.zoo_architecture)
         if duplicate is not None:
-            visible = duplicate if duplicate.visible_to(owner) else None
-            where = f" as “{duplicate.name}”" if visible is not None else ""
             raise DuplicateSubmission(
-                f"This file was already submitted to {track.name}{where} and its evaluation under suite "
-                f"{track.suite_version} stands; it is not evaluated twice.", visible)
+                f"You already submitted this file to {track.name} as “{duplicate.name}”, and that evaluation "
+                f"under suite {track.suite_version} stands; it is not evaluated twice.", duplicate)
         submission.artifact.save("upload", upload, save=False)
         submission.save()
         quota.charge(submission)
@@ -113,15 +120,38 @@ def create_submission(owner: Any, track: Track, upload: File, **metadata: Any) -
 
 
 def rerun(submission: Submission) -> None:
+    """Queue a finished, failed or cancelled submission again (staff and operators only: it is not charged).
+
+    Raises :class:`ArtifactDeleted` when its file is gone (deleted when it was cancelled) and
+    ``IllegalTransition`` when it is still queued or running.
+    """
     from submissions.tasks import enqueue
 
+    if not submission.artifact:
+        raise ArtifactDeleted(f"{submission.public_id}: its file was deleted when it was cancelled")
     submission.transition(Submission.State.QUEUED)
     transaction.on_commit(lambda: enqueue(submission))
 
 
 def cancel(submission: Submission) -> bool:
-    """Cancel a queued or running job; a running sandbox notices within a second and is killed."""
+    """Cancel a queued or running job and delete its stored file; False when it had already ended.
+
+    A running sandbox notices within a second and is killed. The file goes once the cancellation
+    is committed (a rolled-back cancel keeps it); the row keeps the sha256, size and name for the
+    record. An evaluation that still picks the job up finds it cancelled and does nothing, and a
+    worker that loses the file mid-run records nothing either: its attempt no longer owns the job.
+    """
     if submission.is_terminal:
         return False
     submission.transition(Submission.State.CANCELLED, failure_reason="Cancelled.")
+    # robust: a storage outage is logged by Django and leaves the file (and its name) for later; the
+    # cancellation itself stands either way.
+    transaction.on_commit(lambda: delete_artifact(submission), robust=True)
     return True
+
+
+def delete_artifact(submission: Submission) -> None:
+    """Remove the stored file of a cancelled submission and forget its storage name."""
+    if submission.artifact:
+        submission.artifact.delete(save=False)
+    Submission.objects.filter(pk=submission.pk).update(artifact="")

@@ -1,4 +1,13 @@
-"""Refusing oversized uploads with HTTP 413 before they are written anywhere.
+"""Refusing uploads that cannot be evaluated before anything is stored or charged.
+
+Malformed uploads (below, :func:`check_artifact` and friends) are refused by the API's serializer
+and the web form with a 400 or a form error naming the field, before the quota is checked: a
+file in a format the evaluator refuses, a declared format the content contradicts, safetensors
+without a zoo architecture or with one the zoo does not have, and a field sent twice (which one
+would count is the parser's choice, not the researcher's). Charging for these would make a typo
+cost a submission, and storing them would only queue a failure.
+
+Oversized uploads get HTTP 413 before they are written anywhere.
 
 Why here and not in the serializer: by the time a serializer or form sees the file, Django has
 already streamed the whole request body into a temporary file, so a multi-gigabyte upload would
@@ -17,9 +26,17 @@ the 413 from their header too, so no form post can fill the disk either.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import shutil
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.files import File
 from django.core.files.uploadhandler import FileUploadHandler
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from rest_framework import status
@@ -97,3 +114,85 @@ class UploadSizeLimitMiddleware:
         if api and request.method in {"POST", "PUT", "PATCH"}:
             request.upload_handlers.insert(0, FileSizeLimitHandler(request))
         return self.get_response(request)
+
+
+# --- Malformed uploads ------------------------------------------------------------------------------
+
+#: How each format is named in a refusal.
+FORMAT_NAMES = {"pt2": "a torch.export program (.pt2)", "safetensors": "safetensors weights"}
+
+
+def repeated_field_errors(*parts: Any) -> dict[str, str]:
+    """field -> its refusal, for each name sent more than once across a request's fields and files.
+
+    ``parts`` are QueryDicts / MultiValueDicts (anything else is ignored). Django keeps every value
+    of a repeated multipart field and a form or serializer silently reads the last one: two
+    ``artifact`` parts would store one file while the client checked the other.
+    """
+    counts: Counter[str] = Counter()
+    for part in parts:
+        if hasattr(part, "lists"):
+            for name, values in part.lists():
+                counts[name] += len(values)
+    return {name: f"“{name}” was sent {count} times; send each field once."
+            for name, count in sorted(counts.items()) if count > 1}
+
+
+def check_zoo_architecture(name: str) -> str:
+    """``name`` when the evaluator's model zoo has it (or it is empty); else a ValidationError listing the names.
+
+    The zoo is imported on first use only: it brings torch, which pages and .pt2 uploads never need.
+    """
+    if not name:
+        return name
+    from evaluator.errors import EvaluationError
+    from evaluator.models.zoo import get_architecture
+
+    try:
+        get_architecture(name)
+    except EvaluationError as exc:
+        raise ValidationError(exc.message, code=exc.code) from None
+    return name
+
+
+def check_artifact(upload: File, declared_format: str, zoo_architecture: str) -> str:
+    """The upload's format as its content says (``pt2`` or ``safetensors``); ValidationError when unusable.
+
+    ``evaluator.models.formats.detect_format`` reads only headers and a zip directory, never unpickles
+    and never inflates, so it is safe on the web server; the evaluator runs it again in the sandbox.
+    """
+    from evaluator.errors import EvaluationError
+    from evaluator.models.formats import detect_format
+
+    try:
+        with path_on_disk(upload) as path:
+            detected = detect_format(path)
+    except EvaluationError as exc:
+        raise ValidationError({"artifact": ValidationError(exc.message, code=exc.code)}) from None
+    if declared_format and declared_format != detected:
+        raise ValidationError({"artifact_format": ValidationError(
+            f"The file is {FORMAT_NAMES[detected]}, not {FORMAT_NAMES.get(declared_format, declared_format)} "
+            "as declared; leave the format empty to have it detected.", code="format_mismatch")})
+    if detected == "safetensors" and not zoo_architecture:
+        raise ValidationError({"zoo_architecture": ValidationError(
+            "Safetensors weights need the zoo architecture they belong to "
+            "(`python -m evaluator architectures` lists them).", code="zoo_architecture_required")})
+    return detected
+
+
+@contextmanager
+def path_on_disk(upload: File) -> Iterator[str]:
+    """A path to the upload's bytes: the temporary file Django streamed it to, else a copy removed afterwards."""
+    temporary = getattr(upload, "temporary_file_path", None)
+    if temporary is not None:
+        yield temporary()
+        return
+    handle, path = tempfile.mkstemp(prefix="arena-upload-", dir=settings.FILE_UPLOAD_TEMP_DIR)
+    try:
+        with os.fdopen(handle, "wb") as copy:
+            upload.seek(0)
+            shutil.copyfileobj(upload, copy)
+        upload.seek(0)
+        yield path
+    finally:
+        os.unlink(path)

@@ -97,10 +97,21 @@ def cancel(request: HttpRequest, public_id) -> HttpResponse:
 @login_required
 @require_POST
 def rerun(request: HttpRequest, public_id) -> HttpResponse:
+    """Queue a settled submission again: staff only.
+
+    A re-run is a new evaluation on the hidden sets, and it is not charged to the quota; open to
+    owners it would be an unmetered second look at the scores. Owners upload again instead (charged).
+    """
     submission = _owned_submission(request, public_id)
-    if submission.is_terminal:
-        services.rerun(submission)
-        messages.info(request, "The submission was queued again.")
+    if not request.user.is_staff:
+        messages.error(request, "Only staff can re-run an evaluation; upload the model again to have it evaluated.")
+    elif submission.is_terminal:
+        try:
+            services.rerun(submission)
+        except services.ArtifactDeleted:
+            messages.error(request, "This submission cannot be re-run: its file was deleted when it was cancelled.")
+        else:
+            messages.info(request, "The submission was queued again.")
     return redirect(submission)
 
 

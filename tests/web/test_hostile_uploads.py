@@ -12,12 +12,15 @@ import pickle
 from pathlib import Path
 
 import pytest
+from django.core.files import File
 from django.core.files.uploadhandler import TemporaryFileUploadHandler
+from rest_framework.response import Response
 from rest_framework.test import APIClient
 
 from accounts.models import QuotaEntry
 from evaluator.sandbox import runner
 from evaluator.sandbox.identity import IdentityUnavailable
+from submissions import services
 from submissions.models import Submission
 from submissions.tasks import evaluate_submission
 from tests.evaluator.test_sandbox_hostile import write_zip_bomb
@@ -30,12 +33,16 @@ pytestmark = [
 MiB = 1024**2
 
 
-def _upload(token: str, path: Path, **fields) -> Submission:
+def _post(token: str, path: Path, **fields) -> Response:
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Token {token}")
     with path.open("rb") as handle:
-        response = client.post("/api/v1/submissions/", {"track": "digits", "name": path.stem, "artifact": handle,
-                                                        **fields}, format="multipart")
+        return client.post("/api/v1/submissions/", {"track": "digits", "name": path.stem, "artifact": handle,
+                                                    **fields}, format="multipart")
+
+
+def _upload(token: str, path: Path, **fields) -> Submission:
+    response = _post(token, path, **fields)
     assert response.status_code == 201, response.content
     return Submission.objects.get(public_id=response.json()["id"])
 
@@ -62,8 +69,16 @@ def test_hostile_uploads_fail_with_reasons_and_the_worker_keeps_serving(
     pickled.write_bytes(pickle.dumps(Marker(marker)))
     bomb = write_zip_bomb(lenet5_pt2, tmp_path / "bomb.pt2")
 
+    # A pickle is refused at upload (submissions.uploads.check_artifact), before it is stored or charged ...
+    refused = _post(token, pickled, artifact_format="pt2")
+    assert refused.status_code == 400 and "Pickles execute code" in refused.json()["artifact"][0]
+    assert not Submission.objects.exists() and not QuotaEntry.objects.exists()
+    # ... and one stored anyway (before that check existed, or by an internal caller) still fails in the sandbox.
+    with pickled.open("rb") as handle:
+        stored_pickle = services.create_submission(researcher, digits_track, File(handle, name="model.pt2"),
+                                                   name="pickle", artifact_format="pt2")
     hostile = {
-        "pickle": (_upload(token, pickled, artifact_format="pt2"), "unsafe_format", "runs code"),
+        "pickle": (stored_pickle, "unsafe_format", "runs code"),
         "zip bomb": (_upload(token, bomb), "corrupt_artifact", "decompression bomb"),
     }
     good = _upload(token, lenet5_safetensors, zoo_architecture="mnist_lenet5")

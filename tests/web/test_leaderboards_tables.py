@@ -9,6 +9,7 @@ import json
 import re
 import uuid
 from html import unescape
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -20,9 +21,9 @@ from scipy.stats import norm
 from accounts.models import Withdrawal
 from benchmarks.fits import robustness_of
 from benchmarks.models import BaselineFit
-from leaderboards.plots import effective_robustness_figure, robust_accuracy_figure
+from leaderboards.plots import detector_attack_figure, effective_robustness_figure, robust_accuracy_figure
 from leaderboards.precision import round_released
-from leaderboards.queries import Filters, build
+from leaderboards.queries import ATTACKED_AUC, Filters, build
 from submissions.models import EvaluationRun, Result, Submission
 from tests.web.test_leaderboards_helpers import THREAT, add_shifts, populate
 
@@ -158,6 +159,47 @@ def test_effective_robustness_figure(board_models, digits_track, researcher):
     attack = robust_accuracy_figure(build(digits_track, None, Filters(threat=THREAT)))
     assert attack.layout.meta["models"] == 8
     assert next(t for t in attack.data if t.name == "Robust training").y[0] == pytest.approx(77.0)
+
+
+HOSTILE_NAMES = {"Ada's model": '<a href="https://evil">x</a>', "Robust net": "<b>bold</b> & co"}
+
+
+def _hover_strings(figure: dict) -> list[str]:
+    """Every string a figure's points carry into their hover labels (customdata and text)."""
+    found: list[str] = []
+    for trace in figure["data"]:
+        for row in trace.get("customdata") or []:
+            found += [cell for cell in row[1:] if isinstance(cell, str)]  # row[0] is the page URL
+        found += [cell for cell in trace.get("text") or [] if isinstance(cell, str)]
+    return found
+
+
+def test_hover_labels_show_model_names_as_text(board_models, digits_track, researcher):
+    """Plotly renders tags in hover text: a model name must reach it escaped, never as markup."""
+    for old, new in HOSTILE_NAMES.items():
+        Submission.objects.filter(pk=board_models[old].pk).update(name=new)
+    escaped = ['&lt;a href="https://evil"&gt;x&lt;/a&gt;', "&lt;b&gt;bold&lt;/b&gt; &amp; co"]
+    html = Client().get(URL, {"view": "shift:usps", "threat": THREAT}).content.decode()
+    figures = {key: json.loads(re.search(rf'<script type="application/json" id="{key}">(.*?)</script>', html,
+                                         re.S)[1]) for key in ("er-figure", "robust-figure")}
+    figures["threat"] = json.loads(robust_accuracy_figure(build(digits_track, researcher,
+                                                                Filters(threat=THREAT))).to_json())
+    for label, figure in figures.items():
+        strings = _hover_strings(figure)
+        assert all(name in strings for name in escaped), (label, strings)
+        assert not any("<" in text or ">" in text for text in strings), label  # no raw <a, <b anywhere
+        assert all(name in strings for name in ("Baseline 0", "bob")), label  # plain names are left alone
+
+
+def test_detector_hover_labels_show_model_names_as_text(board_models, digits_track):
+    """The detector figure puts names in its points' text: escaped there too."""
+    clean = digits_track.clean_set()
+    rows = [SimpleNamespace(submission=SimpleNamespace(pk=1, model_type="submission", name='<a href="x">y</a>'))]
+    board = SimpleNamespace(clean_set=clean, attacks=["Linf-1/255"], shift_sets=[], rows=rows,
+                            values={1: {(clean.pk, "auc"): 0.9, (clean.pk, f"{ATTACKED_AUC}Linf-1/255"): 0.1}})
+    figure = json.loads(detector_attack_figure(board).to_json())
+    strings = _hover_strings(figure)
+    assert '&lt;a href="x"&gt;y&lt;/a&gt;' in strings and not any("<a" in text for text in strings)
 
 
 def test_leaderboard_page_serves_plotly_locally(board_models):

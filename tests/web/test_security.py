@@ -80,6 +80,26 @@ def test_api_docs_load_their_start_up_code_as_a_script_file():
     assert "fonts.googleapis.com" not in Client().get("/api/redoc/").content.decode()
 
 
+def test_pages_showing_a_token_are_never_stored_by_a_cache(ada):
+    """The token page and the token endpoint answer with a credential: no browser or proxy may keep it."""
+    client = Client()
+    client.force_login(ada)
+
+    def shown(response) -> bool:
+        return Token.objects.get(user=ada).key in response.content.decode()
+
+    answers = {"page": client.get("/accounts/token/")}
+    assert shown(answers["page"])
+    answers["rotated"] = client.post("/accounts/token/")
+    assert shown(answers["rotated"])
+    answers["endpoint"] = APIClient().post("/api/v1/token/", {"username": "ada-sec", "password": PASSWORD})
+    assert shown(answers["endpoint"])
+    for label, response in answers.items():
+        assert response.status_code == 200, label
+        directives = {part.strip() for part in response["Cache-Control"].split(",")}
+        assert {"no-store", "no-cache", "must-revalidate", "private"} <= directives, (label, directives)
+
+
 # --- Failed logins (django-axes) ---
 
 
