@@ -2,16 +2,24 @@
 
 Three tracks:
 
-* ``mnist-digits``: a classifier track. The MNIST test set is split once, by a seeded
-  permutation, into a public half (for training and debugging) and a hidden half (scored); USPS
-  test digits, brought to MNIST's framing, are its natural distribution shift.
+* ``mnist-digits``: a classifier track. The MNIST test set is split once, by a permutation
+  seeded with this installation's secret (:mod:`benchmarks.hidden_seeds`), into a public half
+  (for training and debugging) and a hidden half (scored); USPS test digits, brought to MNIST's
+  framing, are its natural distribution shift.
 * ``mnist-gan-detector``: a synthetic-image detector track. Hidden real MNIST digits against
-  images drawn from the shared GAN generator with a hidden seed; fakes from the shared VAE
+  images drawn from the shared GAN generator with a secret seed; fakes from the shared VAE
   decoder are a generator the detector never saw (a shift), the same images JPEG-compressed and
   rescaled are laundering (a grouped shift), and the GAN fakes attacked through a surrogate
   detector trained here on public data are a black-box transfer attack. The generator's weights
   are stored with the track for the attack suite's universal attacks.
 * ``cifar10-jpeg``: a classifier track on the shared JPEG copy of the CIFAR-10 test set.
+
+Every seed that decides hidden data comes from the installation's secret, never from this file,
+and none is written into a set's ``source``, its metadata or the track: nothing in the
+repository or on the site rebuilds the hidden sets. (The hidden MNIST half is still a part of a
+public data set: whoever holds the public half's file also holds its complement. The file stays
+under ARENA_DATA_DIR for baseline training; a benchmark that needs truly unseen images needs
+images that were never published.)
 
 The shared pretrained models are converted to safetensors for zoo architectures and submitted
 through the same path as any researcher's upload, as public baselines.
@@ -31,6 +39,7 @@ import numpy as np
 from django.conf import settings
 
 from benchmarks.baselines import submit_baseline
+from benchmarks.hidden_seeds import HiddenSeeds, load_or_create, seed_file
 from benchmarks.models import Benchmark, EvaluationSet, Track
 from submissions.models import Submission
 
@@ -39,18 +48,23 @@ logger = logging.getLogger(__name__)
 BENCHMARK_SLUG = "demo"
 #: The demo's tracks, in build order (``build_demo --track`` builds a subset).
 TRACK_SLUGS = ("mnist-digits", "mnist-gan-detector", "cifar10-jpeg")
-#: The seed of the public/hidden split and of the hidden generator samples. Changing it changes
-#: the hidden sets, so it is part of the evaluation sets' version.
-HIDDEN_SEED = 20261125
-SET_VERSION = "1"
+#: The evaluation sets' version, in their file names. 2: drawn from the installation's secret seeds
+#: (benchmarks.hidden_seeds) instead of a seed in this file, so the hidden sets changed.
+SET_VERSION = "2"
+#: The demo tracks' ``seed``: public (pages and the API report it with every score, for
+#: reproducibility) and used by the evaluator for its own random choices (which hidden points are
+#: attacked, the attacks' random starts). A constant, unrelated to the hidden-data secret; it is the
+#: value the tracks always had, so the attack subsets keep their positions.
+TRACK_SEED = 61125
 CORRUPTION_PER_CELL = 100
 #: Tags every result of the demo tracks: clean sets, shifts and the attack suites. demo-2: the
 #: detector suite's latent attack keeps the best of four restarts (two losses), not one run.
-SUITE_VERSION = "demo-2"
+#: demo-3: the hidden sets come from the installation's secret seeds (SET_VERSION 2).
+SUITE_VERSION = "demo-3"
 #: Seed of the *public* GAN fakes that platform-trained detectors (the surrogate here, the baseline
 #: of ``train_detector_baselines``) learn on; the attack suite draws its public fakes with the same
-#: seed (DetectorAttackSpec.public_seed). It must differ from HIDDEN_SEED, or a detector could be
-#: trained on the very fakes it is scored on.
+#: seed (DetectorAttackSpec.public_seed). It must differ from the hidden fakes' seed, or a detector
+#: could be trained on the very fakes it is scored on: hidden seeds are at least 2**62 (hidden_seeds).
 PUBLIC_FAKE_SEED = 1
 #: The black-box transfer attack: sign-gradient descent on the platform's own surrogate detector,
 #: each pixel moving at most TRANSFER_EPS and only towards black or white ("tone-preserving", see
@@ -73,6 +87,17 @@ LAUNDERED_PER_CLASS = 1000
 #: less here; the larger budget shows where the small-CNN baseline does collapse (AUC about 0.6).
 DEMO_DETECTOR_ATTACKS = {"pgd_budgets": [1 / 255, 4 / 255, 16 / 255]}
 SMALL_DEMO_DETECTOR_ATTACKS = {"points": 40, "universal_train_images": 200, "universal_steps": 30, "pgd_steps": 10}
+
+
+def mnist_split(n: int, seeds: HiddenSeeds) -> tuple[np.ndarray, np.ndarray]:
+    """(public, hidden) indices of the demo's MNIST test split: half hidden, by the secret split seed.
+
+    The one place the split is made, so the build and the tests agree on it; without the
+    installation's secret the hidden half cannot be told from any other half.
+    """
+    from evaluator.data.evalsets import split_indices
+
+    return split_indices(n, 0.5, seeds.split)
 
 
 @dataclass(frozen=True)
@@ -114,7 +139,7 @@ class DemoBuilder:
     """Fetches the public data, materialises the hidden sets and registers tracks and baselines."""
 
     def __init__(self, data_mirror: str | None, model_mirror: str | None, log: Callable[[str], None] = print,
-                 limit: int | None = None) -> None:
+                 limit: int | None = None, seeds: HiddenSeeds | None = None) -> None:
         self.data_dir = Path(settings.ARENA_DATA_DIR)
         self.sources = self.data_dir / "sources"
         self.data_mirror = data_mirror
@@ -122,6 +147,15 @@ class DemoBuilder:
         self.log = log
         #: Cap on images per evaluation set (tests use a small demo); None keeps every image.
         self.limit = limit
+        self._seeds = seeds
+
+    @property
+    def seeds(self) -> HiddenSeeds:
+        """The installation's hidden-data seeds, read (or, on the first build, created) when first needed."""
+        if self._seeds is None:
+            self._seeds, created = load_or_create()
+            self.log(f"  hidden-data secret {'created in' if created else 'read from'} {seed_file()} (keep it private)")
+        return self._seeds
 
     # -- data ---------------------------------------------------------------------------------
     def _load(self, dataset_id: str) -> tuple[np.ndarray, np.ndarray]:
@@ -133,7 +167,7 @@ class DemoBuilder:
     def _cap(self, images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.limit is None or len(labels) <= self.limit:
             return images, labels
-        keep = np.sort(np.random.Generator(np.random.PCG64(HIDDEN_SEED)).permutation(len(labels))[: self.limit])
+        keep = np.sort(np.random.Generator(np.random.PCG64(self.seeds.subset)).permutation(len(labels))[: self.limit])
         return images[keep], labels[keep]
 
     def _write_set(self, track: Track, name: str, images: np.ndarray, labels: np.ndarray, *, role: str,
@@ -146,7 +180,7 @@ class DemoBuilder:
         relative = f"evalsets/{track.slug}/{name}-v{SET_VERSION}.safetensors"
         digest = write_evaluation_set(
             self.data_dir / relative, np.ascontiguousarray(images), labels.astype(np.int64),
-            {"name": name, "version": SET_VERSION, "track": track.slug, "seed": str(HIDDEN_SEED)},
+            {"name": name, "version": SET_VERSION, "track": track.slug},  # no seed: it is the secret
             groups=groups, group_names=group_names,
         )
         evaluation_set, _ = EvaluationSet.objects.update_or_create(
@@ -169,7 +203,7 @@ class DemoBuilder:
 
         per_cell = self.corruption_per_cell
         self.log(f"  corrupting {per_cell} images x 15 corruptions x 5 severities for {track.slug}:{name}")
-        c_images, c_labels, groups, names = build_corruption_set(images, labels, base_seed=HIDDEN_SEED,
+        c_images, c_labels, groups, names = build_corruption_set(images, labels, base_seed=self.seeds.corruptions,
                                                                  per_cell=per_cell)
         return self._write_set(
             track, name, c_images, c_labels, role=EvaluationSet.Role.SHIFT,
@@ -179,13 +213,13 @@ class DemoBuilder:
         )
 
     def _mnist_split(self) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-        from evaluator.data.evalsets import split_indices, write_evaluation_set
+        from evaluator.data.evalsets import write_evaluation_set
 
         images, labels = self._load("mnist-test")
-        public, hidden = split_indices(len(labels), 0.5, HIDDEN_SEED)
+        public, hidden = mnist_split(len(labels), self.seeds)
         # The public half is written for researchers and baseline training; it is not scored.
         write_evaluation_set(self.data_dir / "public/mnist-test-public.safetensors", images[public], labels[public],
-                             {"name": "mnist-test-public", "seed": str(HIDDEN_SEED)})
+                             {"name": "mnist-test-public"})
         return (images[public], labels[public]), (images[hidden], labels[hidden])
 
     def _generate(self, architecture: str, checkpoint: str, count: int, seed: int) -> np.ndarray:
@@ -245,7 +279,7 @@ class DemoBuilder:
                                             {"norm": "L2", "eps": 2.0, "label": "L2-2.0"}],
                              attack_points=500, reliability_points=100)
         self._write_set(digits, "mnist-hidden", hidden_images, hidden_labels, role=EvaluationSet.Role.CLEAN,
-                        source=f"MNIST test set, hidden half of a seeded split (seed {HIDDEN_SEED})",
+                        source="MNIST test set, hidden half of a random split (seeded by this installation's secret)",
                         license="MNIST (LeCun, Cortes, Burges)")
         from evaluator.data.framing import usps_to_mnist_framing
 
@@ -266,12 +300,12 @@ class DemoBuilder:
                                "test black-box transfer.")
         count = min(2000, len(hidden_labels))
         reals = hidden_images[:count]
-        gan = self._generate("mnist_gan_generator", "mnist_gan/G--300.ckpt", count, HIDDEN_SEED)
-        vae = self._generate("mnist_vae_decoder", "mnist_gan/vae_epoch_25.pth", count, HIDDEN_SEED + 1)
+        gan = self._generate("mnist_gan_generator", "mnist_gan/G--300.ckpt", count, self.seeds.gan_samples)
+        vae = self._generate("mnist_vae_decoder", "mnist_gan/vae_epoch_25.pth", count, self.seeds.vae_samples)
         real_vs = np.zeros(count, dtype=np.int64), np.ones(count, dtype=np.int64)
         self._write_set(detector, "mnist-vs-gan", np.concatenate([reals, gan]), np.concatenate(real_vs),
                         role=EvaluationSet.Role.CLEAN,
-                        source=f"{count} hidden real MNIST digits and {count} GAN samples (z ~ N(0, I), hidden seed)",
+                        source=f"{count} hidden real MNIST digits and {count} GAN samples (z ~ N(0, I), secret seed)",
                         license="MNIST; generator MIT (csinva/gan-vae-pretrained-pytorch)")
         self._write_set(detector, "mnist-vs-vae", np.concatenate([reals, vae]), np.concatenate(real_vs),
                         role=EvaluationSet.Role.SHIFT, shift_kind=EvaluationSet.ShiftKind.NATURAL,
@@ -376,9 +410,10 @@ class DemoBuilder:
             per_class, epochs, steps = min(per_class, self.detector_shift_per_class), 2, 10
         public_reals, public_fakes = self._public_detector_data(track)
         started = time.perf_counter()
-        surrogate = train_detector(SURROGATE_ARCHITECTURE, public_reals, public_fakes, seed=HIDDEN_SEED, epochs=epochs)
+        surrogate = train_detector(SURROGATE_ARCHITECTURE, public_reals, public_fakes, seed=self.seeds.surrogate,
+                                   epochs=epochs)
         train_seconds = time.perf_counter() - started
-        attacked = transfer_attack(surrogate, fakes[:per_class], TRANSFER_EPS, steps=steps, seed=HIDDEN_SEED)
+        attacked = transfer_attack(surrogate, fakes[:per_class], TRANSFER_EPS, steps=steps, seed=self.seeds.transfer)
         attack_seconds = time.perf_counter() - started - train_seconds
         public_auc = detector_auc(surrogate, public_reals, public_fakes)
         self.log(f"  surrogate {SURROGATE_ARCHITECTURE}: {len(public_reals)} + {len(public_fakes)} public images, "
@@ -406,7 +441,7 @@ class DemoBuilder:
             slug=slug,
             defaults={"benchmark": benchmark, "name": name, "task_kind": kind, "input_channels": shape[0],
                       "input_height": shape[1], "input_width": shape[2], "num_classes": num_classes,
-                      "description": description, "class_names": class_names or [], "seed": HIDDEN_SEED % 100000,
+                      "description": description, "class_names": class_names or [], "seed": TRACK_SEED,
                       "threat_models": threat_models or [], "attack_points": attack_points,
                       "reliability_points": reliability_points, "suite_version": SUITE_VERSION},
         )

@@ -2,12 +2,24 @@
 
 Kept out of the submissions app so that the page can grow (new result kinds) without touching
 the upload and evaluation code; ``submissions.views.detail`` merges this context in.
+
+The page shows only text the platform wrote. An evaluation's provenance, per-class table and
+reliability flags come back from the sandbox, where the model ran next to the hidden data, so any
+free text in them could carry what the model saw (a forged provenance once carried the hidden
+labels). So nothing from them is shown as stored: a fixed set of known fields is read, numbers
+as numbers and strings only when they belong to a known set (:func:`provenance_rows`,
+:func:`reliability_flags`), and each flag's sentence is the platform's, built from its numbers.
+The Ladder note and the failure sentence are likewise chosen by the platform (:func:`failure_text`,
+``submissions.ladder.shown_note``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
+import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -16,12 +28,171 @@ from django.utils.safestring import SafeString, mark_safe
 
 from benchmarks.models import EvaluationSet
 from leaderboards.queries import ROBUST, STAGE_LABELS, STAGE_ORDER, _flagged, _threats
+from submissions.ladder import shown_note
 from submissions.models import EvaluationRun, Result, Submission
 
 if TYPE_CHECKING:
     from benchmarks.fits import ShiftRobustness
 
 logger = logging.getLogger(__name__)
+
+
+def _number(value: Any) -> float | None:
+    """A finite int or float from a stored record, else None (strings, booleans, NaN are not numbers here)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _count(value: Any) -> int | None:
+    """A non-negative whole number from a stored record, else None."""
+    number = _number(value)
+    return int(number) if number is not None and number >= 0 and number == int(number) else None
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One reliability check as the page shows it: the platform's label and sentence, never stored text."""
+
+    check: str
+    label: str
+    flagged: bool
+    explanation: str
+
+
+def _share(value: float | None, digits: int = 1) -> str:
+    return "–" if value is None else f"{100 * value:.{digits}f}%"
+
+
+def _flag_sentence(check: str, flagged: bool, value: float | None, threshold: float | None) -> str:
+    """The platform's words for a check, from its two numbers (evaluator.attacks.reliability defines them)."""
+    limit = f" (the limit is {_share(threshold, 0)})" if threshold is not None else ""
+    if check == "gradients":
+        sentence = f"{_share(value, 0)} of the points have a zero or non-finite input gradient{limit}."
+        return sentence + (" Gradient attacks cannot work here: the model masks or breaks its gradients."
+                           if flagged else "")
+    if check == "eps_monotonic":
+        if value is None:
+            return "No correctly classified point to attack."
+        if flagged:
+            return (f"Robust accuracy under APGD-CE rises by {_share(value)} as eps grows (the tolerance is "
+                    f"{_share(threshold, 0)}), which no model can do: the attack is failing.")
+        return "Robust accuracy under APGD-CE does not rise with eps."
+    if check == "eps_large":
+        sentence = f"At the largest multiple of eps APGD-CE leaves {_share(value)} robust accuracy{limit}."
+        return sentence + (" An attack that cannot break a model with a much larger budget is probably being fooled."
+                           if flagged else "")
+    if check == "black_box":
+        sentence = (f"The black-box Square attack broke {_share(value)} of the points on which the gradient attacks "
+                    f"failed{limit}.")
+        return sentence + (" A gradient-free attack beating the white-box ones points to gradient masking."
+                           if flagged else "")
+    # random_noise
+    sentence = (f"Random perturbations of norm eps broke {_share(value)} of the attacked points, points on which "
+                f"APGD had failed{limit}.")
+    return sentence + (" Random noise should never beat an optimised attack: the attack is being misled."
+                       if flagged else "")
+
+
+#: The evaluator's reliability checks (evaluator.attacks.reliability), with the page's name for each.
+CHECK_LABELS = {
+    "gradients": "input gradients",
+    "eps_monotonic": "robust accuracy falls as eps grows",
+    "eps_large": "a much larger eps breaks the model",
+    "black_box": "black-box attack",
+    "random_noise": "random noise",
+}
+
+
+def reliability_flags(stored: Any) -> list[Flag]:
+    """The known checks of a stored flag list, in the platform's words; unknown checks are left out."""
+    flags = []
+    for item in stored if isinstance(stored, list) else []:
+        if not isinstance(item, dict) or item.get("check") not in CHECK_LABELS:
+            continue
+        check, flagged = str(item["check"]), item.get("flagged") is True
+        sentence = _flag_sentence(check, flagged, _number(item.get("value")), _number(item.get("threshold")))
+        flags.append(Flag(check, CHECK_LABELS[check], flagged, sentence))
+    return flags
+
+
+#: Sandbox modes the worker records (evaluator.sandbox.runner), as the page words them.
+SANDBOX_MODES = {"bubblewrap": "bubblewrap sandbox", "unsandboxed": "no sandbox (development only)"}
+#: Machine architectures ``platform.processor()`` / ``platform.machine()`` report on the platforms we run.
+PROCESSORS = frozenset({"x86_64", "amd64", "AMD64", "aarch64", "arm64", "i386", "i686", "ppc64le", "s390x",
+                        "riscv64"})
+_DEVICE = re.compile(r"(cpu|cuda(:\d{1,2})?|mps)")
+#: A release version: short numeric parts, and for torch one of its build tags.
+_VERSION = re.compile(r"\d{1,3}\.\d{1,3}(\.\d{1,3})?((a|b|rc|\.dev|\.post)\d{1,3})?(\+(cpu|cu\d{3}|rocm\d\.\d{1,2}))?")
+
+
+def _known(value: Any, pattern: re.Pattern[str] | frozenset[str] | dict[str, str]) -> str | None:
+    """``value`` if it is a string of the known set (or wholly matches the pattern), else None."""
+    if not isinstance(value, str):
+        return None
+    if isinstance(pattern, re.Pattern):
+        return value if pattern.fullmatch(value) else None
+    return value if value in pattern else None
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What the page says about where and how a score was computed: known fields only."""
+
+    seconds: float | None
+    device: str | None
+    processor: str | None
+    torch: str | None
+    evaluator: str | None
+    sandbox: str | None
+
+
+def provenance_view(run: EvaluationRun | None) -> Provenance | None:
+    """The run's provenance reduced to its known fields: numbers, and strings from known sets.
+
+    Anything else the record holds (unknown keys, a string that is not a device, an architecture,
+    a version or a sandbox mode) is not shown, whatever it says.
+    """
+    if run is None:
+        return None
+    stored = run.provenance if isinstance(run.provenance, dict) else {}
+    seconds = _number(stored.get("seconds"))
+    mode = _known(stored.get("sandbox"), SANDBOX_MODES)
+    return Provenance(
+        seconds=seconds if seconds is not None and seconds >= 0 else None,
+        device=_known(stored.get("device"), _DEVICE),
+        processor=_known(stored.get("processor"), PROCESSORS),
+        torch=_known(stored.get("torch"), _VERSION),
+        evaluator=_known(stored.get("evaluator"), _VERSION),
+        sandbox=SANDBOX_MODES[mode] if mode else None,
+    )
+
+
+def failure_text(submission: Submission) -> str:
+    """The failure sentence the page shows: the platform's headline for the failure code, and the
+    stored sentence only when the platform composed it.
+
+    ``submissions.jobs.failure_message`` writes the code's headline followed by the evaluator's
+    sentence (written by platform code; the evaluator keeps model text out of it), the watchdog
+    writes its own sentence under ``worker_lost``, a cancellation writes "Cancelled.". A stored
+    reason that is none of these is replaced by the headline alone.
+    """
+    from submissions.jobs import FAILURE_HEADLINES
+    from submissions.recovery import WORKER_LOST
+
+    reason = submission.failure_reason or ""
+    if submission.state == Submission.State.CANCELLED:
+        return FAILURE_HEADLINES["cancelled"] if reason != "Cancelled." else reason
+    if submission.state != Submission.State.FAILED:
+        return ""
+    code = submission.failure_code
+    if code == WORKER_LOST:
+        lost = "The worker evaluating this model stopped responding"
+        return reason if reason.startswith(lost) else f"{lost}, so the evaluation was given up."
+    headline = FAILURE_HEADLINES.get(code)
+    if headline is None:
+        return "The evaluation failed."
+    return reason if reason.startswith(headline) else headline
 
 
 @dataclass
@@ -41,11 +212,11 @@ class Cascade:
     forward_passes: int | None = None
     backward_passes: int | None = None
     seconds: float | None = None
-    flags: list[dict[str, Any]] = field(default_factory=list)
+    flags: list[Flag] = field(default_factory=list)
 
     @property
     def flagged(self) -> bool:
-        return any(f.get("flagged") for f in self.flags)
+        return any(f.flagged for f in self.flags)
 
 
 @dataclass
@@ -75,22 +246,24 @@ def cascades(submission: Submission, results: list[Result], run: EvaluationRun |
         if r.metric.startswith(ROBUST):
             threat, _, stage = r.metric[len(ROBUST):].partition(">")
             found.setdefault(threat, {})[stage] = r
-    attacks = (run.provenance or {}).get("attacks", {}) if run is not None else {}
+    provenance = run.provenance if run is not None and isinstance(run.provenance, dict) else {}
+    attacks = provenance.get("attacks") if isinstance(provenance.get("attacks"), dict) else {}
     out = []
     for threat in _threats(submission.track, set(found)):
         if threat not in found:
             continue
         stages = found[threat]
-        info = attacks.get(threat) or {}
+        info = attacks.get(threat)
+        info = info if isinstance(info, dict) else {}
         out.append(Cascade(
             threat=threat,
             clean=clean,
             stages=[Stage(STAGE_LABELS.get(s, s), stages[s]) for s in sorted((s for s in stages if s), key=_stage_key)],
             final=stages.get(""),
-            forward_passes=info.get("forward_passes"),
-            backward_passes=info.get("backward_passes"),
-            seconds=info.get("seconds"),
-            flags=[f for f in info.get("flags", []) if isinstance(f, dict)],
+            forward_passes=_count(info.get("forward_passes")),
+            backward_passes=_count(info.get("backward_passes")),
+            seconds=_number(info.get("seconds")),
+            flags=reliability_flags(info.get("flags")),
         ))
     return out
 
@@ -152,26 +325,40 @@ def heatmaps(results: list[Result]) -> list[Heatmap]:
     return out
 
 
-def per_class(track: Any, run: EvaluationRun | None) -> PerClass | None:
-    """Per-class accuracy on each evaluation set, with the track's class names when it has them."""
-    table = (run.per_class or {}) if run is not None else {}
-    if not isinstance(table, dict) or not table:
+def per_class(track: Any, run: EvaluationRun | None, set_names: Collection[str] | None = None) -> PerClass | None:
+    """Per-class accuracy on each evaluation set, with the track's class names when it has them.
+
+    Only the track's own sets (``set_names``, when given) and class indices below its number of
+    classes are read, and only accuracies (numbers in [0, 1]): the table comes from the sandbox,
+    and a key or value of any other kind is not shown.
+    """
+    stored = (run.per_class or {}) if run is not None else {}
+    if not isinstance(stored, dict):
+        return None
+    valid = {str(k) for k in range(int(track.num_classes or 0))}
+    table: dict[str, dict[str, float]] = {}
+    for name, accs in stored.items():
+        if (set_names is not None and name not in set_names) or not isinstance(accs, dict):
+            continue
+        table[name] = {key: number for key, value in accs.items()
+                       if key in valid and (number := _number(value)) is not None and 0.0 <= number <= 1.0}
+    if not table:
         return None
     sets = list(table)
     classes: list[str] = []
     for accs in table.values():
-        for key in accs or {}:
+        for key in accs:
             if key not in classes:
                 classes.append(key)
-    classes.sort(key=lambda k: (0, int(k)) if str(k).isdigit() else (1, str(k)))
+    classes.sort(key=int)
     names = list(track.class_names or [])
 
     def label(key: str) -> str:
-        if str(key).isdigit() and int(key) < len(names) and names[int(key)] != str(key):
+        if int(key) < len(names) and names[int(key)] != key:
             return f"{key} ({names[int(key)]})"
-        return str(key)
+        return key
 
-    return PerClass(sets, [(label(c), [(table[s] or {}).get(c) for s in sets]) for c in classes])
+    return PerClass(sets, [(label(c), [table[s].get(c) for s in sets]) for c in classes])
 
 
 #: What the model page reads through its submission's relations, joined into the query that loads it.
@@ -220,13 +407,17 @@ def model_page_context(submission: Submission, user: Any, transform: str | None 
         "run": run,
         "cascades": [] if withheld else cascades(submission, results, run),
         "heatmaps": heatmaps(results),
-        "per_class": None if withheld else per_class(track, run),
+        "per_class": None if withheld else per_class(track, run, {s.name for s in sets.values()}),
         # Withheld scores stay withheld here too: the table shows the clean and shifted accuracies.
         "robustness": _robustness(submission, transform, list(sets.values()), results),
         "transform": transform,
         "verified": verified,
         "withdrawn": _withdrawn(submission),
         "withheld": withheld,
+        # What the page says about the run, the Ladder and a failure: the platform's words only.
+        "provenance": provenance_view(run),
+        "ladder_note": shown_note(submission),
+        "failure_text": failure_text(submission),
     }
 
 

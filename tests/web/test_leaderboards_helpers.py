@@ -74,7 +74,7 @@ def finish(submission: Submission, clean: float, usps: float | None = None, corr
             metric = f"robust_accuracy@{THREAT}" + ("" if stage == "final" else f">{stage}")
             metrics.append(MetricValue("mnist-hidden", metric, acc, 500, *cp(acc, 500), "clopper-pearson-95"))
         attacks[THREAT] = {"forward_passes": 123456, "backward_passes": 98765, "seconds": 42.5, "flags": [
-            {"check": "gradient_masking", "flagged": flagged,
+            {"check": "black_box", "flagged": flagged, "value": 0.25 if flagged else 0.0, "threshold": 0.1,
              "explanation": "Square found adversarial points APGD missed." if flagged else "APGD found them all."}]}
     submission.transition("running")
     record_result(submission, EvaluatorResult(

@@ -29,7 +29,11 @@ def test_model_page_shows_cascade_heatmap_per_class_and_provenance(models):
     stages = re.findall(r"<td>after ([^<]+)</td><td class=\"num\">([0-9.]+)%", cascade)
     # 500 attacked points: a half-width of about 4 points justifies whole percents.
     assert stages == [("APGD-CE", "50"), ("APGD-T", "45"), ("Square", "30")]
-    assert "reliability flag" in cascade and "Square found adversarial points APGD missed." in cascade
+    assert "reliability flag" in cascade
+    # The flag in the platform's words, from its numbers (not the stored explanation).
+    assert ("<strong>black-box attack</strong>: The black-box Square attack broke 25.0% of the points on which the "
+            "gradient attacks failed (the limit is 10%). A gradient-free attack beating the white-box ones points to "
+            "gradient masking.") in cascade
     assert "123,456 forward and 98,765 backward passes" in cascade
     assert "verified</span>" not in html.split("<main", 1)[1].split("</p>", 1)[0]  # flagged: no badge
 
