@@ -160,6 +160,8 @@ def check_artifact(upload: File, declared_format: str, zoo_architecture: str) ->
 
     ``evaluator.models.formats.detect_format`` reads only headers and a zip directory, never unpickles
     and never inflates, so it is safe on the web server; the evaluator runs it again in the sandbox.
+    Its one sizeable cost is a safetensors JSON header, which it parses whole (up to the 100 MB the
+    safetensors reader itself allows; real headers are kilobytes).
     """
     from evaluator.errors import EvaluationError
     from evaluator.models.formats import detect_format
