@@ -33,6 +33,8 @@ def test_only_significant_improvements_are_released(digits_track, researcher, ot
 
     board = Client().get(f"/tracks/{digits_track.slug}/").content.decode()
     assert "real gain" in board and "lucky seed" not in board and "same again" not in board
+    # The rule the withheld note points to is on the track page, with the track's own (public) margin.
+    assert 'id="ladder-rule"' in board and "by more than 0.01 in accuracy" in board
 
     # The owner learns only that it was not an improvement: no score on the page or in the API.
     client = Client()
