@@ -89,21 +89,28 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
+    """Screen the file as data first (no unpickling, no torch.export.load), then load and run it.
+
+    A researcher may be checking a file someone else sent them: a refused file must never reach
+    torch's loader on their machine either.
+    """
     from evaluator.errors import EvaluationError
     from evaluator.models.contract import check_contract
     from evaluator.models.formats import detect_format
-    from evaluator.models.loading import load_model
+    from evaluator.models.loading import load_model, screen_artifact
     from evaluator.spec import ArtifactSpec, InputSpec
 
     input_spec = InputSpec(args.channels, args.height, args.width)
     try:
         fmt = detect_format(Path(args.artifact))
+        report = screen_artifact(Path(args.artifact), fmt)
         model = load_model(ArtifactSpec(str(args.artifact), fmt, architecture=args.architecture or ""), input_spec)
         check_contract(model, input_spec, args.task, args.num_classes, args.batch_size, args.time_budget)
     except EvaluationError as exc:
         print(f"FAILED ({exc.code}): {exc.message}", file=sys.stderr)
         return 2
-    print(f"OK: {args.artifact} is a valid {fmt} {args.task} for input {input_spec.shape}")
+    detail = f" ({report.graph_nodes} graph nodes, {len(report.operators)} distinct operators)" if fmt == "pt2" else ""
+    print(f"OK: {args.artifact} is a valid {fmt} {args.task} for input {input_spec.shape}{detail}")
     return 0
 
 

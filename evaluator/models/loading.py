@@ -2,17 +2,18 @@
 
 Two formats are accepted. Safetensors holds only tensors, which load into a zoo architecture
 strictly. A ``.pt2`` holds a whole program, and ``torch.export.load`` is not safe on hostile
-input (it unpickles some entries, ``sympify``-s shape expressions and ``exec``-s guard code), so
-it must only run inside the sandbox; as defence in depth this module still screens the archive
-(size, compression ratio, pickled or native payloads, operator targets, expressions) and forces
-every ``torch.load`` underneath to ``weights_only`` while loading.
+input (it falls back to a legacy reader, unpickles some entries, ``sympify``-s shape expressions
+and ``exec``-s guard code). So a ``.pt2`` is first screened as data by
+:mod:`evaluator.models.screening` (layout, operators, expressions, sizes), and torch then reads
+only a sanitized copy that the platform writes from the screened content, in memory; as defence
+in depth every ``torch.load`` underneath is forced to ``weights_only``. Loading still happens
+inside the sandbox only.
 """
 
 from __future__ import annotations
 
-import json
+import io
 import os
-import re
 import zipfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -26,43 +27,36 @@ from torch import Tensor, nn
 
 from evaluator.errors import EvaluationError
 from evaluator.models.formats import detect_format
+from evaluator.models.screening import (
+    MAX_COMPRESSION_RATIO,
+    MAX_GRAPH_NODES,
+    MAX_PROGRAM_JSON_BYTES,
+    MAX_UNPACKED_BYTES,
+    MAX_ZIP_ENTRIES,
+    ZIP_ERRORS,
+    ScreenReport,
+    guard_zip_archive,
+    screen_artifact,
+    screen_pt2,
+    write_sanitized_pt2,
+)
 from evaluator.models.zoo import get_architecture
 from evaluator.spec import ArtifactSpec, InputSpec
 
-#: Largest total uncompressed size of a .pt2 archive.
-MAX_UNPACKED_BYTES = 4 * 1024**3
-#: Larger uncompressed/compressed ratios (for entries above 1 MiB) look like a decompression bomb.
-MAX_COMPRESSION_RATIO = 100.0
-MAX_ZIP_ENTRIES = 100_000
-#: Op namespaces a submitted graph may call; others need Python code that is not in the file.
-ALLOWED_OP_NAMESPACES = frozenset({"aten", "prims", "higher_order", "quantized_decomposed"})
-_ALLOWED_DUNDER_OPS = frozenset(
-    ("__and__ __iand__ __ilshift__ __ior__ __irshift__ __ixor__ __lshift__ __or__ __rshift__ __xor__").split()
-)
-_ALLOWED_OPERATOR_FUNCTIONS = frozenset(
-    (
-        "abs add and_ eq floordiv ge getitem gt invert le lshift lt mod mul ne neg not_ or_ pos pow rshift "
-        "sub truediv xor"
-    ).split()
-)
-_ALLOWED_SYMPY_NAMES = frozenset(
-    (
-        "Abs Add And BitwiseFn_bitwise_and BitwiseFn_bitwise_or CeilDiv ceiling CeilToInt CleanDiv Eq "
-        "Equality false False finite FloatPow FloatTrueDiv floor FloorDiv FloorToInt Ge GreaterThan Gt "
-        "Identity Infinity integer Integer IntInfinity IntTrueDiv IsNonOverlappingAndDenseIndicator Le "
-        "LessThan LShift Lt Max Min Mod ModularIndexing Mul Ne NegativeInfinity NegativeIntInfinity "
-        "nonnegative Not oo OpaqueUnaryFn_sqrt Or Piecewise positive Pow PowByNatural PythonMod Rational real "
-        "RoundDecimal RoundToInt RShift sqrt StrictGreaterThan StrictLessThan ToFloat true True TruncToFloat "
-        "TruncToInt Unequality Where"
-    ).split()
-)
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_SYMBOL_NAME = re.compile(r"[a-z]{1,4}\d+")
-_SYMPY_SYMBOL = re.compile(r"Symbol\('[a-z]{1,4}\d+'(?:,\s*[a-z_]+=(?:True|False))*\)")
-_SYMPY_FLOAT = re.compile(r"Float\('[-+0-9.e]+'(?:,\s*precision=\d+)?\)")
-_SAFE_EXPR_CHARS = re.compile(r"[A-Za-z0-9_+\-*/%(),.\s<>=!]*")
-_GUARD_OPERAND = re.compile(r"L(?:\[(?:'[A-Za-z_][A-Za-z0-9_]*'|\d+)\])+\.(?:size|stride)\(\)\[\d+\]")
-_GUARD_TOKENS = re.compile(r"\s*(?:v|\d+|==|!=|<=|>=|<|>|\+|-|\*|//|%|\(|\)|and\b|or\b|not\b)")
+__all__ = [
+    "MAX_COMPRESSION_RATIO",
+    "MAX_GRAPH_NODES",
+    "MAX_PROGRAM_JSON_BYTES",
+    "MAX_UNPACKED_BYTES",
+    "MAX_ZIP_ENTRIES",
+    "ExportedModel",
+    "ScreenReport",
+    "guard_zip_archive",
+    "load_generator",
+    "load_model",
+    "load_weights_strict",
+    "screen_artifact",
+]
 
 
 def load_model(
@@ -70,7 +64,9 @@ def load_model(
 ) -> nn.Module:
     """Loads ``artifact`` for images shaped like ``input_spec``; eval mode, parameters frozen.
 
-    Raises :class:`EvaluationError` with a researcher-facing message for every refusal.
+    Applies :func:`screen_artifact`'s checks first (format detection, then for a ``.pt2`` the
+    screen of :mod:`evaluator.models.screening`), so a refused file never reaches torch. Raises
+    :class:`EvaluationError` with a researcher-facing message for every refusal.
     """
     path = Path(artifact.path)
     if not path.is_file():
@@ -227,11 +223,18 @@ class ExportedModel(nn.Module):
 
 
 def _load_pt2(path: Path, input_spec: InputSpec, max_unpacked_bytes: int) -> nn.Module:
-    guard_zip_archive(path, max_unpacked_bytes=max_unpacked_bytes)
-    inspect_pt2_archive(path)
+    """Screen, write the sanitized copy in memory, and let torch read only that copy."""
+    sanitized = io.BytesIO()
+    try:
+        with zipfile.ZipFile(path) as archive:
+            screened = screen_pt2(archive, max_unpacked_bytes=max_unpacked_bytes)
+            write_sanitized_pt2(archive, screened, sanitized)
+    except ZIP_ERRORS as exc:
+        raise EvaluationError("corrupt_artifact", f"The .pt2 archive is damaged: {_shorten(exc)}") from None
+    sanitized.seek(0)
     try:
         with _weights_only_torch_load():
-            program = torch.export.load(str(path))
+            program = torch.export.load(sanitized)
     except EvaluationError:
         raise
     except Exception as exc:  # any failure inside torch means a file we cannot use
@@ -239,6 +242,7 @@ def _load_pt2(path: Path, input_spec: InputSpec, max_unpacked_bytes: int) -> nn.
             "corrupt_artifact",
             f"The .pt2 file could not be loaded with torch.export.load (torch {torch.__version__}): {_shorten(exc)}",
         ) from None
+    del sanitized
     _check_program_input(program, input_spec)
     try:
         module = program.module()
@@ -305,151 +309,6 @@ def _weights_only_torch_load() -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-
-
-def guard_zip_archive(
-    path: str | os.PathLike[str],
-    *,
-    max_unpacked_bytes: int = MAX_UNPACKED_BYTES,
-    max_ratio: float = MAX_COMPRESSION_RATIO,
-    max_entries: int = MAX_ZIP_ENTRIES,
-) -> None:
-    """Refuses decompression bombs by reading the zip directory only (nothing is inflated)."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            infos = archive.infolist()
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise EvaluationError("corrupt_artifact", f"The .pt2 archive is damaged: {_shorten(exc)}") from None
-    if len(infos) > max_entries:
-        raise EvaluationError("corrupt_artifact", f"The .pt2 archive has {len(infos)} entries (limit {max_entries}).")
-    total = sum(info.file_size for info in infos)
-    if total > max_unpacked_bytes:
-        raise EvaluationError(
-            "corrupt_artifact",
-            f"The .pt2 archive would unpack to {total / 2**30:.1f} GiB, above the {max_unpacked_bytes / 2**30:.1f} "
-            "GiB limit.",
-        )
-    for info in infos:
-        ratio = info.file_size / max(info.compress_size, 1)
-        if info.file_size > 2**20 and ratio > max_ratio:
-            raise EvaluationError(
-                "corrupt_artifact",
-                f"The .pt2 archive entry {info.filename!r} is compressed {ratio:.0f}-fold, which looks like a "
-                "decompression bomb; save it with torch.export.save unchanged.",
-            )
-
-
-def inspect_pt2_archive(path: str | os.PathLike[str]) -> None:
-    """Refuses .pt2 content that would run code chosen by the file's author while loading.
-
-    Call :func:`guard_zip_archive` first: this reads the archive's JSON entries into memory.
-    """
-
-    def refuse(reason: str) -> EvaluationError:
-        return EvaluationError(
-            "unsafe_format",
-            f"The .pt2 archive {reason}; export the model again with plain torch.export.export and torch.export.save.",
-        )
-
-    with zipfile.ZipFile(path) as archive:
-        names = archive.namelist()
-        for name in names:
-            relative = name.split("/", 1)[1] if "/" in name else name
-            if relative.startswith("data/aotinductor/") or relative.endswith((".so", ".dll", ".dylib", ".o")):
-                raise refuse("contains compiled native code (AOTInductor), which the platform does not run")
-            if relative.startswith(("data/weights/", "data/constants/")) and relative.endswith(".pt"):
-                raise refuse("stores its weights in the legacy pickled layout")
-        for name in names:
-            if name.endswith("/data/weights/model_weights_config.json") or name.endswith("_weights_config.json"):
-                _check_payload_config(_read_json(archive, name), constants=False, refuse=refuse)
-            elif name.endswith("_constants_config.json"):
-                _check_payload_config(_read_json(archive, name), constants=True, refuse=refuse)
-            elif "/models/" in name and name.endswith(".json"):
-                _check_program_json(_read_json(archive, name), refuse=refuse)
-
-
-def _read_json(archive: zipfile.ZipFile, name: str) -> Any:
-    try:
-        return json.loads(archive.read(name))
-    except (ValueError, UnicodeDecodeError, zipfile.BadZipFile, OSError) as exc:
-        raise EvaluationError(
-            "corrupt_artifact", f"The .pt2 entry {name!r} is not valid JSON: {_shorten(exc)}"
-        ) from None
-
-
-def _check_payload_config(config: Any, *, constants: bool, refuse: Any) -> None:
-    entries = config.get("config", {}) if isinstance(config, dict) else None
-    if not isinstance(entries, dict):
-        raise EvaluationError("corrupt_artifact", "The .pt2 archive has a malformed weights or constants table.")
-    for fqn, meta in entries.items():
-        if not isinstance(meta, dict):
-            raise EvaluationError("corrupt_artifact", "The .pt2 archive has a malformed weights or constants table.")
-        if meta.get("use_pickle"):
-            raise refuse(f"stores {fqn!r} as a pickle")
-        if constants and not str(meta.get("path_name", "")).startswith("tensor_"):
-            raise refuse(f"holds a non-tensor constant {fqn!r} (a custom or opaque Python object)")
-
-
-def _check_program_json(program: Any, *, refuse: Any) -> None:
-    """Walks the serialized graph: operator targets, shape expressions and guard code."""
-    if isinstance(program, dict):
-        for guard in program.get("guards_code") or []:
-            if not _is_safe_guard(guard):
-                raise refuse(f"contains guard code we do not recognise: {str(guard)[:80]!r}")
-    stack = [program]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            for key, value in item.items():
-                if key == "target" and isinstance(value, str) and not _is_safe_target(value):
-                    raise refuse(f"calls {value[:80]!r}, which is not a standard PyTorch operator")
-                if key == "expr_str" and isinstance(value, str) and not _is_safe_sym_expr(value):
-                    raise refuse(f"contains a shape expression we do not recognise: {value[:80]!r}")
-                if isinstance(value, dict | list):
-                    stack.append(value)
-        elif isinstance(item, list):
-            stack.extend(v for v in item if isinstance(v, dict | list))
-
-
-def _is_safe_target(target: str) -> bool:
-    parts = target.split(".")
-    if not all(_IDENTIFIER.fullmatch(part) for part in parts):
-        return False
-    if parts[0] == "torch" and len(parts) >= 2 and parts[1] == "ops":
-        if len(parts) not in (4, 5) or parts[2] not in ALLOWED_OP_NAMESPACES:
-            return False
-        return all(not (p.startswith("__") and p.endswith("__")) or p in _ALLOWED_DUNDER_OPS for p in parts[3:])
-    if parts[0] == "torch":
-        return len(parts) == 2 and re.fullmatch(r"_?sym_[a-z_]+", parts[1]) is not None
-    if parts[0] == "_operator":
-        return len(parts) == 2 and parts[1] in _ALLOWED_OPERATOR_FUNCTIONS
-    if parts[0] == "math":
-        return len(parts) == 2 and not parts[1].startswith("_")
-    return False
-
-
-def _is_safe_sym_expr(expr: str) -> bool:
-    """sympify() evaluates its string, so only allow sympy's own printing of integer expressions."""
-    text = _SYMPY_FLOAT.sub("1", _SYMPY_SYMBOL.sub("s0", expr))
-    if "__" in text or not _SAFE_EXPR_CHARS.fullmatch(text):
-        return False
-    if re.search(r"(?<![0-9])\.|\.(?![0-9])", text):
-        return False
-    return all(name in _ALLOWED_SYMPY_NAMES or _SYMBOL_NAME.fullmatch(name) for name in _IDENTIFIER.findall(text))
-
-
-def _is_safe_guard(guard: Any) -> bool:
-    """Guards are exec()-ed; accept only comparisons of input sizes and strides with integers."""
-    if not isinstance(guard, str):
-        return False
-    text = _GUARD_OPERAND.sub("v", guard)
-    position = 0
-    while position < len(text):
-        match = _GUARD_TOKENS.match(text, position)
-        if not match or match.end() == position:
-            return text[position:].strip() == ""
-        position = match.end()
-    return True
 
 
 def _shorten(exc: BaseException, limit: int = 300) -> str:

@@ -189,6 +189,11 @@ def test_rewritten_pt2_still_loads(tmp_path: Path, pt2_file: Path) -> None:
 
 
 def test_pickled_sample_inputs_in_pt2_never_run(tmp_path: Path, pt2_file: Path) -> None:
+    """The sample inputs are a pickle: the loader never reads them (torch gets an empty entry instead).
+
+    Before the sanitized copy, torch unpickled them under weights_only and the load failed with
+    corrupt_artifact; now the model loads and the payload is simply never looked at.
+    """
     marker = tmp_path / "marker"
     payload = io.BytesIO()
     torch.save(((CreatesMarker(marker),), {}), payload)
@@ -197,7 +202,8 @@ def test_pickled_sample_inputs_in_pt2_never_run(tmp_path: Path, pt2_file: Path) 
         return payload.getvalue() if name.endswith("sample_inputs/model.pt") else None
 
     path = rewrite_zip(pt2_file, tmp_path / "evil.pt2", change)
-    assert code_of(lambda: load_model(ArtifactSpec(str(path), "pt2"), MNIST)) == "corrupt_artifact"
+    model = load_model(ArtifactSpec(str(path), "pt2"), MNIST)
+    assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
     assert not marker.exists()
 
 
