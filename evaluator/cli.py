@@ -27,7 +27,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if isinstance(payload, dict) and "spec" in payload:
         raw_host = payload.get("host") or {}
         limits = SandboxLimits(**raw_host["limits"]) if raw_host.get("limits") else None
-        host = HostOptions(sandbox=raw_host.get("sandbox", host.sandbox), limits=limits)
+        host = HostOptions(sandbox=raw_host.get("sandbox", host.sandbox), limits=limits, uid=raw_host.get("uid"))
         payload = payload["spec"]
     spec = JobSpec.from_dict(payload)
     # The protocol stream is a private duplicate of stdout, and anything else printed goes to

@@ -17,7 +17,9 @@ another batch size and twice; a model whose outputs differ beyond rounding fails
 from __future__ import annotations
 
 import secrets
+import sys
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -34,6 +36,7 @@ from evaluator.metrics.detection import detection_metrics, fixed_threshold_rates
 from evaluator.models.contract import check_contract
 from evaluator.progress import ProgressCallback, StagedProgress, ignore_progress
 from evaluator.remote.client import HostOptions, ModelRaised, RemoteModel, host_model
+from evaluator.sandbox.runner import SandboxUnavailable
 from evaluator.spec import InputSpec, JobSpec, MetricValue, Result
 
 __all__ = ["hardware_description", "run_job", "predict", "check_batch_consistency"]
@@ -483,6 +486,11 @@ def run_job(spec: JobSpec, progress: ProgressCallback = ignore_progress, host: H
         return Result.failure(spec, exc.code, exc.message, **provenance)
     except MemoryError:
         return Result.failure(spec, "out_of_memory", "The evaluation exceeded its memory limit.", **provenance)
+    except SandboxUnavailable as exc:
+        return Result.failure(spec, "sandbox_unavailable", str(exc), **provenance)
+    except Exception as exc:  # the platform's own fault: the traceback goes to the operator's log only
+        traceback.print_exc(file=sys.stderr)
+        return Result.failure(spec, "internal", f"The evaluator failed ({type(exc).__name__}).", **provenance)
 
 
 def _score(spec: JobSpec, model: RemoteModel, device: torch.device, progress: ProgressCallback,

@@ -87,6 +87,8 @@ class HostOptions:
     limits: Any = None  # evaluator.sandbox.runner.SandboxLimits (imported lazily: no cycle)
     server_argv: tuple[str, ...] = ()
     spot_check_rate: float = SPOT_CHECK_RATE
+    #: The sandbox uid the worker claimed for this job (a root worker); None: claim one here.
+    uid: int | None = None
 
     @classmethod
     def default(cls) -> HostOptions:
@@ -131,8 +133,11 @@ class ModelProcess:
         with ExitStack() as stack:
             if options.sandbox == "bubblewrap":
                 inside = f"{sandbox.JOB_DIR}/artifact"
+                from evaluator.sandbox.identity import SandboxIdentity
+
+                given = SandboxIdentity(options.uid) if options.uid is not None else None
                 prefix, fds, _identity = stack.enter_context(sandbox.sandbox_prefix(
-                    {os.path.realpath(artifact_path): inside}, limits, sandbox.gpu_device_nodes(device)))
+                    {os.path.realpath(artifact_path): inside}, limits, sandbox.gpu_device_nodes(device), given))
                 command, env, cwd = [*prefix, *argv], {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}, None
             else:
                 inside, fds = artifact_path, ()

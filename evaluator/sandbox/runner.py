@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import IO
+from typing import IO, Any
 
 from evaluator.progress import ProgressCallback, ignore_progress
 from evaluator.sandbox.identity import (
@@ -323,12 +323,15 @@ def _plan_mounts(
 
 @contextmanager
 def _sandbox_prefix(
-    mounts: Mapping[str, str], limits: SandboxLimits, devices: Sequence[str] = ()
+    mounts: Mapping[str, str], limits: SandboxLimits, devices: Sequence[str] = (),
+    identity: SandboxIdentity | None = None,
 ) -> Iterator[tuple[list[str], tuple[int, ...], SandboxIdentity | None]]:
     """The bubblewrap prefix for one run, the descriptors it needs and the uid it runs as; cleans up after.
 
     As root, a sandbox uid is claimed for the run and released only once no process of that uid
-    is left, so the next job starts with a clean process count.
+    is left, so the next job starts with a clean process count. A caller that already holds a
+    uid (the worker claims one per evaluation job, see :func:`run_sandboxed`) passes it as
+    ``identity``; the caller then also waits for it to be empty.
     """
     bwrap = bubblewrap_path()
     if bwrap is None:
@@ -344,8 +347,7 @@ def _sandbox_prefix(
             "unprivileged uid; install it or run the worker as an ordinary user"
         )
     with ExitStack() as stack:
-        identity: SandboxIdentity | None = None
-        if privileged:
+        if privileged and identity is None:
             try:
                 identity = stack.enter_context(claim_identity())
             except IdentityUnavailable as exc:
@@ -588,6 +590,11 @@ def _parse_result(line: str, progress: ProgressCallback) -> Result | None:
     return None
 
 
+def _scorer_command() -> list[str]:
+    """The scorer's command line (a function so that tests can stand a misbehaving scorer in)."""
+    return [sys.executable, "-m", "evaluator", "run", "-"]
+
+
 def run_sandboxed(
     spec: JobSpec,
     progress: ProgressCallback = ignore_progress,
@@ -618,18 +625,26 @@ def run_sandboxed(
         if result is not None and not found:
             found.append(result)
 
-    job = json.dumps({"spec": json.loads(spec.to_json()),
-                      "host": {"sandbox": "bubblewrap" if use_bwrap else "process", "limits": asdict(limits)}})
+    host: dict[str, Any] = {"sandbox": "bubblewrap" if use_bwrap else "process", "limits": asdict(limits)}
     cwd = tempfile.mkdtemp(prefix="arena-job-")
     env = _child_env(limits, str(_project_root()))
     env["HOME"] = cwd
-    try:
+    with ExitStack() as stack:
+        stack.callback(shutil.rmtree, cwd, True)
+        if use_bwrap and _privileged():
+            # The worker holds the job's sandbox uid, so that it is released only once nothing of the job
+            # is left, even when the scorer itself was killed.
+            try:
+                identity = stack.enter_context(claim_identity())
+            except IdentityUnavailable as exc:
+                raise SandboxUnavailable(str(exc)) from None
+            stack.callback(wait_until_gone, identity.uid)
+            host["uid"] = identity.uid
+        job = json.dumps({"spec": json.loads(spec.to_json()), "host": host})
         outcome = _supervise(
-            [sys.executable, "-m", "evaluator", "run", "-"], stdin_text=job, limits=limits, on_stdout_line=on_line,
-            env=env, cwd=cwd, should_cancel=should_cancel,
+            _scorer_command(), stdin_text=job, limits=limits, on_stdout_line=on_line, env=env, cwd=cwd,
+            should_cancel=should_cancel,
         )
-    finally:
-        shutil.rmtree(cwd, ignore_errors=True)
 
     result = found[0] if found else None
     if outcome.stopped:

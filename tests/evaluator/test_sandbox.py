@@ -80,12 +80,7 @@ def test_wall_clock_timeout_kills_the_job(tmp_path, monkeypatch):
     artifact = tmp_path / "a.pt2"
     artifact.write_bytes(b"")
     spec = JobSpec("j", "classifier", InputSpec(1, 28, 28), ArtifactSpec(str(artifact), "pt2"), ())
-    real_command = runner._bwrap_command
-
-    def sleeping_child(*args, **kwargs):
-        return [*real_command(*args, **kwargs), sys.executable, "-c", "import time; time.sleep(600)", "--"]
-
-    monkeypatch.setattr(runner, "_bwrap_command", sleeping_child)
+    monkeypatch.setattr(runner, "_scorer_command", lambda: [sys.executable, "-c", "import time; time.sleep(600)"])
     result = runner.run_sandboxed(spec, limits=SandboxLimits(wall_seconds=2))
     assert not result.ok and result.error_code == "timeout"
     assert result.provenance["wall_seconds"] < 30
