@@ -188,9 +188,12 @@ def _classify_zip(path: Path) -> DetectedFormat:
                     "The file was written by torch.save: it is a pickle, and pickles execute code when loaded, so "
                     "the platform never opens them. " + _CONVERT_HINT,
                 )
-            if len(prefixes) == 1 and "archive_format" in relative:
-                prefix = next(iter(prefixes))
-                has_model = any(rel.startswith("models/") and rel.endswith(".json") for rel in relative)
+            # A folder with a pt2 marker and a program makes this a .pt2 attempt, even beside stray entries:
+            # the screen (evaluator.models.screening) then refuses those with a precise reason.
+            marked = [prefix for prefix in sorted(prefixes) if f"{prefix}/archive_format" in names]
+            if len(marked) == 1:
+                prefix = marked[0]
+                has_model = any(name.startswith(f"{prefix}/models/") and name.endswith(".json") for name in names)
                 marker = archive.getinfo(f"{prefix}/archive_format")
                 if has_model and marker.file_size <= 64 and archive.read(marker).strip() == b"pt2":
                     return "pt2"
