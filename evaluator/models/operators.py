@@ -104,7 +104,8 @@ FUNCTIONAL_OPS: frozenset[str] = _names(
     sort.default split.Tensor split.sizes split_with_sizes.default sqrt.default square.default squeeze.default
     squeeze.dim squeeze.dims stack.default std.correction std.default std.dim std_mean.correction sub.Scalar
     sub.Tensor sum.default sum.dim_IntList sym_constrain_range.default sym_constrain_range_for_size.default
-    sym_numel.default sym_size.int sym_storage_offset.default sym_stride.int t.default tan.default tanh.default
+    sym_is_contiguous.default sym_numel.default sym_size.int sym_storage_offset.default sym_stride.int t.default
+    tan.default tanh.default
     tensordot.default threshold.default tile.default to.device to.dtype to.dtype_layout to.other topk.default
     transpose.int tril.default triu.default true_divide.Tensor trunc.default type_as.default unbind.int
     unflatten.int unfold.default unsqueeze.default upsample_bicubic2d.default upsample_bicubic2d.vec
@@ -174,7 +175,8 @@ FRESH_COMPOSITE_OPS: frozenset[str] = _names(
     log_sigmoid.default log_softmax.int max.other max_pool1d.default max_pool2d.default max_pool3d.default
     min.other one_hot.default pairwise_distance.default prelu.default relu6.default rms_norm.default
     scaled_dot_product_attention.default selu.default softmax.int square.default std.default std.dim
-    sym_numel.default sym_size.int sym_storage_offset.default sym_stride.int true_divide.Tensor
+    sym_is_contiguous.default sym_numel.default sym_size.int sym_storage_offset.default sym_stride.int
+    true_divide.Tensor
     upsample_bicubic2d.vec upsample_bilinear2d.vec upsample_linear1d.vec upsample_nearest1d.vec
     upsample_nearest2d.vec upsample_nearest3d.vec upsample_trilinear3d.vec var.default var.dim where.Scalar
     where.ScalarOther where.ScalarSelf
