@@ -268,51 +268,52 @@ def parse_guard(text: str) -> GuardExpr:
 
 
 def _deeper(depth: int) -> int:
+    """Nesting counts parentheses and unary operators (the precedence levels between them are fixed)."""
     if depth >= MAX_DEPTH:
         raise GrammarError(f"the guard nests deeper than {MAX_DEPTH} levels")
     return depth + 1
 
 
 def _guard_or(cursor: _Cursor, depth: int) -> GuardExpr:
-    left = _guard_and(cursor, _deeper(depth))
+    left = _guard_and(cursor, depth)
     while cursor.accept("word", "or"):
-        left = GuardBinary("or", left, _guard_and(cursor, _deeper(depth)))
+        left = GuardBinary("or", left, _guard_and(cursor, depth))
     return left
 
 
 def _guard_and(cursor: _Cursor, depth: int) -> GuardExpr:
-    left = _guard_not(cursor, _deeper(depth))
+    left = _guard_not(cursor, depth)
     while cursor.accept("word", "and"):
-        left = GuardBinary("and", left, _guard_not(cursor, _deeper(depth)))
+        left = GuardBinary("and", left, _guard_not(cursor, depth))
     return left
 
 
 def _guard_not(cursor: _Cursor, depth: int) -> GuardExpr:
     if cursor.accept("word", "not"):
         return GuardUnary("not", _guard_not(cursor, _deeper(depth)))
-    return _guard_comparison(cursor, _deeper(depth))
+    return _guard_comparison(cursor, depth)
 
 
 def _guard_comparison(cursor: _Cursor, depth: int) -> GuardExpr:
-    operands = [_guard_sum(cursor, _deeper(depth))]
+    operands = [_guard_sum(cursor, depth)]
     ops: list[str] = []
     while (token := cursor.peek()) is not None and token[0] == "op" and token[1] in _COMPARISONS:
         ops.append(cursor.take())
-        operands.append(_guard_sum(cursor, _deeper(depth)))
+        operands.append(_guard_sum(cursor, depth))
     return operands[0] if not ops else GuardChain(tuple(operands), tuple(ops))
 
 
 def _guard_sum(cursor: _Cursor, depth: int) -> GuardExpr:
-    left = _guard_product(cursor, _deeper(depth))
+    left = _guard_product(cursor, depth)
     while (token := cursor.peek()) is not None and token[0] == "op" and token[1] in ("+", "-"):
-        left = GuardBinary(cursor.take(), left, _guard_product(cursor, _deeper(depth)))
+        left = GuardBinary(cursor.take(), left, _guard_product(cursor, depth))
     return left
 
 
 def _guard_product(cursor: _Cursor, depth: int) -> GuardExpr:
-    left = _guard_factor(cursor, _deeper(depth))
+    left = _guard_factor(cursor, depth)
     while (token := cursor.peek()) is not None and token[0] == "op" and token[1] in ("*", "//", "%"):
-        left = GuardBinary(cursor.take(), left, _guard_factor(cursor, _deeper(depth)))
+        left = GuardBinary(cursor.take(), left, _guard_factor(cursor, depth))
     return left
 
 
