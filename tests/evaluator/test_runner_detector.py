@@ -4,7 +4,6 @@ the attack suite with the track's generator, and the generator's integrity check
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -128,12 +127,9 @@ def test_generator_integrity_is_a_platform_fault(detector_job, tmp_path):
     assert run_job(missing).error_code == "data_unavailable"
 
 
-def test_job_spec_round_trip_and_sandbox_mount(detector_job):
-    from evaluator.sandbox.runner import _relocate
-
+def test_job_spec_round_trip(detector_job):
+    """The spec crosses to the scorer as JSON; the generator stays with the scorer (the model process
+    never gets it: see tests/evaluator/test_trust_boundary.py for what that process can see)."""
     spec, _ = detector_job
     again = JobSpec.from_json(spec.to_json())
     assert again == spec and isinstance(again.detector_attacks.pgd_budgets, tuple)
-    relocated, mounts = _relocate(spec)
-    assert relocated.generator.path != spec.generator.path
-    assert mounts[str(Path(spec.generator.path).resolve())] == relocated.generator.path
