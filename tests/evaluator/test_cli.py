@@ -79,3 +79,17 @@ def test_run_prints_progress_and_one_result_line(tmp_path):
     result = events[-1]["result"]
     assert result["ok"] and result["metrics"][0]["num_examples"] == 64
     assert "noise" in result["per_class"] and "predictions" not in json.dumps(result)
+
+
+def test_check_refuses_a_forged_archive_before_torch_reads_it(tmp_path):
+    """The legacy-layout attack: `check` screens first, so the sympify payload never runs here either."""
+    from evaluator.models.zoo import build_model
+    from tests.evaluator.pt2_archives import export_to, forge_legacy_archive
+
+    marker = tmp_path / "pwned"
+    benign = export_to(tmp_path / "lenet.pt2", build_model("mnist_lenet5").eval())
+    forged = forge_legacy_archive(benign, tmp_path / "forged.pt2", marker)
+    assert _run("check", str(benign)).returncode == 0
+    out = _run("check", str(forged))
+    assert out.returncode == 2 and "FAILED (unsafe_format)" in out.stderr and "legacy" in out.stderr
+    assert not marker.exists()

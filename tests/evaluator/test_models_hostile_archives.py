@@ -13,9 +13,7 @@ from __future__ import annotations
 import io
 import json
 import time
-import warnings
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,62 +28,17 @@ from evaluator.models.loading import load_model, screen_artifact
 from evaluator.models.screening import screen_pt2, write_sanitized_pt2
 from evaluator.models.zoo import build_model
 from evaluator.spec import ArtifactSpec, InputSpec
+from tests.evaluator.pt2_archives import (
+    edit_program,
+    export_to,
+    forge_legacy_archive,
+    program_of,
+    rewrite_zip,
+    root_of,
+    sympify_payload,
+)
 
 MNIST = InputSpec(1, 28, 28)
-
-
-def export_to(path: Path, module: nn.Module, shape: tuple[int, ...] = (1, 28, 28), *, decompose: bool = False) -> Path:
-    """``torch.export`` with a dynamic batch dimension, exactly as researchers are told to."""
-    batch = torch.export.Dim("batch", min=1)
-    program = torch.export.export(module, (torch.rand(2, *shape),), dynamic_shapes=({0: batch},))
-    if decompose:
-        program = program.run_decompositions()
-    torch.export.save(program, str(path))
-    return path
-
-
-def rewrite_zip(
-    source: Path,
-    dest: Path,
-    change: Callable[[str, bytes], bytes | None] = lambda name, data: None,
-    *,
-    drop: Callable[[str], bool] = lambda name: False,
-    add: tuple[tuple[str, bytes], ...] = (),
-) -> Path:
-    """Copies a zip entry by entry: ``change`` may return new bytes, ``drop`` removes, ``add`` appends."""
-    with zipfile.ZipFile(source) as old, zipfile.ZipFile(dest, "w") as new:
-        for info in old.infolist():
-            if drop(info.filename):
-                continue
-            data = old.read(info)
-            replaced = change(info.filename, data)
-            new.writestr(info.filename, data if replaced is None else replaced)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # zipfile warns about the duplicate names some tests add
-            for name, data in add:
-                new.writestr(name, data)
-    return dest
-
-
-def edit_program(source: Path, dest: Path, edit: Callable[[dict[str, Any]], None]) -> Path:
-    def change(name: str, data: bytes) -> bytes | None:
-        if not name.endswith("/models/model.json"):
-            return None
-        program = json.loads(data)
-        edit(program)
-        return json.dumps(program).encode()
-
-    return rewrite_zip(source, dest, change)
-
-
-def root_of(path: Path) -> str:
-    with zipfile.ZipFile(path) as archive:
-        return archive.namelist()[0].split("/")[0]
-
-
-def program_of(path: Path) -> dict[str, Any]:
-    with zipfile.ZipFile(path) as archive:
-        return json.loads(archive.read(f"{root_of(path)}/models/model.json"))
 
 
 def refusal(path: Path) -> EvaluationError:
@@ -96,11 +49,6 @@ def refusal(path: Path) -> EvaluationError:
         load_model(ArtifactSpec(str(path), "pt2"), MNIST)
     assert screened.value.code == loaded.value.code, (screened.value.message, loaded.value.message)
     return loaded.value
-
-
-def sympify_payload(marker: Path) -> str:
-    """A string that ``sympy.sympify`` executes: it creates ``marker``."""
-    return f"__import__('pathlib').Path({str(marker)!r}).write_text('pwned')"
 
 
 class Counter(nn.Module):
@@ -157,30 +105,6 @@ def lenet(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # --------------------------------------------------------------------------- (a) the forged legacy archive
-
-
-def forge_legacy_archive(benign: Path, dest: Path, marker: Path) -> Path:
-    """The attack that was found: drop ``archive_version`` and add the older format's top-level files.
-
-    torch.export.load then fails on the current layout, falls back to its legacy reader, and that
-    reader ``sympify``-s the shape expressions of ``serialized_exported_program.json``.
-    """
-    program = program_of(benign)
-    for value in program["graph_module"]["graph"]["tensor_values"].values():
-        for size in value["sizes"]:
-            if "as_expr" in size:
-                size["as_expr"]["expr_str"] = sympify_payload(marker)
-    empty, inputs = io.BytesIO(), io.BytesIO()
-    torch.save({}, empty)
-    torch.save(((), {}), inputs)
-    legacy = (
-        ("version", b"8.20"),
-        ("serialized_exported_program.json", json.dumps(program).encode()),
-        ("serialized_state_dict.pt", empty.getvalue()),
-        ("serialized_constants.pt", empty.getvalue()),
-        ("serialized_example_inputs.pt", inputs.getvalue()),
-    )
-    return rewrite_zip(benign, dest, drop=lambda name: name.endswith("/archive_version"), add=legacy)
 
 
 def test_forged_legacy_archive_is_refused_and_runs_nothing(tmp_path: Path, lenet: Path) -> None:
