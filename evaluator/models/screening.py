@@ -731,6 +731,7 @@ class _ProgramScreen:
         if not isinstance(nodes, list):
             raise _corrupt("has a malformed graph")
         owned: set[str] = set()  # tensors this graph allocated itself (never its inputs or views of them)
+        defined = set(_tensor_names(graph.get("inputs", [])))  # each value is defined once (FX requires it)
         for node in nodes:
             self.nodes += 1
             if self.nodes > MAX_GRAPH_NODES:
@@ -741,6 +742,10 @@ class _ProgramScreen:
             if node.get("name", "") != "" and not _is_name(node["name"]):
                 raise _unsafe(f"names a graph node {_shorten(node['name'])}; names must be plain identifiers")
             self._node(node, owned)
+            outputs = list(_tensor_names(node.get("outputs", [])))
+            if len(set(outputs)) != len(outputs) or defined & set(outputs):
+                raise _unsafe(f"defines the graph value {_shorten(sorted(defined & set(outputs)) or outputs)} twice")
+            defined.update(outputs)
 
     def _node(self, node: dict[str, Any], owned: set[str]) -> None:
         target = node["target"]
@@ -748,6 +753,8 @@ class _ProgramScreen:
         if not isinstance(inputs, list) or not all(isinstance(i, dict) and "arg" in i for i in inputs):
             raise _corrupt("has a malformed graph node")
         arguments = {i.get("name"): i["arg"] for i in inputs}
+        if len(arguments) != len(inputs) and target.startswith("torch.ops.aten."):
+            raise _unsafe(f"passes the same argument twice to {_shorten(target)}")
         tensor_inputs = {name for i in inputs for name in _tensor_names(i["arg"])}
         outputs = set(_tensor_names(node.get("outputs", [])))
         if target.startswith("torch.ops.aten."):
@@ -776,6 +783,8 @@ class _ProgramScreen:
             for subgraph in subgraphs:
                 if not isinstance(subgraph, dict) or not isinstance(subgraph.get("graph"), dict):
                     raise _corrupt("has a malformed subgraph")
+                if not _is_name(subgraph.get("name")):
+                    raise _unsafe(f"names a subgraph {_shorten(subgraph.get('name'))}; names must be plain identifiers")
                 self._graph(subgraph["graph"])
             self.used.add(f"higher_order.{name}")
         elif target in operators.SYMBOLIC_TARGETS:

@@ -236,6 +236,36 @@ def test_stateful_model_is_refused(tmp_path: Path, decompose: bool) -> None:
     assert "buffer" in error.message or "in-place" in error.message
 
 
+def test_redefining_an_input_name_to_look_owned_is_refused(tmp_path: Path, lenet: Path) -> None:
+    """A fresh node that reuses the input's name, then an in-place write to "it": names are defined once."""
+
+    def shadow(program: dict[str, Any]) -> None:
+        nodes = program["graph_module"]["graph"]["nodes"]
+        clone = {"target": "torch.ops.aten.clone.default", "name": "x",
+                 "inputs": [{"name": "self", "arg": {"as_tensor": {"name": "x"}}, "kind": 1}],
+                 "outputs": [{"as_tensor": {"name": "x"}}], "metadata": {}}  # fmt: skip
+        write = {"target": "torch.ops.aten.mul_.Scalar", "name": "mul_",
+                 "inputs": [{"name": "self", "arg": {"as_tensor": {"name": "x"}}, "kind": 1},
+                            {"name": "other", "arg": {"as_float": 0.0}, "kind": 1}],
+                 "outputs": [{"as_tensor": {"name": "mul_"}}], "metadata": {}}  # fmt: skip
+        nodes[:0] = [clone, write]
+
+    error = refusal(edit_program(lenet, tmp_path / "shadow.pt2", shadow))
+    assert error.code == "unsafe_format" and "twice" in error.message
+
+
+def test_argument_given_twice_is_refused(tmp_path: Path) -> None:
+    """Dropout with train=False for the screen and train=True for whichever reader keeps the last one."""
+    path = export_to(tmp_path / "dropout.pt2", nn.Sequential(nn.Flatten(), nn.Dropout(0.5), nn.Linear(784, 10)).eval())
+
+    def twice(program: dict[str, Any]) -> None:
+        node = next(n for n in program["graph_module"]["graph"]["nodes"] if "dropout" in n["target"])
+        node["inputs"].append({"name": "train", "arg": {"as_bool": True}, "kind": 1})
+
+    error = refusal(edit_program(path, tmp_path / "twice.pt2", twice))
+    assert error.code == "unsafe_format" and "twice" in error.message
+
+
 def test_in_place_operators_on_its_own_tensors_are_fine(tmp_path: Path) -> None:
     """The ResNet idiom (``out += identity``, ``ReLU(inplace=True)``, ``out[:, 0] = 0``) still loads."""
 
@@ -485,10 +515,23 @@ def test_too_many_nodes_is_refused_quickly(tmp_path: Path, lenet: Path) -> None:
     program = program_of(lenet)
     nodes = program["graph_module"]["graph"]["nodes"]
     relu = next(n for n in nodes if n["target"].endswith("relu.default"))
-    relu["metadata"] = {}
-    nodes[:] = nodes + [relu] * (screening.MAX_GRAPH_NODES + 1)
-    name = f"{root_of(lenet)}/models/model.json"
-    path = rewrite_zip(lenet, tmp_path / "huge.pt2", lambda n, d: json.dumps(program).encode() if n == name else None)
+    source = relu["outputs"][0]["as_tensor"]["name"]
+    for index in range(screening.MAX_GRAPH_NODES + 1):  # a chain of distinct relu nodes
+        name = f"extra_relu_{index}"
+        nodes.append(
+            {
+                "target": relu["target"],
+                "inputs": [{"name": "self", "arg": {"as_tensor": {"name": source}}, "kind": 1}],
+                "outputs": [{"as_tensor": {"name": name}}],
+                "metadata": {},
+                "name": name,
+            }
+        )
+        source = name
+    model_json = f"{root_of(lenet)}/models/model.json"
+    path = rewrite_zip(
+        lenet, tmp_path / "huge.pt2", lambda n, d: json.dumps(program).encode() if n == model_json else None
+    )
     started = time.perf_counter()
     error = refusal(path)
     assert error.code == "model_too_large" and "graph nodes" in error.message
