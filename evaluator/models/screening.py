@@ -276,7 +276,12 @@ def screen_pt2(archive: zipfile.ZipFile, *, max_unpacked_bytes: int = MAX_UNPACK
     for name in entries:
         if name.startswith(("data/weights/weight_", "data/constants/tensor_")) and name not in referenced:
             raise _unsafe(f"contains {_shorten(name)}, which its weights and constants tables do not mention")
-    program, nodes, used = _ProgramScreen().screen(_read_json(archive, entries[_MODEL_JSON]))
+    program_text = _read_text(archive, entries[_MODEL_JSON])
+    # A lower bound on the node count before parsing: every node has one "target" key, and a JSON
+    # string cannot contain that key's unescaped quote-colon, so over-counting is impossible.
+    if program_text.count('"target":') > MAX_GRAPH_NODES:
+        raise _too_large(f"has more than {MAX_GRAPH_NODES} graph nodes")
+    program, nodes, used = _ProgramScreen().screen(_parse_json(program_text, entries[_MODEL_JSON]))
     return ScreenedPt2(
         program=program,
         weights_config=weights.config,
@@ -417,14 +422,26 @@ def _check_markers(archive: zipfile.ZipFile, entries: dict[str, zipfile.ZipInfo]
             raise _corrupt("has a malformed .data/serialization_id entry")
 
 
-def _read_json(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> Any:
-    """Strict JSON: UTF-8 as torch decodes it, no duplicate keys (parsers would disagree), bounded depth."""
+def _read_text(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> str:
+    """An entry as UTF-8 text, decoded the way torch decodes it."""
     with archive.open(info) as handle:
         raw = handle.read(MAX_PROGRAM_JSON_BYTES + 1)
     try:
-        return json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys)
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _corrupt(f"entry {_shorten(info.filename)} is not UTF-8 text") from None
+
+
+def _parse_json(text: str, info: zipfile.ZipInfo) -> Any:
+    """Strict JSON: no duplicate keys (parsers disagree on which one wins); nesting bounded by the recursion limit."""
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys)
     except (ValueError, RecursionError) as exc:
         raise _corrupt(f"entry {_shorten(info.filename)} is not valid JSON ({_shorten(exc, 200)})") from None
+
+
+def _read_json(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> Any:
+    return _parse_json(_read_text(archive, info), info)
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
