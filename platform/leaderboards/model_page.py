@@ -28,6 +28,7 @@ from django.utils.safestring import SafeString, mark_safe
 
 from benchmarks.models import EvaluationSet
 from leaderboards.queries import ROBUST, STAGE_LABELS, STAGE_ORDER, _flagged, _threats
+from submissions.jobs import failure_text
 from submissions.ladder import shown_note
 from submissions.models import EvaluationRun, Result, Submission
 
@@ -166,33 +167,6 @@ def provenance_view(run: EvaluationRun | None) -> Provenance | None:
         evaluator=_known(stored.get("evaluator"), _VERSION),
         sandbox=SANDBOX_MODES[mode] if mode else None,
     )
-
-
-def failure_text(submission: Submission) -> str:
-    """The failure sentence the page shows: the platform's headline for the failure code, and the
-    stored sentence only when the platform composed it.
-
-    ``submissions.jobs.failure_message`` writes the code's headline followed by the evaluator's
-    sentence (written by platform code; the evaluator keeps model text out of it), the watchdog
-    writes its own sentence under ``worker_lost``, a cancellation writes "Cancelled.". A stored
-    reason that is none of these is replaced by the headline alone.
-    """
-    from submissions.jobs import FAILURE_HEADLINES
-    from submissions.recovery import WORKER_LOST
-
-    reason = submission.failure_reason or ""
-    if submission.state == Submission.State.CANCELLED:
-        return FAILURE_HEADLINES["cancelled"] if reason != "Cancelled." else reason
-    if submission.state != Submission.State.FAILED:
-        return ""
-    code = submission.failure_code
-    if code == WORKER_LOST:
-        lost = "The worker evaluating this model stopped responding"
-        return reason if reason.startswith(lost) else f"{lost}, so the evaluation was given up."
-    headline = FAILURE_HEADLINES.get(code)
-    if headline is None:
-        return "The evaluation failed."
-    return reason if reason.startswith(headline) else headline
 
 
 @dataclass

@@ -41,6 +41,9 @@ FAILURE_HEADLINES = {
     "wrong_dtype": "The model's output is not a floating-point tensor.",
     "non_finite_output": "The model returned NaN or infinite values.",
     "nondeterministic": "The model gave different outputs for identical inputs.",
+    "batch_dependent": "The model's output for an image depended on the other images in its batch.",
+    "model_too_large": "The model's program is larger than the platform accepts.",
+    "model_crashed": "The model's process ended unexpectedly.",
     "too_slow": "The model is slower than the track's time budget.",
     "model_error": "The model raised an error during evaluation.",
     "timeout": "The evaluation ran past its time limit.",
@@ -52,6 +55,32 @@ FAILURE_HEADLINES = {
     "internal": "The platform failed while evaluating (a platform fault; it does not count).",
     "sandbox_unavailable": "No sandbox was available to run the model (a platform fault; it does not count).",
 }
+
+
+def failure_text(submission: Submission) -> str:
+    """The failure sentence the page shows: the platform's headline for the failure code, and the
+    stored sentence only when the platform composed it.
+
+    ``submissions.jobs.failure_message`` writes the code's headline followed by the evaluator's
+    sentence (written by platform code; the evaluator keeps model text out of it), the watchdog
+    writes its own sentence under ``worker_lost``, a cancellation writes "Cancelled.". A stored
+    reason that is none of these is replaced by the headline alone.
+    """
+    from submissions.recovery import WORKER_LOST
+
+    reason = submission.failure_reason or ""
+    if submission.state == Submission.State.CANCELLED:
+        return FAILURE_HEADLINES["cancelled"] if reason != "Cancelled." else reason
+    if submission.state != Submission.State.FAILED:
+        return ""
+    code = submission.failure_code
+    if code == WORKER_LOST:
+        lost = "The worker evaluating this model stopped responding"
+        return reason if reason.startswith(lost) else f"{lost}, so the evaluation was given up."
+    headline = FAILURE_HEADLINES.get(code)
+    if headline is None:
+        return "The evaluation failed."
+    return reason if reason.startswith(headline) else headline
 
 
 def build_job_spec(submission: Submission, artifact_path: str | None = None) -> JobSpec:

@@ -78,7 +78,8 @@ class Submission(models.Model):
     is_public = models.BooleanField(default=True)
 
     # The artifact.
-    artifact = models.FileField(upload_to=artifact_upload_path, max_length=300)
+    #: Empty once a cancelled upload's file was deleted (the sha256 and size stay on the row).
+    artifact = models.FileField(upload_to=artifact_upload_path, max_length=300, blank=True)
     artifact_format = models.CharField(max_length=20, choices=Format.choices)
     artifact_sha256 = models.CharField(max_length=64, db_index=True)
     artifact_size = models.BigIntegerField(default=0)

@@ -11,6 +11,7 @@ from rest_framework import serializers
 
 from benchmarks.models import Track
 from leaderboards.precision import round_released
+from submissions.jobs import failure_text
 from submissions.models import Result, Submission
 from submissions.uploads import check_artifact, check_zoo_architecture, repeated_field_errors
 
@@ -102,6 +103,9 @@ class SubmissionSerializer(serializers.ModelSerializer):
     queue_position = serializers.SerializerMethodField(
         help_text="1 = next to run; only while queued, on the status URL (null otherwise)."
     )
+    failure_reason = serializers.SerializerMethodField(
+        help_text="Why the evaluation failed, in the platform's words (empty unless failed or cancelled)."
+    )
 
     class Meta:
         model = Submission
@@ -118,6 +122,9 @@ class SubmissionSerializer(serializers.ModelSerializer):
             "failure_reason", "progress", "progress_stage", "created_at", "started_at", "finished_at",
             "released", "ladder_note",
         ]
+
+    def get_failure_reason(self, obj: Submission) -> str:
+        return failure_text(obj)
 
     def get_status_url(self, obj: Submission) -> str:
         request = self.context.get("request")

@@ -12,6 +12,7 @@ from accounts.quota import QuotaExceeded, quota_rows
 from leaderboards.model_page import MODEL_PAGE_RELATED, model_page_context
 from submissions import services
 from submissions.forms import SubmissionForm
+from submissions.jobs import failure_text
 from submissions.models import Submission
 
 
@@ -56,7 +57,7 @@ def status_payload(submission: Submission) -> dict:
         "progress": round(submission.progress, 4),
         "stage": submission.progress_stage,
         "queue_position": queue_position,
-        "failure_reason": submission.failure_reason,
+        "failure_reason": failure_text(submission),
         "terminal": submission.is_terminal,
     }
 
