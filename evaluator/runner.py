@@ -417,6 +417,7 @@ def run_detector_attacks(
         in_pixel_space(model, spec.input), data.images[labels == 0], data.images[labels == 1],
         spec.detector_attacks, clean_spec.name, spec.seed, generator=generator, latent_dim=latent_dim,
         batch_size=spec.batch_size, device=device, progress=progress, known_scores=scores,
+        secret_seed=secrets.randbits(63),
     )
 
 

@@ -96,8 +96,16 @@ def run_detector_suite(
     device: torch.device = torch.device("cpu"),
     progress: Callable[[float, str], None] | None = None,
     known_scores: tuple[np.ndarray, np.ndarray] | None = None,
+    secret_seed: int | None = None,
 ) -> tuple[list[MetricValue], dict[str, Any]]:
     """Runs every attack of ``config`` against the detector ``model`` (in eval mode).
+
+    ``secret_seed``, when given (the platform gives a fresh one per job), seeds what a submitter
+    could otherwise replay offline: the universal patch's training and positions, and the latent
+    attack's training and hidden latents. With public seeds those attacks learn on public fakes
+    with public randomness, so a detector could be built to recognise the very patch or offset
+    the evaluation will use; with a secret one it cannot. Without it, ``seed`` seeds everything
+    (experiments, tests).
 
     ``known_scores``, if given, are the model's scores of ``reals`` and of ``fakes`` (in their
     order), already computed by the caller; else they are computed here.
@@ -106,9 +114,10 @@ def run_detector_suite(
     universal attacks run only when a ``generator`` (latents of ``latent_dim`` dims to images in
     [0, 1] of the same shape) is given and ``config.universal_train_images`` > 0. Returns the
     metrics (see the module docstring for their names) and a provenance dict with, per attack,
-    its parameters, seconds and gradient passes. Deterministic for a given ``seed``.
+    its parameters, seconds and gradient passes. Deterministic for a given ``seed`` (and ``secret_seed``).
     """
     report = progress or ignore_progress
+    unseen = seed if secret_seed is None else secret_seed
     if reals.dtype != torch.uint8 or fakes.dtype != torch.uint8:
         raise ValueError("reals and fakes must be uint8 images")
     if reals.shape[0] == 0 or fakes.shape[0] == 0:
@@ -235,11 +244,11 @@ def run_detector_suite(
         side = patch_side(config.patch_area, height, width)
         patch = learn_patch(
             model, public_fakes, config.patch_area, config.universal_steps,
-            seed=derive_seed(seed, "detector-attacks", "patch", "train"), batch_size=batch_size,
+            seed=derive_seed(unseen, "detector-attacks", "patch", "train"), batch_size=batch_size,
         )
         patch_uint8 = quantize(patch)
         positions = random_positions(int(x.shape[0]), height, width, side,
-                                     derive_seed(seed, "detector-attacks", "patch", "positions"))
+                                     derive_seed(unseen, "detector-attacks", "patch", "positions"))
         patched = apply_patch(fakes_subset.to(device), patch_uint8.to(device), positions)
         attacked = score_images(patched)
         label = patch_label(config.patch_area)
@@ -257,8 +266,8 @@ def run_detector_suite(
         outcome = latent_attack(
             model, generator, latent_dim, latent_radius=config.latent_radius, steps=config.universal_steps,
             n_eval=int(x.shape[0]), public_seed=derive_seed(config.public_seed, "public-z"),
-            hidden_seed=derive_seed(seed, "detector-attacks", "latent", "hidden"), z_public=z_public,
-            seed=derive_seed(seed, "detector-attacks", "latent", "train"), batch_size=batch_size, device=device,
+            hidden_seed=derive_seed(unseen, "detector-attacks", "latent", "hidden"), z_public=z_public,
+            seed=derive_seed(unseen, "detector-attacks", "latent", "train"), batch_size=batch_size, device=device,
             threshold=threshold, real_scores=real_scores,
         )
         attacked = score_images(outcome.attacked)

@@ -522,3 +522,26 @@ def test_suite_takes_the_callers_clean_scores_and_checks_their_shape() -> None:
         m.metric: m.value for m in computed}["auc@clean-subset"]
     with pytest.raises(ValueError, match="one score per real"):
         run_detector_suite(model, reals, fakes, config, "clean", seed=0, known_scores=(known[0][:-1], known[1]))
+
+
+def test_a_secret_seed_changes_only_the_attacks_a_submitter_could_replay_offline() -> None:
+    """With public seeds the universal patch and latent offset learn on public fakes with public randomness:
+    a submitter could reproduce them offline and train a detector to recognise exactly those. A secret seed
+    per job changes them (and the latent attack's hidden latents); the per-image attacks are untouched."""
+    model, reals, fakes, generator = suite_setting()
+    config = DetectorAttackSpec(
+        points=40, pgd_budgets=(2 / 255,), pgd_steps=5, min_norms=("Linf",), patch_area=0.05,
+        universal_train_images=64, universal_steps=10, public_seed=1,
+    )
+
+    def run(secret: int | None) -> dict[str, float]:
+        metrics, _ = run_detector_suite(model, reals, fakes, config, "clean", seed=3, generator=generator,
+                                        latent_dim=8, batch_size=64, secret_seed=secret)
+        return {m.metric: m.value for m in metrics}
+
+    public, first, second = run(None), run(101), run(202)
+    assert run(101) == first  # deterministic for a given secret
+    replayable = ("auc@patch-5%", "auc@latent", "auc@latent-reference")
+    assert any(first[k] != second[k] for k in replayable) and any(first[k] != public[k] for k in replayable)
+    for per_image in ("auc@clean-subset", "auc@Linf-2/255", "auc@min-Linf"):
+        assert first[per_image] == second[per_image] == public[per_image]
