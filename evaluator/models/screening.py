@@ -234,7 +234,7 @@ def guard_zip_archive(
     try:
         with zipfile.ZipFile(path) as archive:
             infos = archive.infolist()
-    except (zipfile.BadZipFile, OSError) as exc:
+    except ZIP_ERRORS as exc:
         raise _corrupt(f"is damaged ({_shorten(exc, 200)})") from None
     _guard_sizes(infos, max_unpacked_bytes, max_ratio, max_entries)
 
