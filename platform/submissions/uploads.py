@@ -159,16 +159,22 @@ def check_artifact(upload: File, declared_format: str, zoo_architecture: str) ->
     """The upload's format as its content says (``pt2`` or ``safetensors``); ValidationError when unusable.
 
     ``evaluator.models.formats.detect_format`` reads only headers and a zip directory, never unpickles
-    and never inflates, so it is safe on the web server; the evaluator runs it again in the sandbox.
+    and never inflates, and ``evaluator.models.screening.screen_artifact`` reads a .pt2's JSON as data
+    (it never calls torch.export.load), so both are safe on the web server; the model process runs
+    them again before it loads anything.
     Its one sizeable cost is a safetensors JSON header, which it parses whole (up to the 100 MB the
     safetensors reader itself allows; real headers are kilobytes).
     """
     from evaluator.errors import EvaluationError
     from evaluator.models.formats import detect_format
+    from evaluator.models.screening import screen_artifact
 
     try:
         with path_on_disk(upload) as path:
             detected = detect_format(path)
+            # The loader's whole screen (layout, operator allow-list, shape grammar, size limits): a
+            # refused or oversized graph is refused now, in milliseconds, before any quota is charged.
+            screen_artifact(path, detected)
     except EvaluationError as exc:
         raise ValidationError({"artifact": ValidationError(exc.message, code=exc.code)}) from None
     if declared_format and declared_format != detected:

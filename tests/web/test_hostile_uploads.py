@@ -77,9 +77,15 @@ def test_hostile_uploads_fail_with_reasons_and_the_worker_keeps_serving(
     with pickled.open("rb") as handle:
         stored_pickle = services.create_submission(researcher, digits_track, File(handle, name="model.pt2"),
                                                    name="pickle", artifact_format="pt2")
+    # The zip bomb likewise: refused at upload by the loader's screen, and failed in the sandbox if stored.
+    refused_bomb = _post(token, bomb)
+    assert refused_bomb.status_code == 400 and "decompression bomb" in refused_bomb.json()["artifact"][0]
+    with bomb.open("rb") as handle:
+        stored_bomb = services.create_submission(researcher, digits_track, File(handle, name="bomb.pt2"),
+                                                 name="bomb", artifact_format="pt2")
     hostile = {
         "pickle": (stored_pickle, "unsafe_format", "runs code"),
-        "zip bomb": (_upload(token, bomb), "corrupt_artifact", "decompression bomb"),
+        "zip bomb": (stored_bomb, "corrupt_artifact", "decompression bomb"),
     }
     good = _upload(token, lenet5_safetensors, zoo_architecture="mnist_lenet5")
     for submission, _, _ in hostile.values():

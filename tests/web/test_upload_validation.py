@@ -115,3 +115,39 @@ def test_a_well_formed_upload_gets_its_format_from_the_content(digits_track, res
     assert response.status_code == 201, response.content
     assert response.json()["artifact_format"] == "pt2"
     assert QuotaEntry.objects.filter(user=researcher, kind="charge").count() == 1
+
+
+def test_a_hostile_graph_is_refused_at_upload_in_milliseconds(digits_track, researcher, token, lenet5_pt2, tmp_path):
+    """The loader's screen runs at upload too: the forged legacy archive (whose shape strings ``sympify``
+    would run) and a randomised defence are refused before anything is stored or charged, and the
+    forged archive's payload never runs on the web server."""
+    import time
+
+    import torch
+    from torch import nn
+
+    from tests.evaluator.pt2_archives import export_to, forge_legacy_archive
+
+    class Noisy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = nn.Linear(784, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.linear((x + 0.1 * torch.randn_like(x)).flatten(1))
+
+    marker = tmp_path / "pwned"
+    forged = forge_legacy_archive(lenet5_pt2, tmp_path / "forged.pt2", marker)
+    noisy = export_to(tmp_path / "noisy.pt2", Noisy().eval())
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token}")
+    for path, words in ((forged, "older torch.export format"), (noisy, "random")):
+        started = time.perf_counter()
+        response = _post(client, "/api/v1/submissions/", {"track": "digits", "name": path.stem}, {"artifact": path},
+                         format="multipart")
+        elapsed = time.perf_counter() - started
+        assert response.status_code == 400, response.content
+        assert any(words in message for message in response.json()["artifact"]), response.json()
+        assert elapsed < 10, elapsed
+    assert not marker.exists()
+    _assert_nothing_kept(researcher)
