@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from evaluator.attacks.common import derive_seed
 from evaluator.data.evalsets import read_evaluation_set
 from evaluator.devices import autocast_dtype, use_mixed_precision
 from evaluator.errors import EvaluationError
@@ -392,7 +393,7 @@ def _score_detector_sets(spec: JobSpec, datasets: list[Any], outputs: list[torch
 
 def run_detector_attacks(
     model: torch.nn.Module, spec: JobSpec, datasets: list[Any], device: torch.device, progress: ProgressCallback,
-    clean_outputs: torch.Tensor | None = None,
+    clean_outputs: torch.Tensor | None = None, secret_seed: int | None = None,
 ) -> tuple[list[MetricValue], dict[str, Any]]:
     """The Carlini-Farid suite on the clean set: hidden reals against attacked hidden fakes.
 
@@ -417,7 +418,7 @@ def run_detector_attacks(
         in_pixel_space(model, spec.input), data.images[labels == 0], data.images[labels == 1],
         spec.detector_attacks, clean_spec.name, spec.seed, generator=generator, latent_dim=latent_dim,
         batch_size=spec.batch_size, device=device, progress=progress, known_scores=scores,
-        secret_seed=secrets.randbits(63),
+        secret_seed=secrets.randbits(63) if secret_seed is None else secret_seed,
     )
 
 
@@ -440,7 +441,8 @@ def _run_settings(spec: JobSpec, model: RemoteModel, device: str, backward: bool
     return replace(spec, batch_size=int(choice["batch_size"]))
 
 
-def run_job(spec: JobSpec, progress: ProgressCallback = ignore_progress, host: HostOptions | None = None) -> Result:
+def run_job(spec: JobSpec, progress: ProgressCallback = ignore_progress, host: HostOptions | None = None,
+            secret_seed: int | None = None) -> Result:
     """Evaluate one submission as the spec says; failures come back as a Result, not an exception.
 
     The model runs in its own process, started as ``host`` says (by default under bubblewrap
@@ -448,13 +450,18 @@ def run_job(spec: JobSpec, progress: ProgressCallback = ignore_progress, host: H
     model process resolves it, since only it knows whether a GPU reached it, and the provenance
     keeps both the device asked for and the one used. Everything the scorer computes stays on
     the CPU.
+
+    ``secret_seed`` seeds what must stay unknown to the submitter (the batch order, the check
+    samples, the detector suite's universal attacks); the platform leaves it None, which draws a
+    fresh one from the operating system for every job. Tests fix it to compare two runs.
     """
     started = time.perf_counter()
     torch.manual_seed(spec.seed)
     provenance: dict[str, Any] = {"device_requested": spec.device}
     device = torch.device("cpu")
     #: Batch order and check samples: secret to this job, unknown to the model and to anyone watching.
-    order_rng = torch.Generator().manual_seed(secrets.randbits(63))
+    secret = secrets.randbits(63) if secret_seed is None else int(secret_seed)
+    order_rng = torch.Generator().manual_seed(secret)
     try:
         progress(0.0, "loading model")
         attacking = spec.task == "classifier" and bool(spec.threat_models)
@@ -476,7 +483,8 @@ def run_job(spec: JobSpec, progress: ProgressCallback = ignore_progress, host: H
             model.strict = True
             spec = _run_settings(spec, model, hosted.device, attacking or attacking_detector, provenance)
             model.batch_size = spec.batch_size
-            result = _score(spec, model, device, progress, provenance, order_rng, attacking, attacking_detector)
+            result = _score(spec, model, device, progress, provenance, order_rng, attacking, attacking_detector,
+                            derive_seed(secret, "detector-suite"))
             provenance["spot_checks"] = {"calls": model.calls, "checked": model.spot_checks}
         elapsed = time.perf_counter() - started
         provenance.update(seconds=round(elapsed, 3),
@@ -498,7 +506,7 @@ def run_job(spec: JobSpec, progress: ProgressCallback = ignore_progress, host: H
 
 def _score(spec: JobSpec, model: RemoteModel, device: torch.device, progress: ProgressCallback,
            provenance: dict[str, Any], order_rng: torch.Generator, attacking: bool,
-           attacking_detector: bool) -> Result:
+           attacking_detector: bool, detector_secret: int) -> Result:
     """Every evaluation set through the model in a secret order, the batch checks, then the attacks."""
     datasets = [read_evaluation_set(s.path, s.sha256 or None) for s in spec.evaluation_sets]
     total_images = sum(int(d.labels.shape[0]) for d in datasets)
@@ -564,7 +572,7 @@ def _score(spec: JobSpec, model: RemoteModel, device: torch.device, progress: Pr
             result.metrics.extend(attack_metrics)
         if attacking_detector:
             attack_metrics, provenance["detector_attacks"] = run_detector_attacks(
-                model, spec, datasets, device, on_attack, detector_outputs[_clean_index(spec)]
+                model, spec, datasets, device, on_attack, detector_outputs[_clean_index(spec)], detector_secret
             )
             result.metrics.extend(attack_metrics)
     except ModelRaised as exc:
