@@ -8,8 +8,8 @@ one job's fork bomb cannot use up the process budget of a job running beside it 
 
 The uids come from a fixed range that no account should use (``SANDBOX_UID_BASE`` onwards) and are
 claimed with ``flock`` on small lock files, so several workers on one host never share one.
-Every job shares one group, ``SANDBOX_GID``: an operator who keeps the hidden data private to
-the host can make it readable to the sandbox with ``chgrp SANDBOX_GID`` and mode 0640.
+Every job shares one group, ``SANDBOX_GID``. Hidden data must never be made readable to it: only
+the scorer reads the evaluation sets; the sandbox holds the artifact alone.
 """
 
 from __future__ import annotations

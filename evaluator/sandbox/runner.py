@@ -304,10 +304,8 @@ def _plan_mounts(
 ) -> tuple[dict[str, str], dict[str, str]]:
     """Split the job's files into those bound as they are and those copied into the sandbox.
 
-    A file the sandbox uid may not read (the hidden sets are written 0600 by their owner) is
-    copied in: the parent opens it and bubblewrap copies the content into the sandbox's memory,
-    read-only. Copying costs memory for the job's duration, so large sets are better made
-    readable to the sandbox group (see :mod:`evaluator.sandbox.identity`).
+    A file the sandbox uid may not read (uploads are stored 0600 by the web server) is copied in:
+    the parent opens it and bubblewrap copies the content into the sandbox's memory, read-only.
     """
     if identity is None:
         return dict(mounts), {}
