@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import secrets
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -104,14 +105,16 @@ def predict(
     device: torch.device,
     on_batch: Callable[[int], None] | None = None,
     order: torch.Tensor | None = None,
+    fed_order: bool = False,
 ) -> torch.Tensor:
     """Model outputs for every image, in batches, without autograd; outputs stay on the CPU.
 
     With ``order``, batch k holds the images ``order[k*batch_size:(k+1)*batch_size]``; the
-    outputs come back in the stored order all the same.
+    outputs come back in the stored order all the same, or in the order fed with ``fed_order``
+    (needed when ``order`` repeats images).
     """
     outputs: list[torch.Tensor] = []
-    total = images_uint8.shape[0]
+    total = images_uint8.shape[0] if order is None else int(order.shape[0])
     with torch.inference_mode():
         for start in range(0, total, batch_size):
             rows = slice(start, start + batch_size) if order is None else order[start : start + batch_size]
@@ -132,15 +135,37 @@ def predict(
             if on_batch is not None:
                 on_batch(min(start + batch_size, total))
     stacked = torch.cat(outputs)
-    if order is None:
+    if order is None or fed_order:
         return stacked
     restored = torch.empty_like(stacked)
     restored[order] = stacked
     return restored
 
 
+def feed_with_repeats(count: int, batch_size: int, sample: int,
+                      rng: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The job's feed for one set: a secret permutation, then ``sample`` of its images a second time.
+
+    Returns ``(feed, chosen)``: the stored indices in the order they are sent (``count`` + k long,
+    the repeats last, in the order of ``chosen``) and the repeated indices. Each repeated image is
+    drawn from the batches before the one the repeats start in, so its second pass is always in
+    another batch of the job's size, beside other companions. Without state a model cannot tell a
+    repeat from any other image, so "the same image in another batch" costs k images instead of a
+    batch of its own. When the whole set fits in one batch, nothing is repeated (k = 0).
+    """
+    order = evaluation_order(count, rng)
+    before = (count // batch_size) * batch_size  # positions whose batch ends before the repeats start
+    k = min(sample, before)
+    if k <= 0:
+        return order, order[:0]
+    chosen = order[torch.randperm(before, generator=rng)[:k]]
+    return torch.cat([order, chosen]), chosen
+
+
 #: Hidden images per evaluation set that the batch checks look at again.
 CONSISTENCY_SAMPLE = 16
+#: Of those, how many are also evaluated alone (one call each).
+ALONE_SAMPLE = 8
 #: Outputs of the same image may differ by this share of their scale between batchings (float32
 #: kernels sum in another order at another batch size); far below any change that moves a score.
 CONSISTENCY_RTOL = 1e-4
@@ -181,6 +206,7 @@ def check_batch_consistency(
     sample: int = CONSISTENCY_SAMPLE,
     rtol: float = CONSISTENCY_RTOL,
     set_name: str = "",
+    repeated: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> ConsistencyReport:
     """Re-evaluate a random sample of hidden images alone, in another batch, at another size, and twice.
 
@@ -189,36 +215,41 @@ def check_batch_consistency(
     score) differs between these batchings and fails ``batch_dependent``; one whose outputs differ
     between two identical calls fails ``nondeterministic``. The sample and its companions come
     from the job's secret generator, so the checked images cannot be told from the others.
+
+    ``repeated`` is ``(chosen, outputs)`` when the job's own pass already fed the sample a second
+    time, in other batches of the job's size (:func:`feed_with_repeats`); otherwise the sample is
+    sent again here beside other companions.
     """
     total = int(images_uint8.shape[0])
     if total == 0:
         return ConsistencyReport(0, 0, 0.0, 0.0)
-    chosen = torch.randperm(total, generator=rng)[: min(sample, total)]
+    if repeated is not None:
+        chosen, in_batch = repeated
+    else:
+        chosen = torch.randperm(total, generator=rng)[: min(sample, total)]
     picked = images_uint8[chosen]
     expected = outputs[chosen]
     size = max(1, min(batch_size, total))
     # Another batch size: neither the job's nor 1, and smaller than the sample so it splits it.
     other_size = max(2, min(len(chosen) // 2 + 1, size - 1)) if size > 2 else size + 1
-    # Another batch of the usual size: the sample beside other companions, at other positions.
-    companions = torch.randperm(total, generator=rng)
-    companions = companions[~torch.isin(companions, chosen)][: max(size - len(chosen), 0)]
-    mixed_rows = torch.cat([chosen, companions])
-    mixed_order = torch.randperm(len(mixed_rows), generator=rng)
-    mixed_rows = mixed_rows[mixed_order]
-    position = {int(row): index for index, row in enumerate(mixed_rows.tolist())}
-    where = torch.tensor([position[int(row)] for row in chosen.tolist()])
-
-    def run(batch_rows: torch.Tensor, images: torch.Tensor | None = None) -> torch.Tensor:
-        return predict(model, images_uint8[batch_rows] if images is None else images, input_spec,
-                       len(batch_rows) or 1, device)
-
-    in_batch = run(mixed_rows)[where]
-    alone = torch.cat([predict(model, picked[i : i + 1], input_spec, 1, device) for i in range(len(chosen))])
+    if repeated is None:
+        # Another batch of the usual size: the sample beside other companions, at other positions.
+        companions = torch.randperm(total, generator=rng)
+        companions = companions[~torch.isin(companions, chosen)][: max(size - len(chosen), 0)]
+        mixed_rows = torch.cat([chosen, companions])
+        mixed_rows = mixed_rows[torch.randperm(len(mixed_rows), generator=rng)]
+        position = {int(row): index for index, row in enumerate(mixed_rows.tolist())}
+        where = torch.tensor([position[int(row)] for row in chosen.tolist()])
+        in_batch = predict(model, images_uint8[mixed_rows], input_spec, len(mixed_rows), device)[where]
+    # Alone: one call per image, the dearest check, so on part of the sample (the first ones: random).
+    lone = min(len(chosen), ALONE_SAMPLE)
+    alone = torch.cat([predict(model, picked[i : i + 1], input_spec, 1, device) for i in range(lone)])
     resized = predict(model, picked, input_spec, other_size, device)
     # Twice: the small batches again, exactly as before (cheaper than a second full batch, and as telling).
     resized_again = predict(model, picked, input_spec, other_size, device)
     repeat = _relative_difference(resized, resized_again)
-    batch = max(_relative_difference(expected, other) for other in (in_batch, alone, resized))
+    batch = max(_relative_difference(expected, in_batch), _relative_difference(expected[:lone], alone),
+                _relative_difference(expected, resized))
     where_text = f" of {set_name}" if set_name else ""
     if repeat > rtol:
         raise EvaluationError(
@@ -233,7 +264,7 @@ def check_batch_consistency(
             "on the other images in its batch or the batch size. Each image's output must depend on that image "
             "alone (no batch statistics: eval mode, no cross-batch operations).",
         )
-    return ConsistencyReport(len(chosen), 4 * len(chosen), batch, repeat)
+    return ConsistencyReport(len(chosen), 3 * len(chosen) + lone, batch, repeat)
 
 
 def _check_finite(outputs: torch.Tensor, set_name: str) -> None:
@@ -422,6 +453,28 @@ def run_detector_attacks(
     )
 
 
+class _Reading:
+    """The job's evaluation sets, read in a thread while the model process starts (both take about a second)."""
+
+    def __init__(self, spec: JobSpec) -> None:
+        self._sets: list[Any] = []
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._read, args=(spec,), daemon=True)
+        self._thread.start()
+
+    def _read(self, spec: JobSpec) -> None:
+        try:
+            self._sets = [read_evaluation_set(s.path, s.sha256 or None) for s in spec.evaluation_sets]
+        except BaseException as exc:  # re-raised in the scorer's own thread by result()
+            self._error = exc
+
+    def result(self) -> list[Any]:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._sets
+
+
 def _run_settings(spec: JobSpec, model: RemoteModel, device: str, backward: bool,
                   provenance: dict[str, Any]) -> JobSpec:
     """The spec as it runs here (its batch size fitted to the model's device), and the precision used.
@@ -467,6 +520,8 @@ def run_job(spec: JobSpec, progress: ProgressCallback = ignore_progress, host: H
         attacking = spec.task == "classifier" and bool(spec.threat_models)
         attacking_detector = spec.task == "detector" and spec.detector_attacks is not None
         host = host or HostOptions.default()
+        # The sets are read (and their hashes checked) while the model process starts.
+        reading = _Reading(spec)
         with host_model(spec.artifact, spec.input, task=spec.task, num_classes=spec.num_classes, device=spec.device,
                         time_budget_s=spec.time_budget_s, batch_size=spec.batch_size,
                         mixed_precision=spec.allow_mixed_precision, options=host) as hosted:
@@ -481,10 +536,11 @@ def run_job(spec: JobSpec, progress: ProgressCallback = ignore_progress, host: H
             provenance["contract"] = {"probe_seconds": round(contract.probe_seconds, 4),
                                       "seconds_per_batch": round(contract.seconds_per_batch, 4)}
             model.strict = True
+            provenance["startup_seconds"] = round(time.perf_counter() - started, 3)
             spec = _run_settings(spec, model, hosted.device, attacking or attacking_detector, provenance)
             model.batch_size = spec.batch_size
             result = _score(spec, model, device, progress, provenance, order_rng, attacking, attacking_detector,
-                            derive_seed(secret, "detector-suite"))
+                            derive_seed(secret, "detector-suite"), reading.result())
             provenance["spot_checks"] = {"calls": model.calls, "checked": model.spot_checks}
         elapsed = time.perf_counter() - started
         provenance.update(seconds=round(elapsed, 3),
@@ -506,9 +562,8 @@ def run_job(spec: JobSpec, progress: ProgressCallback = ignore_progress, host: H
 
 def _score(spec: JobSpec, model: RemoteModel, device: torch.device, progress: ProgressCallback,
            provenance: dict[str, Any], order_rng: torch.Generator, attacking: bool,
-           attacking_detector: bool, detector_secret: int) -> Result:
+           attacking_detector: bool, detector_secret: int, datasets: list[Any]) -> Result:
     """Every evaluation set through the model in a secret order, the batch checks, then the attacks."""
-    datasets = [read_evaluation_set(s.path, s.sha256 or None) for s in spec.evaluation_sets]
     total_images = sum(int(d.labels.shape[0]) for d in datasets)
     provenance["images"] = total_images
     # An attacked point costs hundreds of passes: weigh the attack stage accordingly.
@@ -531,6 +586,7 @@ def _score(spec: JobSpec, model: RemoteModel, device: torch.device, progress: Pr
     result = Result(job_id=spec.job_id, ok=True, suite_version=spec.suite_version, seed=spec.seed)
     detector_outputs: list[torch.Tensor] = []
     checks: dict[str, Any] = {}
+    check_seconds = 0.0
     for index, (set_spec, data) in enumerate(zip(spec.evaluation_sets, datasets, strict=True), start=1):
         count = int(data.labels.shape[0])
         stage = f"evaluating {set_spec.name} ({set_spec.role})"
@@ -538,13 +594,17 @@ def _score(spec: JobSpec, model: RemoteModel, device: torch.device, progress: Pr
         def on_batch(done: int, index: int = index, count: int = count, stage: str = stage) -> None:
             stages.report(index, done / count, stage)
 
-        order = evaluation_order(count, order_rng)
-        outputs = predict(model, data.images, spec.input, spec.batch_size, device, on_batch, order)
-        _check_finite(outputs, set_spec.name)
+        feed, chosen = feed_with_repeats(count, spec.batch_size, CONSISTENCY_SAMPLE, order_rng)
+        fed = predict(model, data.images, spec.input, spec.batch_size, device, on_batch, feed, fed_order=True)
+        outputs = torch.empty((count, *fed.shape[1:]), dtype=fed.dtype)
+        outputs[feed[:count]] = fed[:count]
+        _check_finite(fed, set_spec.name)
+        checking = time.perf_counter()
         checks[set_spec.name] = check_batch_consistency(
             model, data.images, outputs, spec.input, spec.batch_size, device, order_rng, rtol=rtol,
-            set_name=set_spec.name,
+            set_name=set_spec.name, repeated=(chosen, fed[count:]) if len(chosen) else None,
         ).to_dict()
+        check_seconds += time.perf_counter() - checking
         if spec.task == "classifier":
             metrics, per_class = score_classifier(
                 outputs, data.labels, spec.num_classes, set_spec.name,
@@ -555,6 +615,7 @@ def _score(spec: JobSpec, model: RemoteModel, device: torch.device, progress: Pr
         else:
             detector_outputs.append(outputs)
     provenance["batch_checks"] = checks
+    provenance["batch_check_seconds"] = round(check_seconds, 3)
     if spec.task == "detector":
         result.metrics.extend(_score_detector_sets(spec, datasets, detector_outputs))
     attack_stage = len(datasets) + 1

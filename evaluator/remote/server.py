@@ -184,13 +184,15 @@ class ModelServer:
 
 
 def main() -> int:
-    from evaluator.remote.wire import PeerGone, read_frame, write_frame
-
     # The protocol keeps a private copy of stdout; fd 1 then points at stderr, so nothing printed
     # by torch, a library or the model can be mistaken for (or interleave with) an answer.
+    from evaluator.remote.wire import PeerGone, read_frame, widen_pipe, write_frame
+
     answers = io.FileIO(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     requests = io.FileIO(os.dup(sys.stdin.fileno()), "rb")
+    widen_pipe(answers.fileno())
+    widen_pipe(requests.fileno())
     server = ModelServer()
     while True:
         try:

@@ -283,6 +283,11 @@ def _child_env(limits: SandboxLimits, code_dir: str) -> dict[str, str]:
         "OMP_WAIT_POLICY": "PASSIVE",
         "MKL_NUM_THREADS": threads,
         "TORCHINDUCTOR_CACHE_DIR": "/tmp/inductor",
+        # glibc returns freed blocks above its (dynamic) mmap threshold to the kernel, so every batch's
+        # activations are page-faulted in afresh: measured on the ResNet-20 evaluation, a fresh process
+        # ran 1,250 images/s against 1,620 with these two fixed (largest allowed mmap threshold, no trim).
+        "MALLOC_MMAP_THRESHOLD_": str(32 * 1024**2),
+        "MALLOC_TRIM_THRESHOLD_": str(1024**3),
     }
 
 

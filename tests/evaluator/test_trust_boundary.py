@@ -356,3 +356,18 @@ def test_text_from_the_model_process_is_not_kept_once_it_has_seen_hidden_images(
     assert not result.ok and result.error_code == "model_error", (result.error_code, result.error)
     assert "LEAK" not in result.error and "<a" not in result.error
     assert "RuntimeError" in result.error
+
+
+@pytest.mark.parametrize(("count", "batch", "sample"), [(1000, 64, 16), (130, 64, 16), (64, 64, 16), (10, 64, 16),
+                                                        (200, 7, 30)])
+def test_feed_repeats_sampled_images_in_another_batch(count, batch, sample):
+    from evaluator.runner import feed_with_repeats
+
+    feed, chosen = feed_with_repeats(count, batch, sample, torch.Generator().manual_seed(count))
+    assert sorted(feed[:count].tolist()) == list(range(count))  # every image once, in a shuffled order
+    assert feed[:count].tolist() != list(range(count))
+    assert feed[count:].tolist() == chosen.tolist() and len(set(chosen.tolist())) == len(chosen)
+    assert len(chosen) == min(sample, (count // batch) * batch)
+    first = {int(index): position for position, index in enumerate(feed[:count].tolist())}
+    for offset, index in enumerate(chosen.tolist()):
+        assert first[index] // batch != (count + offset) // batch  # the second pass is in another batch
