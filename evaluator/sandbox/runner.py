@@ -291,8 +291,38 @@ def _child_env(limits: SandboxLimits, code_dir: str) -> dict[str, str]:
     }
 
 
+#: prctl(2) option: the signal the kernel sends a process when its parent dies.
+_PR_SET_PDEATHSIG = 1
+
+
+def _death_signal_setter() -> Callable[[], None]:
+    """A function, for the child between fork and exec, that has the kernel SIGKILL it when the worker dies.
+
+    The scorer is not under bubblewrap (whose ``--die-with-parent`` guards the model process), so
+    without this a worker killed mid-job would leave its scorer running, still holding the job's
+    model process under a sandbox uid the dead worker's lock no longer reserves.
+    """
+    parent = os.getpid()
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux: nothing to set
+        return lambda: None
+
+    def apply() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the worker died before the signal was armed
+            os._exit(1)
+
+    return apply
+
+
 def _limit_resources(limits: SandboxLimits) -> Callable[[], None]:
+    die_with_parent = _death_signal_setter()
+
     def apply() -> None:  # runs in the child between fork and exec
+        die_with_parent()
         os.setsid()
         # SIGXCPU at the soft limit (a clear reason), SIGKILL a little later for a program that ignores it.
         resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 5))

@@ -139,3 +139,51 @@ def test_gpu_jobs_get_the_nvidia_device_files_and_cpu_jobs_none(tmp_path):
     command = runner._bwrap_command({}, SandboxLimits(), devices=expected)
     assert command[command.index("--dev-bind") + 1] == expected[0] and command.count("--dev-bind") == 3
     assert "--dev-bind" not in runner._bwrap_command({}, SandboxLimits())
+
+
+ORPHAN_WORKER = r"""
+import sys
+from evaluator.sandbox import runner
+from evaluator.spec import ArtifactSpec, InputSpec, JobSpec
+pid_file = sys.argv[1]
+runner._scorer_command = lambda: [sys.executable, "-c",
+    f"import os, time; open({pid_file!r}, 'w').write(str(os.getpid())); time.sleep(600)"]
+spec = JobSpec("j", "classifier", InputSpec(1, 28, 28), ArtifactSpec(sys.argv[2], "pt2"), ())
+runner.run_sandboxed(spec, limits=runner.SandboxLimits(wall_seconds=600))
+"""
+
+
+def test_a_scorer_does_not_outlive_its_worker(tmp_path):
+    """A worker killed mid-job takes its scorer with it (and bubblewrap, the model process with the scorer)."""
+    import signal
+    import time
+    from pathlib import Path
+
+    artifact = tmp_path / "a.pt2"
+    artifact.write_bytes(b"")
+    pid_file = tmp_path / "scorer.pid"
+    root = Path(runner.__file__).resolve().parents[2]
+    worker = subprocess.Popen([sys.executable, "-c", ORPHAN_WORKER, str(pid_file), str(artifact)],
+                              env={**os.environ, "PYTHONPATH": str(root)})
+    deadline = time.monotonic() + 60
+    while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    scorer = int(pid_file.read_text())
+    os.kill(scorer, 0)  # it runs
+    worker.send_signal(signal.SIGKILL)
+    worker.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(scorer, 0)
+        except ProcessLookupError:
+            break
+        try:  # a zombie until its (dead) parent's parent reaps it: gone for our purpose
+            if open(f"/proc/{scorer}/stat").read().split(")")[-1].split()[0] == "Z":
+                break
+        except FileNotFoundError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(scorer, signal.SIGKILL)
+        raise AssertionError("the scorer outlived its worker")
