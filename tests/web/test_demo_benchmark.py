@@ -65,8 +65,11 @@ def test_build_demo_and_evaluate_every_baseline(arena_dirs, capsys):
     assert cells.count() == 75
     corrupted = Result.objects.get(submission=resnet, evaluation_set__name="cifar10-c", metric="accuracy")
     assert corrupted.value < resnet20.value
-    severity = {s: Result.objects.get(submission=resnet, metric=f"accuracy@gaussian_noise:{s}").value for s in (1, 5)}
-    assert severity[5] < severity[1]
+    # Severity 5 costs more than severity 1, over all 15 corruptions (one cell holds a handful of images,
+    # drawn by the installation's secret seed, so a single corruption's two cells can tie or invert).
+    by_severity = {s: [r.value for r in cells if r.metric.endswith(f":{s}")] for s in (1, 5)}
+    assert len(by_severity[1]) == len(by_severity[5]) == 15
+    assert sum(by_severity[5]) < sum(by_severity[1])
 
     page = Client().get("/tracks/mnist-digits/").content.decode()
     assert "LeNet-5 (advertorch, clean training)" in page and score(lenet).split("<")[0] in page
