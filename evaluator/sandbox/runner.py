@@ -366,19 +366,8 @@ def _sandbox_prefix(
     uid (the worker claims one per evaluation job, see :func:`run_sandboxed`) passes it as
     ``identity``; the caller then also waits for it to be empty.
     """
-    bwrap = bubblewrap_path()
-    if bwrap is None:
-        raise SandboxUnavailable("bubblewrap (bwrap) is not installed")
-    version = _bwrap_version(bwrap)
-    if version < _MIN_BWRAP_VERSION:
-        shown = ".".join(map(str, version)) or "unknown"
-        raise SandboxUnavailable(f"bubblewrap {shown} is too old; the sandbox needs 0.8 or newer")
+    check_sandbox_available()
     privileged = _privileged()
-    if privileged and setpriv_path() is None:
-        raise SandboxUnavailable(
-            "the worker runs as root, and setpriv (util-linux) is needed to drop the sandboxed process to an "
-            "unprivileged uid; install it or run the worker as an ordinary user"
-        )
     with ExitStack() as stack:
         if privileged and identity is None:
             try:
