@@ -255,7 +255,7 @@ if os.environ.get("CACHE_URL"):
                           "LOCATION": os.environ["CACHE_URL"]}}
 # --- Leaderboard cache (added with leaderboards/cache.py): anonymous leaderboard pages, exports and API
 # tables live in the cache above, keyed by a per-track version and a data stamp. Seconds an entry may live
-# at most; 0 turns the cache off (benchmarks/load_test.py's uncached server).
+# at most; 0 turns the cache off (measurements/load_test.py's uncached server).
 ARENA_LEADERBOARD_CACHE_SECONDS = int(os.environ.get("ARENA_LEADERBOARD_CACHE_SECONDS", 600))
 #: Reverse proxies in front of the web server that append to X-Forwarded-For. 0: none, use REMOTE_ADDR
 #: (never None: DRF would then key its throttles on the whole header, which a client can forge).

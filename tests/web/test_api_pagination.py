@@ -22,7 +22,7 @@ from rest_framework import serializers
 from rest_framework.authtoken.models import Token
 
 from benchmarks.models import Benchmark, EvaluationSet, Track
-from leaderboards.precision import round_released
+from leaderboards.rounding import round_released
 from submissions.api import MAX_PAGE_SIZE
 from submissions.models import Result, Submission
 from submissions.serializers import ResultSerializer

@@ -22,8 +22,8 @@ from accounts.models import Withdrawal
 from benchmarks.fits import robustness_of
 from benchmarks.models import BaselineFit
 from leaderboards.plots import detector_attack_figure, effective_robustness_figure, robust_accuracy_figure
-from leaderboards.precision import round_released
 from leaderboards.queries import ATTACKED_AUC, Filters, build
+from leaderboards.rounding import round_released
 from submissions.models import EvaluationRun, Result, Submission
 from tests.web.test_leaderboards_helpers import THREAT, add_shifts, populate
 

@@ -15,7 +15,7 @@ Five thousand images and a few CPU minutes give a weaker model than the literatu
 trains on 60,000 images for many epochs), so eps 0.3 may be out of reach; ``--eps`` and
 ``--train-eps`` lower it.
 
-    .venv/bin/python benchmarks/train_robust_digits.py [--epochs 12] [--eps 0.3] [--n-eval 500]
+    .venv/bin/python measurements/train_robust_digits.py [--epochs 12] [--eps 0.3] [--n-eval 500]
 """
 
 from __future__ import annotations

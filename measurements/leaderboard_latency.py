@@ -6,7 +6,7 @@ natural-shift, corruption and robust accuracies, a fitted baseline line), then r
 through Django's test client and prints p50 / p99 latency and the number of SQL queries. This
 measures the application, not the network; issue 8's load test drives gunicorn.
 
-    .venv/bin/python benchmarks/leaderboard_latency.py [--requests 30] [--submissions 1000]
+    .venv/bin/python measurements/leaderboard_latency.py [--requests 30] [--submissions 1000]
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ worker is a real `celery -A arena worker` process evaluating in the bubblewrap s
 jobs per minute for both and their ratio (ideal: 2.0; on a 2-core machine the sandboxed
 evaluations compete for the same cores, so expect less).
 
-    .venv/bin/python benchmarks/worker_scaling.py [--jobs 8] [--mirror ../shared]
+    .venv/bin/python measurements/worker_scaling.py [--jobs 8] [--mirror ../shared]
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from leaderboards.precision import decimals_for, round_released
 from leaderboards.queries import Score
+from leaderboards.rounding import decimals_for, round_released
 from leaderboards.templatetags.arena_tags import score
 
 

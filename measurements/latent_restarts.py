@@ -9,7 +9,7 @@ the smoothed share above the threshold, two restarts each, the offset kept by th
 AUC against the reals). Printed per detector and seed: the AUC of the hidden fakes against the
 reals with no offset, after each form of the attack, and each form's seconds.
 
-    .venv/bin/python benchmarks/latent_restarts.py --seeds 0 1 61125 --cnn
+    .venv/bin/python measurements/latent_restarts.py --seeds 0 1 61125 --cnn
 """
 
 from __future__ import annotations

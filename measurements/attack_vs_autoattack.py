@@ -11,7 +11,7 @@ final robust accuracy, forward and backward passes, and wall-clock seconds of ea
 measured in this one run. Target: ours within 0.5 points of AutoAttack's robust accuracy or
 lower, with no more passes.
 
-    AUTOATTACK_PATH=/tmp/autoattack_src .venv/bin/python benchmarks/attack_vs_autoattack.py --n 1000
+    AUTOATTACK_PATH=/tmp/autoattack_src .venv/bin/python measurements/attack_vs_autoattack.py --n 1000
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ whether the target (leaderboard p99 under 100 ms at 50 connections) holds. The A
 throttle is raised for the servers (it would otherwise answer 429 after 120 requests). Requests carry
 a browser's ``Accept-Encoding: gzip, deflate, br``.
 
-    .venv/bin/python benchmarks/load_test.py [--duration 10] [--connections 50] [--workers 3]
+    .venv/bin/python measurements/load_test.py [--duration 10] [--connections 50] [--workers 3]
                                              [--baseline-tree DIR]
 """
 
@@ -79,7 +79,8 @@ class Measurement:
 
 def _load_populate():
     """``populate`` from leaderboard_latency.py (a script, not a package: loaded from its file)."""
-    spec = importlib.util.spec_from_file_location("leaderboard_latency", ROOT / "benchmarks" / "leaderboard_latency.py")
+    script = ROOT / "measurements" / "leaderboard_latency.py"
+    spec = importlib.util.spec_from_file_location("leaderboard_latency", script)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)  # puts platform/ on sys.path and runs django.setup()

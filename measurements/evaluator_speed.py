@@ -6,7 +6,7 @@ in this process; the bare loop runs the same model over the same images, already
 tensors, with nothing else. Runs alternate (bare, evaluator, bare, evaluator, ...) so that machine
 noise hits both; the ratio of the medians is printed. Target: at most 1.15.
 
-    .venv/bin/python benchmarks/evaluator_speed.py [--repeats 3] [--limit 10000] [--corruption-per-cell 20]
+    .venv/bin/python measurements/evaluator_speed.py [--repeats 3] [--limit 10000] [--corruption-per-cell 20]
 """
 
 from __future__ import annotations
