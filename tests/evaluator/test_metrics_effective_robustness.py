@@ -14,7 +14,10 @@ import pytest
 
 from evaluator.metrics.effective_robustness import (
     DEFAULT_EPS,
-    BaselineFit,
+    FIT_METHOD,
+    ExcludedPoint,
+    LineFit,
+    TooFewModelsError,
     effective_robustness,
     fit_baseline,
     inverse_transform,
@@ -23,6 +26,11 @@ from evaluator.metrics.effective_robustness import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+# Reference formulas for checking the module, written out independently of it (and of scipy, which
+# it uses) on purpose: checking transform() against transform() would prove nothing. They are test
+# oracles, not a second definition for the project to use.
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -149,7 +157,7 @@ def test_resnet50_on_imagenet_v2_matches_taori_et_al() -> None:
     0.02 points, so -0.72 is consistent with -0.74. (log10 or the swapped axes give +15 and -23
     points: the natural-log logit with shifted regressed on original is the convention that fits.)
     """
-    fit = BaselineFit(
+    fit = LineFit(
         kind="logit", slope=0.923, intercept=-0.498, n_models=85, model_ids=[], original_accs=[],
         shifted_accs=[], r2=float("nan"), seed=0, n_bootstrap=0,
     )  # fmt: skip
@@ -237,6 +245,7 @@ def test_fit_version_tracks_inputs_only() -> None:
     assert fit_baseline(points, kind="probit", n_bootstrap=50).fit_version != base
     assert fit_baseline(points, n_bootstrap=50, seed=1).fit_version != base
     assert fit_baseline(points, n_bootstrap=51).fit_version != base
+    assert fit_baseline(points, n_bootstrap=50, min_accuracy=0.01).fit_version != base
 
 
 def test_fit_version_is_stable_across_processes() -> None:
@@ -257,14 +266,210 @@ def test_fit_version_is_stable_across_processes() -> None:
 def test_json_round_trip_and_tamper_check() -> None:
     fit = fit_baseline(_noisy_points(12, seed=4), kind="probit", n_bootstrap=100, seed=3)
     text = fit.to_json()
-    back = BaselineFit.from_json(text)
+    back = LineFit.from_json(text)
     assert back == fit
     assert back.predict(0.9) == fit.predict(0.9)
     np.testing.assert_array_equal(back.band([0.7, 0.9])[0], fit.band([0.7, 0.9])[0])
     data = json.loads(text)
     data["shifted_accs"][0] += 0.01
     with pytest.raises(ValueError, match="fit_version"):
-        BaselineFit.from_dict(data)
+        LineFit.from_dict(data)
+
+
+# --- saturated baselines and the accuracy floor ---------------------------------------------------
+
+
+def _lstsq(points: list[tuple[str, float, float]], kind: str = "logit") -> tuple[float, float]:
+    """Slope and intercept by numpy least squares on the reference transform, independently of the fit."""
+    x = FORWARD[kind](np.array([o for _, o, _ in points]))
+    y = FORWARD[kind](np.array([s for _, _, s in points]))
+    (slope, intercept), *_ = np.linalg.lstsq(np.column_stack([x, np.ones_like(x)]), y, rcond=None)
+    return float(slope), float(intercept)
+
+
+def _taori_testbed(kind: str = "logit", n: int = 85) -> list[tuple[str, float, float]]:
+    """n models scattered about the ImageNet -> ImageNetV2 line of Taori et al. (0.923, -0.498)."""
+    rng = np.random.default_rng(0)
+    original = rng.uniform(0.55, 0.85, n)
+    noise = rng.normal(0.0, 0.05, n)
+    shifted = BACKWARD[kind](0.923 * FORWARD[kind](original) + -0.498 + noise)
+    return [(f"m{i:02d}", float(o), float(s)) for i, (o, s) in enumerate(zip(original, shifted, strict=True))]
+
+
+@pytest.mark.parametrize("kind", ["logit", "probit"])
+@pytest.mark.parametrize("broken", [(0.9, 0.0), (1.0, 0.9), (0.0, 0.0), (1.0, 1.0), (0.7, 1.0)])
+def test_saturated_baseline_is_left_out_and_reported(kind: str, broken: tuple[float, float]) -> None:
+    """A model at 0% or 100% on either set has no transformed accuracy: it is left out and listed."""
+    testbed = _taori_testbed(kind)
+    fit = fit_baseline([*testbed, ("zz-broken", *broken)], kind=kind, n_bootstrap=50)  # type: ignore[arg-type]
+    slope, intercept = _lstsq(testbed, kind)
+    assert fit.slope == pytest.approx(slope, rel=1e-10)
+    assert fit.intercept == pytest.approx(intercept, rel=1e-10, abs=1e-12)
+    assert fit.n_models == 85 and "zz-broken" not in fit.model_ids
+    assert fit.excluded == [ExcludedPoint("zz-broken", broken[0], broken[1], "saturated")]
+    # The left-out point is an input of the fit: it is in the version and survives storage.
+    assert fit.fit_version != fit_baseline(testbed, kind=kind, n_bootstrap=50).fit_version  # type: ignore[arg-type]
+    assert LineFit.from_json(fit.to_json()) == fit
+
+
+@pytest.mark.parametrize("broken", [(0.9, 0.0), (1.0, 0.9)])
+def test_clipping_one_saturated_model_would_have_moved_the_taori_slope(broken: tuple[float, float]) -> None:
+    """Why the point is left out rather than clipped: least squares with it at eps (1 - eps), as the
+    fit used to do, puts the slope far from the 85 real models' line; the fit now keeps theirs."""
+    testbed = _taori_testbed()
+    slope = _lstsq(testbed)[0]
+    assert abs(slope - 0.923) < 0.02  # the testbed is on the published line
+    clipped = _lstsq([*testbed, ("zz-broken", *np.clip(broken, DEFAULT_EPS, 1 - DEFAULT_EPS))])
+    assert abs(clipped[0] - slope) > 0.5
+    fit = fit_baseline([*testbed, ("zz-broken", *broken)], n_bootstrap=0)
+    assert fit.slope == pytest.approx(slope, rel=1e-10)
+
+
+def test_min_accuracy_floor_leaves_out_weak_baselines() -> None:
+    points = _noisy_points(40, seed=3)
+    floor = 0.7
+    fit = fit_baseline(points, n_bootstrap=100, min_accuracy=floor)
+    above = [p for p in points if p[1] >= floor]
+    below = sorted(p for p in points if p[1] < floor)
+    assert 3 <= len(above) < len(points) and below  # the floor does split this testbed
+    slope, intercept = _lstsq(above)
+    assert fit.slope == pytest.approx(slope, rel=1e-10)
+    assert fit.intercept == pytest.approx(intercept, rel=1e-10, abs=1e-12)
+    assert fit.n_models == len(above) and fit.min_accuracy == floor
+    assert fit.excluded == [ExcludedPoint(m, o, s, "below_min_accuracy") for m, o, s in below]
+    assert fit.fit_version != fit_baseline(points, n_bootstrap=100).fit_version
+    assert LineFit.from_dict(json.loads(fit.to_json())) == fit
+
+
+def test_saturation_is_reported_before_the_floor() -> None:
+    points = [("a", 0.9, 0.8), ("b", 0.8, 0.7), ("c", 0.7, 0.55), ("d", 0.0, 0.0), ("e", 0.3, 0.2)]
+    fit = fit_baseline(points, n_bootstrap=0, min_accuracy=0.5)
+    assert [(p.model_id, p.reason) for p in fit.excluded] == [("d", "saturated"), ("e", "below_min_accuracy")]
+
+
+def test_too_few_usable_baselines_is_a_clear_error() -> None:
+    points = [("a", 0.9, 0.8), ("b", 0.8, 0.7), ("c", 1.0, 0.9), ("d", 0.6, 0.0), ("e", 0.3, 0.2)]
+    with pytest.raises(TooFewModelsError, match=r"got 2 of 5 \(2 saturated.*1 below min_accuracy=0.5\)"):
+        fit_baseline(points, min_accuracy=0.5)
+    with pytest.raises(ValueError, match="at least 3"):  # a TooFewModelsError is a ValueError
+        fit_baseline(points, min_accuracy=0.5)
+    with pytest.raises(ValueError, match="min_accuracy"):
+        fit_baseline(points, min_accuracy=1.0)
+
+
+# --- degenerate spreads, R^2 -------------------------------------------------------------------
+
+
+def test_x_spread_below_rounding_is_refused() -> None:
+    points = [("a", 0.8, 0.7), ("b", 0.8 + 1e-15, 0.6), ("c", 0.8 + 2e-15, 0.65)]
+    x = _logit(np.array([o for _, o, _ in points]))
+    y = _logit(np.array([s for _, _, s in points]))
+    assert np.ptp(x) > 0 and abs(np.polyfit(x, y, 1)[0]) > 1e10  # plain least squares "finds" a slope
+    with pytest.raises(ValueError, match="span only .* slope is undefined"):
+        fit_baseline(points)
+
+
+def test_bootstrap_redraws_resamples_whose_x_differ_only_by_rounding() -> None:
+    """a and b differ by rounding only; every resample's slope must rest on c, so it lies between
+    the two pairwise slopes c-a and c-b (OLS is a weighted mean of pairwise slopes)."""
+    points = [("a", 0.8, 0.7), ("b", 0.8 + 1e-15, 0.6), ("c", 0.6, 0.5)]
+    x = _logit(np.array([o for _, o, _ in points]))
+    y = _logit(np.array([s for _, _, s in points]))
+    pair = sorted(((y[i] - y[2]) / (x[i] - x[2])) for i in (0, 1))
+    fit = fit_baseline(points, n_bootstrap=500, seed=0)
+    assert len(fit.bootstrap_slopes) == 500
+    assert pair[0] - 1e-9 <= min(fit.bootstrap_slopes) and max(fit.bootstrap_slopes) <= pair[1] + 1e-9
+
+
+@pytest.mark.parametrize(("n", "shifted"), [(3, 0.123), (6, 0.3), (10, 0.9), (12, 0.3), (13, 0.7)])
+def test_constant_shifted_accuracy_is_a_flat_line_with_r2_one(n: int, shifted: float) -> None:
+    points = [(f"m{i:02d}", 0.5 + 0.03 * i, shifted) for i in range(n)]
+    fit = fit_baseline(points, n_bootstrap=20)
+    # (Rounding in the mean of n equal values can leave a total sum of squares of ~1e-32 instead of
+    # 0; dividing by it gave R^2 of -0.75 to -4.7 for these cases.)
+    slope, intercept = _lstsq(points)
+    assert fit.slope == pytest.approx(slope, abs=1e-12) and abs(fit.slope) < 1e-12
+    assert fit.intercept == pytest.approx(float(_logit(np.array([shifted]))[0]), abs=1e-12)
+    assert fit.r2 == 1.0
+
+
+# --- accuracies in percent -----------------------------------------------------------------------
+
+
+def test_accuracies_in_percent_are_named_as_such() -> None:
+    percent = [(m, 100 * o, 100 * s) for m, o, s in _noisy_points(10, seed=1)]
+    with pytest.raises(ValueError, match="looks like a percentage"):
+        fit_baseline(percent)
+    with pytest.raises(ValueError, match=r"76.13% is 0.7613\b"):
+        transform(76.13)
+    fit = fit_baseline(_noisy_points(10, seed=1), n_bootstrap=0)
+    with pytest.raises(ValueError, match="original_acc .* percentage"):
+        effective_robustness(fit, 76.13, 0.6321)
+    with pytest.raises(ValueError, match="shifted_acc .* percentage"):
+        effective_robustness(fit, 0.7613, 63.21)
+    with pytest.raises(ValueError, match=r"\[0, 1\], got 250.0$"):  # not a percentage either
+        transform(np.array([0.5, 250.0]))
+
+
+# --- stored fits: content hash --------------------------------------------------------------------
+
+
+def _stored() -> dict:
+    points = [*_noisy_points(12, seed=4), ("zz", 1.0, 0.9)]
+    return json.loads(fit_baseline(points, n_bootstrap=100, seed=3).to_json())
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda d: d.update(slope=d["slope"] + 1e-6),
+        lambda d: d.update(intercept=d["intercept"] - 0.1),
+        lambda d: d.update(r2=0.99),
+        lambda d: d["bootstrap_slopes"].__setitem__(3, d["bootstrap_slopes"][3] * 1.01),
+        lambda d: d["bootstrap_intercepts"].__setitem__(0, 0.0),
+    ],
+    ids=["slope", "intercept", "r2", "bootstrap_slope", "bootstrap_intercept"],
+)
+def test_edited_contents_are_refused(edit) -> None:
+    data = _stored()
+    assert LineFit.from_dict(data).to_dict() == data
+    edit(data)
+    with pytest.raises(ValueError, match="content_hash"):
+        LineFit.from_dict(data)
+
+
+def test_whole_numbers_read_back_as_ints_still_match() -> None:
+    """Storage may hand 0.0 back as 0 (or 3 as 3.0): the hashes are over typed values, not text."""
+    data = _stored()
+    assert data["min_accuracy"] == 0.0 and data["seed"] == 3
+    retyped = {**data, "min_accuracy": 0, "seed": 3.0, "n_bootstrap": 100.0}
+    assert LineFit.from_dict(retyped).to_dict() == data
+
+
+def test_edited_inputs_or_split_are_refused() -> None:
+    data = _stored()
+    dropped = {**data, "excluded": []}  # hide a left-out model
+    with pytest.raises(ValueError, match="fit_version"):
+        LineFit.from_dict(dropped)
+    relabelled = {**data, "excluded": [{**data["excluded"][0], "reason": "below_min_accuracy"}]}
+    with pytest.raises(ValueError, match="split"):
+        LineFit.from_dict(relabelled)
+    with pytest.raises(ValueError, match="disagree in length"):
+        LineFit.from_dict({**data, "bootstrap_slopes": data["bootstrap_slopes"][:-1]})
+    with pytest.raises(ValueError, match="unknown keys \\['extra'\\]"):
+        LineFit.from_dict({**data, "extra": 1})
+
+
+def test_fits_without_a_content_hash_are_refused_with_a_way_out() -> None:
+    """A fit stored by method v1 has no content hash: nothing vouches for its numbers, so refit it."""
+    data = _stored()
+    legacy = {k: v for k, v in data.items() if k not in {"min_accuracy", "excluded", "content_hash"}}
+    legacy["method"] = "ols-bootstrap-v1"
+    with pytest.raises(ValueError, match="ols-bootstrap-v1.*refit"):
+        LineFit.from_dict(legacy)
+    with pytest.raises(ValueError, match="refit"):
+        LineFit.from_dict({k: v for k, v in data.items() if k != "content_hash"})
+    assert data["method"] == FIT_METHOD
 
 
 # --- real data: CIFAR-10.1 (Recht et al. 2019) --------------------------------------------------

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from evaluator.metrics.effective_robustness import transform
 from evaluator.models.contract import check_contract
 from evaluator.models.loading import load_model
 from evaluator.spec import ArtifactSpec
@@ -133,10 +134,6 @@ def test_exported_artifacts_load_pass_the_contract_and_are_reproducible(small_pu
             torch.testing.assert_close(model(probe), reference(probe), rtol=1e-4, atol=1e-5)
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
-    return np.log(p / (1.0 - p))
-
-
 @pytest.mark.slow
 @needs_shared
 def test_full_testbed_spreads_over_the_accuracy_range(tmp_path: Path) -> None:
@@ -179,4 +176,4 @@ def test_full_testbed_spreads_over_the_accuracy_range(tmp_path: Path) -> None:
     assert len(bins) >= 8, sorted(bins)
     # USPS is a real shift: every model loses accuracy, and roughly linearly in logit space.
     assert (usps_arr < hidden_arr).all()
-    assert np.corrcoef(_logit(hidden_arr), _logit(usps_arr))[0, 1] > 0.9
+    assert np.corrcoef(transform(hidden_arr, "logit"), transform(usps_arr, "logit"))[0, 1] > 0.9
