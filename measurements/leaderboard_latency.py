@@ -39,8 +39,8 @@ THREAT = "Linf-0.3"
 
 
 def populate(count: int):
-    from benchmarks.fits import refit_track
     from benchmarks.models import Benchmark, EvaluationSet, Track
+    from leaderboards.fits import refit_track
     from submissions.models import EvaluationRun, Result, Submission
 
     users = [get_user_model().objects.create_user(f"user{i}", password="x") for i in range(20)]

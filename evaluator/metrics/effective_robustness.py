@@ -529,8 +529,3 @@ def effective_robustness(
 def relative_robustness(shifted_acc: float, baseline_shifted_acc: float) -> float:
     """Shifted-accuracy gain of an intervention over the model it modifies (Taori et al.), as a fraction."""
     return float(shifted_acc - baseline_shifted_acc)
-
-
-#: Transitional alias, only while platform/ still imports the old name (it clashed with the Django
-#: model ``benchmarks.models.BaselineFit``). Remove it once platform/ and tests/web use LineFit.
-BaselineFit = LineFit

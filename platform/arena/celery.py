@@ -27,6 +27,7 @@ app.autodiscover_tasks()
 @app.on_after_configure.connect
 def _fault_tolerance(sender: Celery, **kwargs: object) -> None:
     """Add the watchdog's beat entry and the broker's visibility timeout, once the settings are loaded."""
+    # Not at the top: this module is imported (arena/__init__.py) before Django's settings are loaded.
     from submissions.fault_settings import watchdog_queue, watchdog_seconds
 
     interval = watchdog_seconds()

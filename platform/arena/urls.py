@@ -7,11 +7,10 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerSplitView
 from rest_framework.routers import DefaultRouter
 
-from accounts import views as account_views
-from accounts.api import ObtainTokenView, QuotaView
+from accounts.api import ObtainTokenView
 from leaderboards import views as leaderboard_views
 from leaderboards.api import TrackViewSet
-from submissions.api import SubmissionViewSet
+from submissions.api import QuotaView, SubmissionViewSet
 
 router = DefaultRouter()
 router.register("submissions", SubmissionViewSet, basename="api-submission")
@@ -22,8 +21,7 @@ urlpatterns = [
     path("tracks/<slug:slug>/", leaderboard_views.track_leaderboard, name="leaderboard"),
     path("tracks/<slug:slug>/leaderboard.csv", leaderboard_views.export_csv, name="leaderboard-csv"),
     path("tracks/<slug:slug>/leaderboard.json", leaderboard_views.export_json, name="leaderboard-json"),
-    path("submissions/<uuid:public_id>/visibility/", account_views.set_visibility, name="submission-visibility"),
-    path("submissions/<uuid:public_id>/withdraw/", account_views.withdraw, name="submission-withdraw"),
+    path("submissions/<uuid:public_id>/", leaderboard_views.model_page, name="submission-detail"),
     path("submissions/", include("submissions.urls")),
     path("accounts/", include("accounts.urls")),
     path("admin/", admin.site.urls),

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from django.conf import settings
-from django.core.validators import MinValueValidator, RegexValidator
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 from django.urls import reverse
 
@@ -79,6 +79,13 @@ class Track(models.Model):
         default=0.0, validators=[MinValueValidator(0.0)],
         help_text="The Ladder's margin on the headline metric (e.g. 0.005 for half a point of accuracy); "
                   "0: the new score's own confidence-interval half-width.",
+    )
+    baseline_min_accuracy = models.FloatField(
+        default=0.0, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="Standard baselines below this clean accuracy (a fraction, e.g. 0.5) are left out of the "
+                  "effective-robustness lines, as the ImageNet testbed fits only models above a floor; baselines "
+                  "at 0% or 100% are always left out (their logit is infinite). Applies from the next refit "
+                  "(manage.py refit_baselines, or the next baseline result).",
     )
     queue = models.CharField(
         max_length=100, blank=True, validators=[RegexValidator(r"^[A-Za-z0-9_.-]*$", "Letters, digits, _ . - only.")],
@@ -186,7 +193,8 @@ class BaselineFit(models.Model):
     slope = models.FloatField()
     intercept = models.FloatField()
     n_models = models.PositiveIntegerField()
-    fit = models.JSONField(help_text="The full fit: points, bootstrap sample, r2 (evaluator BaselineFit.to_dict()).")
+    fit = models.JSONField(help_text="The full fit: points, left-out points, bootstrap sample, r2, content hash "
+                               "(evaluator LineFit.to_dict()).")
     is_current = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
 

@@ -11,6 +11,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from benchmarks.models import EvaluationSet, Track
+from evaluator.metrics.effective_robustness import TRANSFORMS
 from leaderboards.cache import CACHE_HEADER, cached_data
 from leaderboards.exports import as_json
 from leaderboards.queries import MODEL_TYPES, Filters, build
@@ -40,7 +41,7 @@ LEADERBOARD_PARAMETERS = [
     OpenApiParameter("model_type", str, enum=list(MODEL_TYPES)),
     OpenApiParameter("extra_data", str, enum=["yes", "no"]),
     OpenApiParameter("verified", OpenApiTypes.BOOL, description="Only models verified under the current suite."),
-    OpenApiParameter("scale", str, enum=["logit", "probit"], description="Line used for effective robustness."),
+    OpenApiParameter("scale", str, enum=list(TRANSFORMS), description="Line used for effective robustness."),
 ]
 
 

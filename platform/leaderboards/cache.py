@@ -56,7 +56,9 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import Resolver404, resolve
 from django.utils.cache import patch_vary_headers
 
+from accounts.models import Withdrawal
 from benchmarks.models import BaselineFit, EvaluationSet, Track
+from leaderboards.fits import TRANSFORMS
 from leaderboards.queries import Filters
 from submissions.models import EvaluationRun, Result, Submission
 
@@ -158,8 +160,6 @@ def _by_track(sender: type, instance: Any, **kwargs: Any) -> None:
 
 def connect_signals() -> None:
     """Connect the receivers (from ``LeaderboardsConfig.ready``); ``dispatch_uid`` keeps them single."""
-    from accounts.models import Withdrawal
-
     receivers: list[tuple[type, Callable[..., None]]] = [
         (Submission, _submission_changed), (Result, _by_submission), (EvaluationRun, _by_submission),
         (Withdrawal, _by_submission), (Track, _by_track), (EvaluationSet, _by_track), (BaselineFit, _by_track),
@@ -196,8 +196,6 @@ def _stamp_sql() -> str:
     few rows; an anti-join per submission, or a join with the track row, each cost as much again);
     tests/web/test_leaderboard_cache.py checks that the stamp follows the listing.
     """
-    from accounts.models import Withdrawal
-
     sub, wd = Submission._meta.db_table, Withdrawal._meta.db_table
     withdrawn = f"FROM {wd} w JOIN {sub} ws ON ws.id = w.submission_id WHERE ws.track_id = %(track)s"
     return (f"SELECT COUNT(s.id), SUM(s.id), MAX(s.finished_at), "
@@ -239,8 +237,6 @@ def _submission_stamp_sql() -> str:
     model's name and ``finished_at`` and the ids of the track's current fits are read here instead.
     Results are rewritten only by an evaluation, which moves ``finished_at``.
     """
-    from accounts.models import Withdrawal
-
     sub, track = Submission._meta.db_table, Track._meta.db_table
     user, wd = Submission._meta.get_field("owner").related_model._meta.db_table, Withdrawal._meta.db_table
     bench = Track._meta.get_field("benchmark").related_model._meta.db_table
@@ -275,8 +271,6 @@ def lookup_submission(public_id: uuid.UUID) -> Lookup | None:
 def _normalized(kind: str, params: Any) -> list[tuple[str, str]]:
     """The parameters that change the response, in one canonical form per equivalent URL."""
     if kind == MODEL_PAGE:
-        from benchmarks.fits import TRANSFORMS
-
         transform = params.get("transform")
         return [("transform", transform if transform in TRANSFORMS else "logit")]
     return sorted(Filters.from_params(params).as_params().items())

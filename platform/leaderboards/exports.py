@@ -7,11 +7,11 @@ import io
 from typing import Any
 
 from leaderboards.queries import Leaderboard
-from leaderboards.rounding import round_released
+from submissions.rounding import round_released
 
 
 def _score(result: Any) -> dict[str, Any] | None:
-    """A score as released: rounded to the digits its interval justifies (leaderboards.rounding)."""
+    """A score as released: rounded to the digits its interval justifies (submissions.rounding)."""
     if result is None:
         return None
     value, low, high = round_released(result.metric, result.value, result.ci_low, result.ci_high)

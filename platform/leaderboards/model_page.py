@@ -1,7 +1,7 @@
 """What a model page shows beyond its status: scores, attack cascade, corruption heatmaps, per-class.
 
 Kept out of the submissions app so that the page can grow (new result kinds) without touching
-the upload and evaluation code; ``submissions.views.detail`` merges this context in.
+the upload and evaluation code; ``leaderboards.views.model_page`` merges this context in.
 
 The page shows only text the platform wrote. An evaluation's provenance, per-class table and
 reliability flags come back from the sandbox, where the model ran next to the hidden data, so any
@@ -26,14 +26,18 @@ from typing import TYPE_CHECKING, Any
 from django.core.cache import cache
 from django.utils.safestring import SafeString, mark_safe
 
+from accounts.models import Withdrawal
 from benchmarks.models import EvaluationSet
+from leaderboards.cache import cache_seconds
+from leaderboards.fits import TRANSFORMS, current_fits, robustness_rows
+from leaderboards.plots import corruption_heatmap, figure_json
 from leaderboards.queries import ROBUST, STAGE_LABELS, STAGE_ORDER, _flagged, _threats
-from submissions.jobs import failure_text
+from submissions.failures import failure_text
 from submissions.ladder import shown_note
 from submissions.models import EvaluationRun, Result, Submission
 
 if TYPE_CHECKING:
-    from benchmarks.fits import ShiftRobustness
+    from leaderboards.fits import ShiftRobustness
 
 logger = logging.getLogger(__name__)
 
@@ -249,9 +253,6 @@ def _heatmap_figure(cells: dict[tuple[str, int], float]) -> tuple[SafeString, li
     severities), for a figure that is a pure function of the cells. The key is a digest of the cells
     themselves, so an entry can never be stale and needs no invalidation: new results are new cells.
     """
-    from leaderboards.cache import cache_seconds
-    from leaderboards.plots import corruption_heatmap, figure_json
-
     key = f"arena:heatmap:{hashlib.sha256(repr(sorted(cells.items())).encode()).hexdigest()[:40]}"
     seconds = cache_seconds()
     try:
@@ -341,8 +342,6 @@ MODEL_PAGE_RELATED = ("track__benchmark", "owner", "withdrawal", "relative_to")
 
 def _withdrawn(submission: Submission) -> bool:
     """Whether the submission has a Withdrawal row: from the joined relation when loaded with MODEL_PAGE_RELATED."""
-    from accounts.models import Withdrawal
-
     try:
         return submission.withdrawal is not None
     except Withdrawal.DoesNotExist:
@@ -360,8 +359,6 @@ def model_page_context(submission: Submission, user: Any, transform: str | None 
     second reading of them; load ``submission`` with :data:`MODEL_PAGE_RELATED` so that the owner,
     track, withdrawal and reference come with it. tests/web/test_model_page_queries.py holds it to that.
     """
-    from benchmarks.fits import TRANSFORMS
-
     transform = transform if transform in TRANSFORMS else "logit"
     track = submission.track
     sets = {s.pk: s for s in EvaluationSet.objects.filter(track_id=track.pk)}
@@ -398,8 +395,6 @@ def model_page_context(submission: Submission, user: Any, transform: str | None 
 def _robustness(submission: Submission, transform: str, sets: list[EvaluationSet],
                 results: list[Result]) -> list[ShiftRobustness]:
     """Effective and relative robustness from the loaded results: at most two queries (fits, reference)."""
-    from benchmarks.fits import current_fits, robustness_rows
-
     clean = sorted((s for s in sets if s.role == EvaluationSet.Role.CLEAN), key=lambda s: s.pk)
     shift_sets = sorted((s for s in sets if s.role == EvaluationSet.Role.SHIFT), key=lambda s: s.name)
     mine = {r.evaluation_set_id: r.value for r in results if r.metric == "accuracy"}

@@ -23,6 +23,9 @@ import plotly.io as pio
 from django.utils.safestring import SafeString, mark_safe
 
 from benchmarks.models import EvaluationSet
+from evaluator.metrics.effective_robustness import inverse_transform, transform
+from evaluator.shifts.corruptions import CORRUPTIONS
+from leaderboards.fits import stored_line
 from leaderboards.queries import ATTACK_REFERENCES, ATTACKED_AUC, ROBUST, Leaderboard, attack_label
 
 #: Okabe-Ito colours (distinguishable with colour-vision deficiencies) and a distinct symbol each,
@@ -82,8 +85,6 @@ def _layout(x_title: str, y_title: str) -> dict[str, Any]:
 
 def _ticks(low: float, high: float, kind: str) -> tuple[list[float], list[str]]:
     """Percent tick labels at accuracies whose transformed positions fall in [low, high], not crowded."""
-    from evaluator.metrics.effective_robustness import transform
-
     positions = [(float(transform(t, kind)), t) for t in TICKS]
     chosen: list[tuple[float, float]] = []
     min_gap = (high - low) / 9
@@ -136,14 +137,11 @@ def _points(board: Leaderboard, x_of: dict[int, float], y_of: dict[int, float],
 
 def effective_robustness_figure(board: Leaderboard, user: Any = None) -> go.Figure | None:
     """Clean vs shifted accuracy on transformed axes, with the baseline line, its band and y = x."""
-    from evaluator.metrics.effective_robustness import BaselineFit as Fit
-    from evaluator.metrics.effective_robustness import inverse_transform, transform
-
     shift, clean, kind = board.plot_shift, board.clean_set, board.filters.scale
     if shift is None or clean is None:
         return None
     fit_row = board.fits.get((shift.pk, kind))
-    fit = Fit.from_dict(fit_row.fit) if fit_row is not None else None
+    fit = stored_line(fit_row) if fit_row is not None else None
     acc = board.values
     ids = [r.submission.pk for r in board.rows]
     clean_acc = {pk: acc[pk][(clean.pk, "accuracy")] for pk in ids if (clean.pk, "accuracy") in acc.get(pk, {})}
@@ -262,7 +260,6 @@ def corruption_heatmap(cells: dict[tuple[str, int], float]) -> go.Figure:
 
 
 def _corruption_order(name: str) -> tuple[int, str]:
-    from evaluator.shifts.corruptions import CORRUPTIONS
 
     return (CORRUPTIONS.index(name), name) if name in CORRUPTIONS else (len(CORRUPTIONS), name)
 

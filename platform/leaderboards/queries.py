@@ -9,6 +9,7 @@ Every view is filtered the same way, sorted on any column, exported as CSV or JS
 
 from __future__ import annotations
 
+import bisect
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from django.db.models import Q
 from django.urls import reverse
 
 from benchmarks.models import BaselineFit, EvaluationSet, Track
+from evaluator.metrics.effective_robustness import TRANSFORMS
+from leaderboards.fits import stored_line
 from submissions.models import EvaluationRun, Result, Submission
 
 DETECTOR_METRICS = (("auc", "AUC"), ("average_precision", "average precision"), ("tpr@1%fpr", "TPR at 1% FPR"),
@@ -33,7 +36,6 @@ ATTACK_REFERENCES = ("clean-subset", "latent-reference")
 #: Known attack stages in cascade order; others are shown after them in the order they appear.
 STAGE_ORDER = ("apgd-ce", "apgd-t", "fab-t", "square")
 STAGE_LABELS = {"apgd-ce": "APGD-CE", "apgd-t": "APGD-T", "fab-t": "FAB-T", "square": "Square"}
-TRANSFORMS = ("logit", "probit")
 MODEL_TYPES = tuple(Submission.ModelType.values)
 #: The submission columns a leaderboard row shows (the rest, e.g. failure text, is never loaded).
 ROW_FIELDS = ("public_id", "name", "owner__username", "track", "model_type", "extra_data", "is_baseline", "is_public",
@@ -292,9 +294,9 @@ def _visible_submissions(track: Track, user: Any, filters: Filters):
 
 def _effective_robustness(fit_row: BaselineFit, clean: np.ndarray, shifted: np.ndarray) -> list[Score]:
     """Effective robustness of many models against one line at once (one bootstrap pass for all)."""
-    from evaluator.metrics.effective_robustness import BaselineFit as Fit
-
-    fit = Fit.from_dict(fit_row.fit)
+    fit = stored_line(fit_row)
+    if fit is None:  # a refused stored line (logged): no effective robustness rather than a wrong one
+        return []
     value = shifted - np.asarray(fit.predict(clean))
     if not fit.bootstrap_slopes:
         return [Score("points", float(v)) for v in value]
@@ -428,7 +430,7 @@ def _derived_columns(columns: list[Column], rows: list[Row], clean: EvaluationSe
             continue
         ers = _effective_robustness(fit, np.array([r.value(clean_key) for r in both]),
                                     np.array([r.value(shift_key) for r in both]))
-        for r, er in zip(both, ers, strict=True):
+        for r, er in zip(both, ers, strict=False):  # empty when the stored line was refused
             r.scores[column.key] = er
 
 
@@ -439,8 +441,6 @@ def _rank_by_interval(rows: list[Row], key: str, higher_is_better: bool = True) 
     of its own: models whose intervals overlap share a rank (the convention of the robustness
     leaderboards that report uncertainty). Sorting the bounds makes it O(n log n).
     """
-    import bisect
-
     scored = [(r, r.scores[key]) for r in rows if key in r.scores]
     for row in rows:
         row.rank = None

@@ -10,6 +10,7 @@ from django.shortcuts import get_object_or_404, render
 
 from benchmarks.models import Benchmark, Track
 from leaderboards import exports
+from leaderboards.model_page import MODEL_PAGE_RELATED, model_page_context
 from leaderboards.plots import (
     MODEL_TYPE_STYLE,
     detector_attack_figure,
@@ -19,6 +20,7 @@ from leaderboards.plots import (
 )
 from leaderboards.queries import TRANSFORMS, Filters, Leaderboard, build
 from submissions.models import Submission
+from submissions.views import status_payload, visible_submission
 
 
 def home(request: HttpRequest) -> HttpResponse:
@@ -104,3 +106,16 @@ def export_csv(request: HttpRequest, slug: str) -> HttpResponse:
     response = HttpResponse(exports.as_csv(board), content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="{board.track.slug}-leaderboard.csv"'
     return response
+
+
+def model_page(request: HttpRequest, public_id) -> HttpResponse:
+    """A submission's model page (leaderboards.model_page builds it; leaderboards.cache keeps anonymous renders)."""
+    submission = visible_submission(request, public_id, MODEL_PAGE_RELATED)
+    is_owner = request.user.is_authenticated and (request.user.is_staff or request.user.pk == submission.owner_id)
+    return render(
+        request,
+        "submissions/detail.html",
+        {"submission": submission, "track": submission.track, "is_owner": is_owner,
+         "status": status_payload(submission),
+         **model_page_context(submission, request.user, request.GET.get("transform"))},
+    )

@@ -6,16 +6,18 @@ from typing import Any
 
 from django.db.models import Q, QuerySet
 from django.urls import reverse
-from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view, inline_serializer
 from rest_framework import mixins, parsers, permissions, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.views import APIView
 
-from accounts.quota import QuotaExceeded
+from benchmarks.models import Track
 from submissions import services
 from submissions.models import Submission
+from submissions.quota import QuotaExceeded, usage_for
 from submissions.serializers import SubmissionSerializer, current_results_prefetch
 
 #: Most submissions one list page holds; also the page size when ``limit`` is not given.
@@ -149,3 +151,26 @@ class SubmissionViewSet(
         if not services.cancel(submission):
             return Response({"detail": f"A {submission.state} submission cannot be cancelled."}, status=409)
         return Response(self.get_serializer(submission).data)
+
+
+QuotaSerializer = inline_serializer("TrackQuotaUsage", {
+    "track": serializers.CharField(),
+    "used_today": serializers.IntegerField(),
+    "used_total": serializers.IntegerField(),
+    "daily_limit": serializers.IntegerField(allow_null=True),
+    "total_limit": serializers.IntegerField(allow_null=True),
+    "left_today": serializers.IntegerField(allow_null=True, help_text="null: exempt (unlimited)"),
+    "exempt": serializers.BooleanField(),
+}, many=True)
+
+
+class QuotaView(APIView):
+    """Submissions used and left per track (daily limits reset at midnight UTC)."""
+
+    permission_classes = [permissions.IsAuthenticated]
+
+    @extend_schema(responses={200: QuotaSerializer})
+    def get(self, request: Request) -> Response:
+        tracks = list(Track.objects.filter(is_public=True).order_by("slug"))
+        usage = usage_for(request.user, tracks)
+        return Response([{"track": t.slug, **usage[t.pk].as_dict()} for t in tracks])

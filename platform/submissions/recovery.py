@@ -39,8 +39,11 @@ from django.db import DatabaseError, InterfaceError, OperationalError, connectio
 from django.db.models import Q
 from django.utils import timezone
 
+from submissions import dispatch
+from submissions.failures import WORKER_LOST, failure_message
 from submissions.fault_settings import heartbeat_seconds, max_attempts, stale_after
 from submissions.models import Submission
+from submissions.quota import refund_platform_failure
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +52,6 @@ T = TypeVar("T")
 #: Waits between polls and retries (a module attribute so that tests can run the loops without waiting).
 _sleep = time.sleep
 
-#: Failure code of a job given up after its workers vanished ``ARENA_MAX_ATTEMPTS`` times.
-WORKER_LOST = "worker_lost"
 #: Start of ``progress_stage`` while a job waits after the watchdog requeued it (the next attempt reads it).
 REQUEUE_PREFIX = "Requeued:"
 
@@ -106,16 +107,10 @@ def _fail_worker_lost(submission: Submission, detail: str) -> None:
     """Give the job up (under the caller's row lock): a platform fault, shown in plain words."""
     submission.transition(
         Submission.State.FAILED, failure_code=WORKER_LOST,
-        failure_reason=(f"The worker evaluating this model stopped responding {detail}, so the evaluation was "
-                        "given up. This is a fault of the platform: it does not count against your quota, "
-                        "and you may submit the model again."),
+        failure_reason=failure_message(
+            WORKER_LOST, f"It stopped responding {detail}. This is a fault of the platform: it does not count "
+                         "against your quota, and you may submit the model again."),
     )
-
-
-def _refund(submission: Submission) -> None:
-    from accounts.quota import refund_platform_failure
-
-    refund_platform_failure(submission)
 
 
 def claim(submission_id: int, *, message_id: str | None = None, redelivered: bool = False,
@@ -178,7 +173,7 @@ def claim(submission_id: int, *, message_id: str | None = None, redelivered: boo
                 return "running"
             seen = beat
         if failed is not None:
-            _refund(failed)
+            refund_platform_failure(failed)
             return failed.state
         if time.monotonic() > deadline:
             return "running"
@@ -272,8 +267,6 @@ def requeue_stale(*, now: datetime | None = None, stale: timedelta | None = None
     the attempt count and leaves its reason in ``progress_stage``; the next attempt copies it into the
     run's provenance. A failure refunds the quota (``worker_lost`` is a platform fault).
     """
-    from submissions.tasks import enqueue
-
     now = now or timezone.now()
     stale = stale if stale is not None else stale_after()
     limit = limit if limit is not None else max_attempts()
@@ -297,21 +290,21 @@ def requeue_stale(*, now: datetime | None = None, stale: timedelta | None = None
                 current.transition(Submission.State.QUEUED, attempts=current.attempts, progress_stage=reason[:200])
                 # robust: a broker that is down must not stop the sweep; the job stays queued without a
                 # task id, and the next sweep sends it (see below).
-                transaction.on_commit(lambda s=current: enqueue(s), robust=True)
+                transaction.on_commit(lambda s=current: dispatch.enqueue(s), robust=True)
                 action = "requeued"
             else:
                 reason = f"{current.attempts} times, the last time during attempt {current.attempts} ({silent})"
                 _fail_worker_lost(current, reason)
                 action = "failed"
         if action == "failed":
-            _refund(current)
+            refund_platform_failure(current)
         logger.warning("watchdog: submission %s %s (%s)", current.public_id, action, reason)
         done.append(Recovery(str(current.public_id), action, current.attempts, current.failure_reason or reason))
-    done.extend(_send_unsent(cutoff, enqueue))
+    done.extend(_send_unsent(cutoff))
     return done
 
 
-def _send_unsent(cutoff: datetime, enqueue: Callable[[Submission], None]) -> list[Recovery]:
+def _send_unsent(cutoff: datetime) -> list[Recovery]:
     """Send the queued jobs whose message never reached the broker (it was down when they were queued).
 
     ``task_id`` is set only once the broker accepted the message, and the job must have waited past
@@ -322,7 +315,7 @@ def _send_unsent(cutoff: datetime, enqueue: Callable[[Submission], None]) -> lis
     sent: list[Recovery] = []
     for submission in unsent:
         try:
-            enqueue(submission)
+            dispatch.enqueue(submission)
         except Exception as exc:  # the broker is still away: try again at the next sweep
             logger.warning("watchdog: could not send queued submission %s yet: %s", submission.public_id, exc)
             continue

@@ -10,9 +10,9 @@ from django.db.models import F, Prefetch
 from rest_framework import serializers
 
 from benchmarks.models import Track
-from leaderboards.rounding import round_released
-from submissions.jobs import failure_text
+from submissions.failures import failure_text
 from submissions.models import Result, Submission
+from submissions.rounding import round_released
 from submissions.uploads import check_artifact, check_zoo_architecture, repeated_field_errors
 
 

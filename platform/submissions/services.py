@@ -10,6 +10,7 @@ from django.core.files import File
 from django.db import transaction
 
 from benchmarks.models import Track
+from submissions import dispatch, quota
 from submissions.models import IllegalTransition, Submission
 
 CHUNK = 1024 * 1024
@@ -86,15 +87,12 @@ def safe_display_name(name: str) -> str:
 def create_submission(owner: Any, track: Track, upload: File, **metadata: Any) -> Submission:
     """Store the artifact under a generated name, record its sha256, charge the quota, and queue it.
 
-    Raises ``accounts.quota.QuotaExceeded`` (before anything is stored) when the owner has used up
+    Raises ``submissions.quota.QuotaExceeded`` (before anything is stored) when the owner has used up
     a daily or total limit on the track, and :class:`DuplicateSubmission` (nothing stored, no quota
     charged) when the owner's own earlier upload of the same file still counts on the track.
     The upload is trusted to be well-formed: the API's serializer and the web form check it first
     (``submissions.uploads.check_artifact``); internal callers (demo, baselines) pass known files.
     """
-    from accounts import quota
-    from submissions.tasks import enqueue
-
     declared = metadata.pop("artifact_format", "") or ""
     submission = Submission(
         owner=owner,
@@ -115,7 +113,7 @@ def create_submission(owner: Any, track: Track, upload: File, **metadata: Any) -
         submission.artifact.save("upload", upload, save=False)
         submission.save()
         quota.charge(submission)
-        transaction.on_commit(lambda: enqueue(submission))
+        transaction.on_commit(lambda: dispatch.enqueue(submission))
     return submission
 
 
@@ -125,12 +123,10 @@ def rerun(submission: Submission) -> None:
     Raises :class:`ArtifactDeleted` when its file is gone (deleted when it was cancelled) and
     ``IllegalTransition`` when it is still queued or running.
     """
-    from submissions.tasks import enqueue
-
     if not submission.artifact:
         raise ArtifactDeleted(f"{submission.public_id}: its file was deleted when it was cancelled")
     submission.transition(Submission.State.QUEUED)
-    transaction.on_commit(lambda: enqueue(submission))
+    transaction.on_commit(lambda: dispatch.enqueue(submission))
 
 
 def cancel(submission: Submission) -> bool:

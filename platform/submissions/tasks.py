@@ -3,27 +3,28 @@
 The evaluation task is safe to deliver more than once (late acknowledgement means a job whose worker
 died comes back): :func:`submissions.recovery.claim` decides whether a delivery starts the job, takes
 over from a dead worker, or is a duplicate to drop; a heartbeat thread proves the worker alive; and
-the result is written idempotently, only by the attempt that still owns the job. Database writes
-survive dropped connections (see :func:`submissions.recovery.with_db_retry`).
+:func:`submissions.arrival.receive_result` writes the result idempotently, only for the attempt that
+still owns the job. Database writes survive dropped connections (see
+:func:`submissions.recovery.with_db_retry`). Jobs are sent by :mod:`submissions.dispatch`.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
 
 from celery import Task, shared_task
 from django.conf import settings
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError, connection
 from django.utils import timezone
 
 from evaluator.sandbox import SandboxLimits, SandboxUnavailable, run_sandboxed
 from evaluator.spec import Result as EvaluatorResult
 from submissions import recovery
+from submissions.arrival import receive_result
 from submissions.artifacts import ArtifactUnavailable, local_artifact
-from submissions.jobs import build_job_spec, failure_message, record_result
-from submissions.models import EvaluationRun, Submission
+from submissions.job_spec import build_job_spec
+from submissions.models import Submission
 
 logger = logging.getLogger(__name__)
 
@@ -57,26 +58,6 @@ class _ProgressWriter:
             recovery._drop_connection()
 
 
-def _record(submission_id: int, attempt: int, result: EvaluatorResult) -> Submission | None:
-    """Write the result if ``attempt`` still owns the job; None when it was cancelled or replaced meanwhile.
-
-    The ownership check and the writes share one transaction under the row lock, so a presumed-dead
-    worker that finishes late cannot write over (or next to) the attempt that replaced it.
-    """
-    with transaction.atomic():
-        current = Submission.objects.select_for_update().select_related("track").get(pk=submission_id)
-        if current.state != Submission.State.RUNNING or current.attempts != attempt:
-            # Repeated after a dropped connection whose commit had in fact gone through: it is this attempt's.
-            mine = current.attempts == attempt and current.state in (Submission.State.FINISHED,
-                                                                      Submission.State.FAILED)
-            if mine and EvaluationRun.objects.filter(submission=current, suite_version=result.suite_version,
-                                                     provenance__attempt=attempt).exists():
-                return current
-            return None
-        record_result(current, result)
-    return current
-
-
 @shared_task(name="submissions.evaluate", bind=True, acks_late=True, reject_on_worker_lost=True)
 def evaluate_submission(self: Task, submission_id: int) -> str:
     # A message that comes back after its worker died (reject on worker loss, Redis's visibility timeout)
@@ -93,7 +74,6 @@ def evaluate_submission(self: Task, submission_id: int) -> str:
     submission = recovery.with_db_retry(
         lambda: Submission.objects.select_related("track").get(pk=submission_id), what="loading the submission"
     )
-    spec = build_job_spec(submission, artifact_path="")  # the path once the artifact is local (below)
     writer = _ProgressWriter(submission.pk, claim.attempt)
     limits = SandboxLimits(wall_seconds=settings.ARENA_EVAL_WALL_SECONDS, memory_bytes=settings.ARENA_EVAL_MEMORY_BYTES)
     # Evaluated inside the caller's transaction (eager mode in a test or a request), the job is invisible
@@ -101,61 +81,42 @@ def evaluate_submission(self: Task, submission_id: int) -> str:
     with recovery.Heartbeat(submission.pk, claim.attempt, enabled=not connection.in_atomic_block) as heartbeat:
         try:
             with local_artifact(submission) as artifact_path:
-                spec = replace(spec, artifact=replace(spec.artifact, path=artifact_path))
                 result = run_sandboxed(
-                    spec, progress=writer, limits=limits, allow_unsandboxed=settings.ARENA_ALLOW_UNSANDBOXED,
-                    should_cancel=heartbeat.should_stop,
+                    build_job_spec(submission, artifact_path), progress=writer, limits=limits,
+                    allow_unsandboxed=settings.ARENA_ALLOW_UNSANDBOXED, should_cancel=heartbeat.should_stop,
                 )
         except ArtifactUnavailable as exc:
             logger.error("cannot evaluate %s: %s", submission.public_id, exc)
-            result = EvaluatorResult.failure(spec, "internal", f"The uploaded file could not be fetched: {exc}.")
+            result = _platform_failure(submission, "internal", f"The uploaded file could not be fetched: {exc}.")
         except SandboxUnavailable as exc:
             logger.error("refusing to evaluate %s: %s", submission.public_id, exc)
-            result = EvaluatorResult.failure(spec, "sandbox_unavailable", str(exc))
+            result = _platform_failure(submission, "sandbox_unavailable", str(exc))
         except Exception as exc:  # the platform's own fault: record it, never leave the job stuck
             logger.exception("evaluation of %s failed inside the platform", submission.public_id)
-            result = EvaluatorResult.failure(spec, "internal", f"{type(exc).__name__}: {exc}")
+            result = _platform_failure(submission, "internal", f"{type(exc).__name__}: {exc}")
 
     result.provenance["attempt"] = claim.attempt
     if claim.note:
         result.provenance["recovery"] = claim.note
-    recorded = recovery.with_db_retry(
-        lambda: _record(submission.pk, claim.attempt, result), what=f"recording the result of {submission.public_id}",
-        timeout=300.0,
-    )
+    recorded = receive_result(submission.pk, claim.attempt, result)
     if recorded is None:
         state = Submission.objects.filter(pk=submission.pk).values_list("state", flat=True).first() or "missing"
         logger.info("submission %s attempt %d ended without writing: the job is %s now", submission.public_id,
                     claim.attempt, state)
         return "cancelled" if state == Submission.State.CANCELLED else "superseded"
-    submission = recorded
     if result.provenance.get("sandbox") == "unsandboxed":
-        logger.warning("submission %s was evaluated WITHOUT a sandbox (operator allowed it)", submission.public_id)
-    if submission.is_baseline and result.ok:
-        # The testbed changed: refit the effective-robustness lines of this track.
-        from benchmarks.fits import refit_track
+        logger.warning("submission %s was evaluated WITHOUT a sandbox (operator allowed it)", recorded.public_id)
+    return recorded.state
 
-        refit_track(submission.track)
-    if not result.ok:
-        from accounts.quota import refund_platform_failure
 
-        refund_platform_failure(submission)  # the platform's own faults do not cost the researcher quota
-        logger.info("submission %s failed: %s", submission.public_id, failure_message(result.error_code, result.error))
-    return submission.state
+def _platform_failure(submission: Submission, code: str, message: str) -> EvaluatorResult:
+    """A failed result for a job that never reached the evaluator (its file or its sandbox was missing)."""
+    track = submission.track
+    return EvaluatorResult(job_id=str(submission.public_id), ok=False, suite_version=track.suite_version,
+                           seed=track.seed, error_code=code, error=message)
 
 
 @shared_task(name="submissions.requeue_stale", ignore_result=True)
 def requeue_stale_task() -> list[str]:
     """The watchdog, run by Celery beat every ``ARENA_WATCHDOG_SECONDS`` (see arena/celery.py)."""
     return [f"{r.public_id} {r.action}" for r in recovery.requeue_stale()]
-
-
-def queue_for(submission: Submission) -> str:
-    """The track's own queue when it has one (heavy tracks apart from light ones), else the default."""
-    return submission.track.queue or settings.CELERY_TASK_DEFAULT_QUEUE
-
-
-def enqueue(submission: Submission) -> None:
-    """Send the submission to its track's evaluation queue and remember the task id."""
-    async_result = evaluate_submission.apply_async(args=[submission.pk], queue=queue_for(submission))
-    Submission.objects.filter(pk=submission.pk).update(task_id=async_result.id or "")

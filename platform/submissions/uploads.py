@@ -145,6 +145,7 @@ def check_zoo_architecture(name: str) -> str:
     """
     if not name:
         return name
+    # Start-up cost: evaluator.models imports torch (about a second), which page views never need.
     from evaluator.errors import EvaluationError
     from evaluator.models.zoo import get_architecture
 
@@ -165,6 +166,7 @@ def check_artifact(upload: File, declared_format: str, zoo_architecture: str) ->
     Its one sizeable cost is a safetensors JSON header, which it parses whole (up to the 100 MB the
     safetensors reader itself allows; real headers are kilobytes).
     """
+    # Start-up cost: evaluator.models imports torch (about a second), which page views never need.
     from evaluator.errors import EvaluationError
     from evaluator.models.formats import detect_format
     from evaluator.models.screening import screen_artifact

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.db import transaction
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from accounts.quota import QuotaExceeded, quota_rows
-from leaderboards.model_page import MODEL_PAGE_RELATED, model_page_context
+from accounts.models import Withdrawal
 from submissions import services
+from submissions.failures import failure_text
 from submissions.forms import SubmissionForm
-from submissions.jobs import failure_text
 from submissions.models import Submission
+from submissions.quota import QuotaExceeded, quota_rows
 
 
-def _visible_submission(request: HttpRequest, public_id, related: tuple[str, ...] = ("track__benchmark", "owner")
+def visible_submission(request: HttpRequest, public_id, related: tuple[str, ...] = ("track__benchmark", "owner")
                         ) -> Submission:
     submission = get_object_or_404(Submission.objects.select_related(*related), public_id=public_id)
     if not submission.visible_to(request.user):
@@ -62,25 +63,12 @@ def status_payload(submission: Submission) -> dict:
     }
 
 
-def detail(request: HttpRequest, public_id) -> HttpResponse:
-    """The model page (built in leaderboards.model_page; anonymous renders are cached by leaderboards.cache)."""
-    submission = _visible_submission(request, public_id, MODEL_PAGE_RELATED)
-    is_owner = request.user.is_authenticated and (request.user.is_staff or request.user.pk == submission.owner_id)
-    return render(
-        request,
-        "submissions/detail.html",
-        {"submission": submission, "track": submission.track, "is_owner": is_owner,
-         "status": status_payload(submission),
-         **model_page_context(submission, request.user, request.GET.get("transform"))},
-    )
-
-
 def status(request: HttpRequest, public_id) -> JsonResponse:
-    return JsonResponse(status_payload(_visible_submission(request, public_id)))
+    return JsonResponse(status_payload(visible_submission(request, public_id)))
 
 
 def _owned_submission(request: HttpRequest, public_id) -> Submission:
-    submission = _visible_submission(request, public_id)
+    submission = visible_submission(request, public_id)
     if not (request.user.is_staff or submission.owner_id == request.user.pk):
         raise Http404("No such submission.")
     return submission
@@ -125,3 +113,33 @@ def mine(request: HttpRequest) -> HttpResponse:
     for s in submissions:
         s.queue_position = positions.get(s.pk)
     return render(request, "submissions/mine.html", {"submissions": submissions, "quotas": quota_rows(request.user)})
+
+
+@login_required
+@require_POST
+def set_visibility(request: HttpRequest, public_id) -> HttpResponse:
+    """Make a submission public (listed) or private (seen by its owner and staff only)."""
+    submission = _owned_submission(request, public_id)
+    public = request.POST.get("public") == "1"
+    if public and Withdrawal.objects.filter(submission=submission).exists():
+        messages.error(request, "A withdrawn model stays private: restore it to the leaderboards first.")
+    else:
+        Submission.objects.filter(pk=submission.pk).update(is_public=public)
+        messages.info(request, "The model is now public." if public else "The model is now private.")
+    return redirect(submission)
+
+
+@login_required
+@require_POST
+def withdraw(request: HttpRequest, public_id) -> HttpResponse:
+    """Withdraw a submission from the leaderboards (it becomes private), or restore it (it stays private)."""
+    submission = _owned_submission(request, public_id)
+    if request.POST.get("action") == "restore":
+        Withdrawal.objects.filter(submission=submission).delete()
+        messages.info(request, "The model is no longer withdrawn; make it public to list it again.")
+    else:
+        with transaction.atomic():
+            Withdrawal.objects.get_or_create(submission=submission, defaults={"withdrawn_by": request.user})
+            Submission.objects.filter(pk=submission.pk).update(is_public=False)
+        messages.info(request, "The model was withdrawn: it no longer appears on leaderboards or plots.")
+    return redirect(submission)

@@ -22,9 +22,9 @@ from rest_framework import serializers
 from rest_framework.authtoken.models import Token
 
 from benchmarks.models import Benchmark, EvaluationSet, Track
-from leaderboards.rounding import round_released
 from submissions.api import MAX_PAGE_SIZE
 from submissions.models import Result, Submission
+from submissions.rounding import round_released
 from submissions.serializers import ResultSerializer
 
 pytestmark = pytest.mark.django_db

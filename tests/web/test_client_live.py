@@ -13,8 +13,8 @@ import pytest
 
 from accounts.models import TrackQuota
 from arena_client import ArenaClient, QuotaExceeded
-from leaderboards.rounding import round_released
 from submissions.models import Result
+from submissions.rounding import round_released
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
@@ -38,7 +38,7 @@ def test_client_submits_waits_and_returns_the_scores(live_server, live_worker, d
                              on_update=lambda s: seen.append((s.state, s.data["progress"])))
     stored = Result.objects.get(submission__public_id=submission.id, metric="accuracy")
     score = scores["mnist-hidden:accuracy"]
-    # The API releases the digits the interval justifies (leaderboards.rounding).
+    # The API releases the digits the interval justifies (submissions.rounding).
     released = round_released("accuracy", stored.value, stored.ci_low, stored.ci_high)
     assert (score.value, score.ci_low, score.ci_high) == released and score.value > 0.97
     assert abs(score.value - stored.value) <= 0.005

@@ -9,11 +9,11 @@ from django.core.files.base import ContentFile
 from django.test import Client
 from scipy.special import expit, logit
 
-from benchmarks.fits import refit_track, robustness_of
 from benchmarks.models import BaselineFit, EvaluationSet
 from evaluator.spec import MetricValue
 from evaluator.spec import Result as EvaluatorResult
-from submissions.jobs import record_result
+from leaderboards.fits import refit_track, robustness_of
+from submissions.arrival import record_result
 from submissions.models import Submission
 
 pytestmark = pytest.mark.django_db
@@ -88,3 +88,54 @@ def test_effective_and_relative_robustness_on_the_model_page(shifted_track, rese
     assert "Effective robustness" in page and "+2.00 pt" in page
     probit_page = Client().get(model.get_absolute_url() + "?transform=probit").content.decode()
     assert "probit axes" in probit_page
+
+
+def _testbed(track, owner, n: int = 6) -> np.ndarray:
+    clean = np.linspace(0.86, 0.99, n)
+    for i, c in enumerate(clean):
+        _model(track, owner, f"b{i}", float(c), float(expit(SLOPE * logit(c) + INTERCEPT)))
+    return clean
+
+
+def test_saturated_and_below_floor_baselines_are_left_out_of_the_line(shifted_track, researcher):
+    """A baseline at 100% (or at 0%) has an infinite logit: clipped, one such point would tilt the line
+    (issue 14: 0.923 -> 0.286 on the published testbed); it is left out and the fit says so."""
+    _testbed(shifted_track, researcher)
+    _model(shifted_track, researcher, "perfect", 1.0, 0.97)
+    _model(shifted_track, researcher, "weak", 0.30, 0.20)
+    line = next(f for f in refit_track(shifted_track) if f.transform == "logit")
+    assert line.n_models == 7  # six on the line, the weak one kept (no floor), the perfect one left out
+    assert [(p["model_id"], p["reason"]) for p in line.fit["excluded"]] == [
+        (str(Submission.objects.get(name="perfect").public_id), "saturated")]
+
+    shifted_track.baseline_min_accuracy = 0.5  # the track's floor, as the ImageNet testbed fits only strong models
+    shifted_track.save()
+    line = next(f for f in refit_track(shifted_track) if f.transform == "logit")
+    assert line.n_models == 6 and line.slope == pytest.approx(SLOPE, rel=1e-9)
+    assert line.intercept == pytest.approx(INTERCEPT, rel=1e-9)
+    assert {p["reason"] for p in line.fit["excluded"]} == {"saturated", "below_min_accuracy"}
+
+
+def test_too_few_usable_baselines_give_no_line(shifted_track, researcher):
+    _model(shifted_track, researcher, "a", 0.90, 0.85)
+    _model(shifted_track, researcher, "b", 0.95, 0.90)
+    _model(shifted_track, researcher, "c", 1.0, 0.99)  # three baselines, one saturated: two usable
+    assert refit_track(shifted_track) == []
+    assert not BaselineFit.objects.filter(is_current=True).exists()
+
+
+def test_a_tampered_stored_line_is_not_shown(shifted_track, researcher, caplog):
+    """A stored fit whose contents no longer match their hash (an edited slope) is refused where it is
+    read: the page shows no effective robustness instead of a number from a line nobody fitted."""
+    _testbed(shifted_track, researcher)
+    refit_track(shifted_track)
+    model = _model(shifted_track, researcher, "m", 0.95, 0.90, baseline=False, is_public=True)
+    assert robustness_of(model)[0].effective_robustness is not None
+    row = BaselineFit.objects.get(transform="logit", is_current=True)
+    row.fit = {**row.fit, "slope": row.fit["slope"] + 0.5}
+    row.save()
+    assert robustness_of(model)[0].effective_robustness is None
+    assert "refused" in caplog.text and "refit_baselines" in caplog.text
+    page = Client().get(model.get_absolute_url())
+    board = Client().get(f"/tracks/{shifted_track.slug}/")
+    assert page.status_code == 200 and board.status_code == 200

@@ -91,8 +91,8 @@ def test_no_public_number_rebuilds_the_hidden_half(arena_dirs, mnist_test):
     and file metadata, the build's log, the public half's file) is tried as the split seed. None may
     put the hidden images in the hidden half. On the old code 20261125 (in demo.py and on the page)
     did. A rebuild on the same installation writes the same sets."""
-    from benchmarks.demo import DemoBuilder
     from benchmarks.models import EvaluationSet, Track
+    from builders.demo import DemoBuilder
     from evaluator.data.evalsets import read_evaluation_set
 
     log: list[str] = []
@@ -165,8 +165,8 @@ def test_the_secret_is_made_once_private_and_outside_the_repository(arena_dirs, 
 
 def test_two_installations_get_different_hidden_splits_and_each_keeps_its_own(tmp_path):
     """Two secret files: two different hidden halves. Reading a file again: the same half."""
-    from benchmarks.demo import mnist_split
     from benchmarks.hidden_seeds import load_or_create
+    from builders.demo import mnist_split
 
     one, _ = load_or_create(tmp_path / "one" / "hidden-seeds.json")
     two, _ = load_or_create(tmp_path / "two" / "hidden-seeds.json")
@@ -187,8 +187,8 @@ def test_every_hidden_seed_differs_from_every_public_one(tmp_path):
     """Hidden draws can never coincide with public ones: the public fakes' seed and a track seed
     (below 2**31) lie below every hidden seed (2**62 and up), and the hidden seeds differ among
     themselves."""
-    from benchmarks.demo import PUBLIC_FAKE_SEED, TRACK_SEED
     from benchmarks.hidden_seeds import SEED_FLOOR, load_or_create
+    from builders.demo import PUBLIC_FAKE_SEED, TRACK_SEED
 
     seeds, _ = load_or_create(tmp_path / "hidden-seeds.json")
     hidden = [seeds.split, seeds.subset, seeds.corruptions, seeds.gan_samples, seeds.vae_samples,

@@ -71,7 +71,7 @@ def test_a_rerun_replaces_metrics_it_no_longer_produces(digits_track, researcher
     """Re-recording an evaluation keeps one row per produced metric and drops the ones it dropped."""
     from evaluator.spec import MetricValue
     from evaluator.spec import Result as EvaluatorResult
-    from submissions.jobs import record_result
+    from submissions.arrival import record_result
     from submissions.models import Result, Submission
 
     submission = new_submission(digits_track, researcher, "rerun")

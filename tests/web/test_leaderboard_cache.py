@@ -17,7 +17,7 @@ from benchmarks.models import Benchmark, EvaluationSet, Track
 from evaluator.spec import MetricValue
 from evaluator.spec import Result as EvaluatorResult
 from leaderboards import cache as lb_cache
-from submissions.jobs import record_result
+from submissions.arrival import record_result
 from submissions.models import Result, Submission
 
 pytestmark = pytest.mark.django_db

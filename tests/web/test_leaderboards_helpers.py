@@ -14,11 +14,11 @@ from django.core.files.base import ContentFile
 from scipy.special import expit, logit
 from scipy.stats import beta
 
-from benchmarks.fits import refit_track
 from benchmarks.models import EvaluationSet
 from evaluator.spec import MetricValue
 from evaluator.spec import Result as EvaluatorResult
-from submissions.jobs import record_result
+from leaderboards.fits import refit_track
+from submissions.arrival import record_result
 from submissions.models import Submission
 
 N = 2000

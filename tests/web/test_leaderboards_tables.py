@@ -19,12 +19,12 @@ from scipy.special import logit
 from scipy.stats import norm
 
 from accounts.models import Withdrawal
-from benchmarks.fits import robustness_of
 from benchmarks.models import BaselineFit
+from leaderboards.fits import robustness_of
 from leaderboards.plots import detector_attack_figure, effective_robustness_figure, robust_accuracy_figure
 from leaderboards.queries import ATTACKED_AUC, Filters, build
-from leaderboards.rounding import round_released
 from submissions.models import EvaluationRun, Result, Submission
+from submissions.rounding import round_released
 from tests.web.test_leaderboards_helpers import THREAT, add_shifts, populate
 
 pytestmark = pytest.mark.django_db
@@ -246,7 +246,7 @@ def test_thousand_submissions_render_with_bounded_queries(digits_track, research
                                   provenance={"attacks": {THREAT: {"flags": [{"check": "x", "flagged": False}]}}}))
     Result.objects.bulk_create(results, batch_size=500)
     EvaluationRun.objects.bulk_create(runs, batch_size=500)
-    from benchmarks.fits import refit_track
+    from leaderboards.fits import refit_track
 
     Submission.objects.filter(name__in=[f"model {i:04d}" for i in range(0, 40, 4)]).update(is_baseline=True)
     refit_track(digits_track)

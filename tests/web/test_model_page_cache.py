@@ -14,8 +14,8 @@ from django.db import connection
 from django.test import Client, override_settings
 from django.test.utils import CaptureQueriesContext
 
-from benchmarks.fits import refit_track
 from leaderboards import cache as lb_cache
+from leaderboards.fits import refit_track
 from submissions import services
 from submissions.models import Submission
 from tests.web.test_leaderboards_helpers import finish, new_submission, populate

@@ -4,7 +4,7 @@ A page reads the submission (with owner, track, benchmark, withdrawal and refere
 track's evaluation sets, the run, the results and the current lines: adding shift sets, corruption
 cells or attack stages must not add queries (a query per result, per shift set or per fit would).
 The page's effective robustness is computed from the results it already loaded; it must agree with
-``benchmarks.fits.robustness_of``, which reads the accuracies itself.
+``leaderboards.fits.robustness_of``, which reads the accuracies itself.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
-from benchmarks.fits import robustness_of
 from benchmarks.models import EvaluationSet
+from leaderboards.fits import robustness_of
 from leaderboards.templatetags.arena_tags import points
 from submissions.models import Result, Submission
 from tests.web.test_leaderboards_helpers import THREAT, finish, new_submission, populate

@@ -15,12 +15,12 @@ from django.urls import reverse
 from rest_framework.test import APIClient
 
 from accounts.models import AppendOnlyError, QuotaEntry, TrackQuota
-from accounts.quota import QuotaExceeded, refund_platform_failure, usage_for
-from evaluator.errors import EvaluationError
 from evaluator.spec import Result as EvaluatorResult
 from submissions import services
-from submissions.jobs import record_result
+from submissions.arrival import record_result
+from submissions.failures import is_platform_fault
 from submissions.models import Submission
+from submissions.quota import QuotaExceeded, refund_platform_failure, usage_for
 
 pytestmark = pytest.mark.django_db
 
@@ -122,7 +122,7 @@ def test_platform_faults_are_refunded_once(digits_track, researcher):
     TrackQuota.objects.create(track=digits_track, daily_limit=2, total_limit=10)
     platform_fault = _upload(researcher, digits_track, "a")
     model_fault = _upload(researcher, digits_track, "b")
-    assert "internal" in EvaluationError.PLATFORM_CODES
+    assert is_platform_fault("internal") and not is_platform_fault("non_finite_output")
     _fail(platform_fault, "internal")
     _fail(model_fault, "non_finite_output")
 

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.django_db
 def sent(monkeypatch) -> list[int]:
     """Stands in for the broker: the ids of the submissions sent to the queue."""
     ids: list[int] = []
-    monkeypatch.setattr("submissions.tasks.enqueue", lambda submission: ids.append(submission.pk))
+    monkeypatch.setattr("submissions.dispatch.enqueue", lambda submission: ids.append(submission.pk))
     return ids
 
 

@@ -6,11 +6,11 @@ import pytest
 from django.core.files.base import ContentFile
 from django.core.management import CommandError, call_command
 
-from benchmarks.management.commands.rerun_track import bumped
 from benchmarks.models import Benchmark, EvaluationSet, Track
 from evaluator.spec import MetricValue
 from evaluator.spec import Result as EvaluatorResult
-from submissions.jobs import record_result
+from submissions.arrival import record_result
+from submissions.management.commands.rerun_track import bumped
 from submissions.models import Submission
 
 pytestmark = pytest.mark.django_db
@@ -30,7 +30,7 @@ def track(arena_dirs) -> Track:
 def sent(monkeypatch) -> list[int]:
     """Stands in for the broker: the ids of the submissions sent to the queue, in order."""
     ids: list[int] = []
-    monkeypatch.setattr("submissions.tasks.enqueue", lambda submission: ids.append(submission.pk))
+    monkeypatch.setattr("submissions.dispatch.enqueue", lambda submission: ids.append(submission.pk))
     return ids
 
 

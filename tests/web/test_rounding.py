@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from leaderboards.queries import Score
-from leaderboards.rounding import decimals_for, round_released
 from leaderboards.templatetags.arena_tags import score
+from submissions.rounding import decimals_for, round_released
 
 
 @pytest.mark.parametrize(("metric", "low", "high", "decimals"), [

@@ -9,7 +9,7 @@ from django.urls import reverse
 
 from evaluator.spec import MetricValue
 from evaluator.spec import Result as EvaluatorResult
-from submissions.jobs import record_result
+from submissions.arrival import record_result
 from submissions.models import IllegalTransition, Submission
 
 pytestmark = pytest.mark.django_db

@@ -1,7 +1,7 @@
 """The heartbeat watchdog and the claim of a delivered job, driven deterministically (no worker, no broker).
 
 Heartbeats are set in the past by hand; the watchdog's requeue sends through a recording stand-in
-for ``submissions.tasks.enqueue``, so nothing reaches a real broker.
+for ``submissions.dispatch.enqueue``, so nothing reaches a real broker.
 """
 
 from __future__ import annotations
@@ -15,10 +15,9 @@ from django.core.management import call_command
 from django.db import InterfaceError, OperationalError
 from django.utils import timezone
 
-from accounts import quota
 from accounts.models import QuotaEntry
 from benchmarks.models import Benchmark, Track
-from submissions import fault_settings, recovery
+from submissions import fault_settings, quota, recovery
 from submissions.models import Submission
 
 pytestmark = pytest.mark.django_db
@@ -40,7 +39,7 @@ def sent(monkeypatch) -> list[int]:
         calls.append(submission.pk)
         Submission.objects.filter(pk=submission.pk).update(task_id=f"task-{len(calls)}")
 
-    monkeypatch.setattr("submissions.tasks.enqueue", enqueue)
+    monkeypatch.setattr("submissions.dispatch.enqueue", enqueue)
     return calls
 
 
@@ -265,7 +264,7 @@ def test_only_the_owning_attempt_writes_and_a_repeated_write_counts_once(track, 
     """The final write checks ownership under the row lock; repeated after a commit whose acknowledgement was
     lost (a dropped connection), it recognises its own run instead of reporting the job as taken over."""
     from evaluator.spec import Result as EvaluatorResult
-    from submissions.tasks import _record
+    from submissions.arrival import receive_result
 
     submission = _running(researcher, track, attempts=2)
 
@@ -273,11 +272,11 @@ def test_only_the_owning_attempt_writes_and_a_repeated_write_counts_once(track, 
         return EvaluatorResult(job_id=str(submission.public_id), ok=False, suite_version=track.suite_version, seed=0,
                                error_code="internal", error="boom", provenance={"attempt": attempt})
 
-    assert _record(submission.pk, 1, result(1)) is None  # attempt 1 was replaced by attempt 2: it writes nothing
+    assert receive_result(submission.pk, 1, result(1)) is None  # attempt 1 was replaced by attempt 2: it writes nothing
     assert not submission.runs.exists()
-    written = _record(submission.pk, 2, result(2))
+    written = receive_result(submission.pk, 2, result(2))
     assert written is not None and written.state == "failed" and written.failure_code == "internal"
-    again = _record(submission.pk, 2, result(2))
+    again = receive_result(submission.pk, 2, result(2))
     assert again is not None and again.pk == submission.pk
     assert submission.runs.count() == 1
 

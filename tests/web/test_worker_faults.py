@@ -241,7 +241,7 @@ def send_via(monkeypatch):
                 sent = app.send_task("submissions.evaluate", args=[submission.pk], queue=queue, connection=conn)
             Submission.objects.filter(pk=submission.pk).update(task_id=sent.id)
 
-        monkeypatch.setattr("submissions.tasks.enqueue", enqueue)
+        monkeypatch.setattr("submissions.dispatch.enqueue", enqueue)
 
     yield use
     app.close()

@@ -14,8 +14,8 @@ from django.conf import settings
 from django.db import connection
 from rest_framework.test import APIClient
 
-from leaderboards.rounding import round_released
 from submissions.models import Result
+from submissions.rounding import round_released
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -53,6 +53,6 @@ def test_real_worker_evaluates_uploads_from_the_api(live_worker, digits_track, t
     assert nan.state == "failed" and nan.failure_code == "non_finite_output"
     polled = client.get(f"/api/v1/submissions/{ids['lenet']}/").json()
     assert polled["state"] == "finished"
-    # The API releases the digits the interval justifies (leaderboards.rounding).
+    # The API releases the digits the interval justifies (submissions.rounding).
     released = round_released("accuracy", accuracy.value, accuracy.ci_low, accuracy.ci_high)
     assert polled["results"][0]["value"] == released[0]

@@ -7,7 +7,7 @@ from typing import Any
 from django import template
 from django.utils.html import format_html
 
-from leaderboards.rounding import decimals_for, is_percent
+from submissions.rounding import decimals_for, is_percent
 
 register = template.Library()
 
@@ -36,7 +36,7 @@ def _fmt(metric: str, value: float | None, decimals: int | None = None) -> str:
 def score(result: Any) -> str:
     """``98.9% [98.6%, 99.2%]`` for accuracies, ``0.95 [0.94, 0.96]`` for AUC, ``+1.2 pt`` for gaps.
 
-    Digits are those the interval justifies (:mod:`leaderboards.rounding`).
+    Digits are those the interval justifies (:mod:`submissions.rounding`).
     """
     if result is None:
         return "–"

@@ -3,7 +3,7 @@
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from benchmarks.demo import TRACK_SLUGS, DemoBuilder
+from builders.demo import TRACK_SLUGS, DemoBuilder
 
 
 class Command(BaseCommand):

@@ -13,6 +13,7 @@ from django.db import transaction
 
 from benchmarks.models import Track
 from submissions.models import Submission
+from submissions.services import create_submission, sha256_of
 
 BASELINE_USER = "arena-baselines"
 
@@ -32,8 +33,6 @@ def baseline_owner():
 
 def submit_baseline(track: Track, path: Path, **metadata: Any) -> Submission | None:
     """Submit ``path`` as a public standard baseline of ``track``; None if that artifact already is one."""
-    from submissions.services import create_submission, sha256_of
-
     with path.open("rb") as handle:
         upload = File(handle, name=path.name)
         if Submission.objects.filter(track=track, artifact_sha256=sha256_of(upload), is_baseline=True).exists():

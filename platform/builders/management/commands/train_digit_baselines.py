@@ -17,8 +17,11 @@ from typing import TYPE_CHECKING
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from benchmarks.baselines import submit_baseline
 from benchmarks.models import Track
+from builders.baselines import submit_baseline
+from evaluator.data.evalsets import read_evaluation_set
+from evaluator.errors import EvaluationError
+from evaluator.testbed.digits import DEFAULT_SEED, RECIPES, train_all
 from submissions.models import Submission
 
 if TYPE_CHECKING:  # the evaluator (and torch) is imported only when the command runs
@@ -33,7 +36,6 @@ class Command(BaseCommand):
             "baseline of the mnist-digits track (already submitted artifacts are skipped).")
 
     def add_arguments(self, parser: CommandParser) -> None:
-        from evaluator.testbed.digits import DEFAULT_SEED
 
         parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
                             help=f"training seed (default {DEFAULT_SEED}); the same seed gives the same files")
@@ -42,9 +44,6 @@ class Command(BaseCommand):
         parser.add_argument("--dry-run", action="store_true", help="train and export, but submit nothing")
 
     def handle(self, *args: object, seed: int, only: list[str] | None, dry_run: bool, **options: object) -> None:
-        from evaluator.data.evalsets import read_evaluation_set
-        from evaluator.errors import EvaluationError
-        from evaluator.testbed.digits import RECIPES, train_all
 
         recipes = _select(RECIPES, only)
         track = None
@@ -77,8 +76,6 @@ class Command(BaseCommand):
 
     def _submit(self, track: Track, trained: Sequence[TrainedBaseline], seed: int, count: int) -> tuple[int, int]:
         """Submit each exported model through the upload path, once per artifact sha256."""
-        from evaluator.testbed.digits import DEFAULT_SEED
-
         made = skipped = 0
         for item in trained:
             recipe = item.recipe

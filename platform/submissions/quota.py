@@ -19,6 +19,8 @@ from django.db.models import Count, Q
 from django.utils import timezone
 
 from accounts.models import QuotaEntry, TrackQuota
+from benchmarks.models import Track
+from submissions.failures import is_platform_fault
 
 
 class QuotaExceeded(Exception):
@@ -155,14 +157,13 @@ def charge(submission: Any, reason: str = "submission created") -> QuotaEntry | 
 def refund_platform_failure(submission: Any) -> QuotaEntry | None:
     """Give back the charge of a submission whose evaluation failed through a platform fault.
 
-    Called by the evaluation task after a failure is recorded. Only failure codes in
-    ``EvaluationError.PLATFORM_CODES`` qualify; each charge is refunded at most once, so calling
-    this again (a redelivered task, a second platform fault after a re-run) changes nothing.
+    Called when a failure is recorded (:func:`submissions.arrival.receive_result`, the watchdog). Only
+    codes the failure table marks as the platform's fault (:mod:`submissions.failures`) qualify; each
+    charge is refunded at most once, so calling this again (a redelivered task, a second platform fault
+    after a re-run) changes nothing.
     Returns the refund row, or None when nothing was refunded.
     """
-    from evaluator.errors import EvaluationError
-
-    if submission.failure_code not in EvaluationError.PLATFORM_CODES:
+    if not is_platform_fault(submission.failure_code):
         return None
     with transaction.atomic():
         charge_row = (
@@ -181,8 +182,6 @@ def refund_platform_failure(submission: Any) -> QuotaEntry | None:
 
 def quota_rows(user: Any) -> list[tuple[Any, Usage]]:
     """(track, usage) for every public track, for the submit and My submissions pages."""
-    from benchmarks.models import Track
-
     tracks = list(Track.objects.filter(is_public=True).select_related("benchmark"))
     usage = usage_for(user, tracks)
     return [(t, usage[t.pk]) for t in tracks]

@@ -1,5 +1,8 @@
 """Effective-robustness lines per (track, shift set), refitted when the baseline testbed changes.
 
+A baseline's arriving result reaches :func:`refit_after_result` through
+``submissions.arrival.result_recorded`` (connected in :class:`leaderboards.apps.LeaderboardsConfig`).
+
 The science lives in :mod:`evaluator.metrics.effective_robustness`; this module only gathers the
 stored accuracies of a track's standard baselines, keeps each fit as a versioned row, and answers
 "how far above or below the line is this model?" for pages and the API.
@@ -7,17 +10,42 @@ stored accuracies of a track's standard baselines, keeps each fit as a versioned
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from django.db import transaction
 
 from benchmarks.models import BaselineFit, EvaluationSet, Track
+from evaluator.metrics.effective_robustness import (
+    MIN_MODELS,
+    TRANSFORMS,
+    LineFit,
+    TooFewModelsError,
+    effective_robustness,
+    fit_baseline,
+    relative_robustness,
+)
+from evaluator.spec import Result as EvaluatorResult
 from submissions.models import Result, Submission
 
-#: The transforms every shift gets a line for; logit is the one shown by default.
-TRANSFORMS = ("logit", "probit")
-MIN_MODELS = 3
+logger = logging.getLogger(__name__)
+
 FIT_SEED = 0
+
+
+def stored_line(row: BaselineFit) -> LineFit | None:
+    """The line a stored fit row holds, or None (logged) when the evaluator refuses it.
+
+    ``LineFit.from_dict`` refuses a row whose contents do not match their hash, or one written in an
+    older format: such a line is not shown (the page says there is no line) until ``manage.py
+    refit_baselines`` writes a current one, rather than failing the page.
+    """
+    try:
+        return LineFit.from_dict(row.fit)
+    except (KeyError, TypeError, ValueError) as exc:
+        logger.error("stored baseline fit %s (%s, %s) refused: %s; run manage.py refit_baselines",
+                     row.pk, row.shift_set_id, row.transform, exc)
+        return None
 
 
 def _accuracies(track: Track, submissions, sets: list[EvaluationSet]) -> dict[int, dict[int, float]]:
@@ -47,8 +75,6 @@ def baseline_points(track: Track, clean_set: EvaluationSet, shift_set: Evaluatio
 
 def refit_track(track: Track) -> list[BaselineFit]:
     """Fit (or reuse) the line of every shift set of a classifier track; returns the current fits."""
-    from evaluator.metrics.effective_robustness import fit_baseline
-
     clean_set = track.clean_set()
     if track.task_kind != Track.TaskKind.CLASSIFIER or clean_set is None:
         return []
@@ -56,10 +82,14 @@ def refit_track(track: Track) -> list[BaselineFit]:
     for shift_set in track.evaluation_sets.filter(role=EvaluationSet.Role.SHIFT):
         points = baseline_points(track, clean_set, shift_set)
         for kind in TRANSFORMS:
-            if len(points) < MIN_MODELS:
+            try:
+                if len(points) < MIN_MODELS:
+                    raise TooFewModelsError(f"{len(points)} baselines with results")
+                fit = fit_baseline(points, kind=kind, seed=FIT_SEED, min_accuracy=track.baseline_min_accuracy)
+            except TooFewModelsError as exc:  # too few usable baselines: no line rather than a wrong one
+                logger.info("track %s, %s (%s): no %s line: %s", track.slug, shift_set.name, kind, kind, exc)
                 BaselineFit.objects.filter(shift_set=shift_set, transform=kind).update(is_current=False)
                 continue
-            fit = fit_baseline(points, kind=kind, seed=FIT_SEED)
             with transaction.atomic():
                 row, _ = BaselineFit.objects.get_or_create(
                     shift_set=shift_set, transform=kind, fit_version=fit.fit_version,
@@ -123,9 +153,6 @@ def robustness_rows(submission: Submission, transform: str, clean_set: Evaluatio
     ``mine`` and ``reference`` map evaluation set ids to the accuracy of the submission and of its
     ``relative_to`` model under the current suite; ``fits`` is :func:`current_fits`.
     """
-    from evaluator.metrics.effective_robustness import BaselineFit as Fit
-    from evaluator.metrics.effective_robustness import effective_robustness, relative_robustness
-
     out = []
     for shift_set in shift_sets:
         if clean_set.pk not in mine or shift_set.pk not in mine:
@@ -133,8 +160,9 @@ def robustness_rows(submission: Submission, transform: str, clean_set: Evaluatio
         original, shifted = mine[clean_set.pk], mine[shift_set.pk]
         row = ShiftRobustness(shift_set, transform, original, shifted, None, None, None, "", 0)
         stored = fits.get(shift_set.pk)
-        if stored is not None:
-            er = effective_robustness(Fit.from_dict(stored.fit), original, shifted)
+        line = stored_line(stored) if stored is not None else None
+        if stored is not None and line is not None:
+            er = effective_robustness(line, original, shifted)
             row.effective_robustness, row.ci_low, row.ci_high = er.value, er.ci_low, er.ci_high
             row.fit_version, row.n_models = stored.fit_version, stored.n_models
         if shift_set.pk in reference:
@@ -142,3 +170,9 @@ def robustness_rows(submission: Submission, transform: str, clean_set: Evaluatio
             row.relative_to = submission.relative_to
         out.append(row)
     return out
+
+
+def refit_after_result(sender: object, submission: Submission, result: EvaluatorResult, **kwargs: object) -> None:
+    """Receiver of ``submissions.arrival.result_recorded``: a finished baseline changes its track's testbed."""
+    if submission.is_baseline and result.ok:
+        refit_track(submission.track)

@@ -18,8 +18,21 @@ from typing import TYPE_CHECKING
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from benchmarks.baselines import submit_baseline
 from benchmarks.models import Track
+from builders.baselines import submit_baseline
+from builders.demo import PUBLIC_FAKE_SEED
+from evaluator.data.evalsets import read_evaluation_set
+from evaluator.errors import EvaluationError
+from evaluator.models.loading import load_generator, load_model
+from evaluator.spec import ArtifactSpec, InputSpec
+from evaluator.testbed.detectors import (
+    BASELINE_ARCHITECTURE,
+    DEFAULT_EPOCHS,
+    DEFAULT_SEED,
+    detector_auc,
+    sample_generator,
+    train_detector,
+)
 from submissions.models import Submission
 
 if TYPE_CHECKING:  # torch is imported only when the command runs
@@ -35,7 +48,6 @@ class Command(BaseCommand):
             "as a public baseline of the mnist-gan-detector track (an already submitted artifact is skipped).")
 
     def add_arguments(self, parser: CommandParser) -> None:
-        from evaluator.testbed.detectors import DEFAULT_EPOCHS, DEFAULT_SEED
 
         parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
                             help=f"training seed (default {DEFAULT_SEED}); the same seed gives the same file")
@@ -44,17 +56,6 @@ class Command(BaseCommand):
         parser.add_argument("--dry-run", action="store_true", help="train and save, but submit nothing")
 
     def handle(self, *args: object, seed: int, epochs: int, dry_run: bool, **options: object) -> None:
-        from benchmarks.demo import PUBLIC_FAKE_SEED
-        from evaluator.data.evalsets import read_evaluation_set
-        from evaluator.errors import EvaluationError
-        from evaluator.models.loading import load_generator, load_model
-        from evaluator.spec import ArtifactSpec, InputSpec
-        from evaluator.testbed.detectors import (
-            BASELINE_ARCHITECTURE,
-            detector_auc,
-            sample_generator,
-            train_detector,
-        )
 
         if epochs < 1:
             raise CommandError("--epochs must be at least 1")
@@ -115,7 +116,5 @@ def _save_weights(model: nn.Module, architecture: str, path: Path) -> None:
 
 def _title(epochs: int, seed: int) -> str:
     """A name that says what was trained on what, and tells seeds apart on the leaderboard."""
-    from evaluator.testbed.detectors import DEFAULT_SEED
-
     name = f"Small CNN detector ({epochs} epochs, Adam, public MNIST half vs. public GAN samples)"
     return name if seed == DEFAULT_SEED else f"{name} [seed {seed}]"

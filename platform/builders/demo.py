@@ -38,9 +38,25 @@ from pathlib import Path
 import numpy as np
 from django.conf import settings
 
-from benchmarks.baselines import submit_baseline
 from benchmarks.hidden_seeds import HiddenSeeds, load_or_create, seed_file
 from benchmarks.models import Benchmark, EvaluationSet, Track
+from builders.baselines import submit_baseline
+from evaluator.data.evalsets import read_evaluation_set, split_indices, write_evaluation_set
+from evaluator.data.fetch import fetch_dataset, load_dataset
+from evaluator.data.framing import usps_to_mnist_framing
+from evaluator.data.integrity import sha256_file
+from evaluator.models.convert import convert_checkpoint
+from evaluator.models.loading import load_generator
+from evaluator.models.zoo import build_model, get_architecture, remap_checkpoint
+from evaluator.shifts.corruptions import build_corruption_set
+from evaluator.shifts.laundering import laundered_set
+from evaluator.testbed.detectors import (
+    SURROGATE_ARCHITECTURE,
+    detector_auc,
+    sample_generator,
+    train_detector,
+    transfer_attack,
+)
 from submissions.models import Submission
 
 logger = logging.getLogger(__name__)
@@ -95,8 +111,6 @@ def mnist_split(n: int, seeds: HiddenSeeds) -> tuple[np.ndarray, np.ndarray]:
     The one place the split is made, so the build and the tests agree on it; without the
     installation's secret the hidden half cannot be told from any other half.
     """
-    from evaluator.data.evalsets import split_indices
-
     return split_indices(n, 0.5, seeds.split)
 
 
@@ -159,7 +173,6 @@ class DemoBuilder:
 
     # -- data ---------------------------------------------------------------------------------
     def _load(self, dataset_id: str) -> tuple[np.ndarray, np.ndarray]:
-        from evaluator.data.fetch import fetch_dataset, load_dataset
 
         fetch_dataset(dataset_id, self.sources, mirror=self.data_mirror)
         return load_dataset(dataset_id, self.sources)
@@ -173,7 +186,6 @@ class DemoBuilder:
     def _write_set(self, track: Track, name: str, images: np.ndarray, labels: np.ndarray, *, role: str,
                    shift_kind: str = "", source: str, license: str, hidden: bool = True,
                    groups: np.ndarray | None = None, group_names: list[str] | None = None) -> EvaluationSet:
-        from evaluator.data.evalsets import write_evaluation_set
 
         if groups is None:
             images, labels = self._cap(images, labels)
@@ -199,7 +211,6 @@ class DemoBuilder:
 
     def _corruption_set(self, track: Track, name: str, images: np.ndarray, labels: np.ndarray, what: str,
                         license: str) -> EvaluationSet:
-        from evaluator.shifts.corruptions import build_corruption_set
 
         per_cell = self.corruption_per_cell
         self.log(f"  corrupting {per_cell} images x 15 corruptions x 5 severities for {track.slug}:{name}")
@@ -213,7 +224,6 @@ class DemoBuilder:
         )
 
     def _mnist_split(self) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-        from evaluator.data.evalsets import write_evaluation_set
 
         images, labels = self._load("mnist-test")
         public, hidden = mnist_split(len(labels), self.seeds)
@@ -226,7 +236,6 @@ class DemoBuilder:
         """Sample ``count`` images from a shared generator, quantised to 8 bits as a saved image is."""
         import torch
 
-        from evaluator.models.zoo import build_model, get_architecture, remap_checkpoint
 
         state = torch.load(self._model_path(checkpoint), map_location="cpu", weights_only=True)
         generator = build_model(architecture)
@@ -281,7 +290,6 @@ class DemoBuilder:
         self._write_set(digits, "mnist-hidden", hidden_images, hidden_labels, role=EvaluationSet.Role.CLEAN,
                         source="MNIST test set, hidden half of a random split (seeded by this installation's secret)",
                         license="MNIST (LeCun, Cortes, Burges)")
-        from evaluator.data.framing import usps_to_mnist_framing
 
         usps_images, usps_labels = self._load("usps")
         self._write_set(digits, "usps", usps_to_mnist_framing(usps_images), usps_labels,
@@ -344,10 +352,6 @@ class DemoBuilder:
         The attack suite's universal attacks need ``G`` inside the sandbox; the file is written
         through the same zoo remap as the demo's own samples, atomically, and pinned by sha256.
         """
-        from evaluator.data.integrity import sha256_file
-        from evaluator.models.convert import convert_checkpoint
-        from evaluator.models.zoo import get_architecture
-
         relative = f"{track.slug}/generator-{name}.safetensors"
         path = self.data_dir / relative
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -367,8 +371,6 @@ class DemoBuilder:
 
     def _laundered_set(self, track: Track, name: str, reals: np.ndarray, fakes: np.ndarray) -> EvaluationSet:
         """The same hidden reals and fakes under every laundering condition, one group per condition."""
-        from evaluator.shifts.laundering import laundered_set
-
         per_class = min(self.detector_shift_per_class, len(reals), len(fakes))
         images = np.concatenate([reals[:per_class], fakes[:per_class]])
         labels = np.concatenate([np.zeros(per_class, dtype=np.int64), np.ones(per_class, dtype=np.int64)])
@@ -383,10 +385,6 @@ class DemoBuilder:
 
     def _public_detector_data(self, track: Track) -> tuple[np.ndarray, np.ndarray]:
         """Public reals (the public MNIST half) and as many public-seed fakes from the track's generator."""
-        from evaluator.data.evalsets import read_evaluation_set
-        from evaluator.models.loading import load_generator
-        from evaluator.testbed.detectors import sample_generator
-
         public = read_evaluation_set(self.data_dir / "public/mnist-test-public.safetensors")
         reals = public.images.numpy()
         if self.limit is not None:  # a small demo: a small surrogate is enough to exercise the path
@@ -401,8 +399,6 @@ class DemoBuilder:
         The surrogate is a different architecture from the track's baseline, trained here on public
         data only; submissions are never queried, they only score the result.
         """
-        from evaluator.testbed.detectors import SURROGATE_ARCHITECTURE, detector_auc, train_detector, transfer_attack
-
         # The full demo attacks every hidden fake, so the transfer AUC compares with the clean AUC.
         per_class = min(len(reals), len(fakes))
         epochs, steps = SURROGATE_EPOCHS, TRANSFER_STEPS
@@ -451,8 +447,6 @@ class DemoBuilder:
     # -- baselines ----------------------------------------------------------------------------
     def register_baselines(self, tracks: Collection[str] | None = None) -> list[Submission]:
         """Convert each shared checkpoint to safetensors and submit it like any upload (once)."""
-        from evaluator.models.convert import convert_checkpoint
-
         made = []
         with tempfile.TemporaryDirectory() as tmp:
             for baseline in BASELINES:

@@ -2,8 +2,8 @@
 
 from django.core.management.base import BaseCommand
 
-from benchmarks.fits import refit_track
 from benchmarks.models import Track
+from leaderboards.fits import refit_track
 
 
 class Command(BaseCommand):
@@ -12,7 +12,9 @@ class Command(BaseCommand):
     def handle(self, **options):
         for track in Track.objects.all():
             for fit in refit_track(track):
+                left_out = len(fit.fit.get("excluded", []))
                 self.stdout.write(
                     f"{track.slug} {fit.shift_set.name} {fit.transform}: slope {fit.slope:.3f}, "
-                    f"intercept {fit.intercept:.3f}, {fit.n_models} models, version {fit.fit_version[:12]}"
+                    f"intercept {fit.intercept:.3f}, {fit.n_models} models, {left_out} left out "
+                    f"(saturated or below the track's floor), version {fit.fit_version[:12]}"
                 )
