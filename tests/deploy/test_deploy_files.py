@@ -19,6 +19,7 @@ import re
 import shutil
 import subprocess
 import sys
+import weakref
 from importlib import resources
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -38,6 +39,8 @@ DOCS = ROOT / "docs" / "operations.md"
 #: Custom resources that have no schema among Kubernetes' own (KEDA's and kustomize's).
 CUSTOM_KINDS = {"ScaledObject", "TriggerAuthentication", "Kustomization"}
 MiB = 1024**2
+#: A Celery scheduler in a command line: `celery beat`, or a worker with an embedded one (`--beat`, `-B`).
+CELERY_BEAT = re.compile(r"\bcelery\b.*?\s(?:beat\b|--beat\b|-B\b)|celerybeat")
 
 
 def _yaml_documents(path: Path) -> list[dict]:
@@ -78,6 +81,24 @@ def _constant(node: ast.expr) -> int:
     raise AssertionError(f"not a constant expression: {ast.dump(node)}")
 
 
+def _runs_beat(command: str | list[str]) -> bool:
+    return bool(CELERY_BEAT.search(command if isinstance(command, str) else " ".join(command)))
+
+
+def _watchdog_off(value: object) -> bool:
+    """Whether an ARENA_WATCHDOG_SECONDS value (None: not set, the default 30) stops the workers' watchdog."""
+    return value is not None and float(str(value)) <= 0
+
+
+def _pod_spec(obj: dict) -> dict | None:
+    """The pod template's spec of a Deployment, Job or CronJob; None for other kinds."""
+    if obj["kind"] == "CronJob":
+        return obj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    if obj["kind"] in {"Deployment", "Job"}:
+        return obj["spec"]["template"]["spec"]
+    return None
+
+
 def _nginx_size(value: str) -> int:
     number, unit = re.fullmatch(r"(\d+)([kmg]?)", value.lower()).groups()
     return int(number) * {"": 1, "k": 1024, "m": MiB, "g": 1024**3}[unit]
@@ -104,6 +125,45 @@ def test_every_yaml_file_parses():
         assert _yaml_documents(path), f"{path} is empty"
 
 
+# --- The stale-job watchdog: every worker runs it; there is no Celery beat ----------------------------
+
+
+def test_the_beat_pattern_finds_every_way_of_starting_beat():
+    for command in ("celery -A arena beat --schedule=/tmp/celerybeat-schedule",
+                    "exec celery -A arena worker --beat -Q maintenance",
+                    "celery -A arena worker --pool=solo -Q evaluations -B -s var/celerybeat-schedule"):
+        assert _runs_beat(command), command
+    assert _runs_beat(["celery", "-A", "arena", "beat"])
+    for command in ("celery -A arena worker -Q evaluations --concurrency=1 --hostname=%i@%%h",
+                    "python manage.py requeue_stale", "celery -A arena worker -Q beats-and-bytes"):
+        assert not _runs_beat(command), command
+    assert _watchdog_off("0") and _watchdog_off(0) and not _watchdog_off(None) and not _watchdog_off("30")
+
+
+def test_no_deployment_runs_beat_or_names_a_watchdog_queue():
+    files = [p for p in DEPLOY.rglob("*") if p.is_file()] + [ROOT / "scripts" / "demo"]
+    for path in files:
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            # Comments may say that there is no beat; no command line may start one.
+            assert not _runs_beat(re.sub(r"(^|\s)#.*", "", line)), f"{path.relative_to(ROOT)}:{number}: {line}"
+            assert "ARENA_WATCHDOG_QUEUE" not in line, f"{path.relative_to(ROOT)}:{number}: {line}"
+        assert not re.search(r"^ARENA_WATCHDOG_SECONDS=0+(\.0*)?\s*$", path.read_text(), re.M), path
+    assert not (UNITS / "arena-beat.service").exists() and not (K8S / "beat.yaml").exists()
+
+
+def test_workers_run_the_watchdog_and_the_platform_schedules_nothing():
+    """What replaced beat: each worker process starts the watchdog's timer when it is ready."""
+    from celery.signals import worker_ready
+
+    from arena.celery import app
+
+    app.loader.import_default_modules()  # what a worker imports at start (the tasks modules)
+    starters = [r() if isinstance(r, weakref.ReferenceType) else r for _, r in worker_ready.receivers]
+    assert any(getattr(r, "__module__", "") == "submissions.sweeper" for r in starters)
+    # Nothing is left for a beat process to send: deploy/ runs none.
+    assert not app.conf.beat_schedule
+
+
 # --- Compose ------------------------------------------------------------------------------------------
 
 
@@ -128,7 +188,7 @@ def test_compose_file_matches_the_compose_specification():
 def test_compose_services_fit_the_platform():
     compose = yaml.safe_load(COMPOSE.read_text())
     services = compose["services"]
-    assert {"postgres", "redis", "web", "beat", "worker-cpu", "worker-gpu", "manage"} <= set(services)
+    assert {"postgres", "redis", "web", "worker-cpu", "worker-gpu", "manage"} <= set(services)
     for name in ("postgres", "redis", "web"):
         assert services[name]["healthcheck"]["test"], name
 
@@ -144,6 +204,7 @@ def test_compose_services_fit_the_platform():
         assert "SYS_ADMIN" in worker["cap_add"]  # bubblewrap as root
         assert any(v.endswith(":/tmp/arena-sandbox-uids-0") for v in worker["volumes"])  # uid locks shared
         assert "media:/srv/arena/var/media:ro" in worker["volumes"]
+        assert not _watchdog_off(worker["environment"].get("ARENA_WATCHDOG_SECONDS"))  # workers run the watchdog
 
     web = services["web"]
     command = " ".join(web["command"])
@@ -151,7 +212,11 @@ def test_compose_services_fit_the_platform():
     assert "gunicorn -c deploy/gunicorn.conf.py arena.wsgi" in command
     assert web["ports"] == ["127.0.0.1:8000:8000"]
     assert not any("data" in v.split(":")[0] for v in web["volumes"]), "the web server never sees hidden data"
-    assert "beat" in services["beat"]["command"]
+    # No scheduler: no beat service, and no service (worker or other) starts one.
+    assert not [name for name in services if "beat" in name]
+    for name, service in services.items():
+        for key in ("command", "entrypoint"):
+            assert not _runs_beat(service.get(key, "")), (name, key)
 
     for name, service in services.items():
         build = service.get("build")
@@ -234,14 +299,32 @@ def test_gpu_worker_scales_with_the_evaluation_queue():
     assert int(meta["listLength"]) >= 1
     assert f"/{meta['databaseIndex']}" == urlsplit(secret["CELERY_BROKER_URL"]).path
     assert env[meta["addressFromEnv"]]["valueFrom"]["configMapKeyRef"]["key"] in config
-    # The watchdog's sweeps (every ARENA_WATCHDOG_SECONDS) go to a queue of their own, consumed by the beat
-    # pod: in the evaluation queue they would wake a GPU worker every sweep.
-    assert config["ARENA_WATCHDOG_QUEUE"] != meta["listName"]
-    beat = " ".join(objects[("Deployment", "arena-beat")]["spec"]["template"]["spec"]["containers"][0]["command"])
-    assert "worker --beat" in beat and '-Q "$ARENA_WATCHDOG_QUEUE"' in beat
+    # The workers run the watchdog on their own timers (no sweeps in the queue that scales them)...
+    assert "ARENA_WATCHDOG_QUEUE" not in config
+    assert not _watchdog_off(config.get("ARENA_WATCHDOG_SECONDS"))
+    assert not _watchdog_off(env.get("ARENA_WATCHDOG_SECONDS", {}).get("value"))
     auth = objects[("TriggerAuthentication", trigger["authenticationRef"]["name"])]
     for ref in auth["spec"]["secretTargetRef"]:
         assert ref["name"] == "arena-secrets" and ref["key"] in secret
+
+    # ...but KEDA scales them to 0: then a CronJob runs the same sweep, never two at once, with the
+    # platform's settings, and nothing runs beat.
+    assert scaled["spec"]["minReplicaCount"] == 0
+    crons = [obj for (kind, _), obj in objects.items() if kind == "CronJob"]
+    assert len(crons) == 1, "with the workers at 0 replicas, a CronJob must run the watchdog"
+    [cron] = crons
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    pod = _pod_spec(cron)
+    [sweeper] = pod["containers"]
+    assert sweeper["command"] + sweeper.get("args", []) == ["python", "manage.py", "requeue_stale"]
+    assert sweeper["image"] == "arena-web" and pod["restartPolicy"] == "Never"
+    assert {ref.get("configMapRef", ref.get("secretRef"))["name"] for ref in sweeper["envFrom"]} == {
+        "arena-config", "arena-secrets"}
+    assert not [name for kind, name in objects if "beat" in name]
+    for (kind, name), obj in objects.items():
+        pod = _pod_spec(obj) or {}
+        for c in pod.get("initContainers", []) + pod.get("containers", []):
+            assert not _runs_beat(c.get("command", []) + c.get("args", [])), (kind, name)
 
 
 def test_kubernetes_manifests_hang_together(body_limit):
@@ -260,8 +343,8 @@ def test_kubernetes_manifests_hang_together(body_limit):
         if kind == "Deployment":
             template_labels = obj["spec"]["template"]["metadata"]["labels"]
             assert obj["spec"]["selector"]["matchLabels"].items() <= template_labels.items(), name
-        if kind in {"Deployment", "Job"}:
-            pod = obj["spec"]["template"]["spec"]
+        pod = _pod_spec(obj)
+        if pod is not None:
             for container in pod.get("initContainers", []) + pod["containers"]:
                 assert container["image"] in images, (name, container["name"])
             for volume in pod.get("volumes", []):
@@ -369,9 +452,9 @@ def _unit_values(name: str, key: str) -> list[str]:
 
 
 def test_systemd_units_run_the_right_programs():
-    assert {p.name for p in UNITS.glob("*.service")} == {"arena-web.service", "arena-worker@.service",
-                                                           "arena-beat.service"}
-    for name in ("arena-web.service", "arena-worker@.service", "arena-beat.service"):
+    # No arena-beat.service: the workers run the stale-job watchdog themselves.
+    assert {p.name for p in UNITS.glob("*.service")} == {"arena-web.service", "arena-worker@.service"}
+    for name in ("arena-web.service", "arena-worker@.service"):
         unit = _unit(name)
         assert {"Unit", "Service", "Install"} <= set(unit.sections()), name
         assert "/etc/arena/arena.env" in _unit_values(name, "EnvironmentFile"), name
@@ -394,9 +477,11 @@ def test_systemd_units_run_the_right_programs():
                       "DynamicUser", "SystemCallFilter", "MemoryDenyWriteExecute"):
         assert forbidden not in worker, forbidden
     assert int(worker["TimeoutStopSec"]) > 3600  # warm shutdown lets the running evaluation finish
-
-    beat = _unit("arena-beat.service")["Service"]
-    assert beat["ExecStart"].split()[1:4] == ["-A", "arena", "beat"] and beat["User"] != "root"
+    # The worker starts no scheduler, and nothing in the unit turns off its own watchdog.
+    assert not _runs_beat(worker["ExecStart"])
+    for assignment in " ".join(_unit_values("arena-worker@.service", "Environment")).split():
+        name, _, value = assignment.partition("=")
+        assert name != "ARENA_WATCHDOG_SECONDS" or not _watchdog_off(value), assignment
 
 
 def test_systemd_analyze_verify_finds_nothing(tmp_path):
@@ -408,8 +493,7 @@ def test_systemd_analyze_verify_finds_nothing(tmp_path):
     for program in ("gunicorn", "celery"):
         (bin_dir / program).write_text("#!/bin/sh\n")
         (bin_dir / program).chmod(0o755)
-    names = {"arena-web.service": "arena-web.service", "arena-beat.service": "arena-beat.service",
-             "arena-worker@.service": "arena-worker@evaluations.service"}
+    names = {"arena-web.service": "arena-web.service", "arena-worker@.service": "arena-worker@evaluations.service"}
     for source, target in names.items():
         text = (UNITS / source).read_text().replace("/srv/arena/app/.venv/bin/", f"{bin_dir}/")
         (tmp_path / target).write_text(text)
@@ -497,6 +581,7 @@ def test_operator_guide_covers_every_setting_and_command():
                ROOT / "platform/submissions/fault_settings.py", DEPLOY / "gunicorn.conf.py"]
     pattern = r"""(?:environ(?:\.get)?\(|environ\[|env_bool\(|env_list\(|_number\()\s*["']([A-Z][A-Z0-9_]+)["']"""
     names = {name for path in sources for name in re.findall(pattern, path.read_text())}
+    names -= {"PYTEST_XDIST_WORKER"}  # set by pytest-xdist for its test processes, not by operators
     assert {"DATABASE_URL", "ARENA_MAX_UPLOAD_BYTES", "ARENA_EVAL_QUEUE"} <= names
     missing = sorted(name for name in names if f"`{name}`" not in documented)
     assert missing == [], f"settings not described in docs/operations.md or README.md: {missing}"
