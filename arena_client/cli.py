@@ -5,6 +5,11 @@
 
 ``--url`` and ``--token`` default to $ARENA_URL and $ARENA_TOKEN. Exit status: 0 finished,
 1 evaluation failed or cancelled, 2 bad usage, 3 quota used up, 4 refused or unreachable, 5 timed out.
+
+While it waits, a terminal shows a live progress bar; when the output goes to a log file or a pipe,
+it prints plain lines instead, each flushed at once: the submission's id and status URL, then one
+line per change of state, of queue position or of stage (on stderr with ``--json``, which keeps
+stdout for the JSON). Errors go to stderr.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="the arena's address (default: $ARENA_URL or http://127.0.0.1:8000)")
     common.add_argument("--token", default=os.environ.get("ARENA_TOKEN"), help="API token (default: $ARENA_TOKEN)")
     common.add_argument("--json", action="store_true", help="print JSON instead of text")
-    common.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    common.add_argument("--quiet", "-q", action="store_true",
+                        help="no progress display (no bars on a terminal, no status lines otherwise)")
 
     parser = argparse.ArgumentParser(prog="python -m arena_client", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -78,7 +84,9 @@ def _print_submission(sub: RemoteSubmission, as_json: bool) -> None:
 
 def _follow(sub: RemoteSubmission, args: argparse.Namespace) -> int:
     try:
-        sub.wait(poll_interval=args.poll, timeout=args.timeout, progress=False if args.quiet else None)
+        # Status lines (written when the output is not a terminal) keep stdout for the JSON with --json.
+        sub.wait(poll_interval=args.poll, timeout=args.timeout, progress=False if args.quiet else None,
+                 log=sys.stderr if args.json else None)
     except EvaluationFailed:
         _print_submission(sub, args.json)
         return EXIT_FAILED
@@ -101,7 +109,7 @@ def _run(args: argparse.Namespace) -> int:
             _print_submission(sub, args.json)
             return 0
         if not args.json:
-            print(f"uploaded: {sub.page_url}", file=sys.stderr)
+            print(f"uploaded: {sub.page_url}", file=sys.stderr, flush=True)
         return _follow(sub, args)
     if args.command == "status":
         sub = client.submission(args.id)
@@ -132,8 +140,20 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _line_buffered() -> None:
+    """Flush stdout at each line even into a log file or a pipe (Python buffers it there by the block):
+    a run followed with ``tail -f`` or from a training script shows its lines as they come."""
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if reconfigure is not None:
+        try:
+            reconfigure(line_buffering=True)
+        except (ValueError, OSError):  # pragma: no cover - a closed or exotic stream
+            pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    _line_buffered()
     try:
         return _run(args)
     except QuotaExceeded as exc:

@@ -16,8 +16,9 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TextIO
 
 import requests
 
@@ -25,6 +26,8 @@ from arena_client.multipart import MultipartStream
 
 USER_AGENT = "arena-client/1"
 TERMINAL = {"finished", "failed", "cancelled"}
+# datetime.UTC needs Python 3.11; the client is also copied into older training environments.
+UTC = timezone.utc  # noqa: UP017
 
 
 class ArenaError(Exception):
@@ -152,17 +155,26 @@ class RemoteSubmission:
         return Scores(self.data)
 
     def wait(self, poll_interval: float = 2.0, timeout: float | None = None, progress: bool | None = None,
-             on_update: Callable[[RemoteSubmission], None] | None = None) -> Scores:
+             on_update: Callable[[RemoteSubmission], None] | None = None, log: TextIO | None = None) -> Scores:
         """Poll the status URL until the evaluation ends; return its scores.
 
-        Shows the queue position and then the evaluation's own progress (stage and fraction).
-        Raises EvaluationFailed when it fails or is cancelled, TimeoutError after ``timeout`` s.
-        Brief network errors are retried: a long evaluation should survive a flaky connection.
+        Shows the queue position (jobs ahead, estimated start) and then the evaluation's own progress
+        (stage and fraction). ``progress`` True draws a live bar on stderr, False shows nothing; None
+        (default: the client's own ``progress``) draws the bar on a terminal, and when stdout or stderr
+        is not one (a log file, a pipe) writes plain lines to ``log`` (default: stdout) instead, each
+        flushed at once: the submission's id and status URL, then one line per change of state, of
+        queue position or of stage. Raises EvaluationFailed when it fails or is cancelled, TimeoutError
+        after ``timeout`` s. Brief network errors are retried: a long evaluation should survive a flaky
+        connection.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         errors = 0
-        with _tqdm(progress if progress is not None else self.client.progress, total=100, unit="%",
-                   bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}") as bar:
+        chosen = progress if progress is not None else self.client.progress
+        if chosen is None and not _on_terminal():
+            display: Any = _StatusLines(log if log is not None else sys.stdout)
+        else:
+            display = _LiveBar(chosen)
+        with display:
             while True:
                 if not self.is_terminal:
                     try:
@@ -172,7 +184,9 @@ class RemoteSubmission:
                         errors += 1
                         if errors > 5:
                             raise ArenaError(f"Lost the connection to {self.client.url}: {exc}") from exc
-                self._show(bar)
+                        display.retrying(f"no answer from {self.client.url} ({exc.__class__.__name__}), "
+                                         f"retrying ({errors}/5)")
+                display.show(self)
                 if on_update is not None:
                     on_update(self)
                 if self.is_terminal:
@@ -185,19 +199,141 @@ class RemoteSubmission:
             raise EvaluationFailed(self)
         return self.scores()
 
-    def _show(self, bar: Any) -> None:
-        state = self.state
+
+def _on_terminal() -> bool:
+    """Whether stdout and stderr both go to a terminal (the live bar is drawn on stderr)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is None or not stream.isatty():
+                return False
+        except (AttributeError, ValueError):  # no isatty, or a closed stream
+            return False
+    return True
+
+
+def _utc_clock(value: Any, now: datetime | None = None) -> str:
+    """An ISO 8601 time as "HH:MM UTC" (with its date when not today, UTC); "" when absent or unreadable."""
+    if not value:
+        return ""
+    try:
+        when = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return ""
+    when = when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    today = (now or datetime.now(UTC)).astimezone(UTC).date()
+    return f"{when:%H:%M} UTC" if when.date() == today else f"{when:%Y-%m-%d %H:%M} UTC"
+
+
+def _jobs_ahead(data: dict[str, Any]) -> int | None:
+    """Jobs that start before this one: ``jobs_ahead``, or ``queue_position`` - 1 from an older server."""
+    ahead = data.get("jobs_ahead")
+    if ahead is None and data.get("queue_position"):
+        ahead = int(data["queue_position"]) - 1
+    return None if ahead is None else int(ahead)
+
+
+def _queue_text(data: dict[str, Any], brief: bool, now: datetime | None = None) -> str:
+    """Where a queued job stands: "queued: 3 jobs will start before this one (estimated start 01:40 UTC)",
+    or with ``brief`` (the live bar) "queued: 3 jobs ahead, estimated start 01:40 UTC"."""
+    ahead = _jobs_ahead(data)
+    start = _utc_clock(data.get("estimated_start"), now)
+    if ahead is None:
+        place = ""
+    elif ahead == 0:
+        place = "next to start"
+    elif brief:
+        place = f"{ahead} job{'s' if ahead != 1 else ''} ahead"
+    else:
+        place = f"{ahead} job{'s' if ahead != 1 else ''} will start before this one"
+    if brief:
+        text = ", ".join(part for part in (place, start and f"estimated start {start}") if part)
+    else:
+        text = " ".join(part for part in (place, start and f"(estimated start {start})") if part)
+        note = data.get("progress_stage") or ""  # e.g. "Requeued: the worker of attempt 1 stopped responding"
+        if note:
+            text = f"{text}. {note}" if text else note
+    return f"queued: {text}" if text else "queued"
+
+
+class _LiveBar:
+    """The live display on a terminal: a tqdm bar on stderr with the queue place, then stage and percentage."""
+
+    def __init__(self, enabled: bool | None) -> None:
+        self._context = _tqdm(enabled, total=100, unit="%", bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}")
+        self.bar: Any = None
+
+    def __enter__(self) -> _LiveBar:
+        self.bar = self._context.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> Any:
+        return self._context.__exit__(*exc)
+
+    def retrying(self, text: str) -> None:  # the bar's elapsed time keeps counting; no line over it
+        pass
+
+    def show(self, sub: RemoteSubmission) -> None:
+        bar, state = self.bar, sub.state
         if state == "queued":
-            position = self.data.get("queue_position")
-            bar.set_description_str(f"queued{f' (position {position})' if position else ''}")
+            bar.set_description_str(_queue_text(sub.data, brief=True)[:70])
         else:
-            stage = self.data.get("progress_stage") or state
-            bar.set_description_str(f"{state}: {stage}"[:60])
-        target = 100 * float(self.data.get("progress") or 0)
+            stage = sub.data.get("progress_stage") or ""
+            bar.set_description_str((f"{state}: {stage}" if stage and stage != state else state)[:60])
+        target = 100 * float(sub.data.get("progress") or 0)
         if state == "finished":
             target = 100
         if target > bar.n:
             bar.update(target - bar.n)
+
+
+class _StatusLines:
+    """Plain lines for a log file or a pipe, each flushed at once: the submission's id and status URL, then one
+    line per change of state, of queue position or of stage (not one per poll)::
+
+        2026-12-02T01:23:45Z submission 5c0f...: https://arena.example.org/api/v1/submissions/5c0f.../
+        2026-12-02T01:23:45Z queued: 3 jobs will start before this one (estimated start 01:40 UTC)
+        2026-12-02T01:41:02Z running: attacking (APGD-CE) 40%
+    """
+
+    def __init__(self, stream: TextIO | None) -> None:
+        self.stream = stream
+        self.started = False
+        self.last: tuple[Any, ...] | None = None
+
+    def __enter__(self) -> _StatusLines:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+    @staticmethod
+    def _line(text: str, stream: TextIO | None) -> None:
+        if stream is not None:  # None: no console at all (pythonw)
+            print(f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ} {text}", file=stream, flush=True)
+
+    def retrying(self, text: str) -> None:  # a warning: on stderr, like the errors
+        self._line(text, sys.stderr)
+
+    def show(self, sub: RemoteSubmission) -> None:
+        if not self.started:
+            self.started = True
+            self._line(f"submission {sub.id}: {sub.status_url}", self.stream)
+        data, state = sub.data, sub.state
+        stage = data.get("progress_stage") or ""
+        if state == "queued":
+            key: tuple[Any, ...] = (state, _jobs_ahead(data), stage)
+            text = _queue_text(data, brief=False)
+        elif state == "running":
+            key = (state, stage)
+            percent = f"{100 * float(data.get('progress') or 0):.0f}%"
+            text = f"running: {stage} {percent}" if stage else f"running {percent}"
+        else:
+            key = (state,)
+            code = data.get("failure_code") or ""
+            text = f"{state} ({code})" if code and state != "finished" else state
+        if key != self.last:
+            self.last = key
+            self._line(text, self.stream)
 
 
 class ArenaClient:
