@@ -18,7 +18,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from evaluator.progress import JsonLineProgress
     from evaluator.remote.client import HostOptions
     from evaluator.runner import run_job
-    from evaluator.sandbox.runner import SandboxLimits
+    from evaluator.sandbox import SandboxLimits
     from evaluator.spec import JobSpec
 
     text = sys.stdin.read() if args.spec == "-" else Path(args.spec).read_text()

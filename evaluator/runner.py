@@ -38,7 +38,7 @@ from evaluator.metrics.detection import detection_metrics, fixed_threshold_rates
 from evaluator.models.contract import check_contract
 from evaluator.progress import ProgressCallback, StagedProgress, ignore_progress
 from evaluator.remote.client import HostOptions, ModelRaised, RemoteModel, host_model
-from evaluator.sandbox.runner import SandboxUnavailable
+from evaluator.sandbox import SandboxUnavailable
 from evaluator.spec import InputSpec, JobSpec, MetricValue, Result
 
 __all__ = ["hardware_description", "run_job", "predict", "check_batch_consistency"]

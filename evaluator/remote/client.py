@@ -75,17 +75,21 @@ class ModelRaised(Exception):
         self.detail = detail
 
 
+def model_server_command() -> list[str]:
+    """The model process's command line: this Python running ``python -m evaluator.remote.server``.
+
+    The model process runs on the scorer's own interpreter and installation (read-only inside
+    the sandbox), so the artifact is loaded by exactly the torch the scorer checks it against.
+    """
+    return [sys.executable, "-m", "evaluator.remote.server"]
+
+
 @dataclass(frozen=True)
 class HostOptions:
-    """How the model process is started.
-
-    ``server_argv`` replaces the server program: tests use it to stand in a hostile model
-    process; the platform never sets it and nothing a user sends reaches it.
-    """
+    """How the model process is started."""
 
     sandbox: Sandbox = "bubblewrap"
-    limits: Any = None  # evaluator.sandbox.runner.SandboxLimits (imported lazily: no cycle)
-    server_argv: tuple[str, ...] = ()
+    limits: Any = None  # evaluator.sandbox.limits.SandboxLimits (imported lazily: no cycle)
     spot_check_rate: float = SPOT_CHECK_RATE
     #: The sandbox uid the worker claimed for this job (a root worker); None: claim one here.
     uid: int | None = None
@@ -93,7 +97,7 @@ class HostOptions:
     @classmethod
     def default(cls) -> HostOptions:
         """bubblewrap where it is installed, else a plain child process (tests, benchmarks, ``check``)."""
-        from evaluator.sandbox.runner import bubblewrap_path
+        from evaluator.sandbox.availability import bubblewrap_path
 
         return cls("bubblewrap" if bubblewrap_path() else "process")
 
@@ -126,24 +130,26 @@ class ModelProcess:
     @contextmanager
     def start(cls, artifact_path: str, device: str, options: HostOptions) -> Iterator[tuple[ModelProcess, str]]:
         """Start the model process; yields it and the artifact's path as the process sees it."""
-        from evaluator.sandbox import runner as sandbox
+        from evaluator.sandbox.bubblewrap import JOB_DIR, gpu_device_nodes, sandbox_prefix
+        from evaluator.sandbox.environment import child_env, project_root
+        from evaluator.sandbox.limits import SandboxLimits
 
-        limits = options.limits or sandbox.SandboxLimits()
-        argv = list(options.server_argv) or [sys.executable, "-m", "evaluator.remote.server"]
+        limits = options.limits or SandboxLimits()
+        argv = model_server_command()
         with ExitStack() as stack:
             if options.sandbox == "bubblewrap":
-                inside = f"{sandbox.JOB_DIR}/artifact"
+                inside = f"{JOB_DIR}/artifact"
                 from evaluator.sandbox.identity import SandboxIdentity
 
                 given = SandboxIdentity(options.uid) if options.uid is not None else None
-                prefix, fds, _identity = stack.enter_context(sandbox.sandbox_prefix(
-                    {os.path.realpath(artifact_path): inside}, limits, sandbox.gpu_device_nodes(device), given))
+                prefix, fds, _identity = stack.enter_context(sandbox_prefix(
+                    {os.path.realpath(artifact_path): inside}, limits, gpu_device_nodes(device), given))
                 command, env, cwd = [*prefix, *argv], {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}, None
             else:
                 inside, fds = artifact_path, ()
                 cwd = tempfile.mkdtemp(prefix="arena-model-")
                 stack.callback(shutil.rmtree, cwd, True)
-                env = sandbox.child_env(limits, str(sandbox.project_root()))
+                env = child_env(limits, str(project_root()))
                 env["HOME"] = cwd
                 command = argv
             proc = subprocess.Popen(  # noqa: S603 - a fixed program; the model is data to it
@@ -181,7 +187,7 @@ class ModelProcess:
         except subprocess.TimeoutExpired:
             self.kill()
             returncode = self.proc.wait(timeout=10)
-        from evaluator.sandbox.runner import describe_model_exit
+        from evaluator.sandbox.exit_reasons import describe_model_exit
 
         code, message = describe_model_exit(returncode, "".join(self.drain.tail), self.mode == "bubblewrap")
         return EvaluationError(code, message)

@@ -3,11 +3,12 @@
 Why the parent measures this itself: rlimits are per process (RLIMIT_DATA) or per uid
 (RLIMIT_NPROC), and they only make a fork or an allocation fail; a fork bomb whose processes
 catch the error keeps running, and a job that forks and allocates in every child can use its
-memory limit many times over. Sampling the job's process tree lets the runner stop such a job
-quickly, with a reason, while the rlimits remain the hard backstop between two samples.
+memory limit many times over. Sampling the job's process tree lets the parent
+(:mod:`evaluator.sandbox.supervision`) stop such a job quickly, with a reason, while the rlimits
+remain the hard backstop between two samples.
 
 The tree is found through parent pids in ``/proc``: every process of the sandbox descends from the
-bubblewrap process the runner started (orphans are adopted by the sandbox's own PID 1, which is one
+bubblewrap process the parent started (orphans are adopted by the sandbox's own PID 1, which is one
 of those descendants).
 """
 

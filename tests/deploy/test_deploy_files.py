@@ -504,7 +504,8 @@ def test_systemd_analyze_verify_finds_nothing(tmp_path):
 
 _SANDBOX_CHECK = """
 import json, sys
-from evaluator.sandbox.runner import SandboxLimits, run_program_sandboxed
+from evaluator.sandbox import SandboxLimits
+from tests.sandboxed_programs import run_program_sandboxed
 code = "import os, time; time.sleep(1.2); print(os.getuid(), open('/job/set').read())"
 run = run_program_sandboxed([sys.executable, "-c", code], files={sys.argv[1]: "/job/set"},
                             limits=SandboxLimits(wall_seconds=60))

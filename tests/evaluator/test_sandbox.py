@@ -11,8 +11,11 @@ import threading
 
 import pytest
 
-from evaluator.sandbox import runner
-from evaluator.sandbox.runner import SandboxLimits, bubblewrap_path
+from evaluator.sandbox import availability, launch
+from evaluator.sandbox.availability import bubblewrap_path
+from evaluator.sandbox.bubblewrap import bwrap_command, gpu_device_nodes
+from evaluator.sandbox.limits import SandboxLimits
+from tests.sandboxed_programs import run_program_sandboxed
 
 pytestmark = pytest.mark.skipif(bubblewrap_path() is None, reason="bubblewrap is not installed")
 
@@ -57,7 +60,7 @@ def test_sandbox_has_no_network_no_secrets_and_read_only_inputs(tmp_path, listen
     # The host can reach the port; the sandbox must not.
     socket.create_connection(("127.0.0.1", listening_port), timeout=2).close()
 
-    command = runner._bwrap_command({str(artifact): "/job/artifact"}, SandboxLimits())
+    command = bwrap_command({str(artifact): "/job/artifact"}, SandboxLimits())
     out = subprocess.run([*command, sys.executable, "-c", PROBE, str(listening_port)], capture_output=True, text=True,
                          timeout=60, env={"PATH": os.environ["PATH"], "DATABASE_URL": os.environ["DATABASE_URL"]},
                          check=True)
@@ -80,8 +83,8 @@ def test_wall_clock_timeout_kills_the_job(tmp_path, monkeypatch):
     artifact = tmp_path / "a.pt2"
     artifact.write_bytes(b"")
     spec = JobSpec("j", "classifier", InputSpec(1, 28, 28), ArtifactSpec(str(artifact), "pt2"), ())
-    monkeypatch.setattr(runner, "_scorer_command", lambda: [sys.executable, "-c", "import time; time.sleep(600)"])
-    result = runner.run_sandboxed(spec, limits=SandboxLimits(wall_seconds=2))
+    monkeypatch.setattr(launch, "scorer_command", lambda: [sys.executable, "-c", "import time; time.sleep(600)"])
+    result = launch.run_sandboxed(spec, limits=SandboxLimits(wall_seconds=2))
     assert not result.ok and result.error_code == "timeout"
     assert result.provenance["wall_seconds"] < 30
 
@@ -103,10 +106,10 @@ def test_unprivileged_worker_command_drops_capabilities_and_nested_user_namespac
     process-count limit applies to the worker's own user; nested user namespaces are refused
     because many kernel exploits start with one.
     """
-    monkeypatch.setattr(runner, "_privileged", lambda: False)
-    command = runner._bwrap_command({}, SandboxLimits())
+    monkeypatch.setattr(availability, "runs_as_root", lambda: False)
+    command = bwrap_command({}, SandboxLimits())
     assert "--unshare-user" in command and "--disable-userns" in command and "setpriv" not in " ".join(command)
-    run = runner.run_program_sandboxed([sys.executable, "-c", NESTED_USERNS], limits=SandboxLimits(wall_seconds=60))
+    run = run_program_sandboxed([sys.executable, "-c", NESTED_USERNS], limits=SandboxLimits(wall_seconds=60))
     assert run.ok, run.stderr_tail
     report = json.loads(run.stdout.strip().splitlines()[-1])
     assert report == {"cap_eff": 0, "cap_bnd": 0, "nested_userns": False}
@@ -120,7 +123,7 @@ def test_root_worker_drops_the_job_to_its_own_uid():
 
     code = "import os, resource; print(*os.getresuid(), *os.getresgid(), len(os.getgroups()), " \
            "resource.getrlimit(resource.RLIMIT_NPROC)[0])"
-    run = runner.run_program_sandboxed([sys.executable, "-c", code], limits=SandboxLimits(max_processes=77))
+    run = run_program_sandboxed([sys.executable, "-c", code], limits=SandboxLimits(max_processes=77))
     assert run.ok, run.stderr_tail
     ruid, euid, suid, rgid, egid, sgid, groups, nproc = map(int, run.stdout.split())
     assert SANDBOX_UID_BASE <= ruid < SANDBOX_UID_BASE + SANDBOX_UID_COUNT and ruid == euid == suid
@@ -132,24 +135,25 @@ def test_gpu_jobs_get_the_nvidia_device_files_and_cpu_jobs_none(tmp_path):
     for name in ("nvidia0", "nvidiactl", "nvidia-uvm", "null"):
         (tmp_path / name).touch()
     (tmp_path / "nvidia-caps").mkdir()
-    assert runner.gpu_device_nodes("cpu", str(tmp_path)) == []
+    assert gpu_device_nodes("cpu", str(tmp_path)) == []
     expected = [str(tmp_path / n) for n in ("nvidia-uvm", "nvidia0", "nvidiactl")]
-    assert runner.gpu_device_nodes("cuda:0", str(tmp_path)) == expected
-    assert runner.gpu_device_nodes("auto", str(tmp_path)) == expected
-    command = runner._bwrap_command({}, SandboxLimits(), devices=expected)
+    assert gpu_device_nodes("cuda:0", str(tmp_path)) == expected
+    assert gpu_device_nodes("auto", str(tmp_path)) == expected
+    command = bwrap_command({}, SandboxLimits(), devices=expected)
     assert command[command.index("--dev-bind") + 1] == expected[0] and command.count("--dev-bind") == 3
-    assert "--dev-bind" not in runner._bwrap_command({}, SandboxLimits())
+    assert "--dev-bind" not in bwrap_command({}, SandboxLimits())
 
 
 ORPHAN_WORKER = r"""
 import sys
-from evaluator.sandbox import runner
+from evaluator.sandbox import launch
+from evaluator.sandbox.limits import SandboxLimits
 from evaluator.spec import ArtifactSpec, InputSpec, JobSpec
 pid_file = sys.argv[1]
-runner._scorer_command = lambda: [sys.executable, "-c",
+launch.scorer_command = lambda: [sys.executable, "-c",
     f"import os, time; open({pid_file!r}, 'w').write(str(os.getpid())); time.sleep(600)"]
 spec = JobSpec("j", "classifier", InputSpec(1, 28, 28), ArtifactSpec(sys.argv[2], "pt2"), ())
-runner.run_sandboxed(spec, limits=runner.SandboxLimits(wall_seconds=600))
+launch.run_sandboxed(spec, limits=SandboxLimits(wall_seconds=600))
 """
 
 
@@ -162,7 +166,7 @@ def test_a_scorer_does_not_outlive_its_worker(tmp_path):
     artifact = tmp_path / "a.pt2"
     artifact.write_bytes(b"")
     pid_file = tmp_path / "scorer.pid"
-    root = Path(runner.__file__).resolve().parents[2]
+    root = Path(launch.__file__).resolve().parents[2]
     worker = subprocess.Popen([sys.executable, "-c", ORPHAN_WORKER, str(pid_file), str(artifact)],
                               env={**os.environ, "PYTHONPATH": str(root)})
     deadline = time.monotonic() + 60

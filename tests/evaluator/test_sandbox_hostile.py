@@ -23,23 +23,24 @@ import pytest
 import torch
 from torch import nn
 
-from evaluator.sandbox import runner
+from evaluator.sandbox import SandboxLimits, bubblewrap_path, run_sandboxed
+from evaluator.sandbox.environment import project_root
 from evaluator.sandbox.identity import processes_of
-from evaluator.sandbox.runner import SandboxLimits, bubblewrap_path, run_program_sandboxed, run_sandboxed
 from evaluator.spec import ArtifactSpec, EvaluationSetSpec, InputSpec, JobSpec
+from tests.sandboxed_programs import SandboxRun, run_program_sandboxed
 
 pytestmark = pytest.mark.skipif(bubblewrap_path() is None, reason="bubblewrap is not installed")
 
 MiB = 1024**2
 
 
-def run_python(code: str, limits: SandboxLimits | None = None, **kwargs) -> runner.SandboxRun:
+def run_python(code: str, limits: SandboxLimits | None = None, **kwargs) -> SandboxRun:
     """Run ``code`` with the sandbox's own Python, exactly as an evaluation would be run."""
     return run_program_sandboxed([sys.executable, "-c", code], limits=limits or SandboxLimits(wall_seconds=60),
                                  **kwargs)
 
 
-def assert_failed(run: runner.SandboxRun, code: str) -> None:
+def assert_failed(run: SandboxRun, code: str) -> None:
     assert run.error_code == code, (run.error_code, run.message, run.stderr_tail[-500:])
     assert len(run.message) > 30 and run.message.endswith("."), run.message  # a sentence, not a code
 
@@ -48,7 +49,7 @@ def host_process_count() -> int:
     return sum(1 for name in os.listdir("/proc") if name.isdigit())
 
 
-def assert_nothing_left(run: runner.SandboxRun) -> None:
+def assert_nothing_left(run: SandboxRun) -> None:
     """No process of the job's sandbox uid outlives the job (the uid is then free for the next job)."""
     if run.uid is not None:
         assert not processes_of(run.uid), run.uid
@@ -83,7 +84,7 @@ def test_no_secret_reaches_the_sandbox(monkeypatch):
                "CELERY_BROKER_URL": "redis://:hunter2@broker:6379/0"}
     for key, value in secrets.items():
         monkeypatch.setenv(key, value)
-    project = Path(runner.__file__).resolve().parents[2]
+    project = project_root()
     code = f"""
 import json, os
 found = {{"env": dict(os.environ), "proc_environ": []}}

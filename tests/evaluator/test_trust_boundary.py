@@ -22,9 +22,10 @@ from torch import nn
 
 from evaluator.data.evalsets import write_evaluation_set
 from evaluator.errors import EvaluationError
+from evaluator.remote import client
 from evaluator.remote.client import HostOptions, ModelProcess, host_model
 from evaluator.runner import check_batch_consistency, predict, run_attacks, run_job
-from evaluator.sandbox.runner import bubblewrap_path
+from evaluator.sandbox import bubblewrap_path
 from evaluator.spec import ArtifactSpec, EvaluationSetSpec, InputSpec, JobSpec, ThreatModelSpec
 
 DIGITS = InputSpec(1, 28, 28)
@@ -279,8 +280,8 @@ def test_model_process_sees_the_artifact_and_nothing_of_the_hidden_sets(tmp_path
     hidden = digits_set(tmp_path, mnist_test)
     monkeypatch.setenv("DATABASE_URL", "postgres://secret@db/arena")
     roots = sorted({os.path.realpath(sys.prefix), os.path.realpath(sys.base_prefix), sys.prefix})
-    options = HostOptions("bubblewrap", server_argv=(sys.executable, "-c", VIEW_PROBE, *roots))
-    with ModelProcess.start(str(artifact), "cpu", options) as (process, inside):
+    monkeypatch.setattr(client, "model_server_command", lambda: [sys.executable, "-c", VIEW_PROBE, *roots])
+    with ModelProcess.start(str(artifact), "cpu", HostOptions("bubblewrap")) as (process, inside):
         header, _ = process.channel.receive(0, time.monotonic() + 60)
     assert inside == "/job/artifact"
     assert header["job"] == ["artifact"]
@@ -316,20 +317,22 @@ sys.stdin.read()
 """
 
 
-def test_garbage_on_the_model_process_stdout_or_stderr_changes_nothing(tmp_path, mnist_test):
+def test_garbage_on_the_model_process_stdout_or_stderr_changes_nothing(tmp_path, mnist_test, monkeypatch):
     artifact = export(Linear(), tmp_path / "linear.pt2")
     spec = classifier_job(artifact, digits_set(tmp_path, mnist_test))
     honest = run_job(spec)
-    noisy = run_job(spec, host=replace(HostOptions.default(), server_argv=(sys.executable, "-c", NOISY_SERVER)))
+    monkeypatch.setattr(client, "model_server_command", lambda: [sys.executable, "-c", NOISY_SERVER])
+    noisy = run_job(spec)
     assert honest.ok and noisy.ok, (noisy.error_code, noisy.error)
     assert [(m.metric, m.value) for m in noisy.metrics] == [(m.metric, m.value) for m in honest.metrics]
     assert "leaked" not in json.dumps(noisy.provenance) and "garbage" not in json.dumps(noisy.provenance)
 
 
-def test_a_model_process_that_forges_a_result_only_fails_its_own_job(tmp_path, mnist_test):
+def test_a_model_process_that_forges_a_result_only_fails_its_own_job(tmp_path, mnist_test, monkeypatch):
     artifact = export(Linear(), tmp_path / "linear.pt2")
     spec = classifier_job(artifact, digits_set(tmp_path, mnist_test))
-    result = run_job(spec, host=replace(HostOptions.default(), server_argv=(sys.executable, "-c", FORGING_SERVER)))
+    monkeypatch.setattr(client, "model_server_command", lambda: [sys.executable, "-c", FORGING_SERVER])
+    result = run_job(spec)
     assert not result.ok and not result.metrics
     assert result.error_code == "internal" or result.error_code == "model_error", result.error_code
 
@@ -347,12 +350,12 @@ sys.exit(server.main())
 """
 
 
-def test_text_from_the_model_process_is_not_kept_once_it_has_seen_hidden_images(tmp_path, mnist_test):
+def test_text_from_the_model_process_is_not_kept_once_it_has_seen_hidden_images(tmp_path, mnist_test, monkeypatch):
     """After hidden images crossed, a model's exception text (which it could fill with what it saw) is dropped."""
     artifact = export(Linear(), tmp_path / "linear.pt2")
     spec = classifier_job(artifact, digits_set(tmp_path, mnist_test))
-    result = run_job(spec, host=replace(HostOptions.default(),
-                                        server_argv=(sys.executable, "-c", HOSTILE_TEXT_SERVER)))
+    monkeypatch.setattr(client, "model_server_command", lambda: [sys.executable, "-c", HOSTILE_TEXT_SERVER])
+    result = run_job(spec)
     assert not result.ok and result.error_code == "model_error", (result.error_code, result.error)
     assert "LEAK" not in result.error and "<a" not in result.error
     assert "RuntimeError" in result.error

@@ -18,7 +18,7 @@ from rest_framework.response import Response
 from rest_framework.test import APIClient
 
 from accounts.models import QuotaEntry
-from evaluator.sandbox import runner
+from evaluator.sandbox import availability, bubblewrap_path, launch
 from evaluator.sandbox.identity import IdentityUnavailable
 from submissions import services
 from submissions.models import Submission
@@ -27,7 +27,7 @@ from tests.evaluator.test_sandbox_hostile import write_zip_bomb
 
 pytestmark = [
     pytest.mark.django_db,
-    pytest.mark.skipif(runner.bubblewrap_path() is None, reason="bubblewrap is not installed"),
+    pytest.mark.skipif(bubblewrap_path() is None, reason="bubblewrap is not installed"),
 ]
 
 MiB = 1024**2
@@ -111,8 +111,8 @@ def test_a_sandbox_that_cannot_start_is_a_refunded_platform_fault(digits_track, 
     def busy():
         raise IdentityUnavailable("all 256 sandbox uids are in use on this host")
 
-    monkeypatch.setattr(runner, "claim_identity", busy)
-    monkeypatch.setattr(runner, "_privileged", lambda: True)
+    monkeypatch.setattr(launch, "claim_identity", busy)
+    monkeypatch.setattr(availability, "runs_as_root", lambda: True)
     submission = _upload(token, lenet5_safetensors, zoo_architecture="mnist_lenet5")
     assert evaluate_submission(submission.pk) == "failed"
     submission.refresh_from_db()

@@ -15,7 +15,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from accounts.models import QuotaEntry
 from arena.settings import media_storage
-from evaluator.sandbox import runner
+from evaluator.sandbox import bubblewrap_path
 from submissions.models import Result
 from submissions.tasks import evaluate_submission
 from tests.web.test_hostile_uploads import _files_under, _upload
@@ -25,7 +25,7 @@ moto_server = pytest.importorskip("moto.server")
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
-    pytest.mark.skipif(runner.bubblewrap_path() is None, reason="bubblewrap is not installed"),
+    pytest.mark.skipif(bubblewrap_path() is None, reason="bubblewrap is not installed"),
 ]
 
 BUCKET = "arena-artifacts"
