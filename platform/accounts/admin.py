@@ -7,9 +7,17 @@ from django.contrib.auth.admin import UserAdmin
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from accounts.models import QuotaEntry, TrackQuota, Withdrawal
+from accounts.models import QueuePriority, QuotaEntry, TrackQuota, Withdrawal
 
 User = get_user_model()
+
+
+class QueuePriorityInline(admin.StackedInline):
+    """A user's place in the evaluation queue, set on the user's own admin page."""
+
+    model = QueuePriority
+    can_delete = True
+    extra = 0
 
 
 class ApprovingUserAdmin(UserAdmin):
@@ -22,6 +30,7 @@ class ApprovingUserAdmin(UserAdmin):
     list_display = ["username", "email", "is_active", "is_staff", "date_joined", "last_login"]
     ordering = ["-date_joined"]
     actions = ["approve_selected"]
+    inlines = [*UserAdmin.inlines, QueuePriorityInline]
 
     @admin.action(description="Approve the selected accounts (make them active)")
     def approve_selected(self, request: HttpRequest, queryset: QuerySet) -> None:

@@ -98,6 +98,21 @@ class TrackQuota(models.Model):
         return f"{self.track}: {self.daily_limit}/day, {self.total_limit} in all"
 
 
+class QueuePriority(models.Model):
+    """An admin's adjustment of one user's place in the evaluation queue.
+
+    Researchers' uploads come before baselines and the ``robots`` group's (CI, baseline loaders);
+    a positive priority moves a user's jobs ahead of everyone's at the default, a negative one
+    behind (``submissions.queue``).
+    """
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="queue_priority")
+    priority = models.IntegerField(default=0, help_text="Added to the priority of every job of this user.")
+
+    def __str__(self) -> str:
+        return f"{self.user}: queue priority {self.priority:+d}"
+
+
 class Withdrawal(models.Model):
     """A submission its owner took off the leaderboards (it also becomes private).
 

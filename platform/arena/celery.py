@@ -1,11 +1,9 @@
 """The Celery application that carries evaluation jobs from the web server to workers.
 
-Two things are configured here rather than in settings because they concern only Celery:
+The stale-job watchdog needs no beat: every worker runs it on a timer of its own
+(:mod:`submissions.sweeper`), so it runs while every worker is busy and never queues messages behind
+evaluations. One thing is configured here rather than in settings because it concerns only Celery:
 
-* the beat schedule of the stale-job watchdog (``submissions.requeue_stale`` every
-  ``ARENA_WATCHDOG_SECONDS``, default 30; 0 leaves it out). Run ``celery -A arena beat`` once per
-  deployment (or ``celery -A arena worker -B`` on a single machine), or run ``manage.py requeue_stale``
-  from cron instead; see :mod:`submissions.recovery` and :mod:`submissions.fault_settings`.
 * ``ARENA_BROKER_VISIBILITY_TIMEOUT`` (seconds, Redis and SQS): how long a message taken by a worker
   that never acknowledges it (the worker was killed) waits before the broker delivers it again.
   Redis's default is one hour; a job running longer than it is delivered a second time (the second
@@ -26,21 +24,7 @@ app.autodiscover_tasks()
 
 @app.on_after_configure.connect
 def _fault_tolerance(sender: Celery, **kwargs: object) -> None:
-    """Add the watchdog's beat entry and the broker's visibility timeout, once the settings are loaded."""
-    # Not at the top: this module is imported (arena/__init__.py) before Django's settings are loaded.
-    from submissions.fault_settings import watchdog_queue, watchdog_seconds
-
-    interval = watchdog_seconds()
-    if interval > 0:
-        sender.conf.beat_schedule = {
-            **(sender.conf.beat_schedule or {}),
-            "requeue-stale-evaluations": {
-                "task": "submissions.requeue_stale",
-                "schedule": interval,
-                # A sweep that waited longer than its interval (every worker busy) is superseded by the next.
-                "options": {"expires": interval, "queue": watchdog_queue(sender.conf.task_default_queue)},
-            },
-        }
+    """Set the broker's visibility timeout, once the settings are loaded."""
     visibility = os.environ.get("ARENA_BROKER_VISIBILITY_TIMEOUT")
     if visibility:
         seconds = float(visibility)

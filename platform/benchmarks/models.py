@@ -92,6 +92,12 @@ class Track(models.Model):
         help_text="Celery queue this track's evaluations go to (workers consume the queues they are given with -Q), "
                   "so a heavy track cannot starve a light one; empty: the default queue.",
     )
+    queue_priority = models.IntegerField(
+        default=0,
+        help_text="Raises (positive) or lowers (negative) this track's jobs in the evaluation queue against other "
+                  "tracks' on the same Celery queue; within a priority, jobs are served first come, first served "
+                  "with fair share between owners (docs/operations.md, 'The evaluation queue').",
+    )
     batch_size = models.PositiveIntegerField(default=256)
     time_budget_seconds = models.FloatField(default=60.0, help_text="Seconds a model may take for one batch.")
     is_public = models.BooleanField(default=True)

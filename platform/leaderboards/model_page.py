@@ -121,7 +121,7 @@ def reliability_flags(stored: Any) -> list[Flag]:
     return flags
 
 
-#: Sandbox modes the worker records (evaluator.sandbox.runner), as the page words them.
+#: Sandbox modes the worker records (evaluator.sandbox.launch), as the page words them.
 SANDBOX_MODES = {"bubblewrap": "bubblewrap sandbox", "unsandboxed": "no sandbox (development only)"}
 #: Machine architectures ``platform.processor()`` / ``platform.machine()`` report on the platforms we run.
 PROCESSORS = frozenset({"x86_64", "amd64", "AMD64", "aarch64", "arm64", "i386", "i686", "ppc64le", "s390x",

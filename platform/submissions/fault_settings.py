@@ -8,9 +8,8 @@ of that name, else the default:
   is presumed to have lost its worker.
 * ``ARENA_MAX_ATTEMPTS`` (3): evaluations started for one request before a lost worker fails the job
   (``worker_lost``) instead of requeueing it; it keeps a job that kills its worker from looping forever.
-* ``ARENA_WATCHDOG_SECONDS`` (30): the beat interval of the stale-job watchdog (0: no beat entry).
-* ``ARENA_WATCHDOG_QUEUE`` (the evaluation queue): where beat sends the watchdog. A worker must consume
-  it; a separate queue keeps the sweeps out of a queue whose length scales workers (KEDA).
+* ``ARENA_WATCHDOG_SECONDS`` (30): how often each worker runs the stale-job watchdog (submissions.sweeper;
+  0: never).
 """
 
 from __future__ import annotations
@@ -43,6 +42,3 @@ def max_attempts() -> int:
 def watchdog_seconds() -> float:
     return _number("ARENA_WATCHDOG_SECONDS", 30.0)
 
-
-def watchdog_queue(default: str) -> str:
-    return str(getattr(settings, "ARENA_WATCHDOG_QUEUE", None) or os.environ.get("ARENA_WATCHDOG_QUEUE") or default)

@@ -93,6 +93,12 @@ class Submission(models.Model):
     progress_stage = models.CharField(max_length=200, blank=True)
     attempts = models.PositiveIntegerField(default=0)
     task_id = models.CharField(max_length=64, blank=True)
+    #: The job's fair-share round, fixed when it is queued (submissions.queue): an owner's n-th waiting job
+    #: waits for round n, so a user's second job waits behind every other user's first.
+    fair_round = models.PositiveIntegerField(default=0)
+    #: When a wake-up message was last sent for this job (submissions.dispatch): the watchdog sends another
+    #: only when a queue has stalled well past that.
+    woken_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     queued_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)

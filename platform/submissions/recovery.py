@@ -10,8 +10,8 @@ Three faults are covered, and the same row lock on the submission arbitrates all
   takes the job over as a new attempt.
 * **A job whose message is gone with its worker** (kombu's filesystem transport keeps unacknowledged
   messages only in the dead worker's memory; a Redis broker without persistence forgets them on a
-  restart). Nothing will ever deliver it again, so :func:`requeue_stale` — the watchdog, run by Celery
-  beat (``submissions.requeue_stale``) or by ``manage.py requeue_stale`` from cron — finds ``running``
+  restart). Nothing will ever deliver it again, so :func:`requeue_stale` — the watchdog, run on a timer
+  inside every worker (:mod:`submissions.sweeper`) or by ``manage.py requeue_stale`` from cron — finds ``running``
   submissions whose heartbeat is stale and requeues them, or fails them with ``worker_lost`` (a
   platform fault: the quota is refunded) once ``ARENA_MAX_ATTEMPTS`` evaluations have been started.
 * **The database dropping connections** (a PostgreSQL restart, a failover): :func:`with_db_retry`
@@ -97,6 +97,7 @@ class Claim:
 
     attempt: int
     note: str = ""
+    submission_id: int | None = None
 
 
 def _last_sign_of_life(submission: Submission) -> datetime | None:
@@ -143,7 +144,7 @@ def claim(submission_id: int, *, message_id: str | None = None, redelivered: boo
                 current.transition(Submission.State.RUNNING, progress=0.0, progress_stage="starting")
                 if note:
                     logger.warning("submission %s: attempt %d starts (%s)", current.public_id, current.attempts, note)
-                return Claim(current.attempts, note)
+                return Claim(current.attempts, note, current.pk)
             if current.state != Submission.State.RUNNING:
                 return current.state  # a message that outlived its job: nothing to do
             beat = _last_sign_of_life(current)
@@ -164,7 +165,7 @@ def claim(submission_id: int, *, message_id: str | None = None, redelivered: boo
                         progress=0.0, progress_stage="restarting after a lost worker",
                     )
                     logger.warning("submission %s: %s", current.public_id, note)
-                    return Claim(current.attempts + 1, note)
+                    return Claim(current.attempts + 1, note, current.pk)
             elif not (redelivered or (message_id and message_id == current.task_id)) or (
                 seen is not None and beat != seen
             ):
@@ -250,7 +251,8 @@ class Heartbeat:
 
 @dataclass(frozen=True)
 class Recovery:
-    """What the watchdog did to one submission: ``requeued`` or ``failed``."""
+    """What the watchdog did to one submission: ``requeued``, ``failed``, ``sent`` (its lost message) or
+    ``woke`` (a worker of its queue, which had waiting jobs and none running)."""
 
     public_id: str
     action: str
@@ -301,7 +303,37 @@ def requeue_stale(*, now: datetime | None = None, stale: timedelta | None = None
         logger.warning("watchdog: submission %s %s (%s)", current.public_id, action, reason)
         done.append(Recovery(str(current.public_id), action, current.attempts, current.failure_reason or reason))
     done.extend(_send_unsent(cutoff))
+    done.extend(_wake_stalled_queues(now - 2 * stale, stale))
     return done
+
+
+def _wake_stalled_queues(cutoff: datetime, stale: timedelta) -> list[Recovery]:
+    """Wake a worker of each queue where a job woke no worker since ``cutoff`` while none of the queue's jobs runs.
+
+    Every queued job had a wake-up message sent, but one can be lost without a trace (a worker killed
+    between taking a message and claiming a job, on a broker that keeps unacknowledged messages only in
+    the worker's memory). A wake-up too many is harmless (it finds nothing and does nothing) and expires
+    after the stale threshold, so idle sweeps with every worker down do not pile messages up.
+    """
+    waiting = (Submission.objects.filter(state=Submission.State.QUEUED, woken_at__lt=cutoff)
+               .exclude(task_id="").select_related("track"))
+    queues = {dispatch.queue_for(s): s for s in waiting.order_by("queued_at", "id")}
+    busy = {dispatch.queue_for(s) for s in Submission.objects.filter(state=Submission.State.RUNNING)
+            .select_related("track").only("track__queue")}
+    woken: list[Recovery] = []
+    for queue, oldest in queues.items():
+        if queue in busy:
+            continue
+        try:
+            dispatch.wake(queue, expires=stale.total_seconds())
+            Submission.objects.filter(pk=oldest.pk).update(woken_at=timezone.now())
+        except Exception as exc:  # the broker is away: the next sweep tries again
+            logger.warning("watchdog: could not wake a worker of queue %s: %s", queue, exc)
+            continue
+        logger.warning("watchdog: jobs wait on queue %s with none running; woke a worker", queue)
+        woken.append(Recovery(str(oldest.public_id), "woke", oldest.attempts,
+                              f"queue {queue} had waiting jobs and none running"))
+    return woken
 
 
 def _send_unsent(cutoff: datetime) -> list[Recovery]:

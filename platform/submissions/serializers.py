@@ -7,12 +7,15 @@ from typing import Any
 from django.conf import settings
 from django.core.files import File
 from django.db.models import F, Prefetch
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from benchmarks.models import Track
 from submissions.failures import failure_text
 from submissions.models import Result, Submission
 from submissions.rounding import round_released
+from submissions.scheduling import Place, place
 from submissions.uploads import check_artifact, check_zoo_architecture, repeated_field_errors
 
 
@@ -101,7 +104,14 @@ class SubmissionSerializer(serializers.ModelSerializer):
     page_url = serializers.SerializerMethodField()
     results = CurrentResultsField(child=ResultSerializer(), read_only=True)
     queue_position = serializers.SerializerMethodField(
-        help_text="1 = next to run; only while queued, on the status URL (null otherwise)."
+        help_text="1 = next to run (jobs_ahead + 1); only while queued, on the status URL (null otherwise)."
+    )
+    jobs_ahead = serializers.SerializerMethodField(
+        help_text="Jobs that will start before this one under the queue's policy (first come, first served with "
+                  "fair share between users); only while queued, on the status URL (null otherwise)."
+    )
+    estimated_start = serializers.SerializerMethodField(
+        help_text="Estimated start time from the track's recent evaluation durations (null: no estimate yet)."
     )
     failure_reason = serializers.SerializerMethodField(
         help_text="Why the evaluation failed, in the platform's words (empty unless failed or cancelled)."
@@ -113,7 +123,8 @@ class SubmissionSerializer(serializers.ModelSerializer):
             "id", "track", "owner", "name", "artifact", "artifact_format", "zoo_architecture", "architecture",
             "paper_url", "code_url", "training_data", "extra_data", "license", "is_public", "model_type",
             "is_baseline", "artifact_sha256", "artifact_size", "state", "failure_code", "failure_reason",
-            "progress", "progress_stage", "queue_position", "created_at", "started_at", "finished_at", "status_url",
+            "progress", "progress_stage", "queue_position", "jobs_ahead", "estimated_start", "created_at", "started_at",
+            "finished_at", "status_url",
             "released", "ladder_note",
             "page_url", "results",
         ]
@@ -136,11 +147,28 @@ class SubmissionSerializer(serializers.ModelSerializer):
         path = obj.get_absolute_url()
         return request.build_absolute_uri(path) if request else path
 
-    def get_queue_position(self, obj: Submission) -> int | None:
+    def _place(self, obj: Submission) -> Place | None:
+        """The job's place in its queue, computed once per object and only on the status URL (not in lists)."""
         view = self.context.get("view")
         if obj.state != Submission.State.QUEUED or getattr(view, "action", None) != "retrieve":
-            return None  # one count query per object: only on the status URL, not in lists
-        return Submission.objects.filter(state=Submission.State.QUEUED, queued_at__lt=obj.queued_at).count() + 1
+            return None
+        known = self.context.setdefault("places", {})
+        if obj.pk not in known:
+            known[obj.pk] = place(obj)
+        return known[obj.pk]
+
+    def get_queue_position(self, obj: Submission) -> int | None:
+        where = self._place(obj)
+        return where.ahead + 1 if where is not None else None
+
+    def get_jobs_ahead(self, obj: Submission) -> int | None:
+        where = self._place(obj)
+        return where.ahead if where is not None else None
+
+    @extend_schema_field(OpenApiTypes.DATETIME)
+    def get_estimated_start(self, obj: Submission) -> str | None:
+        where = self._place(obj)
+        return where.estimated_start.isoformat() if where is not None and where.estimated_start else None
 
     def to_internal_value(self, data: Any) -> dict[str, Any]:
         """Refuse a multipart body that repeats a field before reading any of them (uploads.repeated_field_errors)."""

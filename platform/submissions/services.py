@@ -10,7 +10,7 @@ from django.core.files import File
 from django.db import transaction
 
 from benchmarks.models import Track
-from submissions import dispatch, quota
+from submissions import dispatch, quota, scheduling
 from submissions.models import IllegalTransition, Submission
 
 CHUNK = 1024 * 1024
@@ -111,6 +111,7 @@ def create_submission(owner: Any, track: Track, upload: File, **metadata: Any) -
                 f"You already submitted this file to {track.name} as “{duplicate.name}”, and that evaluation "
                 f"under suite {track.suite_version} stands; it is not evaluated twice.", duplicate)
         submission.artifact.save("upload", upload, save=False)
+        scheduling.assign_round(submission)
         submission.save()
         quota.charge(submission)
         transaction.on_commit(lambda: dispatch.enqueue(submission))
@@ -125,7 +126,9 @@ def rerun(submission: Submission) -> None:
     """
     if not submission.artifact:
         raise ArtifactDeleted(f"{submission.public_id}: its file was deleted when it was cancelled")
-    submission.transition(Submission.State.QUEUED)
+    with transaction.atomic():
+        submission.transition(Submission.State.QUEUED)
+        scheduling.assign_round(submission)
     transaction.on_commit(lambda: dispatch.enqueue(submission))
 
 

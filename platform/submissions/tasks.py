@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from evaluator.sandbox import SandboxLimits, SandboxUnavailable, run_sandboxed
 from evaluator.spec import Result as EvaluatorResult
-from submissions import recovery
+from submissions import recovery, scheduling, sweeper  # noqa: F401  (sweeper: the watchdog's timer)
 from submissions.arrival import receive_result
 from submissions.artifacts import ArtifactUnavailable, local_artifact
 from submissions.job_spec import build_job_spec
@@ -59,18 +59,23 @@ class _ProgressWriter:
 
 
 @shared_task(name="submissions.evaluate", bind=True, acks_late=True, reject_on_worker_lost=True)
-def evaluate_submission(self: Task, submission_id: int) -> str:
+def evaluate_submission(self: Task, submission_id: int | None = None, queue: str | None = None) -> str:
+    """Evaluate the next job of ``queue`` by the queue's policy (a wake-up message from
+    :mod:`submissions.dispatch`), or exactly ``submission_id`` (a direct call: tests, operators).
+
+    Returns what became of the job (its state), or why this delivery had nothing to do.
+    """
     # A message that comes back after its worker died (reject on worker loss, Redis's visibility timeout)
     # has the same id as before, and Redis also flags it as redelivered (kombu's filesystem transport
     # does not): only for such a message is it worth waiting to see whether the job's owner is gone.
     # Called directly (tests, eager mode) there is no message.
+    message_id = self.request.id or ""
     redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
-    claim = recovery.with_db_retry(
-        lambda: recovery.claim(submission_id, message_id=self.request.id, redelivered=redelivered),
-        what=f"claiming submission {submission_id}",
-    )
+    claim = recovery.with_db_retry(lambda: _claim(submission_id, queue, message_id, redelivered),
+                                   what=f"claiming a job of {queue or submission_id}")
     if not isinstance(claim, recovery.Claim):
-        return claim  # a duplicate or stale delivery: the job is done, owned elsewhere, or gone
+        return claim  # nothing waiting, or a duplicate or stale delivery: the job is done, owned elsewhere, or gone
+    submission_id = claim.submission_id
     submission = recovery.with_db_retry(
         lambda: Submission.objects.select_related("track").get(pk=submission_id), what="loading the submission"
     )
@@ -109,14 +114,20 @@ def evaluate_submission(self: Task, submission_id: int) -> str:
     return recorded.state
 
 
+def _claim(submission_id: int | None, queue: str | None, message_id: str, redelivered: bool) -> recovery.Claim | str:
+    """The job this delivery evaluates: the one it already held (it comes back after its worker died), the
+    one it names, or the next one of its queue; a string says why there is none."""
+    held = (Submission.objects.filter(task_id=message_id, state=Submission.State.RUNNING)
+            .values_list("pk", flat=True).first() if message_id and queue else None)
+    if held is not None:
+        return recovery.claim(held, message_id=message_id, redelivered=redelivered)
+    if submission_id is not None:
+        return recovery.claim(submission_id, message_id=message_id, redelivered=redelivered)
+    return scheduling.claim_next(queue or settings.CELERY_TASK_DEFAULT_QUEUE, message_id) or "idle"
+
+
 def _platform_failure(submission: Submission, code: str, message: str) -> EvaluatorResult:
     """A failed result for a job that never reached the evaluator (its file or its sandbox was missing)."""
     track = submission.track
     return EvaluatorResult(job_id=str(submission.public_id), ok=False, suite_version=track.suite_version,
                            seed=track.seed, error_code=code, error=message)
-
-
-@shared_task(name="submissions.requeue_stale", ignore_result=True)
-def requeue_stale_task() -> list[str]:
-    """The watchdog, run by Celery beat every ``ARENA_WATCHDOG_SECONDS`` (see arena/celery.py)."""
-    return [f"{r.public_id} {r.action}" for r in recovery.requeue_stale()]

@@ -15,6 +15,7 @@ from submissions.failures import failure_text
 from submissions.forms import SubmissionForm
 from submissions.models import Submission
 from submissions.quota import QuotaExceeded, quota_rows
+from submissions.scheduling import Place, place, places
 
 
 def visible_submission(request: HttpRequest, public_id, related: tuple[str, ...] = ("track__benchmark", "owner")
@@ -45,19 +46,27 @@ def submit(request: HttpRequest) -> HttpResponse:
     return render(request, "submissions/submit.html", {"form": form, "quotas": quota_rows(request.user)})
 
 
+def queue_sentence(where: Place) -> str:
+    """A queued job's place in words: how many jobs start before it, and when it may start."""
+    ahead = ("Next to start." if where.ahead == 0 else
+             f"{where.ahead} job{'s' if where.ahead != 1 else ''} will start before this one.")
+    if where.estimated_start is None:
+        return ahead
+    return f"{ahead} Estimated start: {where.estimated_start:%Y-%m-%d %H:%M} UTC."
+
+
 def status_payload(submission: Submission) -> dict:
-    queue_position = None
-    if submission.state == Submission.State.QUEUED:
-        queue_position = Submission.objects.filter(
-            state=Submission.State.QUEUED, queued_at__lt=submission.queued_at
-        ).count() + 1
+    where = place(submission)
     return {
         "id": str(submission.public_id),
         "state": submission.state,
         "state_display": submission.get_state_display(),
         "progress": round(submission.progress, 4),
         "stage": submission.progress_stage,
-        "queue_position": queue_position,
+        "queue_position": where.ahead + 1 if where is not None else None,
+        "jobs_ahead": where.ahead if where is not None else None,
+        "estimated_start": where.estimated_start.isoformat() if where and where.estimated_start else None,
+        "queue_text": queue_sentence(where) if where is not None else "",
         "failure_reason": failure_text(submission),
         "terminal": submission.is_terminal,
     }
@@ -107,11 +116,9 @@ def rerun(request: HttpRequest, public_id) -> HttpResponse:
 @login_required
 def mine(request: HttpRequest) -> HttpResponse:
     submissions = list(Submission.objects.filter(owner=request.user).select_related("track", "withdrawal"))
-    queue = list(Submission.objects.filter(state=Submission.State.QUEUED).order_by("queued_at", "id")
-                 .values_list("pk", flat=True)) if any(s.state == Submission.State.QUEUED for s in submissions) else []
-    positions = {pk: i + 1 for i, pk in enumerate(queue)}
+    where = places(submissions)
     for s in submissions:
-        s.queue_position = positions.get(s.pk)
+        s.queue_text = queue_sentence(where[s.pk]) if s.pk in where else ""
     return render(request, "submissions/mine.html", {"submissions": submissions, "quotas": quota_rows(request.user)})
 
 

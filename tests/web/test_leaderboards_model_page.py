@@ -59,7 +59,7 @@ def test_model_page_without_attacks_or_corruptions_degrades_gracefully(digits_tr
     assert "97.0%" in html and "verified</span>" in html
     queued = new_submission(digits_track, researcher, "Waiting")
     html = Client().get(queued.get_absolute_url()).content.decode()
-    assert "Position 1 in the queue." in html and "not evaluated yet" in html
+    assert "Next to start." in html and "not evaluated yet" in html
 
 
 @pytest.mark.parametrize("who, expected", [("anonymous", 302), ("other", 404), ("owner", 302), ("staff", 302)])

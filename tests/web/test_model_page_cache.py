@@ -124,7 +124,7 @@ def test_a_reevaluation_and_a_refit_show_on_the_next_read(models, digits_track, 
 
 def test_queued_and_private_pages_are_never_stored(digits_track, researcher):
     queued = new_submission(digits_track, researcher, "Waiting")
-    assert _read(queued)[2] is None and "Position 1 in the queue." in _read(queued)[1]
+    assert _read(queued)[2] is None and "Next to start." in _read(queued)[1]
     queued.transition("running")
     Submission.objects.filter(pk=queued.pk).update(progress_stage="Attacking: APGD-CE")
     assert "Attacking: APGD-CE" in _read(queued)[1]

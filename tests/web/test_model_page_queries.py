@@ -98,7 +98,7 @@ def test_pages_of_plain_queued_and_failed_models_cost_no_more(digits_track, rese
     assert _page(Client(), plain)[1] <= ANONYMOUS_QUERIES
     queued = new_submission(digits_track, researcher, "Waiting")
     html, count = _page(Client(), queued)
-    assert "Position 1 in the queue." in html and count <= ANONYMOUS_QUERIES  # the queue count replaces the fits
+    assert "Next to start." in html and count <= ANONYMOUS_QUERIES  # the queue place replaces the fits
 
 
 def _effective_robustness(html: str) -> dict[str, str]:

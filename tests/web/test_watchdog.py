@@ -40,6 +40,7 @@ def sent(monkeypatch) -> list[int]:
         Submission.objects.filter(pk=submission.pk).update(task_id=f"task-{len(calls)}")
 
     monkeypatch.setattr("submissions.dispatch.enqueue", enqueue)
+    monkeypatch.setattr("submissions.dispatch.wake", lambda queue, expires=None: calls.append(queue))
     return calls
 
 
@@ -281,10 +282,41 @@ def test_only_the_owning_attempt_writes_and_a_repeated_write_counts_once(track, 
     assert submission.runs.count() == 1
 
 
-def test_celery_beat_runs_the_watchdog():
+@pytest.mark.django_db(transaction=True)  # the timer's thread has a connection of its own
+def test_every_worker_runs_the_watchdog_on_its_own_timer(track, researcher, sent, settings):
+    """No message on the evaluation queue: a thread of the worker's main process sweeps every
+    ARENA_WATCHDOG_SECONDS, whether or not the worker is busy (a busy worker is in test_worker_faults.py)."""
     from arena.celery import app
-    from submissions.tasks import requeue_stale_task
+    from submissions import sweeper
 
-    entry = app.conf.beat_schedule["requeue-stale-evaluations"]
-    assert entry["task"] == requeue_stale_task.name == "submissions.requeue_stale"
-    assert entry["schedule"] == fault_settings.watchdog_seconds() > 0
+    assert "requeue-stale-evaluations" not in (app.conf.beat_schedule or {})  # nothing rides the broker
+    settings.ARENA_HEARTBEAT_STALE_SECONDS = 30
+    stale = _running(researcher, track, silent_for=600)
+    timer = sweeper.Sweeper(0.05).start()
+    try:
+        deadline = time.monotonic() + 10
+        while Submission.objects.get(pk=stale.pk).state != "queued" and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        timer.stop()
+    assert Submission.objects.get(pk=stale.pk).state == "queued" and sent == [stale.pk]
+
+
+def test_a_stalled_queue_gets_one_more_wake_up_and_not_one_per_sweep(track, researcher, sent):
+    """A job's wake-up can be lost without a trace (a worker killed between taking it and claiming a job):
+    a queue whose jobs wait long past their wake-up with nothing running gets another, once per stall."""
+    submission = _running(researcher, track)
+    submission.transition(Submission.State.QUEUED)
+    Submission.objects.filter(pk=submission.pk).update(task_id="lost", woken_at=timezone.now() - timedelta(minutes=5))
+    (done,) = recovery.requeue_stale(stale=timedelta(seconds=30))
+    assert done.action == "woke" and sent == [settings_queue()]
+    assert recovery.requeue_stale(stale=timedelta(seconds=30)) == []  # just woken: not again at the next sweep
+    running = _running(researcher, track, name="busy", silent_for=1)  # a job of the queue runs: not stalled
+    Submission.objects.filter(pk=submission.pk).update(woken_at=timezone.now() - timedelta(minutes=5))
+    assert recovery.requeue_stale(stale=timedelta(seconds=30)) == [] and running.state == "running"
+
+
+def settings_queue() -> str:
+    from django.conf import settings
+
+    return settings.CELERY_TASK_DEFAULT_QUEUE

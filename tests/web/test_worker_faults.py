@@ -20,12 +20,14 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from celery import Celery
 from django.core.files import File
 from django.db import connection
+from django.utils import timezone
 from kombu import Connection
 
 from submissions.models import EvaluationRun, Result, Submission
@@ -43,14 +45,14 @@ FAST_FAULTS = {"ARENA_HEARTBEAT_SECONDS": "1", "ARENA_HEARTBEAT_STALE_SECONDS": 
 def workers(celery_worker, settings) -> Iterator[CeleryWorkers]:
     """Start workers on a queue of this test's own: prefork with one pool process, the fast fault knobs, and
     stopped by SIGKILL of their process group (no warm shutdown to wait for: the jobs are done, and nothing of
-    the group is left). Afterwards, drop what killed workers and beat left on the broker."""
+    the group is left). Afterwards, drop what killed workers left on the broker."""
     celery_worker.configure(pool="prefork", concurrency=1, stop="kill", env=FAST_FAULTS)
     yield celery_worker
     celery_worker.stop_all()
     queue = celery_worker.queue
     if settings.CELERY_BROKER_URL.startswith("redis://"):
         _forget_queue(settings.CELERY_BROKER_URL, queue)
-    elif settings.CELERY_BROKER_URL.startswith("filesystem://"):  # beat's last sweeps, never consumed
+    elif settings.CELERY_BROKER_URL.startswith("filesystem://"):  # wake-ups a killed worker left unread
         for leftover in Path(settings.CELERY_BROKER_TRANSPORT_OPTIONS["data_folder_in"]).glob(f"*.{queue}.msg"):
             leftover.unlink(missing_ok=True)
 
@@ -139,7 +141,7 @@ def test_worker_killed_with_its_pool_is_recovered_by_the_watchdog_and_finishes_o
 
     Nothing is left to reject the message: kombu's filesystem transport loses it with the worker's
     memory, and Redis keeps it unacknowledged for its visibility timeout (an hour by default). The
-    stale heartbeat is what tells: the watchdog, run by Celery beat inside the replacement worker,
+    stale heartbeat is what tells: the watchdog, a timer inside the replacement worker (submissions.sweeper),
     requeues the job, and the replacement evaluates it as attempt 2.
     """
     first = workers("first")
@@ -148,12 +150,28 @@ def test_worker_killed_with_its_pool_is_recovered_by_the_watchdog_and_finishes_o
     submission.refresh_from_db()
     assert submission.state == "running" and submission.attempts == 1 and not submission.runs.exists()
 
-    second = workers("second", beat=True, env={"ARENA_WATCHDOG_SECONDS": "1"})
+    second = workers("second", env={"ARENA_WATCHDOG_SECONDS": "1"})
     submission = _wait(submission, lambda s: s.is_terminal, "finished")
     run = _assert_finished_once(submission, attempts=2)
     assert run.provenance["recovery"].startswith("Requeued: the worker of attempt 1 stopped responding")
     assert f"watchdog: submission {submission.public_id} requeued" in second.log()
     assert f"submission {submission.public_id}: attempt 2 starts (Requeued:" in second.log()
+
+
+def test_the_watchdog_runs_while_the_only_worker_is_busy(workers, attack_track, researcher, lenet5_safetensors):
+    """The only worker is mid-evaluation when another job's worker is found dead (its heartbeat stale): the
+    busy worker's own timer requeues that job at once, not after its evaluation (no message to wait behind)."""
+    only = workers("only", env={"ARENA_WATCHDOG_SECONDS": "1"})
+    busy = _wait(_submit(researcher, attack_track, lenet5_safetensors), _evaluating, "evaluating")
+    orphan = _submit(researcher, attack_track, lenet5_safetensors, name="orphan")
+    long_ago = timezone.now() - timedelta(minutes=10)
+    Submission.objects.filter(pk=orphan.pk).update(state="running", attempts=1, started_at=long_ago,
+                                                   heartbeat_at=long_ago)
+    orphan = _wait(orphan, lambda s: s.state == "queued", "requeued", timeout=30)
+    busy.refresh_from_db()
+    assert busy.state == "running"  # requeued while the worker was still evaluating the other job
+    assert f"watchdog: submission {orphan.public_id} requeued" in only.log()
+    _wait(orphan, lambda s: s.is_terminal, "finished", timeout=240)
 
 
 def test_killed_pool_process_is_rejected_redelivered_and_taken_over(
@@ -238,7 +256,7 @@ def send_via(monkeypatch):
     def use(broker: str, queue: str) -> None:
         def enqueue(submission: Submission) -> None:
             with Connection(broker) as conn:
-                sent = app.send_task("submissions.evaluate", args=[submission.pk], queue=queue, connection=conn)
+                sent = app.send_task("submissions.evaluate", kwargs={"queue": queue}, queue=queue, connection=conn)
             Submission.objects.filter(pk=submission.pk).update(task_id=sent.id)
 
         monkeypatch.setattr("submissions.dispatch.enqueue", enqueue)

@@ -10,7 +10,7 @@
     fetch(box.dataset.statusUrl, {credentials: "same-origin"}).then(function (r) { return r.json(); }).then(function (s) {
       document.getElementById("state").textContent = s.state_display;
       document.getElementById("progress").value = s.progress;
-      document.getElementById("stage").textContent = s.queue_position ? "Position " + s.queue_position + " in the queue." : s.stage;
+      document.getElementById("stage").textContent = s.queue_text || s.stage;
       if (s.terminal) { window.location.reload(); } else { setTimeout(poll, 1000); }
     }).catch(function () { setTimeout(poll, 3000); });
   }
