@@ -28,9 +28,10 @@ from safetensors.torch import load_file  # noqa: E402
 
 from evaluator.attacks.common import derive_seed  # noqa: E402
 from evaluator.data.loaders import load_idx_pair  # noqa: E402
-from evaluator.detector_attacks.common import fake_scores, to_unit  # noqa: E402
+from evaluator.detector_attacks.common import fake_scores  # noqa: E402
 from evaluator.detector_attacks.latent import draw_latents, generate, latent_attack  # noqa: E402
 from evaluator.metrics.detection import roc_auc, threshold_at_fpr  # noqa: E402
+from evaluator.models.contract import pixels_to_unit  # noqa: E402
 from evaluator.models.convert import convert_checkpoint  # noqa: E402
 from evaluator.models.zoo import build_model  # noqa: E402
 
@@ -39,7 +40,7 @@ LATENT_DIM = 64
 
 
 def _auc(model: torch.nn.Module, reals: np.ndarray, fakes_uint8: torch.Tensor) -> float:
-    scores = fake_scores(model, to_unit(fakes_uint8)).double().numpy()
+    scores = fake_scores(model, pixels_to_unit(fakes_uint8)).double().numpy()
     return roc_auc(np.concatenate([reals, scores]), np.concatenate([np.zeros(reals.size), np.ones(scores.size)]))
 
 
@@ -72,7 +73,7 @@ def main() -> None:
     print(f"{'detector':18s} {'seed':>6s} {'no offset':>9s} {'single run':>10s} {'restarts':>9s}  seconds")
     for name, model in detectors.items():
         model.eval()
-        reals = fake_scores(model, to_unit(hidden_reals)).double().numpy()
+        reals = fake_scores(model, pixels_to_unit(hidden_reals)).double().numpy()
         threshold = threshold_at_fpr(reals, 0.05)
         for seed in args.seeds:
             common = {"latent_radius": 0.5, "steps": 300, "n_eval": args.points, "public_seed": 1,

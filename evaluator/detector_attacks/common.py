@@ -6,11 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from evaluator.attacks.threat import Norm, lp_norm
-
-
-def _first_column(out: Tensor) -> Tensor:
-    """A detector returns (N,) or (N, 1): one fake score per image."""
-    return out.reshape(out.shape[0], -1)[:, 0]
+from evaluator.models.contract import detector_scores
 
 
 def fake_scores(model: nn.Module, x: Tensor, batch_size: int = 256) -> Tensor:
@@ -18,7 +14,7 @@ def fake_scores(model: nn.Module, x: Tensor, batch_size: int = 256) -> Tensor:
     parts: list[Tensor] = []
     with torch.no_grad():
         for start in range(0, x.shape[0], batch_size):
-            parts.append(_first_column(model(x[start : start + batch_size])).detach().float().cpu())
+            parts.append(detector_scores(model(x[start : start + batch_size])).detach().float().cpu())
     return torch.cat(parts) if parts else torch.empty(0)
 
 
@@ -26,14 +22,9 @@ def score_and_grad(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
     """Per-image scores and the gradient of each image's own score (images are independent)."""
     x = x.detach().clone().requires_grad_(True)
     with torch.enable_grad():
-        scores = _first_column(model(x))
+        scores = detector_scores(model(x))
         (grad,) = torch.autograd.grad(scores.sum(), x)
     return scores.detach(), grad.detach()
-
-
-def to_unit(images_uint8: Tensor) -> Tensor:
-    """Stored 8-bit pixels as float images in [0, 1]."""
-    return images_uint8.float().div(255.0)
 
 
 def quantize(x_adv: Tensor, x: Tensor | None = None, norm: Norm | None = None, eps: float | None = None) -> Tensor:

@@ -30,8 +30,9 @@ import torch
 from torch import Tensor, nn
 
 from evaluator.attacks.common import derive_seed, make_generator
-from evaluator.detector_attacks.common import _first_column, fake_scores, quantize, to_unit
+from evaluator.detector_attacks.common import fake_scores, quantize
 from evaluator.metrics.detection import roc_auc, tpr_at_threshold
+from evaluator.models.contract import detector_scores, pixels_to_unit
 
 #: Adam's per-coordinate step, relative to ``radius / sqrt(latent_dim)``: about twenty steps
 #: cross the ball, and a cosine decay to a hundredth of it lets the last steps settle.
@@ -144,7 +145,7 @@ def learn_latent_offset(
         cursor += take
         with torch.enable_grad():
             images = generator(z + _onto_ball(v, radius)).float()
-            loss = objective_loss(_first_column(model(images)), objective, threshold)
+            loss = objective_loss(detector_scores(model(images)), objective, threshold)
             # Only the offset's gradient: neither network's parameters are touched.
             (grad,) = torch.autograd.grad(loss, [v])
         scale = 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * step / max(steps - 1, 1)))
@@ -206,7 +207,7 @@ def latent_attack(
         delta = learn_latent_offset(model, generator, z_public, radius, steps, run_seed, batch_size,
                                     objective=objective, threshold=threshold)
         if len(tries) > 1:
-            scores = fake_scores(model, to_unit(generate(generator, z_public + delta, batch_size)), batch_size)
+            scores = fake_scores(model, pixels_to_unit(generate(generator, z_public + delta, batch_size)), batch_size)
             scores = scores.double().numpy()
             flagged[name] = tpr_at_threshold(scores, threshold)
             if real_scores is not None and len(real_scores):

@@ -24,8 +24,9 @@ from torch import Tensor, nn
 
 from evaluator.attacks.common import derive_seed
 from evaluator.attacks.threat import dual_norm, lp_norm
-from evaluator.detector_attacks.common import fake_scores, quantize, score_and_grad, to_unit
+from evaluator.detector_attacks.common import fake_scores, quantize, score_and_grad
 from evaluator.detector_attacks.pgd import lower_score
+from evaluator.models.contract import pixels_to_unit
 
 MinNorm = Literal["Linf", "L2", "L0"]
 MIN_NORMS: tuple[str, ...] = ("Linf", "L2", "L0")
@@ -129,7 +130,7 @@ class _Search:
                 out = _round_into_ball(adv, xs, eps)
             else:  # Linf radii are whole grey levels, which rounding cannot leave
                 out = quantize(adv)
-            unit = to_unit(out).to(xs.device)
+            unit = pixels_to_unit(out).to(xs.device)
             scores = fake_scores(self.model, unit, self.batch_size)
         else:
             out, unit = adv.detach(), adv.detach()
@@ -183,7 +184,7 @@ def _minimal_lp(
         raise ValueError(f"max_eps must allow a positive radius, got {max_eps}")
     search = _Search(model, x, threshold, norm, steps, seed, batch_size, quantized)
 
-    clean = to_unit(search.x_adv).to(x.device) if quantized else x
+    clean = pixels_to_unit(search.x_adv).to(x.device) if quantized else x
     parts = [_first_order_radius(model, clean[s : s + batch_size], threshold, norm) for s in range(0, n, batch_size)]
     clean_scores = torch.cat([p[0] for p in parts]) if parts else torch.empty(0)
     estimates = torch.cat([p[1] for p in parts]) if parts else torch.empty(0)
@@ -250,7 +251,7 @@ def _minimal_l0(
     n = x.shape[0]
     # Quantised: work on the 8-bit clean image, so that every image met (its pixels unchanged or
     # at 0 or 1) is exactly representable and its score is the score of the saved image.
-    base = to_unit(quantize(x)).to(x.device) if quantized else x.detach()
+    base = pixels_to_unit(quantize(x)).to(x.device) if quantized else x.detach()
     distance = torch.full((n,), math.inf)
     success = torch.zeros(n, dtype=torch.bool)
     final_scores = torch.full((n,), math.inf)

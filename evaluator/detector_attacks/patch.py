@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from evaluator.attacks.common import make_generator
-from evaluator.detector_attacks.common import _first_column, to_unit
+from evaluator.models.contract import detector_scores, pixels_to_unit
 
 #: Adam's step on the unconstrained patch parameter (before the sigmoid).
 DEFAULT_LR = 0.1
@@ -93,7 +93,7 @@ def learn_patch(
     The returned patch is continuous; quantise it to 8 bits before it is pasted on images that
     are to be saved (the suite does).
     """
-    images = to_unit(fakes_train) if fakes_train.dtype == torch.uint8 else fakes_train.float()
+    images = pixels_to_unit(fakes_train) if fakes_train.dtype == torch.uint8 else fakes_train.float()
     n, channels, height, width = images.shape
     if n == 0:
         raise ValueError("learn_patch needs at least one training fake")
@@ -112,7 +112,7 @@ def learn_patch(
         positions = _draw_positions(take, height, width, side, generator)
         with torch.enable_grad():
             patched = apply_patch(images[index], torch.sigmoid(param), positions)
-            loss = _first_column(model(patched)).mean()
+            loss = detector_scores(model(patched)).mean()
             # Only the patch's gradient: the detector's own parameters are left untouched.
             (grad,) = torch.autograd.grad(loss, [param])
         optimiser.zero_grad(set_to_none=True)

@@ -30,13 +30,14 @@ import torch
 from torch import Tensor, nn
 
 from evaluator.attacks.common import derive_seed, make_generator
-from evaluator.detector_attacks.common import fake_scores, quantize, to_unit
+from evaluator.detector_attacks.common import fake_scores, quantize
 from evaluator.detector_attacks.latent import draw_latents, generate, latent_attack
 from evaluator.detector_attacks.minimal import minimal_distortion
 from evaluator.detector_attacks.patch import apply_patch, learn_patch, patch_label, patch_side, random_positions
 from evaluator.detector_attacks.pgd import lower_score
 from evaluator.metrics.classification import accuracy_with_interval
 from evaluator.metrics.detection import detection_metrics, threshold_at_fpr
+from evaluator.models.contract import pixels_to_unit
 from evaluator.progress import StagedProgress, ignore_progress
 from evaluator.spec import DetectorAttackSpec, MetricValue
 
@@ -136,9 +137,9 @@ def run_detector_suite(
     stages.report(0, 0.0, "detector attacks: clean scores")
     subset = attacked_subset(int(fakes.shape[0]), config.points, seed)
     fakes_subset = fakes[subset]
-    x = to_unit(fakes_subset).to(device)
+    x = pixels_to_unit(fakes_subset).to(device)
     if known_scores is None:
-        real_scores = fake_scores(model, to_unit(reals).to(device), batch_size).double().numpy()
+        real_scores = fake_scores(model, pixels_to_unit(reals).to(device), batch_size).double().numpy()
         clean_scores = fake_scores(model, x, batch_size).double().numpy()
     else:
         real_scores, all_fake_scores = (np.asarray(part, dtype=np.float64) for part in known_scores)
@@ -154,7 +155,7 @@ def run_detector_suite(
         return [replace(v, metric=f"{v.metric}@{suffix}") for v in values]
 
     def score_images(images_uint8: Tensor) -> np.ndarray:
-        return fake_scores(model, to_unit(images_uint8).to(device), batch_size).double().numpy()
+        return fake_scores(model, pixels_to_unit(images_uint8).to(device), batch_size).double().numpy()
 
     def caught(attacked_scores: np.ndarray) -> float:
         """Share of fakes still flagged at the clean threshold (for the provenance)."""

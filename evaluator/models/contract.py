@@ -1,5 +1,10 @@
 """The input/output contract a submitted model must meet before any metric is computed.
 
+Two facts of the contract are used wherever models are fed or read, so they are defined here
+once: stored images are 8-bit pixels that become float images in [0, 1]
+(:func:`pixels_to_unit`), and a detector's score for an image is its first output column
+(:func:`detector_scores`).
+
 A short probe on a few seeded random images catches the usual mistakes (wrong input size,
 wrong output shape, integer outputs, NaNs, dropout left on, a model far too slow for the
 budget) and turns each into a named error, instead of a crash or a silently wrong score
@@ -45,6 +50,28 @@ class ContractReport:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def pixels_to_unit(images_uint8: Tensor, device: torch.device | str | None = None) -> Tensor:
+    """Stored 8-bit pixels as float32 images in [0, 1]: the space every attack budget is stated in.
+
+    Every evaluation set, generator sample and attacked image is stored as uint8, so this is the
+    one map from what is stored to what is computed on (a Linf budget of 8/255 is then exactly 8
+    grey levels). ``device`` moves the images first, so the division runs where they end up; the
+    division is in place on that fresh float copy, which is why anything but uint8 is refused.
+    """
+    if images_uint8.dtype != torch.uint8:
+        raise TypeError(f"expected uint8 pixels, got {images_uint8.dtype}")
+    return images_uint8.to(device=device, dtype=torch.float32).div_(255.0)
+
+
+def detector_scores(outputs: Tensor) -> Tensor:
+    """A detector's score per image, shape (N,): its first output column (higher means fake).
+
+    A detector may return (N,) or (N, 1) (:func:`check_contract` accepts both); both read as
+    one score per image. Keeps autograd, so the attacks differentiate through it.
+    """
+    return outputs.reshape(outputs.shape[0], -1)[:, 0]
 
 
 def set_eval_mode(model: nn.Module) -> None:

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from evaluator.detector_attacks.common import fake_scores, quantize
 from evaluator.detector_attacks.pgd import lower_score
 from evaluator.metrics.detection import roc_auc
+from evaluator.models.contract import pixels_to_unit
 from evaluator.models.zoo import build_model, get_architecture
 from evaluator.testbed.digits import DEFAULT_NUM_THREADS, DEFAULT_SEED, deterministic_cpu
 
@@ -52,7 +53,7 @@ def _unit_images(images_uint8: ImageArray, what: str) -> Tensor:
     images = torch.tensor(np.asarray(images_uint8)).clone(memory_format=torch.contiguous_format)
     if images.dtype != torch.uint8 or images.dim() != 4:
         raise ValueError(f"{what} must be uint8 (N, C, H, W) images, got {images.dtype} {tuple(images.shape)}")
-    return images.float().div_(255.0)
+    return pixels_to_unit(images)
 
 
 def _check_detector(architecture: str, images: Tensor) -> None:

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from evaluator.models.contract import pixels_to_unit
 from evaluator.spec import InputSpec
 
 #: Mean and standard deviation of MNIST pixels in [0, 1]; models normalise inside themselves.
@@ -227,7 +228,7 @@ def _to_tensors(images_uint8: np.ndarray | Tensor, labels: np.ndarray | Tensor) 
     targets = torch.tensor(np.asarray(labels), dtype=torch.int64)
     if targets.shape != (images.shape[0],):
         raise ValueError(f"expected {images.shape[0]} labels, got shape {tuple(targets.shape)}")
-    return images.float().div_(255.0), targets
+    return pixels_to_unit(images), targets
 
 
 def _random_shift(batch: Tensor, pixels: int, generator: torch.Generator) -> Tensor:

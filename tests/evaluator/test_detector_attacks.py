@@ -12,7 +12,6 @@ import torch
 from torch import Tensor, nn
 
 from evaluator.attacks.threat import lp_norm
-from evaluator.detector_attacks.common import to_unit
 from evaluator.detector_attacks.latent import generate, latent_attack, learn_latent_offset, objective_loss
 from evaluator.detector_attacks.minimal import minimal_distortion
 from evaluator.detector_attacks.patch import (
@@ -25,6 +24,7 @@ from evaluator.detector_attacks.patch import (
 from evaluator.detector_attacks.pgd import lower_score
 from evaluator.detector_attacks.suite import attacked_subset, budget_label, median_interval, run_detector_suite
 from evaluator.metrics.detection import roc_auc
+from evaluator.models.contract import pixels_to_unit
 from evaluator.spec import DetectorAttackSpec
 from tests.evaluator.attack_models import one_thread  # noqa: F401 (autouse fixture)
 
@@ -66,7 +66,7 @@ def linear_problem(n: int = 24, seed: int = 0, eight_bit: bool = False) -> tuple
     g = torch.Generator().manual_seed(seed)
     weight = 0.1 * torch.randn(64, generator=g)
     if eight_bit:
-        x = to_unit(torch.randint(77, 179, (n, 1, 8, 8), generator=g, dtype=torch.uint8))
+        x = pixels_to_unit(torch.randint(77, 179, (n, 1, 8, 8), generator=g, dtype=torch.uint8))
     else:
         x = 0.3 + 0.4 * torch.rand(n, 1, 8, 8, generator=g)
     model = LinearDetector(weight, 0.05)
@@ -174,7 +174,7 @@ def test_quantised_linf_minimum_is_the_first_whole_grey_level_that_suffices() ->
     assert torch.equal(result.success, reachable)
     assert torch.equal(torch.round(result.distance[reachable] * 255), levels[reachable])
     assert bool(torch.isinf(result.distance[~reachable]).all())
-    unit = to_unit(result.x_adv)
+    unit = pixels_to_unit(result.x_adv)
     assert bool((lp_norm(unit - x, "Linf") <= 4 / 255 + 1e-6).all())
     with torch.no_grad():
         assert bool((model(unit)[reachable] < threshold).all())
@@ -187,7 +187,7 @@ def test_quantised_l2_results_are_8_bit_below_threshold_and_never_beat_the_optim
     exact = ((scores - threshold) / model.weight.detach().norm()).clamp(min=0.0)
     result = minimal_distortion(model, x, threshold, "L2", max_eps=0.5)
     assert result.x_adv.dtype == torch.uint8
-    unit = to_unit(result.x_adv)
+    unit = pixels_to_unit(result.x_adv)
     with torch.no_grad():
         adv_scores = model(unit)
     ok = result.success
@@ -221,7 +221,7 @@ def test_greedy_l0_matches_the_sorted_contributions(quantized: bool) -> None:
     result = minimal_distortion(model, x, threshold, "L0", quantized=quantized)
     assert torch.equal(result.distance, exact)
     assert bool(result.success.all())
-    unit = to_unit(result.x_adv) if quantized else result.x_adv
+    unit = pixels_to_unit(result.x_adv) if quantized else result.x_adv
     assert result.x_adv.dtype == (torch.uint8 if quantized else torch.float32)
     assert torch.equal((unit != x).flatten(1).sum(dim=1).float(), exact)
     with torch.no_grad():
@@ -294,7 +294,7 @@ def test_learned_patch_is_within_two_percent_of_the_linear_optimum() -> None:
     columns = torch.arange(width).float() - 3.5
     weight = (0.3 * columns[None, :].expand(height, width) + 0.5 * torch.randn(height, width, generator=g)).flatten()
     model = LinearDetector(weight)
-    fakes = to_unit(torch.randint(77, 179, (400, 1, height, width), generator=g, dtype=torch.uint8))
+    fakes = pixels_to_unit(torch.randint(77, 179, (400, 1, height, width), generator=g, dtype=torch.uint8))
     side = patch_side(0.25, height, width)
     # Closed form: the expected score of a patch is linear in it, with coefficient at offset j the
     # average weight over all placements; each pixel goes to 0 where that is positive, else 1.
@@ -353,7 +353,8 @@ def test_latent_attack_returns_8_bit_hidden_fakes_with_and_without_the_offset() 
     assert outcome.attacked.shape == (50, 1, 8, 8)
     assert float(outcome.delta.norm()) <= outcome.radius * (1 + 1e-6)
     with torch.no_grad():
-        assert float(model(to_unit(outcome.attacked)).mean()) < float(model(to_unit(outcome.reference)).mean()) - 0.5
+        attacked, reference = model(pixels_to_unit(outcome.attacked)), model(pixels_to_unit(outcome.reference))
+        assert float(attacked.mean()) < float(reference.mean()) - 0.5
     again = latent_attack(model, generator, 8, **kwargs)  # type: ignore[arg-type]
     assert torch.equal(again.attacked, outcome.attacked) and torch.equal(again.delta, outcome.delta)
     z_hidden = torch.randn((50, 8), generator=torch.Generator().manual_seed(2))
@@ -501,8 +502,8 @@ def test_suite_without_a_generator_runs_only_the_pixel_attacks() -> None:
     assert "patch" not in provenance and "latent" not in provenance
     # The clean-subset AUC is the AUC of the seeded subset of fakes, un-attacked, against every real.
     with torch.no_grad():
-        real_scores = model(to_unit(reals)).numpy()
-        subset_scores = model(to_unit(fakes[attacked_subset(int(fakes.shape[0]), 20, 0)])).numpy()
+        real_scores = model(pixels_to_unit(reals)).numpy()
+        subset_scores = model(pixels_to_unit(fakes[attacked_subset(int(fakes.shape[0]), 20, 0)])).numpy()
     labels = np.r_[np.zeros(real_scores.size), np.ones(subset_scores.size)]
     assert values["auc@clean-subset"] == pytest.approx(roc_auc(np.r_[real_scores, subset_scores], labels), abs=1e-9)
 
@@ -512,7 +513,7 @@ def test_suite_takes_the_callers_clean_scores_and_checks_their_shape() -> None:
     config = DetectorAttackSpec(points=20, pgd_budgets=(2 / 255,), pgd_steps=3, min_norms=("L2",))
     computed, _ = run_detector_suite(model, reals, fakes, config, "clean", seed=0, batch_size=64)
     with torch.no_grad():
-        known = (model(to_unit(reals)).double().numpy(), model(to_unit(fakes)).double().numpy())
+        known = (model(pixels_to_unit(reals)).double().numpy(), model(pixels_to_unit(fakes)).double().numpy())
     given, _ = run_detector_suite(model, reals, fakes, config, "clean", seed=0, batch_size=64, known_scores=known)
     assert given == computed
     # Scores that are not the model's change the clean numbers: the suite really uses them.
