@@ -17,8 +17,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     """The scorer: runs ``{"spec": ..., "host": ...}`` (or a bare JobSpec), the model in a process of its own."""
     from evaluator.progress import JsonLineProgress
     from evaluator.remote.client import HostOptions
-    from evaluator.runner import run_job
     from evaluator.sandbox import SandboxLimits
+    from evaluator.scoring import run_job
     from evaluator.spec import JobSpec
 
     text = sys.stdin.read() if args.spec == "-" else Path(args.spec).read_text()

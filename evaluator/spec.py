@@ -58,16 +58,39 @@ class EvaluationSetSpec:
     role: Literal["clean", "shift"] = "clean"
 
 
-@dataclass(frozen=True)
-class ThreatModelSpec:
-    """One threat model of the attack suite: an ``norm`` ball of radius ``eps`` in [0,1] pixel space.
+Norm = Literal["Linf", "L2"]
+NORMS: tuple[Norm, ...] = ("Linf", "L2")
 
-    ``label`` names it in metric names and on pages, e.g. ``Linf-8/255`` or ``L2-0.5``.
+
+@dataclass(frozen=True)
+class ThreatModel:
+    """An Lp ball of radius ``eps`` around each image, in [0, 1] pixel space (Linf 8/255 is 8 grey levels).
+
+    One type for the job spec (where a track lists the threat models it is scored under) and for
+    the attacks (:mod:`evaluator.attacks.threat` holds the tensor operations on it). It stays
+    free of torch so that the platform can build job specs without importing the attacks.
+    ``label`` names it in metric names and on pages, e.g. ``Linf-8/255`` or ``L2-0.5``; the
+    attacks' own threat models (defaults, the reliability checks' scaled ones) leave it empty.
     """
 
-    norm: Literal["Linf", "L2"]
+    norm: Norm
     eps: float
-    label: str
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        if self.norm not in NORMS:
+            raise ValueError(f"unknown norm {self.norm!r}; expected one of {NORMS}")
+        if not self.eps > 0:
+            raise ValueError(f"eps must be positive, got {self.eps}")
+
+    @property
+    def key(self) -> str:
+        """A stable name, used in reports and to derive per-threat-model seeds (the label plays no part)."""
+        return f"{self.norm}:{self.eps:.6g}"
+
+    def scaled(self, factor: float) -> ThreatModel:
+        """The same norm at ``factor`` times the radius (unlabelled: it is no track's threat model)."""
+        return ThreatModel(self.norm, self.eps * factor)
 
 
 @dataclass(frozen=True)
@@ -135,7 +158,7 @@ class JobSpec:
     time_budget_s: float = 600.0
     device: str = "cpu"
     #: Threat models the attack suite runs on the clean set (classifier tracks); empty: no attacks.
-    threat_models: tuple[ThreatModelSpec, ...] = ()
+    threat_models: tuple[ThreatModel, ...] = ()
     #: How many clean-set points (a seeded subset) the attack suite attacks.
     attack_points: int = 1000
     #: The registered attack-suite configuration (evaluator.attacks.cascade.SUITES).
@@ -165,7 +188,7 @@ class JobSpec:
         data["input"] = InputSpec(**raw_input)
         data["artifact"] = ArtifactSpec(**data["artifact"])
         data["evaluation_sets"] = tuple(EvaluationSetSpec(**s) for s in data["evaluation_sets"])
-        data["threat_models"] = tuple(ThreatModelSpec(**t) for t in data.get("threat_models", ()))
+        data["threat_models"] = tuple(ThreatModel(**t) for t in data.get("threat_models", ()))
         if data.get("generator"):
             data["generator"] = GeneratorSpec(**data["generator"])
         if data.get("detector_attacks"):

@@ -35,7 +35,7 @@ from safetensors.torch import load_file  # noqa: E402
 
 from evaluator.attacks.cascade import run_cascade  # noqa: E402
 from evaluator.attacks.counting import CountingModel  # noqa: E402
-from evaluator.attacks.threat import ThreatModel  # noqa: E402
+from evaluator.attacks.threat import ThreatModel, lp_norm  # noqa: E402
 from evaluator.data.fetch import fetch_dataset, load_dataset  # noqa: E402
 from evaluator.models.convert import convert_checkpoint  # noqa: E402
 from evaluator.models.zoo import build_model  # noqa: E402
@@ -104,7 +104,7 @@ def run_autoattack(auto_attack: Any, model: torch.nn.Module, x: torch.Tensor, y:
     seconds = time.perf_counter() - started
     forward, backward = counted.forward_passes, counted.backward_passes
     with torch.no_grad():  # scoring AutoAttack's output is not part of its cost
-        delta = threat.distance(x_adv, x)
+        delta = lp_norm(x_adv - x, threat.norm)
         predicted = torch.cat([model(x_adv[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
         clean = torch.cat([model(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
     return {

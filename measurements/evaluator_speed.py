@@ -1,7 +1,7 @@
 """How much the evaluator costs over a bare ``model(x)`` loop, measured side by side in one run.
 
 A full clean + shifts evaluation of the shared CIFAR ResNet-20 (the JPEG test set and, when the
-corruption shifts are available, a CIFAR-10-C style set) goes through ``evaluator.runner.run_job``
+corruption shifts are available, a CIFAR-10-C style set) goes through ``evaluator.scoring.run_job``
 in this process; the bare loop runs the same model over the same images, already decoded to float
 tensors, with nothing else. Runs alternate (bare, evaluator, bare, evaluator, ...) so that machine
 noise hits both; the ratio of the medians is printed. Target: at most 1.15.
@@ -28,7 +28,8 @@ from evaluator.data.evalsets import read_evaluation_set, write_evaluation_set  #
 from evaluator.data.fetch import fetch_dataset, load_dataset  # noqa: E402
 from evaluator.models.convert import convert_checkpoint  # noqa: E402
 from evaluator.models.loading import load_model  # noqa: E402
-from evaluator.runner import predict, run_job  # noqa: E402
+from evaluator.scoring import run_job  # noqa: E402
+from evaluator.scoring.feeding import predict  # noqa: E402
 from evaluator.spec import ArtifactSpec, EvaluationSetSpec, InputSpec, JobSpec  # noqa: E402
 
 

@@ -20,9 +20,11 @@ from evaluator.attacks.common import AttackResult, derive_seed, make_generator
 from evaluator.attacks.counting import CountingModel, PassCount
 from evaluator.attacks.reliability import ReliabilityFlag, ReliabilityReport, run_reliability_checks
 from evaluator.attacks.square import square_attack
-from evaluator.attacks.threat import TRACK_THREAT_MODELS, ThreatModel, default_threat_models, project
+from evaluator.attacks.stages import STAGES, Stage, stage_labels
+from evaluator.attacks.threat import TRACK_THREAT_MODELS, ThreatModel, contains, default_threat_models, project
 
 __all__ = [
+    "STAGES",
     "SUITES",
     "SUITE_VERSION",
     "TRACK_THREAT_MODELS",
@@ -32,6 +34,7 @@ __all__ = [
     "PassCount",
     "ReliabilityFlag",
     "ReliabilityReport",
+    "Stage",
     "StageReport",
     "SuiteConfig",
     "ThreatModel",
@@ -40,6 +43,7 @@ __all__ = [
     "apgd_ce",
     "apgd_targeted",
     "attack_threat_model",
+    "contains",
     "default_threat_models",
     "derive_seed",
     "get_suite",
@@ -48,4 +52,5 @@ __all__ = [
     "run_cascade",
     "run_reliability_checks",
     "square_attack",
+    "stage_labels",
 ]

@@ -29,7 +29,7 @@ from evaluator.attacks.common import (
     logits_loss_grad,
     predict_logits,
 )
-from evaluator.attacks.threat import ThreatModel, random_in_ball, steepest_direction
+from evaluator.attacks.threat import ThreatModel, project, random_in_ball, steepest_direction
 
 #: AutoAttack's standard budget: 100 iterations, one restart.
 DEFAULT_ITERATIONS = 100
@@ -104,9 +104,9 @@ def _apgd_single_run(
             progress(i / n_iter)
         xa, xa_prev, xs = x_cur[active], x_prev[active], x[active]
         step_a = step[active].view(-1, *[1] * (x.dim() - 1))
-        z = threat.project(xa + step_a * steepest_direction(grad[active], threat.norm), xs)
+        z = project(xa + step_a * steepest_direction(grad[active], threat.norm), xs, threat.norm, threat.eps)
         a = 1.0 if i == 0 else MOMENTUM_ALPHA
-        x_new = threat.project(xa + a * (z - xa) + (1 - a) * (xa - xa_prev), xs)
+        x_new = project(xa + a * (z - xa) + (1 - a) * (xa - xa_prev), xs, threat.norm, threat.eps)
         x_prev[active] = xa
         x_cur[active] = x_new
 

@@ -1,7 +1,8 @@
 """The hidden attack suite: a versioned cascade of attacks, AutoAttack's standard order.
 
 Clean accuracy first; then each attack only sees the points that are still correctly
-classified and that every earlier attack failed on (APGD-CE, then APGD-T, then Square), so
+classified and that every earlier attack failed on (APGD-CE, then APGD-T, then Square: the
+registry :mod:`evaluator.attacks.stages`), so
 the expensive later stages only pay for the hard points. A point counts as broken only after
 a separate forward pass confirms that its adversarial image, checked to lie inside the threat
 model, is misclassified.
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -30,17 +30,16 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from evaluator.attacks.apgd import apgd_ce, apgd_targeted
-from evaluator.attacks.common import AttackResult, derive_seed, make_generator, predict_logits
+from evaluator.attacks.common import derive_seed, make_generator, predict_logits
 from evaluator.attacks.counting import CountingModel, PassCount, as_counting
-from evaluator.attacks.square import square_attack
-from evaluator.attacks.threat import ThreatModel
+from evaluator.attacks.stages import STAGE_NAMES, get_stage
+from evaluator.attacks.threat import ThreatModel, contains
 from evaluator.metrics.classification import accuracy_with_interval
+from evaluator.models.contract import pixels_to_unit
 from evaluator.progress import ProgressCallback, StagedProgress, ignore_progress
 
 #: The suite the platform runs unless a track names another.
 SUITE_VERSION = "attacks-1"
-STAGES = ("apgd-ce", "apgd-t", "square")
 
 
 @dataclass(frozen=True)
@@ -48,7 +47,8 @@ class SuiteConfig:
     """Everything that defines a suite version's numbers (frozen once published)."""
 
     version: str
-    stages: tuple[str, ...] = STAGES
+    #: Names of the stages it runs, in the registry's order (:mod:`evaluator.attacks.stages`).
+    stages: tuple[str, ...] = STAGE_NAMES
     apgd_iterations: int = 100
     apgd_restarts: int = 1
     target_classes: int = 9
@@ -60,9 +60,9 @@ class SuiteConfig:
     chunk_size: int = 500
 
     def __post_init__(self) -> None:
-        unknown = [s for s in self.stages if s not in STAGES]
+        unknown = [s for s in self.stages if s not in STAGE_NAMES]
         if unknown:
-            raise ValueError(f"unknown attack stages {unknown}; known: {STAGES}")
+            raise ValueError(f"unknown attack stages {unknown}; known: {STAGE_NAMES}")
 
 
 SUITES: dict[str, SuiteConfig] = {
@@ -154,37 +154,8 @@ def to_float_images(images: Tensor | np.ndarray, device: torch.device) -> Tensor
         images = torch.from_numpy(np.array(images, copy=True))  # read-only arrays (np.frombuffer) too
     tensor = torch.as_tensor(images)
     if tensor.dtype == torch.uint8:
-        return tensor.to(device=device, dtype=torch.float32).div_(255.0)
+        return pixels_to_unit(tensor, device)
     return tensor.to(device=device, dtype=torch.float32)
-
-
-def _run_stage(
-    stage: str,
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    threat: ThreatModel,
-    suite: SuiteConfig,
-    generator: torch.Generator,
-    batch_size: int,
-    progress: Callable[[float], None],
-) -> AttackResult:
-    if stage == "apgd-ce":
-        return apgd_ce(
-            model, x, y, threat, generator,
-            n_iter=suite.apgd_iterations, n_restarts=suite.apgd_restarts, batch_size=batch_size, progress=progress,
-        )
-    if stage == "apgd-t":
-        return apgd_targeted(
-            model, x, y, threat, generator, n_target_classes=suite.target_classes,
-            n_iter=suite.apgd_iterations, n_restarts=suite.apgd_restarts, batch_size=batch_size, progress=progress,
-        )
-    if stage == "square":
-        return square_attack(
-            model, x, y, threat, generator, n_queries=suite.square_queries, p_init=suite.square_p_init,
-            batch_size=batch_size, progress=progress,
-        )
-    raise ValueError(f"unknown stage {stage!r}")
 
 
 @dataclass
@@ -223,6 +194,7 @@ def attack_threat_model(
     started = time.perf_counter()
     staged = StagedProgress(on_progress or ignore_progress, [1.0] * len(config.stages))
     for stage_index, stage in enumerate(config.stages):
+        attack = get_stage(stage).attack
         stage_started = time.perf_counter()
         before = counter.count
         todo = robust.nonzero().squeeze(1)
@@ -243,12 +215,12 @@ def attack_threat_model(
             generator = make_generator(
                 derive_seed(seed, config.version, threat.key, stage, chunk_index), x.device
             )
-            result = _run_stage(stage, counter, x[index], y[index], threat, config, generator, batch_size, inner)
+            result = attack(counter, x[index], y[index], threat, generator, config, batch_size, inner)
             claimed = result.fooled.nonzero().squeeze(1)
             if claimed.numel():
                 # Confirm each claimed adversarial image: inside the threat model and misclassified.
                 x_adv = result.x_adv[claimed]
-                inside = threat.contains(x_adv, x[index[claimed]])
+                inside = contains(threat, x_adv, x[index[claimed]])
                 predicted = predict_logits(counter, x_adv, batch_size).argmax(dim=1)
                 confirmed = inside & (predicted != y[index[claimed]])
                 broken[index[claimed[confirmed]]] = True

@@ -1,20 +1,23 @@
-"""Threat models (an Lp ball of radius eps around each image, inside the [0, 1] pixel box).
+"""The geometry of threat models (an Lp ball of radius eps around each image, inside the [0, 1] box).
 
-Every attack in :mod:`evaluator.attacks` ends each step with :meth:`ThreatModel.project`, so an
-adversarial image can never leave the ball or the box whatever the attack's arithmetic did;
-the robust accuracy is then a statement about exactly this set of images.
+The type itself, :class:`evaluator.spec.ThreatModel`, is shared with the job spec and has no
+torch in it; here are the tensor operations on it. Every attack in :mod:`evaluator.attacks`
+ends each step with :func:`project`, so an adversarial image can never leave the ball or the
+box whatever the attack's arithmetic did; the robust accuracy is then a statement about
+exactly this set of images.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 import torch
 from torch import Tensor
 
-Norm = Literal["Linf", "L2"]
-NORMS: tuple[Norm, ...] = ("Linf", "L2")
+from evaluator.spec import NORMS, Norm, ThreatModel
+
+__all__ = [
+    "NORMS", "TRACK_THREAT_MODELS", "Norm", "ThreatModel", "contains", "default_threat_models", "dual_norm", "lp_norm",
+    "project", "random_in_ball", "steepest_direction",
+]
 
 #: Guards divisions by a norm that may be zero (a zero gradient, a zero perturbation).
 _TINY = 1e-12
@@ -101,38 +104,13 @@ def random_in_ball(x: Tensor, norm: Norm, eps: float, generator: torch.Generator
     return project(x + delta, x, norm, eps)
 
 
-@dataclass(frozen=True)
-class ThreatModel:
-    """An Lp ball of radius ``eps`` in [0, 1] pixel space (a Linf eps of 8/255 is 8 grey levels)."""
+def contains(threat: ThreatModel, x_adv: Tensor, x: Tensor, atol: float = 1e-5) -> Tensor:
+    """Per-sample check: within the threat model's eps of ``x`` (up to float rounding) and inside [0, 1].
 
-    norm: Norm
-    eps: float
-
-    def __post_init__(self) -> None:
-        if self.norm not in NORMS:
-            raise ValueError(f"unknown norm {self.norm!r}; expected one of {NORMS}")
-        if not self.eps > 0:
-            raise ValueError(f"eps must be positive, got {self.eps}")
-
-    @property
-    def key(self) -> str:
-        """A stable name, used in reports and to derive per-threat-model seeds."""
-        return f"{self.norm}:{self.eps:.6g}"
-
-    def scaled(self, factor: float) -> ThreatModel:
-        return ThreatModel(self.norm, self.eps * factor)
-
-    def project(self, x_adv: Tensor, x: Tensor) -> Tensor:
-        return project(x_adv, x, self.norm, self.eps)
-
-    def distance(self, x_adv: Tensor, x: Tensor) -> Tensor:
-        """Per-sample distance in this threat model's norm."""
-        return lp_norm(x_adv - x, self.norm)
-
-    def contains(self, x_adv: Tensor, x: Tensor, atol: float = 1e-5) -> Tensor:
-        """Per-sample check: within eps (up to float rounding) and inside [0, 1]."""
-        inside_box = ((x_adv >= -atol) & (x_adv <= 1 + atol)).flatten(1).all(dim=1)
-        return inside_box & (self.distance(x_adv, x) <= self.eps * (1 + atol) + atol)
+    The cascade confirms every claimed adversarial image with it before counting it as broken.
+    """
+    inside_box = ((x_adv >= -atol) & (x_adv <= 1 + atol)).flatten(1).all(dim=1)
+    return inside_box & (lp_norm(x_adv - x, threat.norm) <= threat.eps * (1 + atol) + atol)
 
 
 #: The per-track default threat models (RobustBench's standard radii for CIFAR-10; the usual

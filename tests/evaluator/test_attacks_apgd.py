@@ -18,7 +18,7 @@ from torch import nn
 from evaluator.attacks.apgd import apgd, apgd_ce, apgd_targeted, checkpoints
 from evaluator.attacks.common import make_generator
 from evaluator.attacks.counting import CountingModel, PassCount
-from evaluator.attacks.threat import ThreatModel, dual_norm
+from evaluator.attacks.threat import ThreatModel, contains, dual_norm
 from tests.evaluator.attack_models import LinearModel, one_thread  # noqa: F401 (autouse fixture)
 
 TOLERANCE = 0.01  # points within 1% of the boundary distance are not judged
@@ -73,7 +73,7 @@ def test_apgd_ce_matches_the_closed_form_on_a_binary_linear_model(norm: str) -> 
     assert near.sum() > 200 and far.sum() > 200
     assert result.fooled[near].all(), f"{int((~result.fooled[near]).sum())} breakable points survived"
     assert not result.fooled[far].any()
-    assert threat.contains(result.x_adv, x).all()
+    assert contains(threat, result.x_adv, x).all()
     with torch.no_grad():
         assert (model(result.x_adv).argmax(1)[result.fooled] != y[result.fooled]).all()
 
@@ -91,7 +91,7 @@ def test_apgd_ce_then_targeted_match_the_closed_form_on_ten_classes(norm: str) -
     near, far = distance < threat.eps * (1 - TOLERANCE), distance > threat.eps * (1 + TOLERANCE)
     assert fooled[near].all(), f"{int((~fooled[near]).sum())} breakable points survived"
     assert not fooled[far].any()
-    assert threat.contains(targeted.x_adv, x[rest]).all()
+    assert contains(threat, targeted.x_adv, x[rest]).all()
 
 
 @pytest.mark.parametrize(("norm", "eps"), [("Linf", 0.3), ("L2", 1.5)])
@@ -109,7 +109,7 @@ def test_adversarial_images_stay_in_ball_and_box(norm: str, eps: float) -> None:
         apgd_targeted(model, x, y, threat, make_generator(0), n_iter=20, n_target_classes=3),
     ):
         assert result.x_adv.min() >= 0 and result.x_adv.max() <= 1
-        assert threat.contains(result.x_adv, x, atol=1e-6).all()
+        assert contains(threat, result.x_adv, x, atol=1e-6).all()
 
 
 def test_same_seed_same_result_and_the_global_rng_untouched() -> None:

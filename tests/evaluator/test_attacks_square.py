@@ -9,7 +9,7 @@ from torch import nn
 from evaluator.attacks.common import make_generator
 from evaluator.attacks.counting import CountingModel
 from evaluator.attacks.square import _l2_update_pattern, _ring_pattern, p_schedule, square_attack
-from evaluator.attacks.threat import ThreatModel, dual_norm
+from evaluator.attacks.threat import ThreatModel, contains, dual_norm
 from tests.evaluator.attack_models import LinearModel, one_thread  # noqa: F401 (autouse fixture)
 
 
@@ -52,7 +52,7 @@ def test_square_breaks_a_linear_model_without_gradients(norm: str, queries: int)
     assert not result.fooled[far].any()
     assert counted.count.backward == 0
     assert counted.count.forward <= x.shape[0] * queries
-    assert threat.contains(result.x_adv, x).all()
+    assert contains(threat, result.x_adv, x).all()
     with torch.no_grad():
         assert (model(result.x_adv).argmax(1)[result.fooled] != y[result.fooled]).all()
 
@@ -67,7 +67,7 @@ def test_square_stays_in_ball_and_box(norm: str, eps: float) -> None:
     threat = ThreatModel(norm, eps)  # type: ignore[arg-type]
     result = square_attack(model, x, y, threat, make_generator(0), n_queries=50)
     assert result.x_adv.min() >= 0 and result.x_adv.max() <= 1
-    assert threat.contains(result.x_adv, x, atol=1e-6).all()
+    assert contains(threat, result.x_adv, x, atol=1e-6).all()
 
 
 def test_square_is_deterministic_and_leaves_the_global_rng_alone() -> None:

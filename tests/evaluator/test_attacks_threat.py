@@ -9,6 +9,7 @@ from torch import nn
 from evaluator.attacks.counting import CountingModel, PassCount, as_counting
 from evaluator.attacks.threat import (
     ThreatModel,
+    contains,
     default_threat_models,
     dual_norm,
     lp_norm,
@@ -70,7 +71,7 @@ def test_random_start_is_seeded_and_feasible(norm: str, eps: float) -> None:
     b = random_in_ball(x, norm, eps, torch.Generator().manual_seed(3))  # type: ignore[arg-type]
     assert torch.equal(a, b)
     assert torch.equal(torch.get_rng_state(), state)
-    assert ThreatModel(norm, eps).contains(a, x).all()  # type: ignore[arg-type]
+    assert contains(ThreatModel(norm, eps), a, x).all()  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- pass counting

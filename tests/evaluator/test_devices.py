@@ -14,9 +14,9 @@ from torch import nn
 
 from evaluator import devices
 from evaluator.errors import EvaluationError
-from evaluator.runner import run_job
+from evaluator.scoring import run_job
 from evaluator.spec import ArtifactSpec, InputSpec, JobSpec
-from tests.evaluator.test_runner_attacks import lenet_job  # noqa: F401 - a fixture
+from tests.evaluator.test_scoring_classifier import lenet_job  # noqa: F401 - a fixture
 
 MB = 1024**2
 SPEC = InputSpec(1, 28, 28)

@@ -24,9 +24,12 @@ from evaluator.data.evalsets import write_evaluation_set
 from evaluator.errors import EvaluationError
 from evaluator.remote import client
 from evaluator.remote.client import HostOptions, ModelProcess, host_model
-from evaluator.runner import check_batch_consistency, predict, run_attacks, run_job
 from evaluator.sandbox import bubblewrap_path
-from evaluator.spec import ArtifactSpec, EvaluationSetSpec, InputSpec, JobSpec, ThreatModelSpec
+from evaluator.scoring import run_job
+from evaluator.scoring.classifier import run_attacks
+from evaluator.scoring.consistency import check_batch_consistency
+from evaluator.scoring.feeding import predict
+from evaluator.spec import ArtifactSpec, EvaluationSetSpec, InputSpec, JobSpec, ThreatModel
 
 DIGITS = InputSpec(1, 28, 28)
 needs_bwrap = pytest.mark.skipif(bubblewrap_path() is None, reason="bubblewrap is not installed")
@@ -232,7 +235,7 @@ def test_attack_numbers_through_the_boundary_equal_the_model_called_directly(tmp
     write_evaluation_set(data_path, images[:200], labels[:200])
     artifact = ArtifactSpec(str(lenet5_safetensors), "safetensors", architecture="mnist_lenet5")
     spec = JobSpec("attacks", "classifier", DIGITS, artifact, (EvaluationSetSpec("clean", str(data_path)),),
-                   threat_models=(ThreatModelSpec("Linf", 0.1, "Linf-0.1"), ThreatModelSpec("L2", 1.0, "L2-1.0")),
+                   threat_models=(ThreatModel("Linf", 0.1, "Linf-0.1"), ThreatModel("L2", 1.0, "L2-1.0")),
                    attack_points=12, reliability_points=6, seed=5, batch_size=64)
     x, y = torch.from_numpy(images[:200]), torch.from_numpy(labels[:200])
     cpu = torch.device("cpu")
@@ -364,7 +367,7 @@ def test_text_from_the_model_process_is_not_kept_once_it_has_seen_hidden_images(
 @pytest.mark.parametrize(("count", "batch", "sample"), [(1000, 64, 16), (130, 64, 16), (64, 64, 16), (10, 64, 16),
                                                         (200, 7, 30)])
 def test_feed_repeats_sampled_images_in_another_batch(count, batch, sample):
-    from evaluator.runner import feed_with_repeats
+    from evaluator.scoring.feeding import feed_with_repeats
 
     feed, chosen = feed_with_repeats(count, batch, sample, torch.Generator().manual_seed(count))
     assert sorted(feed[:count].tolist()) == list(range(count))  # every image once, in a shuffled order

@@ -20,17 +20,17 @@ from torch import nn
 from evaluator.data.evalsets import write_evaluation_set
 from evaluator.models.convert import convert_checkpoint
 from evaluator.models.zoo import build_model
-from evaluator.runner import run_job
+from evaluator.scoring import run_job
 from evaluator.spec import (
     ArtifactSpec,
     DetectorAttackSpec,
     EvaluationSetSpec,
     InputSpec,
     JobSpec,
-    ThreatModelSpec,
+    ThreatModel,
 )
-from tests.evaluator.test_runner_attacks import _mnist
-from tests.evaluator.test_runner_detector import _fakes
+from tests.evaluator.test_scoring_classifier import _mnist
+from tests.evaluator.test_scoring_detector import _fakes
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 LOW, HIGH = -1.0, 1.0
@@ -84,7 +84,7 @@ def test_classifier_attacks_mean_the_same_in_another_input_range(tmp_path):
         "range-unit", "classifier", InputSpec(1, 28, 28),
         ArtifactSpec(str(weights), "safetensors", architecture="mnist_lenet5"),
         (EvaluationSetSpec("mnist", str(tmp_path / "clean.safetensors"), digest, "clean"),),
-        threat_models=(ThreatModelSpec("Linf", 0.1, "Linf-0.1"),),
+        threat_models=(ThreatModel("Linf", 0.1, "Linf-0.1"),),
         attack_points=points, reliability_points=0, seed=4,
     )
     shifted_model = _export(TakesMinusOneToOne(_zoo_model("mnist_lenet5", weights)), (1, 28, 28),

@@ -10,8 +10,9 @@ import pytest
 
 from evaluator.data.evalsets import write_evaluation_set
 from evaluator.models.convert import convert_checkpoint
-from evaluator.runner import attack_subset, run_job
-from evaluator.spec import ArtifactSpec, EvaluationSetSpec, InputSpec, JobSpec, ThreatModelSpec
+from evaluator.scoring import run_job
+from evaluator.scoring.classifier import attack_subset
+from evaluator.spec import ArtifactSpec, EvaluationSetSpec, InputSpec, JobSpec, ThreatModel
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 
@@ -35,7 +36,7 @@ def lenet_job(tmp_path_factory):
         "attack-job", "classifier", InputSpec(1, 28, 28),
         ArtifactSpec(str(weights), "safetensors", architecture="mnist_lenet5"),
         (EvaluationSetSpec("mnist", str(folder / "clean.safetensors"), digest, "clean"),),
-        threat_models=(ThreatModelSpec("Linf", 0.3, "Linf-0.3"), ThreatModelSpec("Linf", 0.02, "Linf-0.02")),
+        threat_models=(ThreatModel("Linf", 0.3, "Linf-0.3"), ThreatModel("Linf", 0.02, "Linf-0.02")),
         attack_points=16, reliability_points=8, seed=3,
     )
 

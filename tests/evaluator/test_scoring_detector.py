@@ -15,7 +15,7 @@ from evaluator.data.evalsets import write_evaluation_set
 from evaluator.data.integrity import sha256_file
 from evaluator.models.convert import convert_checkpoint
 from evaluator.models.zoo import build_model
-from evaluator.runner import run_job
+from evaluator.scoring import run_job
 from evaluator.spec import (
     ArtifactSpec,
     DetectorAttackSpec,

@@ -1,0 +1,134 @@
+"""Classifier tracks: accuracy per set (and per group, per class), then the attack cascade.
+
+The cascade (:mod:`evaluator.attacks.cascade`) runs on a subset of the clean set drawn from the
+job's public seed, so a leaderboard's robust accuracies can be reproduced; the reliability
+checks (:mod:`evaluator.attacks.reliability`) run on part of that subset.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import torch
+
+from evaluator.attacks.cascade import run_cascade
+from evaluator.attacks.reliability import run_reliability_checks
+from evaluator.data.evalsets import EvaluationSetData
+from evaluator.metrics.classification import accuracy_with_interval, per_class_accuracy
+from evaluator.models.contract import pixels_to_unit
+from evaluator.progress import ProgressCallback, StagedProgress
+from evaluator.scoring.feeding import in_pixel_space
+from evaluator.scoring.task import SetScores, clean_set_index
+from evaluator.spec import JobSpec, MetricValue
+
+__all__ = ["ClassifierScoring", "attack_subset", "run_attacks", "score_classifier"]
+
+
+def score_classifier(
+    outputs: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    set_name: str,
+    groups: torch.Tensor | None = None,
+    group_names: list[str] | None = None,
+) -> tuple[list[MetricValue], dict[str, float]]:
+    """Accuracy with its interval, per-class accuracy and, for grouped sets, accuracy per group.
+
+    A grouped set (for example every corruption x severity cell of a corruption shift) reports
+    ``accuracy@<group>`` for each cell beside the overall ``accuracy`` over all its images.
+    """
+    predictions = outputs.argmax(dim=1)
+    hits = predictions == labels
+    n = int(labels.shape[0])
+    accuracy, low, high = accuracy_with_interval(int(hits.sum()), n)
+    metrics = [MetricValue(set_name, "accuracy", accuracy, n, low, high, "clopper-pearson-95")]
+    if groups is not None and group_names:
+        for index, name in enumerate(group_names):
+            in_group = groups == index
+            count = int(in_group.sum())
+            if count:
+                value, lo, hi = accuracy_with_interval(int(hits[in_group].sum()), count)
+                metrics.append(MetricValue(set_name, f"accuracy@{name}", value, count, lo, hi, "clopper-pearson-95"))
+    return metrics, per_class_accuracy(predictions.numpy(), labels.numpy(), num_classes)
+
+
+def attack_subset(num_examples: int, points: int, seed: int) -> torch.Tensor:
+    """The seeded subset of the clean set that the attack suite attacks (sorted indices)."""
+    order = torch.randperm(num_examples, generator=torch.Generator().manual_seed(seed))
+    return order[: min(points, num_examples)].sort().values
+
+
+def run_attacks(
+    model: torch.nn.Module, spec: JobSpec, set_name: str, images_uint8: torch.Tensor, labels: torch.Tensor,
+    device: torch.device, progress: ProgressCallback,
+) -> tuple[list[MetricValue], dict[str, Any]]:
+    """The attack cascade on a seeded subset of the clean set, plus the reliability checks.
+
+    Returns ``robust_accuracy@<threat>`` (final, with its interval) and
+    ``robust_accuracy@<threat>><stage>`` (after each stage) metrics, and per threat model the
+    passes spent, seconds and reliability flags for the provenance.
+    """
+    subset = attack_subset(int(labels.shape[0]), spec.attack_points, spec.seed)
+    model = in_pixel_space(model, spec.input)
+    x = pixels_to_unit(images_uint8[subset], device)
+    y = labels[subset].to(device)
+    threats = spec.threat_models
+    with_checks = spec.reliability_points > 0
+    stages = StagedProgress(progress, [4.0 if with_checks else 1.0] + ([1.0] if with_checks else []))
+
+    def on_cascade(fraction: float, stage: str) -> None:
+        stages.report(0, fraction, f"attacks: {stage}")
+
+    report = run_cascade(model, x, y, threats, suite=spec.attack_suite, seed=spec.seed,
+                         batch_size=spec.batch_size, device=device, progress=on_cascade)
+    metrics: list[MetricValue] = []
+    details: dict[str, Any] = {}
+    for index, (threat, outcome) in enumerate(zip(threats, report.threat_models, strict=True)):
+        label = threat.label
+        metrics.append(MetricValue(set_name, f"robust_accuracy@{label}", outcome.robust_accuracy, outcome.num_examples,
+                                   outcome.ci_low, outcome.ci_high, outcome.ci_method))
+        for stage in outcome.stages:
+            metrics.append(MetricValue(set_name, f"robust_accuracy@{label}>{stage.attack}", stage.robust_accuracy,
+                                       outcome.num_examples))
+        flags: list[dict[str, Any]] = []
+        if with_checks:
+            stages.report(1, index / len(threats), f"reliability checks: {label}")
+            checks = run_reliability_checks(model, x, y, threat, subset=spec.reliability_points, seed=spec.seed,
+                                            cascade_report=outcome, batch_size=spec.batch_size, device=device)
+            flags = [asdict(flag) for flag in checks.flags]
+        details[label] = {
+            "norm": threat.norm, "eps": threat.eps, "suite": report.suite_version, "points": outcome.num_examples,
+            "clean_accuracy": outcome.clean_accuracy, "forward_passes": outcome.forward_passes,
+            "backward_passes": outcome.backward_passes, "seconds": outcome.seconds, "flags": flags,
+            "stages": [asdict(stage) for stage in outcome.stages],
+        }
+    metrics.append(MetricValue(set_name, "attacked_clean_accuracy", report.clean_accuracy, report.num_examples,
+                               report.clean_ci_low, report.clean_ci_high, "clopper-pearson-95"))
+    return metrics, details
+
+
+class ClassifierScoring:
+    """The classifier kind of :class:`evaluator.scoring.task.TaskScoring`."""
+
+    attack_record = "attacks"
+
+    def attacked_points(self, spec: JobSpec) -> int | None:
+        return spec.attack_points if spec.threat_models else None
+
+    def score_sets(self, spec: JobSpec, datasets: list[EvaluationSetData], outputs: list[torch.Tensor]) -> SetScores:
+        scores = SetScores()
+        for set_spec, data, out in zip(spec.evaluation_sets, datasets, outputs, strict=True):
+            metrics, per_class = score_classifier(out, data.labels, spec.num_classes, set_spec.name, data.groups,
+                                                  data.group_names)
+            scores.per_class[set_spec.name] = per_class
+            scores.metrics.extend(metrics)
+        return scores
+
+    def attack(self, model: torch.nn.Module, spec: JobSpec, datasets: list[EvaluationSetData],
+               outputs: list[torch.Tensor], device: torch.device, progress: ProgressCallback,
+               secret: int) -> tuple[list[MetricValue], dict[str, Any]]:
+        """The cascade on the clean set; seeded by ``spec.seed`` alone, so ``secret`` plays no part."""
+        clean = clean_set_index(spec)
+        data = datasets[clean]
+        return run_attacks(model, spec, spec.evaluation_sets[clean].name, data.images, data.labels, device, progress)
