@@ -1,7 +1,7 @@
 """Robustness Arena's evaluator: a plain Python package (torch, numpy, no Django).
 
 The platform hands it a :class:`evaluator.spec.JobSpec` and reads back a
-:class:`evaluator.spec.Result`; see ``python -m evaluator --help``.
+:class:`evaluator.spec.JobResult`; see ``python -m evaluator --help``.
 """
 
 __version__ = "0.1.0"

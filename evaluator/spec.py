@@ -1,4 +1,4 @@
-"""The seam between the platform and the evaluator: a JobSpec goes in, a Result comes out.
+"""The seam between the platform and the evaluator: a JobSpec goes in, a JobResult comes out.
 
 Nothing else crosses between the Django side and the evaluator (apart from progress events,
 see :mod:`evaluator.progress`). Both are plain dataclasses with a JSON round-trip so that the
@@ -14,7 +14,7 @@ from typing import Any, Literal
 TaskKind = Literal["classifier", "detector"]
 ArtifactFormat = Literal["pt2", "safetensors"]
 
-#: Bumped whenever the meaning of a JobSpec or Result field changes.
+#: Bumped whenever the meaning of a JobSpec or JobResult field changes.
 SPEC_VERSION = 1
 
 
@@ -215,8 +215,11 @@ class MetricValue:
 
 
 @dataclass
-class Result:
+class JobResult:
     """What comes back from one job. ``error`` is set (and ``metrics`` empty) when it failed.
+
+    Named for the job, not ``Result``: the platform stores each of its metrics as a row of its own
+    ``submissions.models.Result``, and one name for both read as one thing.
 
     ``error_code`` is machine-readable (see :class:`evaluator.errors.EvaluationError`);
     ``error`` is a sentence a researcher understands.
@@ -238,17 +241,17 @@ class Result:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Result:
+    def from_dict(cls, data: dict[str, Any]) -> JobResult:
         data = dict(data)
         data["metrics"] = [MetricValue(**m) for m in data.get("metrics", [])]
         return cls(**data)
 
     @classmethod
-    def from_json(cls, text: str) -> Result:
+    def from_json(cls, text: str) -> JobResult:
         return cls.from_dict(json.loads(text))
 
     @classmethod
-    def failure(cls, spec: JobSpec, code: str, message: str, **provenance: Any) -> Result:
+    def failure(cls, spec: JobSpec, code: str, message: str, **provenance: Any) -> JobResult:
         return cls(
             job_id=spec.job_id,
             ok=False,
@@ -258,3 +261,8 @@ class Result:
             error=message,
             provenance=dict(provenance),
         )
+
+
+#: Transitional alias while platform/ imports the old name (``from evaluator.spec import Result as
+#: EvaluatorResult``); removed once the platform says JobResult. The evaluator itself never uses it.
+Result = JobResult

@@ -15,7 +15,7 @@ tree and stops a job that exceeds its limits (:mod:`evaluator.sandbox.supervisio
 
 Without bubblewrap the model still runs in a process of its own with a scrubbed environment and
 resource limits, but it shares the host's network and file system: that mode must be allowed
-explicitly by the operator (``allow_unsandboxed``), and the Result's provenance says which mode
+explicitly by the operator (``allow_unsandboxed``), and the JobResult's provenance says which mode
 ran.
 """
 
@@ -38,11 +38,11 @@ from evaluator.sandbox.exit_reasons import describe_exit, describe_stop
 from evaluator.sandbox.identity import IdentityUnavailable, claim_identity, wait_until_gone
 from evaluator.sandbox.limits import SandboxLimits
 from evaluator.sandbox.supervision import supervise
-from evaluator.spec import JobSpec, Result
+from evaluator.spec import JobResult, JobSpec
 
 
-def _parse_result(line: str, progress: ProgressCallback) -> Result | None:
-    """One JSON line from the child: reports progress, returns the Result if it is one."""
+def _parse_result(line: str, progress: ProgressCallback) -> JobResult | None:
+    """One JSON line from the child: reports progress, returns the JobResult if it is one."""
     try:
         event = json.loads(line)
     except json.JSONDecodeError:
@@ -58,7 +58,7 @@ def _parse_result(line: str, progress: ProgressCallback) -> Result | None:
         return None
     if event.get("event") == "result" and isinstance(event.get("result"), dict):
         try:
-            return Result.from_dict(event["result"])
+            return JobResult.from_dict(event["result"])
         except (TypeError, ValueError):  # a malformed result is no result
             return None
     return None
@@ -79,11 +79,11 @@ def run_sandboxed(
     limits: SandboxLimits | None = None,
     allow_unsandboxed: bool = False,
     should_cancel: Callable[[], bool] | None = None,
-) -> Result:
-    """Evaluate ``spec`` in the scorer process (the model in its sandbox) and return its Result.
+) -> JobResult:
+    """Evaluate ``spec`` in the scorer process (the model in its sandbox) and return its JobResult.
 
     Never raises for model faults. ``should_cancel`` is polled about once a second; when it
-    returns True the job's processes are killed and a ``cancelled`` Result comes back. Raises
+    returns True the job's processes are killed and a ``cancelled`` JobResult comes back. Raises
     :class:`SandboxUnavailable` when no sandbox can be set up and the unsandboxed mode is not
     allowed.
     """
@@ -96,7 +96,7 @@ def run_sandboxed(
             "bubblewrap (bwrap) is not installed, and unsandboxed evaluation is not allowed on this worker"
         )
     mode = "bubblewrap" if use_bwrap else "unsandboxed"
-    found: list[Result] = []
+    found: list[JobResult] = []
 
     def on_line(line: str) -> None:
         result = _parse_result(line, progress)
@@ -126,11 +126,11 @@ def run_sandboxed(
 
     result = found[0] if found else None
     if outcome.stopped:
-        result = Result.failure(spec, *describe_stop(outcome.stopped, limits))
+        result = JobResult.failure(spec, *describe_stop(outcome.stopped, limits))
     elif result is None:
-        result = Result.failure(spec, *describe_exit(outcome.returncode, limits, outcome.stderr_tail, False))
+        result = JobResult.failure(spec, *describe_exit(outcome.returncode, limits, outcome.stderr_tail, False))
     if result.job_id != spec.job_id:
-        result = Result.failure(spec, "internal", "The evaluation returned a result for another job.")
+        result = JobResult.failure(spec, "internal", "The evaluation returned a result for another job.")
     result.provenance.update(
         sandbox=mode, wall_seconds=outcome.wall_seconds, peak_tasks=outcome.peak.tasks,
         peak_memory_bytes=outcome.peak.memory_bytes,

@@ -1,9 +1,9 @@
-"""The scorer: runs one JobSpec to a Result, what ``python -m evaluator run`` calls.
+"""The scorer: runs one JobSpec to a JobResult, what ``python -m evaluator run`` calls.
 
 It holds the evaluation sets, the labels and the generator, and computes every number; the
 submitted model runs in a process of its own (:mod:`evaluator.remote`) and is only ever asked
 for outputs and input gradients. It never raises for a bad submission: every failure becomes a
-Result with an error code and a sentence a researcher understands. Only aggregate metrics and
+JobResult with an error code and a sentence a researcher understands. Only aggregate metrics and
 per-class accuracies leave it; per-example outputs on hidden data never do.
 
 Batches cannot be gamed: every evaluation set is fed in an order drawn from a secret seed of

@@ -1,4 +1,4 @@
-"""One job from start to Result: read the sets, host the model, feed every set, check, score, attack.
+"""One job from start to JobResult: read the sets, host the model, feed every set, check, score, attack.
 
 Everything here is shared by the task kinds; what differs (how sets are scored, which attacks
 run) is asked of the kind's :class:`evaluator.scoring.task.TaskScoring`, chosen once from
@@ -35,7 +35,7 @@ from evaluator.scoring.consistency import (
 from evaluator.scoring.detector import DetectorScoring
 from evaluator.scoring.feeding import feed_with_repeats, predict
 from evaluator.scoring.task import TaskScoring
-from evaluator.spec import JobSpec, Result, TaskKind
+from evaluator.spec import JobResult, JobSpec, TaskKind
 
 __all__ = ["SCORING", "run_job"]
 
@@ -90,8 +90,8 @@ def _run_settings(spec: JobSpec, model: RemoteModel, device: str, backward: bool
 
 
 def run_job(spec: JobSpec, progress: ProgressCallback = ignore_progress, host: HostOptions | None = None,
-            secret_seed: int | None = None) -> Result:
-    """Evaluate one submission as the spec says; failures come back as a Result, not an exception.
+            secret_seed: int | None = None) -> JobResult:
+    """Evaluate one submission as the spec says; failures come back as a JobResult, not an exception.
 
     The model runs in its own process, started as ``host`` says (by default under bubblewrap
     where it is installed). ``spec.device`` may be ``auto`` (see :mod:`evaluator.devices`): the
@@ -145,19 +145,19 @@ def run_job(spec: JobSpec, progress: ProgressCallback = ignore_progress, host: H
         return result
     except EvaluationError as exc:
         provenance["seconds"] = round(time.perf_counter() - started, 3)
-        return Result.failure(spec, exc.code, exc.message, **provenance)
+        return JobResult.failure(spec, exc.code, exc.message, **provenance)
     except MemoryError:
-        return Result.failure(spec, "out_of_memory", "The evaluation exceeded its memory limit.", **provenance)
+        return JobResult.failure(spec, "out_of_memory", "The evaluation exceeded its memory limit.", **provenance)
     except SandboxUnavailable as exc:
-        return Result.failure(spec, "sandbox_unavailable", str(exc), **provenance)
+        return JobResult.failure(spec, "sandbox_unavailable", str(exc), **provenance)
     except Exception as exc:  # the platform's own fault: the traceback goes to the operator's log only
         traceback.print_exc(file=sys.stderr)
-        return Result.failure(spec, "internal", f"The evaluator failed ({type(exc).__name__}).", **provenance)
+        return JobResult.failure(spec, "internal", f"The evaluator failed ({type(exc).__name__}).", **provenance)
 
 
 def _score(spec: JobSpec, scoring: TaskScoring, attacked_points: int | None, model: RemoteModel,
            device: torch.device, progress: ProgressCallback, provenance: dict[str, Any], order_rng: torch.Generator,
-           secret: int, datasets: list[EvaluationSetData]) -> Result:
+           secret: int, datasets: list[EvaluationSetData]) -> JobResult:
     """Every evaluation set through the model in a secret order, the batch checks, the scores, then the attacks."""
     total_images = sum(int(d.labels.shape[0]) for d in datasets)
     provenance["images"] = total_images
@@ -197,7 +197,7 @@ def _score(spec: JobSpec, scoring: TaskScoring, attacked_points: int | None, mod
     provenance["batch_checks"] = checks
     provenance["batch_check_seconds"] = round(check_seconds, 3)
     scores = scoring.score_sets(spec, datasets, outputs_by_set)
-    result = Result(job_id=spec.job_id, ok=True, suite_version=spec.suite_version, seed=spec.seed,
+    result = JobResult(job_id=spec.job_id, ok=True, suite_version=spec.suite_version, seed=spec.seed,
                     metrics=scores.metrics, per_class=scores.per_class)
     if attacked_points is None:
         return result
