@@ -23,6 +23,13 @@ images that were never published.)
 
 The shared pretrained models are converted to safetensors for zoo architectures and submitted
 through the same path as any researcher's upload, as public baselines.
+
+Two phases. :meth:`DemoBuilder.build` with ``fast=True`` builds what the first page needs (the
+benchmark, the tracks and every set computed in seconds) and trains nothing; the transfer-attack
+set, which trains a surrogate detector and attacks through it (minutes), is left to
+:meth:`DemoBuilder.build_transfer_set`, which ``scripts/demo`` runs after the server is up
+(``manage.py prepare_demo``, :mod:`builders.preparation`). A set is registered only once its file
+is complete, so an evaluation that starts before then simply lacks that set's score.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +52,7 @@ from evaluator.data.evalsets import read_evaluation_set, split_indices, write_ev
 from evaluator.data.fetch import fetch_dataset, load_dataset
 from evaluator.data.framing import usps_to_mnist_framing
 from evaluator.data.integrity import sha256_file
+from evaluator.errors import EvaluationError
 from evaluator.models.convert import convert_checkpoint
 from evaluator.models.loading import load_generator
 from evaluator.models.zoo import build_model, get_architecture, remap_checkpoint
@@ -57,11 +65,16 @@ from evaluator.testbed.detectors import (
     train_detector,
     transfer_attack,
 )
-from submissions.models import Submission
+from submissions.models import IllegalTransition, Result, Submission
+from submissions.services import rerun
 
 logger = logging.getLogger(__name__)
 
 BENCHMARK_SLUG = "demo"
+DETECTOR_TRACK = "mnist-gan-detector"
+#: The detector track's black-box transfer-attack set: the one set that takes minutes (a surrogate is
+#: trained), so ``build_demo --fast`` leaves it to the background phase.
+TRANSFER_SET = "mnist-vs-gan-transfer"
 #: The demo's tracks, in build order (``build_demo --track`` builds a subset).
 TRACK_SLUGS = ("mnist-digits", "mnist-gan-detector", "cifar10-jpeg")
 #: The evaluation sets' version, in their file names. 2: drawn from the installation's secret seeds
@@ -223,13 +236,14 @@ class DemoBuilder:
                    f"per cell, the same images in every cell, a fixed seed per image", license=license,
         )
 
-    def _mnist_split(self) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    def _mnist_split(self, write_public: bool = True
+                     ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
 
         images, labels = self._load("mnist-test")
         public, hidden = mnist_split(len(labels), self.seeds)
-        # The public half is written for researchers and baseline training; it is not scored.
-        write_evaluation_set(self.data_dir / "public/mnist-test-public.safetensors", images[public], labels[public],
-                             {"name": "mnist-test-public"})
+        if write_public:  # the public half, for researchers and baseline training; it is not scored
+            write_evaluation_set(self.data_dir / "public/mnist-test-public.safetensors", images[public],
+                                 labels[public], {"name": "mnist-test-public"})
         return (images[public], labels[public]), (images[hidden], labels[hidden])
 
     def _generate(self, architecture: str, checkpoint: str, count: int, seed: int) -> np.ndarray:
@@ -256,8 +270,12 @@ class DemoBuilder:
         return path
 
     # -- tracks -------------------------------------------------------------------------------
-    def build(self, tracks: Collection[str] | None = None) -> Benchmark:
-        """Build every demo track, or only those whose slugs are in ``tracks``."""
+    def build(self, tracks: Collection[str] | None = None, *, fast: bool = False) -> Benchmark:
+        """Build every demo track, or only those whose slugs are in ``tracks``.
+
+        ``fast``: leave out the transfer-attack set (minutes of training and attack); build it later
+        with :meth:`build_transfer_set`. Nothing is trained then, and an existing transfer set stays.
+        """
         unknown = set(tracks or ()) - set(TRACK_SLUGS)
         if unknown:
             raise ValueError(f"unknown demo track(s) {sorted(unknown)}; the demo has {list(TRACK_SLUGS)}")
@@ -273,7 +291,7 @@ class DemoBuilder:
         if "mnist-digits" in wanted:
             self._build_digits(benchmark, hidden_images, hidden_labels)
         if "mnist-gan-detector" in wanted:
-            self._build_detector(benchmark, hidden_images, hidden_labels)
+            self._build_detector(benchmark, hidden_images, hidden_labels, transfer=not fast)
         if "cifar10-jpeg" in wanted:
             self._build_cifar(benchmark)
         return benchmark
@@ -299,17 +317,13 @@ class DemoBuilder:
         self._corruption_set(digits, "mnist-c", hidden_images, hidden_labels, "hidden MNIST half",
                              "MNIST (LeCun, Cortes, Burges)")
 
-    def _build_detector(self, benchmark: Benchmark, hidden_images: np.ndarray, hidden_labels: np.ndarray) -> None:
+    def _build_detector(self, benchmark: Benchmark, hidden_images: np.ndarray, hidden_labels: np.ndarray,
+                        transfer: bool = True) -> None:
         self.log("building the digits detector track")
-        detector = self._track(benchmark, "mnist-gan-detector", "MNIST real vs. GAN fakes", "detector", (1, 28, 28), 2,
-                               "Tell real MNIST digits from images drawn from a GAN generator; fake is the positive "
-                               "class. Fakes from a VAE decoder are a generator the detector never saw; JPEG and "
-                               "rescaling launder reals and fakes alike; fakes attacked through another detector "
-                               "test black-box transfer.")
-        count = min(2000, len(hidden_labels))
-        reals = hidden_images[:count]
-        gan = self._generate("mnist_gan_generator", "mnist_gan/G--300.ckpt", count, self.seeds.gan_samples)
-        vae = self._generate("mnist_vae_decoder", "mnist_gan/vae_epoch_25.pth", count, self.seeds.vae_samples)
+        detector = self._detector_track(benchmark)
+        reals, gan = self._detector_samples(hidden_images)
+        vae = self._generate("mnist_vae_decoder", "mnist_gan/vae_epoch_25.pth", len(reals), self.seeds.vae_samples)
+        count = len(reals)
         real_vs = np.zeros(count, dtype=np.int64), np.ones(count, dtype=np.int64)
         self._write_set(detector, "mnist-vs-gan", np.concatenate([reals, gan]), np.concatenate(real_vs),
                         role=EvaluationSet.Role.CLEAN,
@@ -321,7 +335,21 @@ class DemoBuilder:
                         license="MNIST; generator MIT (csinva/gan-vae-pretrained-pytorch)")
         self._write_generator(detector, "mnist_gan_generator", "mnist_gan/G--300.ckpt", "mnist-gan")
         self._laundered_set(detector, "mnist-vs-gan-laundered", reals, gan)
-        self._transfer_set(detector, "mnist-vs-gan-transfer", reals, gan)
+        if transfer:
+            self._transfer_set(detector, TRANSFER_SET, reals, gan)
+
+    def _detector_track(self, benchmark: Benchmark) -> Track:
+        return self._track(benchmark, DETECTOR_TRACK, "MNIST real vs. GAN fakes", "detector", (1, 28, 28), 2,
+                           "Tell real MNIST digits from images drawn from a GAN generator; fake is the positive "
+                           "class. Fakes from a VAE decoder are a generator the detector never saw; JPEG and "
+                           "rescaling launder reals and fakes alike; fakes attacked through another detector "
+                           "test black-box transfer.")
+
+    def _detector_samples(self, hidden_images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The detector track's hidden reals and as many hidden GAN fakes (the secret seed): the same on every call."""
+        count = min(2000, len(hidden_images))
+        gan = self._generate("mnist_gan_generator", "mnist_gan/G--300.ckpt", count, self.seeds.gan_samples)
+        return hidden_images[:count], gan
 
     def _build_cifar(self, benchmark: Benchmark) -> None:
         self.log("building the CIFAR-10 track")
@@ -393,22 +421,75 @@ class DemoBuilder:
         generator = load_generator(self.data_dir / g["relative_path"], g["architecture"], g["sha256"])
         return reals, sample_generator(generator, len(reals), PUBLIC_FAKE_SEED, int(g["latent_dim"]))
 
-    def _transfer_set(self, track: Track, name: str, reals: np.ndarray, fakes: np.ndarray) -> EvaluationSet:
-        """Hidden reals against hidden fakes attacked through a surrogate detector (black box).
+    def build_transfer_set(self, step: Callable[[str], None] | None = None) -> EvaluationSet | None:
+        """The slow phase: build the detector track's transfer-attack set, after ``build(fast=True)``.
 
-        The surrogate is a different architecture from the track's baseline, trained here on public
-        data only; submissions are never queried, they only score the result.
+        Returns the new set, or None when the registered one is already this installation's (same
+        hidden images, same recipe, file intact): a restarted demo does not train again. ``step``
+        hears the part in progress ("surrogate training", ...), for the track page.
         """
+        track = Track.objects.filter(slug=DETECTOR_TRACK).first()
+        if track is None or not track.generator:
+            raise RuntimeError(f"there is no {DETECTOR_TRACK!r} track with a generator yet: run build_demo first")
+        (_, _), (hidden_images, _) = self._mnist_split(write_public=False)
+        reals, gan = self._detector_samples(hidden_images)
+        return self._transfer_set(track, TRANSFER_SET, reals, gan, step=step)
+
+    def _transfer_plan(self, reals: np.ndarray, fakes: np.ndarray) -> tuple[int, int, int, str]:
+        """(images per class, surrogate epochs, attack steps, the set's source text) of the transfer set."""
         # The full demo attacks every hidden fake, so the transfer AUC compares with the clean AUC.
         per_class = min(len(reals), len(fakes))
         epochs, steps = SURROGATE_EPOCHS, TRANSFER_STEPS
         if self.limit is not None:  # a small demo (tests): a few hundred images, a short schedule
             per_class, epochs, steps = min(per_class, self.detector_shift_per_class), 2, 10
+        source = (f"{per_class} hidden real MNIST digits and {per_class} hidden GAN samples attacked by "
+                  f"tone-preserving sign-gradient descent (each pixel at most {round(TRANSFER_EPS * 255)}/255 "
+                  f"towards its nearer extreme, {steps} steps, 8-bit) on a surrogate detector "
+                  f"({SURROGATE_ARCHITECTURE}, {epochs} epochs) trained on the public MNIST half against "
+                  f"public-seed GAN samples; submissions are never queried")
+        return per_class, epochs, steps, source
+
+    def _transfer_set_current(self, track: Track, name: str, reals: np.ndarray, fakes: np.ndarray) -> bool:
+        """Whether the registered transfer set is the one this builder would write (no training needed).
+
+        Same version, recipe (its source text) and size, a file that matches its sha256, its reals
+        the hidden reals and its fakes within the budget of the hidden fakes: a new secret (new
+        hidden images) or a changed recipe builds it again.
+        """
+        per_class, _, _, source = self._transfer_plan(reals, fakes)
+        existing = EvaluationSet.objects.filter(track=track, name=name).first()
+        if existing is None or (existing.version, existing.source, existing.num_examples) != (
+                SET_VERSION, source, 2 * per_class):
+            return False
+        try:
+            images = read_evaluation_set(existing.path, existing.sha256).images.numpy()
+        except EvaluationError:
+            return False
+        moved = np.abs(images[per_class:].astype(np.int16) - fakes[:per_class].astype(np.int16))
+        return bool(np.array_equal(images[:per_class], reals[:per_class])
+                    and moved.max(initial=0) <= round(TRANSFER_EPS * 255))
+
+    def _transfer_set(self, track: Track, name: str, reals: np.ndarray, fakes: np.ndarray,
+                      step: Callable[[str], None] | None = None) -> EvaluationSet | None:
+        """Hidden reals against hidden fakes attacked through a surrogate detector (black box).
+
+        The surrogate is a different architecture from the track's baseline, trained here on public
+        data only; submissions are never queried, they only score the result. None (nothing
+        trained) when the registered set is already current.
+        """
+        step = step or (lambda _: None)
+        if self._transfer_set_current(track, name, reals, fakes):
+            self.log(f"  evaluation set {track.slug}:{name}: up to date, kept")
+            return None
+        per_class, epochs, steps, source = self._transfer_plan(reals, fakes)
         public_reals, public_fakes = self._public_detector_data(track)
+        step("surrogate training")
+        self.log(f"  training the surrogate {SURROGATE_ARCHITECTURE} for {track.slug}:{name} ({epochs} epochs)")
         started = time.perf_counter()
         surrogate = train_detector(SURROGATE_ARCHITECTURE, public_reals, public_fakes, seed=self.seeds.surrogate,
                                    epochs=epochs)
         train_seconds = time.perf_counter() - started
+        step(f"attacking {per_class} hidden fakes")
         attacked = transfer_attack(surrogate, fakes[:per_class], TRANSFER_EPS, steps=steps, seed=self.seeds.transfer)
         attack_seconds = time.perf_counter() - started - train_seconds
         public_auc = detector_auc(surrogate, public_reals, public_fakes)
@@ -416,14 +497,11 @@ class DemoBuilder:
                  f"{epochs} epochs in {train_seconds:.1f} s, public AUC {public_auc:.4f}; "
                  f"attacked {per_class} hidden fakes in {attack_seconds:.1f} s")
         labels = np.concatenate([np.zeros(per_class, dtype=np.int64), np.ones(per_class, dtype=np.int64)])
+        # Registered (update_or_create) only after its file is complete: an evaluation that starts
+        # earlier does not see the set at all.
         return self._write_set(
             track, name, np.concatenate([reals[:per_class], attacked]), labels, role=EvaluationSet.Role.SHIFT,
-            shift_kind=EvaluationSet.ShiftKind.ADVERSARIAL,
-            source=f"{per_class} hidden real MNIST digits and {per_class} hidden GAN samples attacked by "
-                   f"tone-preserving sign-gradient descent (each pixel at most {round(TRANSFER_EPS * 255)}/255 "
-                   f"towards its nearer extreme, {steps} steps, 8-bit) on a surrogate detector "
-                   f"({SURROGATE_ARCHITECTURE}) trained on the public MNIST half against public-seed GAN samples; "
-                   f"submissions are never queried",
+            shift_kind=EvaluationSet.ShiftKind.ADVERSARIAL, source=source,
             license="MNIST; generator MIT (csinva/gan-vae-pretrained-pytorch)",
         )
 
@@ -445,6 +523,30 @@ class DemoBuilder:
         return track
 
     # -- baselines ----------------------------------------------------------------------------
+    def rerun_baselines_lacking(self, evaluation_sets: Iterable[EvaluationSet]) -> list[Submission]:
+        """Queue again the finished baselines that have no score on one of these (newly added) sets.
+
+        A baseline evaluated before a background set was ready lacks its score; it is evaluated
+        again (baselines wait behind researchers' uploads, and a re-run is charged to no one).
+        Researchers' models are left as they are: staff can re-run them from the admin.
+        """
+        queued = []
+        for evaluation_set in evaluation_sets:
+            scored = Result.objects.filter(evaluation_set=evaluation_set).values("submission")
+            lacking = (Submission.objects.filter(track=evaluation_set.track_id, is_baseline=True,
+                                                 state=Submission.State.FINISHED)
+                       .exclude(pk__in=scored).exclude(pk__in=[s.pk for s in queued]))
+            for submission in lacking:
+                try:
+                    rerun(submission)
+                except IllegalTransition as exc:  # its state changed meanwhile, or its file is gone: leave it
+                    self.log(f"  {submission.name}: not queued again ({exc})")
+                    continue
+                queued.append(submission)
+                self.log(f"  baseline {submission.name} queued again for {evaluation_set.track.slug}:"
+                         f"{evaluation_set.name}")
+        return queued
+
     def register_baselines(self, tracks: Collection[str] | None = None) -> list[Submission]:
         """Convert each shared checkpoint to safetensors and submit it like any upload (once)."""
         made = []

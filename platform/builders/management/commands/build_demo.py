@@ -16,12 +16,15 @@ class Command(BaseCommand):
                             help="folder of the shared pretrained weights (default: ARENA_MODEL_MIRROR)")
         parser.add_argument("--limit", type=int, default=None, help="at most this many images per evaluation set")
         parser.add_argument("--no-baselines", action="store_true", help="build the tracks only")
+        parser.add_argument("--fast", action="store_true",
+                            help="train nothing: leave the transfer-attack set to `manage.py prepare_demo` "
+                                 "(what scripts/demo does, to serve pages within a couple of minutes)")
         parser.add_argument("--track", action="append", choices=TRACK_SLUGS, dest="tracks",
                             help="build only this track (repeatable; default: all)")
 
-    def handle(self, data_mirror, model_mirror, limit, no_baselines, tracks=None, **options):
+    def handle(self, data_mirror, model_mirror, limit, no_baselines, tracks=None, fast=False, **options):
         builder = DemoBuilder(data_mirror or None, model_mirror or None, log=self.stdout.write, limit=limit)
-        builder.build(tracks)
+        builder.build(tracks, fast=fast)
         if not no_baselines:
             made = builder.register_baselines(tracks)
             self.stdout.write(f"queued {len(made)} baseline submission(s) for evaluation")

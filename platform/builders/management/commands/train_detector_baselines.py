@@ -92,7 +92,7 @@ class Command(BaseCommand):
             if dry_run:
                 self.stdout.write("dry run: nothing submitted")
                 return
-            name = _title(epochs, seed)
+            name = baseline_title(epochs, seed)
             submission = submit_baseline(
                 track, path, name=name, zoo_architecture=BASELINE_ARCHITECTURE,
                 artifact_format=Submission.Format.SAFETENSORS, architecture=ARCHITECTURE_LABEL,
@@ -114,7 +114,7 @@ def _save_weights(model: nn.Module, architecture: str, path: Path) -> None:
     save_file(tensors, str(path), metadata={"architecture": architecture})
 
 
-def _title(epochs: int, seed: int) -> str:
+def baseline_title(epochs: int, seed: int) -> str:
     """A name that says what was trained on what, and tells seeds apart on the leaderboard."""
     name = f"Small CNN detector ({epochs} epochs, Adam, public MNIST half vs. public GAN samples)"
     return name if seed == DEFAULT_SEED else f"{name} [seed {seed}]"
