@@ -1,9 +1,20 @@
-"""The 15 ImageNet-C corruptions (Hendrycks & Dietterich, 2019) at 5 severities, reproducibly.
+"""Corruption sets: a published corruption benchmark's definitions, applied reproducibly.
 
-The pixels come from the ``imagecorruptions`` package (the maintained ``imagecorruptions-imaug``
-fork): it is the reference implementation researchers compare against, so a score here means
-what "ImageNet-C corruption error" means elsewhere. Note that it applies ImageNet-C's severity
-constants, not CIFAR-10-C's milder ones, at every image size.
+Two definitions are registered (:data:`DEFINITIONS`), and every set and every cell says in its
+provenance which one it follows:
+
+* ``cifar10-c``: CIFAR-10-C as Hendrycks & Dietterich (2019) published it, with their
+  generator's constants for 32x32 images (:mod:`evaluator.shifts.cifar10c`, written in this
+  project and measured against the authors' generator);
+* ``imagenet-c``: the 15 ImageNet-C corruptions with ImageNet-C's constants (made for 224 px
+  images), from the ``imagecorruptions`` package (the maintained ``imagecorruptions-imaug``
+  fork), on images reflect-padded to at least 32 px. On small images this is *not* a published
+  benchmark: its defocus blur at severity 1 (a 3 px disk) is wider than CIFAR-10-C's at
+  severity 5 (1.5 px), and on MNIST it is not Mu & Gilmer's MNIST-C (a different list of 15
+  corruptions, one severity each). A set built with it should be named for what it is (e.g.
+  ``mnist-imagenet-c-padded``).
+
+The rest of this docstring describes the ``imagenet-c`` implementation.
 
 Determinism. Every model must see the same corrupted pixels, and a rebuilt set must have the
 same sha256, so randomness is pinned per image:
@@ -48,13 +59,17 @@ import hashlib
 import json
 import multiprocessing
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import cache
+from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
 
 from evaluator.progress import ProgressCallback
+from evaluator.shifts import cifar10c
 
 #: The 15 ImageNet-C corruptions in the paper's order (noise, blur, weather, digital).
 CORRUPTIONS: tuple[str, ...] = (
@@ -107,9 +122,10 @@ def image_seed(base_seed: int, corruption: str, severity: int, index: int) -> in
     return _stable_seed("image", int(base_seed), corruption, int(severity), int(index))
 
 
-def _check_request(corruption: str, severity: int) -> None:
-    if corruption not in CORRUPTIONS:
-        raise ValueError(f"unknown corruption {corruption!r}; expected one of {', '.join(CORRUPTIONS)}")
+def _check_request(corruption: str, severity: int, definition: str = "imagenet-c") -> None:
+    known = get_definition(definition).all_corruptions
+    if corruption not in known:
+        raise ValueError(f"unknown corruption {corruption!r} for {definition}; expected one of {', '.join(known)}")
     if isinstance(severity, bool) or severity not in SEVERITIES:
         raise ValueError(f"severity must be one of {SEVERITIES}, got {severity!r}")
 
@@ -124,22 +140,32 @@ def _global_rng_preserved() -> Iterator[None]:
         np.random.set_state(saved)
 
 
-def corrupt_image(image_uint8_chw: np.ndarray, corruption: str, severity: int, seed: int) -> np.ndarray:
-    """Corrupt one uint8 (C, H, W) image, C in {1, 3}; returns a new uint8 array of the same shape.
+def corrupt_image(
+    image_uint8_chw: np.ndarray, corruption: str, severity: int, seed: int, definition: str = "imagenet-c"
+) -> np.ndarray:
+    """Corrupt one uint8 (C, H, W) image under ``definition``; returns a new uint8 array of the same shape.
 
-    The same (image, corruption, severity, seed) gives the same pixels in any process; the
-    caller's numpy global RNG state is left as it was. ``seed`` must lie in ``[0, 2**32)``
-    (numpy's legacy seeding range); use :func:`image_seed` to derive one.
+    ``imagenet-c`` takes C in {1, 3} and any size; ``cifar10-c`` takes (3, 32, 32) only. The
+    same (image, corruption, severity, seed) gives the same pixels in any process; the caller's
+    numpy global RNG state is left as it was. ``seed`` must lie in ``[0, 2**32)`` (numpy's
+    legacy seeding range); use :func:`image_seed` to derive one.
     """
+    chosen = get_definition(definition)
+    _check_request(corruption, severity, chosen.id)
+    return chosen.corrupt(image_uint8_chw, corruption, severity, seed)
+
+
+def _imagenet_c_image(image_uint8_chw: np.ndarray, corruption: str, severity: int, seed: int) -> np.ndarray:
+    """The ``imagenet-c`` definition's :func:`corrupt_image`."""
     with _global_rng_preserved():
         return _corrupt_seeded(image_uint8_chw, corruption, severity, seed)
 
 
 def _corrupt_seeded(image_uint8_chw: np.ndarray, corruption: str, severity: int, seed: int) -> np.ndarray:
-    """:func:`corrupt_image` without restoring the global RNG, which it reseeds."""
+    """:func:`_imagenet_c_image` without restoring the global RNG, which it reseeds."""
     from imagecorruptions import corrupt
 
-    _check_request(corruption, severity)
+    _check_request(corruption, severity, "imagenet-c")
     image = np.asarray(image_uint8_chw)
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[0] not in (1, 3):
         raise ValueError(f"expected a uint8 (C, H, W) image with C in (1, 3), got {image.dtype} {image.shape}")
@@ -168,6 +194,118 @@ def _corrupt_seeded(image_uint8_chw: np.ndarray, corruption: str, severity: int,
     return np.ascontiguousarray(out.transpose(2, 0, 1))
 
 
+def _package_version(name: str) -> str:
+    try:
+        return version(name)
+    except PackageNotFoundError:  # pragma: no cover - the package is a pinned requirement
+        return "unknown version"
+
+
+def _imagenet_c_cell(corruption: str, severity: int) -> str:
+    return (
+        f"ImageNet-C (Hendrycks & Dietterich 2019) corruption {corruption}, severity {severity}, with ImageNet-C's "
+        f"constants (made for 224 px images) from imagecorruptions-imaug {_package_version('imagecorruptions-imaug')}; "
+        f"images under {MIN_SIDE} px reflect-padded to {MIN_SIDE} and cropped back. Not a published benchmark at "
+        "small sizes (not CIFAR-10-C, not MNIST-C)"
+    )
+
+
+@dataclass(frozen=True)
+class CorruptionDefinition:
+    """A corruption benchmark's definition: its names, whose constants, and the implementation.
+
+    ``corruptions`` are the benchmark's own list (its mean corruption accuracy is over these);
+    ``extra_corruptions`` are published alongside and built only on request. ``image_shape``
+    is the (C, H, W) the constants were made for, or None when any size is accepted.
+    """
+
+    id: str
+    reference: str
+    constants: str
+    corruptions: tuple[str, ...]
+    extra_corruptions: tuple[str, ...]
+    image_shape: tuple[int, int, int] | None
+    corrupt: Callable[[np.ndarray, str, int, int], np.ndarray]
+    describe_cell: Callable[[str, int], str]
+
+    @property
+    def all_corruptions(self) -> tuple[str, ...]:
+        """The benchmark's corruptions followed by its extra ones."""
+        return self.corruptions + self.extra_corruptions
+
+
+#: Every corruption definition a set can be built with, by id.
+DEFINITIONS: dict[str, CorruptionDefinition] = {
+    definition.id: definition
+    for definition in (
+        CorruptionDefinition(
+            id="cifar10-c",
+            reference=cifar10c.REFERENCE,
+            constants=f"the authors' constants for 32x32 images ({cifar10c.GENERATOR})",
+            corruptions=cifar10c.CORRUPTIONS,
+            extra_corruptions=cifar10c.EXTRA_CORRUPTIONS,
+            image_shape=(3, cifar10c.SIDE, cifar10c.SIDE),
+            corrupt=cifar10c.corrupt_image,
+            describe_cell=cifar10c.provenance,
+        ),
+        CorruptionDefinition(
+            id="imagenet-c",
+            reference="ImageNet-C (Hendrycks & Dietterich 2019)",
+            constants="ImageNet-C's constants, made for 224 px images (imagecorruptions package)",
+            corruptions=CORRUPTIONS,
+            extra_corruptions=(),
+            image_shape=None,
+            corrupt=_imagenet_c_image,
+            describe_cell=_imagenet_c_cell,
+        ),
+    )
+}
+
+
+def get_definition(definition: str) -> CorruptionDefinition:
+    """The registered definition with this id (ValueError listing the known ones if none)."""
+    try:
+        return DEFINITIONS[definition]
+    except KeyError:
+        known = ", ".join(DEFINITIONS)
+        raise ValueError(f"unknown corruption definition {definition!r}; expected one of {known}") from None
+
+
+@cache
+def cell_provenance(definition: str, corruption: str, severity: int) -> str:
+    """Which published definition one (corruption, severity) cell follows, with its constants."""
+    _check_request(corruption, severity, definition)
+    return get_definition(definition).describe_cell(corruption, severity)
+
+
+def describe_corruption_set(
+    definition: str, corruptions: Sequence[str], severities: Sequence[int], per_cell: int, source: str
+) -> str:
+    """One paragraph of provenance for a built set (an evaluation set's ``source`` field).
+
+    ``source`` names the clean images, e.g. "CIFAR-10 JPEG test set".
+    """
+    chosen = get_definition(definition)
+    extra = [c for c in corruptions if c in chosen.extra_corruptions]
+    listed = f"{len(corruptions) - len(extra)} corruptions" + (f" and {len(extra)} extra ones" if extra else "")
+    return (
+        f"{source}: {chosen.reference}, {listed} x {len(severities)} severities "
+        f"({', '.join(str(s) for s in severities)}) with {chosen.constants}; {per_cell} images per cell, "
+        "the same images in every cell, a fixed seed per image"
+    )
+
+
+def corruption_set_metadata(definition: str, group_names: Sequence[str], per_cell: int) -> dict[str, object]:
+    """Provenance to store with a built set: the definition and, per cell, the definition it follows."""
+    chosen = get_definition(definition)
+    cells = {}
+    for name in group_names:
+        corruption, _, severity = name.rpartition(":")
+        cells[name] = cell_provenance(chosen.id, corruption, int(severity))
+    return {"definition": chosen.id, "reference": chosen.reference, "constants": chosen.constants,
+            "per_cell": per_cell, "cells": cells}  # fmt: skip
+
+
 def select_subset(n: int, per_cell: int, base_seed: int) -> np.ndarray:
     """The sorted int64 source indices every cell of a corruption set is built from.
 
@@ -180,8 +318,13 @@ def select_subset(n: int, per_cell: int, base_seed: int) -> np.ndarray:
     return np.sort(rng.choice(n, size=per_cell, replace=False)).astype(np.int64)
 
 
-def _corrupt_chunk(images: np.ndarray, corruption: str, severity: int, seeds: list[int]) -> np.ndarray:
+def _corrupt_chunk(
+    images: np.ndarray, corruption: str, severity: int, seeds: list[int], definition: str = "imagenet-c"
+) -> np.ndarray:
     """Worker task: corrupt a chunk of images (module level, so that it can be pickled)."""
+    if definition != "imagenet-c":
+        corrupt = get_definition(definition).corrupt
+        return np.stack([corrupt(im, corruption, severity, s) for im, s in zip(images, seeds, strict=True)])
     with _global_rng_preserved():
         return np.stack([_corrupt_seeded(im, corruption, severity, s) for im, s in zip(images, seeds, strict=True)])
 
@@ -198,12 +341,18 @@ def build_corruption_set(
     labels: np.ndarray,
     base_seed: int,
     per_cell: int,
-    corruptions: Sequence[str] = CORRUPTIONS,
+    corruptions: Sequence[str] | None = None,
     severities: Sequence[int] = SEVERITIES,
     progress: ProgressCallback | None = None,
     workers: int | None = None,
+    definition: str = "imagenet-c",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """Corrupt a seeded subset of ``per_cell`` images once per (corruption, severity) cell.
+
+    ``definition`` is the published benchmark the cells follow (:data:`DEFINITIONS`);
+    ``corruptions`` defaults to its own list (for ``cifar10-c``, the 15 without the 4 extra
+    ones, which are built only when named). Describe the result with
+    :func:`describe_corruption_set` and :func:`corruption_set_metadata`.
 
     Returns ``(images, labels, groups, group_names)``: uint8 (M, C, H, W), int64 (M,), int64
     (M,) cell index per image, and ``group_names[g] == f"{corruption}:{severity}"``, where
@@ -224,10 +373,14 @@ def build_corruption_set(
         raise ValueError(f"images must be uint8 (N, C, H, W) with C in (1, 3), got {images.dtype} {images.shape}")
     if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
         raise ValueError(f"labels must have shape ({images.shape[0]},), got {labels.shape}")
-    corruptions, severities = list(corruptions), list(severities)
+    chosen = get_definition(definition)
+    if chosen.image_shape is not None and images.shape[1:] != chosen.image_shape:
+        raise ValueError(f"{chosen.id} is defined for images of shape {chosen.image_shape}, got {images.shape[1:]}")
+    corruptions = list(chosen.corruptions if corruptions is None else corruptions)
+    severities = list(severities)
     for corruption in corruptions:
         for severity in severities:
-            _check_request(corruption, severity)
+            _check_request(corruption, severity, chosen.id)
     if (
         not corruptions
         or not severities
@@ -247,10 +400,10 @@ def build_corruption_set(
         for start in range(0, per_cell, _CHUNK)
     ]
 
-    def arguments(start: int, corruption: str, severity: int) -> tuple[np.ndarray, str, int, list[int]]:
+    def arguments(start: int, corruption: str, severity: int) -> tuple[np.ndarray, str, int, list[int], str]:
         indices = subset[start : start + _CHUNK]
         seeds = [image_seed(base_seed, corruption, severity, int(i)) for i in indices]
-        return source[start : start + _CHUNK], corruption, severity, seeds
+        return source[start : start + _CHUNK], corruption, severity, seeds, chosen.id
 
     def store(cell: int, start: int, chunk: np.ndarray, done: int) -> None:
         out[cell * per_cell + start : cell * per_cell + start + len(chunk)] = chunk
