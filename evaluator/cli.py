@@ -15,6 +15,7 @@ from pathlib import Path
 
 def _cmd_run(args: argparse.Namespace) -> int:
     """The scorer: runs ``{"spec": ..., "host": ...}`` (or a bare JobSpec), the model in a process of its own."""
+    # Per command: each loads only what it uses (torch alone takes about a second).
     from evaluator.progress import JsonLineProgress
     from evaluator.remote.client import HostOptions
     from evaluator.sandbox import SandboxLimits
@@ -41,6 +42,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_fetch(args: argparse.Namespace) -> int:
+    # Per command: each loads only what it uses (torch alone takes about a second).
     from evaluator.data.fetch import fetch_dataset
     from evaluator.data.registry import list_datasets
 
@@ -52,6 +54,7 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
+    # Per command: each loads only what it uses (torch alone takes about a second).
     from evaluator.models.convert import convert_checkpoint
 
     convert_checkpoint(args.architecture, Path(args.source), Path(args.dest))
@@ -63,6 +66,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     """Build the researcher's module from ``package.module:factory`` and export it to ``.pt2``."""
     import importlib
 
+    # Per command: each loads only what it uses (torch alone takes about a second).
     from evaluator.errors import EvaluationError
     from evaluator.models.convert import export_module
     from evaluator.spec import InputSpec
@@ -94,6 +98,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     A researcher may be checking a file someone else sent them: a refused file must never reach
     torch's loader on their machine either.
     """
+    # Per command: each loads only what it uses (torch alone takes about a second).
     from evaluator.errors import EvaluationError
     from evaluator.models.contract import check_contract
     from evaluator.models.formats import detect_format
@@ -115,6 +120,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_architectures(args: argparse.Namespace) -> int:
+    # Per command: each loads only what it uses (torch alone takes about a second).
     from evaluator.models.zoo import list_architectures
 
     for entry in list_architectures():

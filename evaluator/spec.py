@@ -261,8 +261,3 @@ class JobResult:
             error=message,
             provenance=dict(provenance),
         )
-
-
-#: Transitional alias while platform/ imports the old name (``from evaluator.spec import Result as
-#: EvaluatorResult``); removed once the platform says JobResult. The evaluator itself never uses it.
-Result = JobResult

@@ -8,7 +8,6 @@ above them all) is written once, in ``platform/arena/settings.py``, and describe
 from __future__ import annotations
 
 import ast
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -79,10 +78,24 @@ def test_the_evaluator_knows_nothing_of_django_or_the_platform():
     assert not wrong, "\n".join(wrong)
 
 
+def _commented_block(lines: list[str], index: int) -> bool:
+    """Whether a comment line sits in the run of imports (and comments) that ``lines[index]`` belongs to,
+    or just above it: one reason may serve a block of imports."""
+    i = index - 1
+    while i >= 0:
+        text = lines[i].strip()
+        if text.startswith("#"):
+            return True
+        if not (text.startswith(("from ", "import ")) or text.endswith((",", "(")) or text == ")"):
+            return False
+        i -= 1
+    return False
+
+
 @pytest.mark.parametrize("folder", [PLATFORM, EVALUATOR], ids=["platform", "evaluator"])
 def test_an_import_inside_a_function_says_why(folder: Path):
     """Project imports inside functions hide import cycles unless each has a reason, written beside it
-    (a comment on the line, or on the lines just above, or the enclosing docstring of an AppConfig.ready)."""
+    (a comment on the line or heading its block of imports; AppConfig.ready says why in its docstring)."""
     silent = []
     for path in _sources(folder):
         lines = path.read_text().splitlines()
@@ -90,8 +103,21 @@ def test_an_import_inside_a_function_says_why(folder: Path):
             if not inside or package not in PROJECT_PACKAGES or path.name == "apps.py":
                 continue
             here = lines[line - 1]
-            above = [lines[i] for i in range(max(0, line - 4), line - 1)]
-            if "#" in here or any(re.match(r"\s*#", text) for text in above):
+            if "#" in here or _commented_block(lines, line - 1):
                 continue
             silent.append(f"{path.relative_to(ROOT)}:{line}: {here.strip()}")
     assert not silent, "imports inside functions without a reason:\n" + "\n".join(silent)
+
+
+def test_the_web_server_starts_without_torch():
+    """Pages read the evaluator's registries (attack stages, transforms, failure codes) but never load torch:
+    each gunicorn worker would otherwise carry it (about a second to import and hundreds of MB)."""
+    import subprocess
+    import sys
+
+    code = ("import os, sys; sys.path[:0] = ['platform', '.']; os.environ['DJANGO_SETTINGS_MODULE'] = 'arena.settings';"
+            "import django; django.setup(); import arena.urls, leaderboards.queries as q;"
+            "print(q.STAGE_ORDER, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["('apgd-ce',", "'apgd-t',", "'square')", "False"]

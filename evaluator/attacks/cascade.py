@@ -32,7 +32,8 @@ from torch import Tensor, nn
 
 from evaluator.attacks.common import derive_seed, make_generator, predict_logits
 from evaluator.attacks.counting import CountingModel, PassCount, as_counting
-from evaluator.attacks.stages import STAGE_NAMES, get_stage
+from evaluator.attacks.stage_attacks import ATTACKS
+from evaluator.attacks.stages import STAGE_NAMES
 from evaluator.attacks.threat import ThreatModel, contains
 from evaluator.metrics.classification import accuracy_with_interval
 from evaluator.models.contract import pixels_to_unit
@@ -194,7 +195,7 @@ def attack_threat_model(
     started = time.perf_counter()
     staged = StagedProgress(on_progress or ignore_progress, [1.0] * len(config.stages))
     for stage_index, stage in enumerate(config.stages):
-        attack = get_stage(stage).attack
+        attack = ATTACKS[stage]
         stage_started = time.perf_counter()
         before = counter.count
         todo = robust.nonzero().squeeze(1)

@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 
+from evaluator.metrics.classification import accuracy_with_interval
 from evaluator.spec import MetricValue
 
 #: Relative slack when comparing an FPR with its target, so that e.g. 29/100 counts as <= 0.29.
@@ -189,8 +190,6 @@ def fixed_threshold_rates(
     data. The threshold is treated as fixed, so each rate is a binomial proportion of the
     fakes (TPR) or reals (FPR) of this set that reach it.
     """
-    from evaluator.metrics.classification import accuracy_with_interval
-
     scores, labels = _check_binary(scores, labels)
     fakes, reals = scores[labels == 1], scores[labels == 0]
     out: list[MetricValue] = []

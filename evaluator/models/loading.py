@@ -25,6 +25,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from evaluator.data.integrity import sha256_file
 from evaluator.errors import EvaluationError
 from evaluator.models.formats import detect_format
 from evaluator.models.screening import (
@@ -131,8 +132,6 @@ def load_generator(path: str | os.PathLike[str], architecture: str, sha256: str 
     Any problem here is the platform's fault, so it is reported as ``data_integrity`` (hash
     mismatch) or ``data_unavailable`` (missing or unreadable) and never counts against a user.
     """
-    from evaluator.data.integrity import sha256_file
-
     file = Path(path)
     if not file.is_file():
         raise EvaluationError("data_unavailable", "The track's generator file is missing.")

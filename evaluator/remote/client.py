@@ -35,6 +35,12 @@ from torch import Tensor, nn
 
 from evaluator.errors import EvaluationError
 from evaluator.remote.wire import Deadline, DeadlineChannel, PeerGone, WireError, tensor_bytes, tensor_from
+from evaluator.sandbox.availability import bubblewrap_path
+from evaluator.sandbox.bubblewrap import JOB_DIR, gpu_device_nodes, sandbox_prefix
+from evaluator.sandbox.environment import child_env, project_root
+from evaluator.sandbox.exit_reasons import describe_model_exit
+from evaluator.sandbox.identity import SandboxIdentity
+from evaluator.sandbox.limits import SandboxLimits
 from evaluator.spec import InputSpec
 
 #: Failure codes the model process may report for its model; anything else it sends becomes
@@ -97,8 +103,6 @@ class HostOptions:
     @classmethod
     def default(cls) -> HostOptions:
         """bubblewrap where it is installed, else a plain child process (tests, benchmarks, ``check``)."""
-        from evaluator.sandbox.availability import bubblewrap_path
-
         return cls("bubblewrap" if bubblewrap_path() else "process")
 
 
@@ -130,17 +134,11 @@ class ModelProcess:
     @contextmanager
     def start(cls, artifact_path: str, device: str, options: HostOptions) -> Iterator[tuple[ModelProcess, str]]:
         """Start the model process; yields it and the artifact's path as the process sees it."""
-        from evaluator.sandbox.bubblewrap import JOB_DIR, gpu_device_nodes, sandbox_prefix
-        from evaluator.sandbox.environment import child_env, project_root
-        from evaluator.sandbox.limits import SandboxLimits
-
         limits = options.limits or SandboxLimits()
         argv = model_server_command()
         with ExitStack() as stack:
             if options.sandbox == "bubblewrap":
                 inside = f"{JOB_DIR}/artifact"
-                from evaluator.sandbox.identity import SandboxIdentity
-
                 given = SandboxIdentity(options.uid) if options.uid is not None else None
                 prefix, fds, _identity = stack.enter_context(sandbox_prefix(
                     {os.path.realpath(artifact_path): inside}, limits, gpu_device_nodes(device), given))
@@ -187,8 +185,6 @@ class ModelProcess:
         except subprocess.TimeoutExpired:
             self.kill()
             returncode = self.proc.wait(timeout=10)
-        from evaluator.sandbox.exit_reasons import describe_model_exit
-
         code, message = describe_model_exit(returncode, "".join(self.drain.tail), self.mode == "bubblewrap")
         return EvaluationError(code, message)
 

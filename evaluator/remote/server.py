@@ -27,6 +27,16 @@ import sys
 from collections import OrderedDict
 from typing import Any
 
+import torch
+
+from evaluator.devices import choose_batch_size, precision, resolve_device
+from evaluator.errors import EvaluationError
+from evaluator.hardware import hardware_description
+from evaluator.models.contract import set_eval_mode
+from evaluator.models.loading import load_model
+from evaluator.remote.wire import PeerGone, read_frame, tensor_bytes, tensor_from, widen_pipe, write_frame
+from evaluator.spec import ArtifactSpec, InputSpec
+
 #: Kept autograd graphs (the attacks keep at most one or two at a time).
 MAX_KEPT_GRAPHS = 4
 #: Largest request payload accepted (a batch of images).
@@ -38,10 +48,6 @@ def _failure(code: str, message: str) -> dict[str, Any]:
 
 
 def _exception_failure(exc: BaseException) -> dict[str, Any]:
-    import torch
-
-    from evaluator.errors import EvaluationError
-
     if isinstance(exc, EvaluationError):
         return _failure(exc.code, exc.message)
     if isinstance(exc, torch.cuda.OutOfMemoryError | MemoryError):
@@ -72,21 +78,12 @@ class ModelServer:
             return _exception_failure(exc), b""
 
     def op_hello(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
-        import torch
-
-        from evaluator.devices import resolve_device
-        from evaluator.hardware import hardware_description
-
         torch.set_num_threads(max(1, int(header.get("threads") or torch.get_num_threads())))
         self.device = torch.device(resolve_device(str(header.get("device", "cpu"))))
         self.mixed = bool(header.get("mixed_precision")) and self.device.type == "cuda"
         return {"ok": True, "device": str(self.device), "hardware": hardware_description(str(self.device))}, b""
 
     def op_load(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
-        from evaluator.models.contract import set_eval_mode
-        from evaluator.models.loading import load_model
-        from evaluator.spec import ArtifactSpec, InputSpec
-
         artifact = ArtifactSpec(**header["artifact"])
         raw_input = dict(header["input"])
         raw_input["value_range"] = tuple(raw_input.get("value_range", (0.0, 1.0)))
@@ -98,19 +95,12 @@ class ModelServer:
         return {"ok": True}, b""
 
     def _batch(self, header: dict[str, Any], payload: bytearray) -> Any:
-        from evaluator.remote.wire import tensor_from
-
         shape = [int(d) for d in header["shape"]]
         if self.model is None or len(shape) != 4 or tuple(shape[1:]) != self.input_shape:
             raise ValueError(f"unexpected batch shape {shape}")
         return tensor_from(payload, shape).to(self.device)
 
     def _run(self, x: Any) -> Any:
-        import torch
-
-        from evaluator.devices import precision
-        from evaluator.errors import EvaluationError
-
         with precision(self.mixed, self.device):
             out = self.model(x)
         if not isinstance(out, torch.Tensor):
@@ -124,13 +114,9 @@ class ModelServer:
         return out
 
     def _answer(self, out: Any) -> tuple[dict[str, Any], memoryview]:
-        from evaluator.remote.wire import tensor_bytes
-
         return {"ok": True, "shape": list(out.shape)}, tensor_bytes(out)
 
     def op_forward(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], memoryview]:
-        import torch
-
         x = self._batch(header, payload)
         if not header.get("keep"):
             with torch.inference_mode():
@@ -144,10 +130,6 @@ class ModelServer:
         return self._answer(out)
 
     def _gradient(self, x: Any, out: Any, payload: bytearray) -> tuple[dict[str, Any], memoryview]:
-        import torch
-
-        from evaluator.remote.wire import tensor_from
-
         grad_out = tensor_from(payload, list(out.shape)).to(device=self.device, dtype=out.dtype)
         grad = None
         if out.requires_grad:
@@ -161,8 +143,6 @@ class ModelServer:
         return self._gradient(*kept, payload)
 
     def op_vjp(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], memoryview]:
-        import torch
-
         split = 4
         for dim in header["shape"]:
             split *= int(dim)
@@ -172,9 +152,6 @@ class ModelServer:
         return self._gradient(x, out, payload[split:])
 
     def op_plan(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
-        from evaluator.devices import choose_batch_size
-        from evaluator.spec import InputSpec
-
         assert self.input_shape is not None
         channels, height, width = self.input_shape
         spec = InputSpec(channels, height, width, tuple(header.get("value_range", (0.0, 1.0))))
@@ -186,8 +163,6 @@ class ModelServer:
 def main() -> int:
     # The protocol keeps a private copy of stdout; fd 1 then points at stderr, so nothing printed
     # by torch, a library or the model can be mistaken for (or interleave with) an answer.
-    from evaluator.remote.wire import PeerGone, read_frame, widen_pipe, write_frame
-
     answers = io.FileIO(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     requests = io.FileIO(os.dup(sys.stdin.fileno()), "rb")

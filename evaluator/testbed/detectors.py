@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from evaluator.detector_attacks.common import fake_scores, quantize
-from evaluator.detector_attacks.pgd import lower_score
+from evaluator.detector_attacks.pgd import lower_score, lower_score_in_box, tone_preserving_box
 from evaluator.metrics.detection import roc_auc
 from evaluator.models.contract import pixels_to_unit
 from evaluator.models.zoo import build_model, get_architecture
@@ -158,8 +158,6 @@ def transfer_attack(
     starts at the clean image (no random start, which would add the same noise); ``seed`` is
     kept for the plain variant's random start. Returns uint8 of the input's shape and kind.
     """
-    from evaluator.detector_attacks.pgd import lower_score_in_box, tone_preserving_box
-
     as_tensor = isinstance(fakes_uint8, Tensor)
     fakes = _unit_images(fakes_uint8, "fakes")
     if not len(fakes):

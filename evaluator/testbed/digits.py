@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from evaluator.models.contract import pixels_to_unit
+from evaluator.models.convert import export_module
 from evaluator.spec import InputSpec
 
 #: Mean and standard deviation of MNIST pixels in [0, 1]; models normalise inside themselves.
@@ -307,8 +308,6 @@ def train_all(images_uint8: np.ndarray | Tensor, labels: np.ndarray | Tensor, ou
               seed: int = DEFAULT_SEED, recipes: Sequence[BaselineRecipe] = RECIPES,
               log: Callable[[str], None] = print, *, num_threads: int = DEFAULT_NUM_THREADS) -> list[TrainedBaseline]:
     """Train every recipe and export each to ``out_dir/<name>.pt2`` (checked as the platform loads it)."""
-    from evaluator.models.convert import export_module
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     images, targets = _to_tensors(images_uint8, labels)

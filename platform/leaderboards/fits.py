@@ -25,7 +25,7 @@ from evaluator.metrics.effective_robustness import (
     fit_baseline,
     relative_robustness,
 )
-from evaluator.spec import Result as EvaluatorResult
+from evaluator.spec import JobResult
 from submissions.models import Result, Submission
 
 logger = logging.getLogger(__name__)
@@ -172,7 +172,7 @@ def robustness_rows(submission: Submission, transform: str, clean_set: Evaluatio
     return out
 
 
-def refit_after_result(sender: object, submission: Submission, result: EvaluatorResult, **kwargs: object) -> None:
+def refit_after_result(sender: object, submission: Submission, result: JobResult, **kwargs: object) -> None:
     """Receiver of ``submissions.arrival.result_recorded``: a finished baseline changes its track's testbed."""
     if submission.is_baseline and result.ok:
         refit_track(submission.track)

@@ -20,6 +20,7 @@ from django.db.models import Q
 from django.urls import reverse
 
 from benchmarks.models import BaselineFit, EvaluationSet, Track
+from evaluator.attacks.stages import stage_labels
 from evaluator.metrics.effective_robustness import TRANSFORMS
 from leaderboards.fits import stored_line
 from submissions.models import EvaluationRun, Result, Submission
@@ -34,8 +35,8 @@ SUCCESS = "success_rate@"
 #: References that the attacked AUCs are compared with (same fakes, not attacked).
 ATTACK_REFERENCES = ("clean-subset", "latent-reference")
 #: Known attack stages in cascade order; others are shown after them in the order they appear.
-STAGE_ORDER = ("apgd-ce", "apgd-t", "fab-t", "square")
-STAGE_LABELS = {"apgd-ce": "APGD-CE", "apgd-t": "APGD-T", "fab-t": "FAB-T", "square": "Square"}
+STAGE_ORDER = tuple(name for name, _ in stage_labels())
+STAGE_LABELS = dict(stage_labels())
 MODEL_TYPES = tuple(Submission.ModelType.values)
 #: The submission columns a leaderboard row shows (the rest, e.g. failure text, is never loaded).
 ROW_FIELDS = ("public_id", "name", "owner__username", "track", "model_type", "extra_data", "is_baseline", "is_public",

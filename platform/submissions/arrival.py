@@ -21,7 +21,7 @@ import logging
 from django.db import transaction
 from django.dispatch import Signal
 
-from evaluator.spec import Result as EvaluatorResult
+from evaluator.spec import JobResult
 from submissions.failures import failure_message
 from submissions.ladder import apply_ladder
 from submissions.models import EvaluationRun, Result, Submission
@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 result_recorded = Signal()
 
 
-def receive_result(submission_id: int, attempt: int, result: EvaluatorResult) -> Submission | None:
+def receive_result(submission_id: int, attempt: int, result: JobResult) -> Submission | None:
     """Record the result of ``attempt``; None when the job was cancelled or replaced meanwhile (nothing written).
 
     Safe to call again with the same result (a worker repeating its last step after a dropped database
@@ -52,7 +52,7 @@ def receive_result(submission_id: int, attempt: int, result: EvaluatorResult) ->
     return recorded
 
 
-def _record_if_owner(submission_id: int, attempt: int, result: EvaluatorResult) -> Submission | None:
+def _record_if_owner(submission_id: int, attempt: int, result: JobResult) -> Submission | None:
     """Write the result if ``attempt`` still owns the job; None when it was cancelled or replaced meanwhile.
 
     The ownership check and the writes share one transaction under the row lock.
@@ -71,7 +71,7 @@ def _record_if_owner(submission_id: int, attempt: int, result: EvaluatorResult) 
     return current
 
 
-def record_result(submission: Submission, result: EvaluatorResult) -> None:
+def record_result(submission: Submission, result: JobResult) -> None:
     """Write a result's rows idempotently, in one transaction, keyed by submission and suite version, and
     settle the submission (failed, or finished with the Ladder applied).
 

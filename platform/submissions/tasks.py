@@ -19,7 +19,7 @@ from django.db import DatabaseError, connection
 from django.utils import timezone
 
 from evaluator.sandbox import SandboxLimits, SandboxUnavailable, run_sandboxed
-from evaluator.spec import Result as EvaluatorResult
+from evaluator.spec import JobResult
 from submissions import recovery, scheduling, sweeper  # noqa: F401  (sweeper: the watchdog's timer)
 from submissions.arrival import receive_result
 from submissions.artifacts import ArtifactUnavailable, local_artifact
@@ -126,8 +126,8 @@ def _claim(submission_id: int | None, queue: str | None, message_id: str, redeli
     return scheduling.claim_next(queue or settings.CELERY_TASK_DEFAULT_QUEUE, message_id) or "idle"
 
 
-def _platform_failure(submission: Submission, code: str, message: str) -> EvaluatorResult:
+def _platform_failure(submission: Submission, code: str, message: str) -> JobResult:
     """A failed result for a job that never reached the evaluator (its file or its sandbox was missing)."""
     track = submission.track
-    return EvaluatorResult(job_id=str(submission.public_id), ok=False, suite_version=track.suite_version,
+    return JobResult(job_id=str(submission.public_id), ok=False, suite_version=track.suite_version,
                            seed=track.seed, error_code=code, error=message)

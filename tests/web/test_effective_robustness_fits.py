@@ -10,8 +10,7 @@ from django.test import Client
 from scipy.special import expit, logit
 
 from benchmarks.models import BaselineFit, EvaluationSet
-from evaluator.spec import MetricValue
-from evaluator.spec import Result as EvaluatorResult
+from evaluator.spec import JobResult, MetricValue
 from leaderboards.fits import refit_track, robustness_of
 from submissions.arrival import record_result
 from submissions.models import Submission
@@ -35,7 +34,7 @@ def _model(track, owner, name, clean, shifted, baseline=True, **kw) -> Submissio
     s.artifact.save("x", ContentFile(b"PK"), save=False)
     s.save()
     s.transition("running")
-    record_result(s, EvaluatorResult(
+    record_result(s, JobResult(
         job_id=str(s.public_id), ok=True, suite_version=track.suite_version, seed=track.seed,
         metrics=[MetricValue("mnist-hidden", "accuracy", clean, 2000, None, None),
                  MetricValue("usps", "accuracy", shifted, 2000, None, None)],

@@ -69,8 +69,7 @@ def test_ladder_off_releases_everything(digits_track, researcher):
 
 def test_a_rerun_replaces_metrics_it_no_longer_produces(digits_track, researcher):
     """Re-recording an evaluation keeps one row per produced metric and drops the ones it dropped."""
-    from evaluator.spec import MetricValue
-    from evaluator.spec import Result as EvaluatorResult
+    from evaluator.spec import JobResult, MetricValue
     from submissions.arrival import record_result
     from submissions.models import Result, Submission
 
@@ -78,7 +77,7 @@ def test_a_rerun_replaces_metrics_it_no_longer_produces(digits_track, researcher
 
     def record(metrics: list[str]) -> None:
         submission.transition(Submission.State.RUNNING)
-        record_result(submission, EvaluatorResult(
+        record_result(submission, JobResult(
             job_id="x", ok=True, suite_version="clean-1", seed=0,
             metrics=[MetricValue("mnist-hidden", m, 0.5, 10) for m in metrics]))
         submission.refresh_from_db()

@@ -14,8 +14,7 @@ from django.test import Client
 from django.urls import reverse
 
 from benchmarks.models import Benchmark, EvaluationSet, Track
-from evaluator.spec import MetricValue
-from evaluator.spec import Result as EvaluatorResult
+from evaluator.spec import JobResult, MetricValue
 from leaderboards import cache as lb_cache
 from submissions.arrival import record_result
 from submissions.models import Result, Submission
@@ -45,7 +44,7 @@ def _submission(track: Track, owner, name: str, **kw) -> Submission:
 def _finish(submission: Submission, accuracy: float, **kw) -> Submission:
     """Through the worker's own path: running, results written, the Ladder, then finished."""
     submission.transition("running")
-    record_result(submission, EvaluatorResult(
+    record_result(submission, JobResult(
         job_id=str(submission.public_id), ok=True, suite_version=submission.track.suite_version, seed=0,
         metrics=[MetricValue("hidden", "accuracy", accuracy, 1000, accuracy - 0.01, accuracy + 0.01,
                              "clopper-pearson-95")], **kw))

@@ -15,8 +15,7 @@ from scipy.special import expit, logit
 from scipy.stats import beta
 
 from benchmarks.models import EvaluationSet
-from evaluator.spec import MetricValue
-from evaluator.spec import Result as EvaluatorResult
+from evaluator.spec import JobResult, MetricValue
 from leaderboards.fits import refit_track
 from submissions.arrival import record_result
 from submissions.models import Submission
@@ -77,7 +76,7 @@ def finish(submission: Submission, clean: float, usps: float | None = None, corr
             {"check": "black_box", "flagged": flagged, "value": 0.25 if flagged else 0.0, "threshold": 0.1,
              "explanation": "Square found adversarial points APGD missed." if flagged else "APGD found them all."}]}
     submission.transition("running")
-    record_result(submission, EvaluatorResult(
+    record_result(submission, JobResult(
         job_id=str(submission.public_id), ok=True, suite_version=submission.track.suite_version,
         seed=submission.track.seed, metrics=metrics,
         per_class={"mnist-hidden": {str(k): min(1.0, clean + 0.002 * (k - 5)) for k in range(10)}},

@@ -15,7 +15,7 @@ from django.urls import reverse
 from rest_framework.test import APIClient
 
 from accounts.models import AppendOnlyError, QuotaEntry, TrackQuota
-from evaluator.spec import Result as EvaluatorResult
+from evaluator.spec import JobResult
 from submissions import services
 from submissions.arrival import record_result
 from submissions.failures import is_platform_fault
@@ -33,7 +33,7 @@ def _upload(user, track, name: str = "m") -> Submission:
 
 def _fail(submission: Submission, code: str) -> None:
     submission.transition("running")
-    record_result(submission, EvaluatorResult(job_id=str(submission.public_id), ok=False, suite_version="clean-1",
+    record_result(submission, JobResult(job_id=str(submission.public_id), ok=False, suite_version="clean-1",
                                               seed=0, error_code=code, error="detail"))
     submission.refresh_from_db()
 

@@ -7,8 +7,7 @@ from django.core.files.base import ContentFile
 from django.core.management import CommandError, call_command
 
 from benchmarks.models import Benchmark, EvaluationSet, Track
-from evaluator.spec import MetricValue
-from evaluator.spec import Result as EvaluatorResult
+from evaluator.spec import JobResult, MetricValue
 from submissions.arrival import record_result
 from submissions.management.commands.rerun_track import bumped
 from submissions.models import Submission
@@ -58,7 +57,7 @@ def _evaluate(submission, ok: bool = True) -> Submission:
     """Run the submission to its end under the track's current suite version, as a worker would."""
     submission.transition("running")
     track = Track.objects.get(pk=submission.track_id)
-    result = EvaluatorResult(job_id=str(submission.public_id), ok=ok, suite_version=track.suite_version,
+    result = JobResult(job_id=str(submission.public_id), ok=ok, suite_version=track.suite_version,
                              seed=track.seed, metrics=[MetricValue("hidden", "accuracy", 0.9, 10)] if ok else [],
                              error_code="" if ok else "non_finite_output", error="" if ok else "NaN")
     record_result(submission, result)

@@ -7,8 +7,7 @@ from django.core.files.base import ContentFile
 from django.test import Client
 from django.urls import reverse
 
-from evaluator.spec import MetricValue
-from evaluator.spec import Result as EvaluatorResult
+from evaluator.spec import JobResult, MetricValue
 from submissions.arrival import record_result
 from submissions.models import IllegalTransition, Submission
 
@@ -24,7 +23,7 @@ def _submission(track, owner, name, **kw) -> Submission:
 
 def _finish(submission, accuracy: float, low: float, high: float) -> None:
     submission.transition("running")
-    record_result(submission, EvaluatorResult(
+    record_result(submission, JobResult(
         job_id=str(submission.public_id), ok=True, suite_version=submission.track.suite_version,
         seed=submission.track.seed,
         metrics=[MetricValue("mnist-hidden", "accuracy", accuracy, 2000, low, high, "clopper-pearson-95")],
@@ -48,7 +47,7 @@ def test_state_machine_refuses_illegal_moves(digits_track, researcher):
 def test_failed_result_is_recorded_with_a_plain_reason(digits_track, researcher):
     s = _submission(digits_track, researcher, "m")
     s.transition("running")
-    record_result(s, EvaluatorResult(job_id=str(s.public_id), ok=False, suite_version="clean-1", seed=0,
+    record_result(s, JobResult(job_id=str(s.public_id), ok=False, suite_version="clean-1", seed=0,
                                      error_code="non_finite_output", error="NaN for 3 of 2000 images."))
     s.refresh_from_db()
     assert s.state == "failed" and s.failure_code == "non_finite_output"

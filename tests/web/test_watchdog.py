@@ -264,13 +264,13 @@ def test_db_retry_reconnects_and_repeats_the_unit_of_work(monkeypatch):
 def test_only_the_owning_attempt_writes_and_a_repeated_write_counts_once(track, researcher):
     """The final write checks ownership under the row lock; repeated after a commit whose acknowledgement was
     lost (a dropped connection), it recognises its own run instead of reporting the job as taken over."""
-    from evaluator.spec import Result as EvaluatorResult
+    from evaluator.spec import JobResult
     from submissions.arrival import receive_result
 
     submission = _running(researcher, track, attempts=2)
 
-    def result(attempt: int) -> EvaluatorResult:
-        return EvaluatorResult(job_id=str(submission.public_id), ok=False, suite_version=track.suite_version, seed=0,
+    def result(attempt: int) -> JobResult:
+        return JobResult(job_id=str(submission.public_id), ok=False, suite_version=track.suite_version, seed=0,
                                error_code="internal", error="boom", provenance={"attempt": attempt})
 
     assert receive_result(submission.pk, 1, result(1)) is None  # attempt 1 was replaced by attempt 2: it writes nothing
