@@ -297,9 +297,8 @@ register(
 _CIFAR10_1_COMMIT = "d9982abb0bfc4846b8d13a11e66b887d946205d0"
 _CIFAR10_1_BASE = f"https://raw.githubusercontent.com/modestyachts/CIFAR-10.1/{_CIFAR10_1_COMMIT}/datasets"
 _CIFAR10_1_LICENSE = (
-    "not the repository's MIT licence, which its README says does not apply to the image and label "
-    "data in datasets/: the images are part of Tiny Images and 'can be used the same way as the Tiny "
-    "Images dataset' (which its creators withdrew in 2020)"
+    "not MIT (the repository's README excludes datasets/ from its MIT licence): Tiny Images pictures that "
+    "'can be used the same way as the Tiny Images dataset' (withdrawn by its creators in 2020)"
 )
 _CIFAR10_1_V6_LABELS = RemoteFile(
     name="labels",

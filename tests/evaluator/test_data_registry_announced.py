@@ -47,8 +47,9 @@ def test_cifar10_1_v6_is_announced_with_the_authors_addresses_and_ids() -> None:
     assert (images.sha256, images.git_blob_sha1) == ("", V6_DATA_BLOB)  # no published sha256: none invented
     assert labels.git_blob_sha1 == V6_LABELS_BLOB and labels == get_dataset("cifar10.1-v6-labels").file("labels")
     assert source.loader == "npy_pair" and len(source.class_names) == 10
-    # The repository's MIT licence explicitly excludes the data folder.
-    assert "not the repository's MIT licence" in source.license
+    # The repository's MIT licence explicitly excludes the data folder; the platform stores
+    # licences in 200 characters.
+    assert source.license.startswith("not MIT") and len(source.license) <= 200
     with pytest.raises(KeyError, match="announced but not yet pinned"):
         get_dataset("cifar10.1-v6")
 
