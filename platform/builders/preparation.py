@@ -60,7 +60,7 @@ class Step:
 
 
 TRANSFER = Step(DETECTOR_TRACK, "transfer-set", "transfer-attack set")
-DETECTOR_BASELINE = Step(DETECTOR_TRACK, "detector-baseline", "small-CNN detector baseline (training)")
+DETECTOR_BASELINE = Step(DETECTOR_TRACK, "detector-baseline", "small-CNN detector baseline")
 DIGIT_BASELINES = Step(DIGITS_TRACK, "digit-baselines", "digits baseline testbed", "baselines trained")
 STEPS = (TRANSFER, DETECTOR_BASELINE, DIGIT_BASELINES)
 
@@ -199,6 +199,7 @@ def prepare(builder: DemoBuilder, out: IO[str], *, baselines: bool = True,
                 if _has_baseline(track, baseline_title(DEFAULT_EPOCHS, DETECTOR_SEED)):
                     say("the small-CNN detector baseline is already submitted")
                 else:
+                    progress.part(DETECTOR_BASELINE, "training on the public half")
                     call_command("train_detector_baselines", stdout=out)
         if DIGIT_BASELINES in progress.steps:
             with progress.running(DIGIT_BASELINES, total=len(RECIPES)):
