@@ -26,10 +26,6 @@ if str(PROJECT_ROOT) not in sys.path:  # the evaluator package lives at the proj
     sys.path.append(str(PROJECT_ROOT))
 
 VAR_DIR = Path(os.environ.get("ARENA_VAR_DIR", PROJECT_ROOT / "var"))
-# Tests under pytest-xdist: each test process (gw0, gw1...) gets a var/ of its own (SQLite test database, broker
-# folders, media, data), and so do the worker and manage.py processes it starts, which inherit the variable.
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    VAR_DIR = VAR_DIR / "xdist" / os.environ["PYTEST_XDIST_WORKER"]
 
 
 def env_bool(name: str, default: bool = False) -> bool:
