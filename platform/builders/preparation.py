@@ -176,6 +176,22 @@ def exclusive(name: str = LOCK_NAME) -> Iterator[bool]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def announce(tracks: set[str], baselines: bool = True) -> None:
+    """Record the steps ``build_demo --fast`` left for later as waiting, before the server starts.
+
+    The track pages then say what is still to come from the first page on; should no
+    ``prepare_demo`` take the rows over, they turn stalled (and say to run it) after STALE_AFTER.
+    """
+    steps = tuple(s for s in (STEPS if baselines else (TRANSFER,)) if s.track in tracks)
+    Progress(steps, run="announced").plan()
+
+
+def built_in_foreground() -> None:
+    """A full ``build_demo`` built the transfer-attack set itself: its background step is done."""
+    Preparation.objects.filter(track__slug=TRANSFER.track, key=TRANSFER.key).update(
+        state=Preparation.State.DONE, step="", finished_at=timezone.now(), updated_at=timezone.now())
+
+
 def _has_baseline(track: Track, name: str) -> bool:
     return Submission.objects.filter(track=track, is_baseline=True, name=name).exists()
 

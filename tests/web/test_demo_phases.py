@@ -55,7 +55,8 @@ def test_fast_phase_trains_nothing_and_the_background_adds_the_transfer_set(aren
     assert names == {"mnist-vs-gan", "mnist-vs-vae", "mnist-vs-gan-laundered"}
     assert track.generator and (arena_dirs / "data" / "public" / "mnist-test-public.safetensors").is_file()
     baseline = Submission.objects.get(track=track, is_baseline=True)
-    assert "Preparing" not in _page()
+    page = _page()  # from the first page on, the track says what is still to come
+    assert "Waiting: transfer-attack set" in page and "Preparing" not in page
 
     # The baseline was evaluated before the set existed: scored on the clean set, not on the transfer set.
     clean = track.evaluation_sets.get(name="mnist-vs-gan")

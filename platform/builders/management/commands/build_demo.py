@@ -3,7 +3,8 @@
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from builders.demo import TRACK_SLUGS, DemoBuilder
+from builders.demo import DETECTOR_TRACK, TRACK_SLUGS, DemoBuilder
+from builders.preparation import announce, built_in_foreground
 
 
 class Command(BaseCommand):
@@ -28,3 +29,7 @@ class Command(BaseCommand):
         if not no_baselines:
             made = builder.register_baselines(tracks)
             self.stdout.write(f"queued {len(made)} baseline submission(s) for evaluation")
+        if fast:  # the track pages say what `prepare_demo` is yet to do
+            announce(set(tracks or TRACK_SLUGS), baselines=not no_baselines)
+        elif DETECTOR_TRACK in (tracks or TRACK_SLUGS):
+            built_in_foreground()
