@@ -52,7 +52,7 @@ def populate(count: int):
     sets = {name: EvaluationSet.objects.create(track=track, name=name, role=role, shift_kind=kind, relative_path="x",
                                                sha256="0" * 64, num_examples=5000)
             for name, role, kind in [("mnist-hidden", "clean", ""), ("usps", "shift", "natural"),
-                                     ("mnist-c", "shift", "synthetic")]}
+                                     ("mnist-imagenet-c-padded", "shift", "synthetic")]}
     rng = np.random.default_rng(0)
     types = ["standard", "robust", "extra_data", "submission"]
     submissions = Submission.objects.bulk_create([
@@ -65,7 +65,8 @@ def populate(count: int):
     for s in submissions:
         clean = float(rng.uniform(0.85, 0.995))
         values = {("mnist-hidden", "accuracy"): clean, ("usps", "accuracy"): clean - rng.uniform(0.02, 0.1),
-                  ("mnist-c", "accuracy"): clean - 0.15, ("mnist-hidden", f"robust_accuracy@{THREAT}"): clean / 3}
+                  ("mnist-imagenet-c-padded", "accuracy"): clean - 0.15,
+                  ("mnist-hidden", f"robust_accuracy@{THREAT}"): clean / 3}
         for (set_name, metric), v in values.items():
             results.append(Result(submission=s, evaluation_set=sets[set_name], metric=metric, value=v,
                                   ci_low=v - 0.01, ci_high=v + 0.01, num_examples=5000,

@@ -103,7 +103,7 @@ def test_leaderboard_plots_filters_and_model_page(live_server, digits_track, res
     assert "verified=1" in page.url  # the filters survive sorting
 
     page.set_viewport_size({"width": 390, "height": 844})
-    page.goto(f"{live_server.url}/tracks/digits/?view=shift:mnist-c")
+    page.goto(f"{live_server.url}/tracks/digits/?view=shift:mnist-imagenet-c-padded")
     page.wait_for_selector("#er-plot[data-ready='1']", timeout=30_000)
     page.screenshot(path=str(ARTIFACTS / "leaderboard-mobile.png"), full_page=True)
     assert not errors, errors

@@ -38,7 +38,7 @@ def cp(acc: float, n: int = N) -> tuple[float, float]:
 def add_shifts(track) -> Any:
     EvaluationSet.objects.create(track=track, name="usps", role="shift", shift_kind="natural", relative_path="x",
                                  sha256="0" * 64, num_examples=N)
-    EvaluationSet.objects.create(track=track, name="mnist-c", role="shift", shift_kind="synthetic",
+    EvaluationSet.objects.create(track=track, name="mnist-imagenet-c-padded", role="shift", shift_kind="synthetic",
                                  relative_path="y", sha256="1" * 64, num_examples=N)
     track.threat_models = [{"norm": "Linf", "eps": 0.3, "label": THREAT}]
     track.class_names = [str(i) for i in range(10)]
@@ -61,11 +61,12 @@ def finish(submission: Submission, clean: float, usps: float | None = None, corr
     if usps is not None:
         metrics.append(MetricValue("usps", "accuracy", usps, N, *cp(usps), "clopper-pearson-95"))
     if corrupted is not None:
-        metrics.append(MetricValue("mnist-c", "accuracy", corrupted, N, *cp(corrupted), "clopper-pearson-95"))
+        metrics.append(MetricValue("mnist-imagenet-c-padded", "accuracy", corrupted, N, *cp(corrupted),
+                                   "clopper-pearson-95"))
         for i, c in enumerate(CORRUPTIONS):
             for sev in range(1, 6):
                 acc = float(np.clip(corrupted + 0.04 * (3 - sev) - 0.03 * i, 0, 1))
-                metrics.append(MetricValue("mnist-c", f"accuracy@{c}:{sev}", acc, 100, *cp(acc, 100),
+                metrics.append(MetricValue("mnist-imagenet-c-padded", f"accuracy@{c}:{sev}", acc, 100, *cp(acc, 100),
                                            "clopper-pearson-95"))
     attacks = {}
     if robust:

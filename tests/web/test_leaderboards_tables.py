@@ -45,8 +45,10 @@ def _names(html: str) -> list[str]:
 def test_views_columns_directions_and_ranks(board_models, digits_track):
     overview = build(digits_track)
     assert [c.key for c in overview.columns] == [
-        "mnist-hidden:accuracy", "usps:accuracy", "mnist-c:accuracy", f"mnist-hidden:robust_accuracy@{THREAT}"]
-    assert {v for v, _ in overview.views} == {"overview", "shift:usps", "shift:mnist-c", f"threat:{THREAT}"}
+        "mnist-hidden:accuracy", "usps:accuracy", "mnist-imagenet-c-padded:accuracy",
+        f"mnist-hidden:robust_accuracy@{THREAT}"]
+    assert {v for v, _ in overview.views} == {"overview", "shift:usps", "shift:mnist-imagenet-c-padded",
+                                              f"threat:{THREAT}"}
 
     shift = build(digits_track, filters=Filters(view="shift:usps"))
     directions = {c.metric: c.higher_is_better for c in shift.columns}
@@ -237,7 +239,8 @@ def test_thousand_submissions_render_with_bounded_queries(digits_track, research
     for s in subs:
         clean = float(rng.uniform(0.85, 0.995))
         values = {("mnist-hidden", "accuracy"): clean, ("usps", "accuracy"): clean - 0.08,
-                  ("mnist-c", "accuracy"): clean - 0.15, ("mnist-hidden", f"robust_accuracy@{THREAT}"): clean / 3}
+                  ("mnist-imagenet-c-padded", "accuracy"): clean - 0.15,
+                  ("mnist-hidden", f"robust_accuracy@{THREAT}"): clean / 3}
         for (set_name, metric), v in values.items():
             results.append(Result(submission=s, evaluation_set=sets[set_name], metric=metric, value=v,
                                   ci_low=v - 0.01, ci_high=v + 0.01, num_examples=2000, suite_version="clean-1",

@@ -55,7 +55,7 @@ def _assert_fresh(submission: Submission, **params: str) -> str:
 def test_a_finished_model_page_is_a_hit_on_the_second_read_and_costs_one_query(models):
     model = models["Ada's model"]
     status, built, how = _read(model)
-    assert (status, how) == (200, "miss") and "Corruptions: mnist-c" in built
+    assert (status, how) == (200, "miss") and "Corruptions: mnist-imagenet-c-padded" in built
     with CaptureQueriesContext(connection) as captured:
         again = _read(model)
     assert again == (200, built, "hit") and len(captured) == 1  # the stamp; no session, no view

@@ -48,7 +48,7 @@ def _grow(submission: Submission, extra_shift_sets: int = 4) -> None:
         shift = EvaluationSet.objects.create(track=track, name=f"extra-{i}", role="shift", shift_kind="natural",
                                              relative_path=f"e{i}", sha256="2" * 64, num_examples=100)
         rows.append(Result(submission=submission, evaluation_set=shift, metric="accuracy", value=0.7))
-    mnist_c = EvaluationSet.objects.get(track=track, name="mnist-c")
+    mnist_c = EvaluationSet.objects.get(track=track, name="mnist-imagenet-c-padded")
     hidden = EvaluationSet.objects.get(track=track, name="mnist-hidden")
     rows += [Result(submission=submission, evaluation_set=mnist_c, metric=f"accuracy@extra_{c}:{sev}", value=0.6)
              for c in range(6) for sev in range(1, 6)]
@@ -63,7 +63,7 @@ def _grow(submission: Submission, extra_shift_sets: int = 4) -> None:
 def test_the_page_costs_the_same_queries_whatever_the_model_has(models):
     model = models["Ada's model"]
     html, before = _page(Client(), model)
-    assert "Corruptions: mnist-c" in html and f"Adversarial robustness: {THREAT}" in html
+    assert "Corruptions: mnist-imagenet-c-padded" in html and f"Adversarial robustness: {THREAT}" in html
     assert "Robustness to distribution shift" in html
     _grow(model)
     html, after = _page(Client(), model)
