@@ -98,6 +98,11 @@ class Track(models.Model):
                   "tracks' on the same Celery queue; within a priority, jobs are served first come, first served "
                   "with fair share between owners (docs/operations.md, 'The evaluation queue').",
     )
+    notes = models.TextField(
+        blank=True,
+        help_text="What this installation's track lacks or does differently, shown on the track page (for example a "
+                  "shift set whose data is not in the data mirror); written by the builder.",
+    )
     batch_size = models.PositiveIntegerField(default=256)
     time_budget_seconds = models.FloatField(default=60.0, help_text="Seconds a model may take for one batch.")
     is_public = models.BooleanField(default=True)
@@ -165,6 +170,11 @@ class EvaluationSet(models.Model):
     num_examples = models.PositiveIntegerField()
     source = models.TextField(blank=True, help_text="Where the images come from and how the split was made.")
     license = models.CharField(max_length=200, blank=True)
+    metadata = models.JSONField(
+        default=dict, blank=True,
+        help_text='Provenance for the track page, e.g. a corruption set\'s {"definition", "reference", "constants", '
+                  '"per_cell", "cells"}; the set\'s file carries the same in its header.',
+    )
 
     class Meta:
         ordering = ["track", "role", "name"]

@@ -8,7 +8,7 @@ from urllib.parse import urlencode
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, render
 
-from benchmarks.models import Benchmark, Track
+from benchmarks.models import Benchmark, EvaluationSet, Track
 from leaderboards import exports
 from leaderboards.model_page import MODEL_PAGE_RELATED, model_page_context
 from leaderboards.plots import (
@@ -41,6 +41,21 @@ def _link(params: dict[str, str], **changes: str) -> str:
     """A query string: the current parameters with ``changes`` applied (empty values dropped)."""
     merged = {**params, **changes}
     return "?" + urlencode({k: v for k, v in merged.items() if v})
+
+
+def set_documentation(evaluation_set: EvaluationSet) -> dict[str, Any]:
+    """What the track page says about one evaluation set: what it is, the published definition it
+    follows and how many images each cell holds (from the set's metadata, when the builder recorded it)."""
+    metadata = evaluation_set.metadata if isinstance(evaluation_set.metadata, dict) else {}
+    cells = metadata.get("cells")
+    return {
+        "set": evaluation_set,
+        "follows": metadata.get("reference", ""),
+        "constants": metadata.get("constants", ""),
+        "definition": metadata.get("definition", ""),
+        "per_cell": metadata.get("per_cell"),
+        "cells": len(cells) if isinstance(cells, dict) else 0,
+    }
 
 
 def track_leaderboard(request: HttpRequest, slug: str) -> HttpResponse:
@@ -89,7 +104,8 @@ def track_leaderboard(request: HttpRequest, slug: str) -> HttpResponse:
         "model_types": Submission.ModelType.choices,
         "legend": MODEL_TYPE_STYLE,
         "export_query": _link(params)[1:],
-        "evaluation_sets": [board.clean_set, *board.shift_sets] if board.clean_set else board.shift_sets,
+        "evaluation_sets": [set_documentation(s) for s in
+                            ([board.clean_set, *board.shift_sets] if board.clean_set else board.shift_sets)],
     }
     return render(request, "leaderboards/track.html", context)
 
