@@ -158,12 +158,13 @@ def test_worker_killed_with_its_pool_is_recovered_by_the_watchdog_and_finishes_o
     assert f"submission {submission.public_id}: attempt 2 starts (Requeued:" in second.log()
 
 
-def test_the_watchdog_runs_while_the_only_worker_is_busy(workers, attack_track, researcher, lenet5_safetensors):
+def test_the_watchdog_runs_while_the_only_worker_is_busy(workers, attack_track, researcher, other_user,
+                                                        lenet5_safetensors):
     """The only worker is mid-evaluation when another job's worker is found dead (its heartbeat stale): the
     busy worker's own timer requeues that job at once, not after its evaluation (no message to wait behind)."""
     only = workers("only", env={"ARENA_WATCHDOG_SECONDS": "1"})
     busy = _wait(_submit(researcher, attack_track, lenet5_safetensors), _evaluating, "evaluating")
-    orphan = _submit(researcher, attack_track, lenet5_safetensors, name="orphan")
+    orphan = _submit(other_user, attack_track, lenet5_safetensors, name="orphan")  # the same file, another owner
     long_ago = timezone.now() - timedelta(minutes=10)
     Submission.objects.filter(pk=orphan.pk).update(state="running", attempts=1, started_at=long_ago,
                                                    heartbeat_at=long_ago)
