@@ -1,7 +1,9 @@
 """One way for the tests to start a real `celery -A arena worker` process, as an operator starts it.
 
 A :class:`CeleryWorker` runs on the test database (through ``DATABASE_URL``, as in deployment) and on the
-configured broker or one it is given, consumes the queues it is given and writes its log to a file.
+configured broker or one it is given, consumes the queues it is given and writes its log to a file. Under
+pytest-xdist, that is its test process's own database, broker (Redis database or broker folder) and var/
+(see tests/conftest.py).
 Each worker starts in a session of its own, so that :meth:`CeleryWorker.kill` can SIGKILL its whole process
 group (main process, pool processes and the bubblewrap sandboxes under them) without touching pytest.
 
@@ -69,6 +71,7 @@ class CeleryWorker:
             **os.environ,
             "DATABASE_URL": database_url(connection.settings_dict, self.application_name),
             "CELERY_BROKER_URL": self.broker,
+            "ARENA_VAR_DIR": str(settings.VAR_DIR),  # filesystem broker, results, scratch: the test process's
             "ARENA_DATA_DIR": str(settings.ARENA_DATA_DIR),
             "MEDIA_ROOT": str(settings.MEDIA_ROOT),
             "ARENA_EVAL_QUEUE": self.queues[0],
