@@ -71,24 +71,9 @@ import numpy as np
 from evaluator.progress import ProgressCallback
 from evaluator.shifts import cifar10c
 
-#: The 15 ImageNet-C corruptions in the paper's order (noise, blur, weather, digital).
-CORRUPTIONS: tuple[str, ...] = (
-    "gaussian_noise",
-    "shot_noise",
-    "impulse_noise",
-    "defocus_blur",
-    "glass_blur",
-    "motion_blur",
-    "zoom_blur",
-    "snow",
-    "frost",
-    "fog",
-    "brightness",
-    "contrast",
-    "elastic_transform",
-    "pixelate",
-    "jpeg_compression",
-)
+#: The 15 corruptions in the papers' order (noise, blur, weather, digital): ImageNet-C and CIFAR-10-C
+#: name the same 15, so both definitions share cifar10c's list.
+CORRUPTIONS: tuple[str, ...] = cifar10c.CORRUPTIONS
 SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
 
 #: Smallest height and width the package handles; smaller images are padded to it.

@@ -17,7 +17,6 @@ from django.db import transaction
 
 from benchmarks.models import BaselineFit, EvaluationSet, Track
 from evaluator.metrics.effective_robustness import (
-    MIN_MODELS,
     TRANSFORMS,
     LineFit,
     TooFewModelsError,
@@ -83,11 +82,9 @@ def refit_track(track: Track) -> list[BaselineFit]:
         points = baseline_points(track, clean_set, shift_set)
         for kind in TRANSFORMS:
             try:
-                if len(points) < MIN_MODELS:
-                    raise TooFewModelsError(f"{len(points)} baselines with results")
                 fit = fit_baseline(points, kind=kind, seed=FIT_SEED, min_accuracy=track.baseline_min_accuracy)
             except TooFewModelsError as exc:  # too few usable baselines: no line rather than a wrong one
-                logger.info("track %s, %s (%s): no %s line: %s", track.slug, shift_set.name, kind, kind, exc)
+                logger.info("track %s, %s: no %s line: %s", track.slug, shift_set.name, kind, exc)
                 BaselineFit.objects.filter(shift_set=shift_set, transform=kind).update(is_current=False)
                 continue
             with transaction.atomic():

@@ -42,8 +42,7 @@ class Sweeper:
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             try:
-                for done in requeue_stale():
-                    logger.info("watchdog: %s %s", done.public_id, done.action)
+                requeue_stale()  # it logs each job it requeues, fails, sends or wakes for
             except Exception:  # a sweep that failed (database away) is retried at the next tick
                 logger.exception("watchdog sweep failed")
             finally:
