@@ -16,11 +16,27 @@ trains on 60,000 images for many epochs), so eps 0.3 may be out of reach; ``--ep
 ``--train-eps`` lower it.
 
     .venv/bin/python measurements/train_robust_digits.py [--epochs 12] [--eps 0.3] [--n-eval 500]
+
+L2 option: ``--train-norm L2`` trains against L2 PGD instead (random start in the L2 ball,
+steps along the L2-normalised gradient of length 2.5 eps / steps, projection onto the L2 ball
+and the [0, 1] box, the same eps ramp); ``--train-eps`` and ``--eps`` then default to 2.0 and
+the evaluation runs at L2 ``--eps``. ``--save DIR`` writes each state dict as soon as its model
+is trained (to a temporary name, then renamed, so a reader never sees half a file):
+``digits_cnn_pgd_linf.pt`` or ``digits_cnn_pgd_l2.pt`` (or ``--save-name``) and
+``digits_cnn_clean.pt``; load them into :class:`DigitsCNN` with ``torch.load(path,
+weights_only=True)``. ``--no-twin`` skips the clean twin, ``--no-eval`` the suite's evaluation
+and the reliability checks (a quick clean and 20-step PGD accuracy on the evaluation points is
+printed instead).
+
+    .venv/bin/python measurements/train_robust_digits.py --save /work/robust-models --no-twin --no-eval
+    .venv/bin/python measurements/train_robust_digits.py --train-norm L2 --train-eps 2.0 \
+        --save /work/robust-models --no-twin --no-eval
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -35,7 +51,7 @@ from torch import nn  # noqa: E402
 
 from evaluator.attacks.cascade import SUITE_VERSION, SuiteConfig, get_suite, run_cascade  # noqa: E402
 from evaluator.attacks.reliability import run_reliability_checks  # noqa: E402
-from evaluator.attacks.threat import ThreatModel  # noqa: E402
+from evaluator.attacks.threat import ThreatModel, project, random_in_ball, steepest_direction  # noqa: E402
 from evaluator.data.evalsets import split_indices  # noqa: E402
 from evaluator.data.fetch import fetch_dataset, load_dataset  # noqa: E402
 
@@ -59,24 +75,61 @@ class DigitsCNN(nn.Module):
 
 
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int,
-        generator: torch.Generator) -> torch.Tensor:
-    """Linf PGD with a uniform random start and step 2.5 eps / steps (Madry et al.)."""
+        generator: torch.Generator, norm: str = "Linf") -> torch.Tensor:
+    """PGD with a random start and step 2.5 eps / steps (Madry et al.), Linf or L2.
+
+    Linf: a uniform start in the box, sign-of-gradient steps, clipping to ball and box. L2: a
+    uniform start in the L2 ball, steps along the L2-normalised gradient, projection onto the
+    L2 ball (radial rescale) and then the box.
+    """
     if eps <= 0:
         return x
     step = 2.5 * eps / steps
-    x_adv = (x + eps * (2 * torch.rand(x.shape, generator=generator) - 1)).clamp(0, 1)
+    if norm == "Linf":
+        x_adv = (x + eps * (2 * torch.rand(x.shape, generator=generator) - 1)).clamp(0, 1)
+    elif norm == "L2":
+        x_adv = random_in_ball(x, "L2", eps, generator, on_sphere=False)
+    else:
+        raise ValueError(f"unknown norm {norm!r}")
     for _ in range(steps):
         x_adv.requires_grad_(True)
         loss = F.cross_entropy(model(x_adv), y)
         (grad,) = torch.autograd.grad(loss, [x_adv])
         with torch.no_grad():
-            x_adv = x_adv + step * grad.sign()
-            x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)
+            if norm == "Linf":
+                x_adv = x_adv + step * grad.sign()
+                x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)
+            else:
+                x_adv = project(x_adv + step * steepest_direction(grad, "L2"), x, "L2", eps)
     return x_adv.detach()
 
 
+def save_state_dict(model: nn.Module, path: Path) -> None:
+    """Writes to a temporary name in the same folder, then renames: a reader sees all of it or nothing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    torch.save(model.state_dict(), partial)
+    os.replace(partial, path)
+    print(f"  saved {path}", flush=True)
+
+
+def quick_check(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, seed: int,
+                batch_size: int = 250) -> tuple[float, float]:
+    """Clean and 20-step PGD accuracy (a sanity check, not the suite's evaluation)."""
+    generator = torch.Generator().manual_seed(seed)
+    clean = robust = 0
+    for start in range(0, x.shape[0], batch_size):
+        xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+        with torch.no_grad():
+            clean += int((model(xb).argmax(1) == yb).sum())
+        x_adv = pgd(model, xb, yb, eps, 20, generator, norm)
+        with torch.no_grad():
+            robust += int((model(x_adv).argmax(1) == yb).sum())
+    return clean / x.shape[0], robust / x.shape[0]
+
+
 def train(x: torch.Tensor, y: torch.Tensor, *, epochs: int, train_eps: float, ramp_epochs: int, pgd_steps: int,
-          seed: int, batch_size: int = 50) -> nn.Module:
+          seed: int, batch_size: int = 50, norm: str = "Linf") -> nn.Module:
     """Adam, learning rate 1e-3 then 1e-4 for the last quarter; ``train_eps`` 0 is clean training."""
     torch.manual_seed(seed)  # the model's initial weights
     model = DigitsCNN()
@@ -93,7 +146,7 @@ def train(x: torch.Tensor, y: torch.Tensor, *, epochs: int, train_eps: float, ra
             index = order[start : start + batch_size]
             xb, yb = x[index], y[index]
             model.eval()
-            xb = pgd(model, xb, yb, eps, pgd_steps, generator)
+            xb = pgd(model, xb, yb, eps, pgd_steps, generator, norm)
             model.train()
             logits = model(xb)
             loss = F.cross_entropy(logits, yb)
@@ -112,18 +165,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--ramp-epochs", type=int, default=4, help="epochs over which the training eps grows")
-    parser.add_argument("--train-eps", type=float, default=0.3)
+    parser.add_argument("--train-norm", choices=("Linf", "L2"), default="Linf", help="norm of the training PGD")
+    parser.add_argument("--train-eps", type=float, default=None, help="training radius (default 0.3 Linf, 2.0 L2)")
     parser.add_argument("--pgd-steps", type=int, default=7)
-    parser.add_argument("--eps", type=float, default=0.3, help="Linf radius of the evaluation")
+    parser.add_argument("--eps", type=float, default=None,
+                        help="radius of the evaluation, in the training norm (default 0.3 Linf, 2.0 L2)")
     parser.add_argument("--n-eval", type=int, default=500, help="first points of the hidden half that are attacked")
     parser.add_argument("--square-queries", type=int, default=None,
                         help=f"override Square's budget (default: the {SUITE_VERSION} suite's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--shared", default=str(ROOT.parent / "shared"))
-    parser.add_argument("--save", default=None, help="folder to save both state dicts in")
+    parser.add_argument("--save", default=None, help="folder to save the state dicts in")
+    parser.add_argument("--save-name", default=None,
+                        help="file name of the PGD model's state dict (default digits_cnn_pgd_<norm>.pt)")
+    parser.add_argument("--no-twin", action="store_true", help="do not train the clean twin")
+    parser.add_argument("--no-eval", action="store_true",
+                        help="skip the suite's evaluation and the reliability checks (print a quick PGD check)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    norm = args.train_norm
+    default_eps = 0.3 if norm == "Linf" else 2.0
+    train_eps = default_eps if args.train_eps is None else args.train_eps
+    eval_eps = default_eps if args.eps is None else args.eps
+    save_dir = Path(args.save) if args.save else None
+    robust_name = args.save_name or f"digits_cnn_pgd_{norm.lower()}.pt"
 
     with tempfile.TemporaryDirectory() as tmp:
         fetch_dataset("mnist-test", Path(tmp), mirror=Path(args.shared) / "data")
@@ -134,29 +200,41 @@ def main() -> None:
     x_train, y_train = x[torch.from_numpy(public)], y[torch.from_numpy(public)]
     evaluation = torch.from_numpy(hidden[: args.n_eval])
     x_eval, y_eval = x[evaluation], y[evaluation]
-    print(f"training on {len(public)} public images; attacking {len(evaluation)} hidden ones at Linf {args.eps}")
+    print(f"training on {len(public)} public images; attacking {len(evaluation)} hidden ones at {norm} {eval_eps}")
 
     suite = get_suite(SUITE_VERSION)
     if args.square_queries is not None:
         suite = SuiteConfig(f"{SUITE_VERSION}+square{args.square_queries}", square_queries=args.square_queries)
 
     started = time.perf_counter()
-    print(f"PGD adversarial training (eps {args.train_eps}, {args.pgd_steps} steps):")
-    robust = train(x_train, y_train, epochs=args.epochs, train_eps=args.train_eps, ramp_epochs=args.ramp_epochs,
-                   pgd_steps=args.pgd_steps, seed=args.seed)
+    print(f"PGD adversarial training ({norm} eps {train_eps}, {args.pgd_steps} steps):")
+    robust = train(x_train, y_train, epochs=args.epochs, train_eps=train_eps, ramp_epochs=args.ramp_epochs,
+                   pgd_steps=args.pgd_steps, seed=args.seed, norm=norm)
     robust_train_s = time.perf_counter() - started
-    started = time.perf_counter()
-    print("clean training:")
-    clean = train(x_train, y_train, epochs=args.epochs, train_eps=0.0, ramp_epochs=1, pgd_steps=0, seed=args.seed)
-    clean_train_s = time.perf_counter() - started
-    if args.save:
-        Path(args.save).mkdir(parents=True, exist_ok=True)
-        torch.save(robust.state_dict(), Path(args.save) / "digits_cnn_pgd.pt")
-        torch.save(clean.state_dict(), Path(args.save) / "digits_cnn_clean.pt")
+    print(f"  trained in {robust_train_s:.0f} s", flush=True)
+    if save_dir:
+        save_state_dict(robust, save_dir / robust_name)
+    models = [("PGD-trained", robust, robust_train_s)]
+    if not args.no_twin:
+        started = time.perf_counter()
+        print("clean training:")
+        clean = train(x_train, y_train, epochs=args.epochs, train_eps=0.0, ramp_epochs=1, pgd_steps=0, seed=args.seed)
+        clean_train_s = time.perf_counter() - started
+        if save_dir:
+            save_state_dict(clean, save_dir / "digits_cnn_clean.pt")
+        models.append(("clean-trained", clean, clean_train_s))
 
-    threat = ThreatModel("Linf", args.eps)
+    if args.no_eval:
+        print(f"\nquick check on {len(evaluation)} hidden points (20-step {norm} PGD at eps {eval_eps}, "
+              "not the suite):")
+        for name, model, train_s in models:
+            clean_acc, pgd_acc = quick_check(model, x_eval, y_eval, norm, eval_eps, args.seed)
+            print(f"  {name:<15} trained {train_s:.0f} s, clean {clean_acc:.1%}, PGD-20 {pgd_acc:.1%}", flush=True)
+        return
+
+    threat = ThreatModel(norm, eval_eps)
     rows = []
-    for name, model, train_s in (("PGD-trained", robust, robust_train_s), ("clean-trained", clean, clean_train_s)):
+    for name, model, train_s in models:
         report = run_cascade(model, x_eval, y_eval, [threat], suite=suite, seed=args.seed)
         tm = report.threat_models[0]
         rows.append((name, train_s, report, tm))
@@ -165,7 +243,7 @@ def main() -> None:
               f"[{tm.ci_low:.1%}, {tm.ci_high:.1%}] after {stages}; {report.forward_passes:,} forward + "
               f"{report.backward_passes:,} backward passes, {report.seconds:.0f} s", flush=True)
 
-    print(f"\nsuite {suite.version}, Linf eps {args.eps}, {len(evaluation)} hidden MNIST points, seed {args.seed}")
+    print(f"\nsuite {suite.version}, {norm} eps {eval_eps}, {len(evaluation)} hidden MNIST points, seed {args.seed}")
     header = f"{'model':<15}{'train s':>9}{'clean acc':>11}{'robust acc':>12}{'95% CI':>18}{'passes':>13}"
     print(f"  {header}{'attack s':>10}")
     for name, train_s, report, tm in rows:
