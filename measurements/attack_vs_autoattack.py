@@ -17,11 +17,13 @@ from a checkout given by ``--autoattack`` or the ``AUTOATTACK_PATH`` environment
 clone of github.com/fra31/auto-attack; it is installed nowhere in this project). Ours is the
 suite ``--suite`` (default: the platform's :data:`~evaluator.attacks.cascade.SUITE_VERSION`),
 run through :func:`evaluator.attacks.cascade.attack_threat_model`, which keeps per-point
-outcomes. Both models are wrapped in :class:`evaluator.attacks.counting.CountingModel`, so
-passes are counted the same way (images through forward, images through backward; each side's
-clean pass included). AutoAttack's output is scored here, not taken from its log: a point
-counts as broken when its returned image lies in the ball (norm <= eps (1 + 1e-5)) and is
-misclassified (or was misclassified to begin with).
+outcomes; ``--reliability-points K`` adds what a job adds (the reliability checks on K points
+after the cascade, a fired check making a suite with escalation stages escalate). Both models
+are wrapped in :class:`evaluator.attacks.counting.CountingModel`, so passes are counted the
+same way (images through forward, images through backward; each side's clean pass included).
+AutoAttack's output is scored here, not taken from its log: a point counts as broken when its
+returned image lies in the ball (norm <= eps (1 + 1e-5)) and is misclassified (or was
+misclassified to begin with).
 
 Printed per (model, threat model) row: clean accuracy; robust accuracy of each suite; the
 points ours breaks that AutoAttack does not, and the reverse; forward and backward passes,
@@ -41,6 +43,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import inspect
 import io
 import json
 import os
@@ -64,6 +67,7 @@ from train_robust_digits import SPLIT_SEED, DigitsCNN  # noqa: E402
 from evaluator.attacks.cascade import SUITE_VERSION, attack_threat_model, get_suite  # noqa: E402
 from evaluator.attacks.common import predict_logits  # noqa: E402
 from evaluator.attacks.counting import CountingModel  # noqa: E402
+from evaluator.attacks.reliability import run_reliability_checks  # noqa: E402
 from evaluator.attacks.threat import TRACK_THREAT_MODELS, ThreatModel, lp_norm  # noqa: E402
 from evaluator.data.evalsets import split_indices  # noqa: E402
 from evaluator.data.fetch import fetch_dataset, load_dataset  # noqa: E402
@@ -156,12 +160,31 @@ class _Clock:
 
 
 def run_ours(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, suite: str, seed: int,
-             batch_size: int) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor]:
-    """Our suite under one threat model; the row's numbers, the clean-correct mask and the per-point robust mask."""
+             batch_size: int, reliability_points: int = 0) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor]:
+    """Our suite under one threat model; the row's numbers, the clean-correct mask and the per-point robust mask.
+
+    ``reliability_points`` > 0 does what a job does: the reliability checks run on that many
+    points after the cascade, and a check that fires makes the suite escalate (their passes
+    count as ours).
+    """
     counted = CountingModel(model)
+    flags: list[str] = []
+    extra: dict[str, Any] = {}
+    if reliability_points > 0:
+        if "checks" not in inspect.signature(attack_threat_model).parameters:
+            raise SystemExit("--reliability-points needs a cascade whose attack_threat_model takes checks=")
+
+        def checks(threat: ThreatModel, report: Any) -> list[str]:
+            result = run_reliability_checks(counted, x, y, threat, subset=reliability_points, seed=seed,
+                                            cascade_report=report, batch_size=batch_size)
+            flags.extend(flag.check for flag in result.flags if flag.flagged)
+            return [flag.check for flag in result.flags if flag.flagged]
+
+        extra["checks"] = checks
     clock = _Clock()
     clean_correct = predict_logits(counted, x, batch_size).argmax(dim=1) == y
-    outcome = attack_threat_model(counted, x, y, clean_correct, threat, suite=suite, seed=seed, batch_size=batch_size)
+    outcome = attack_threat_model(counted, x, y, clean_correct, threat, suite=suite, seed=seed, batch_size=batch_size,
+                                  **extra)
     cpu, wall = clock.read()
     report = outcome.report
     return {
@@ -173,6 +196,9 @@ def run_ours(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, threat: T
         "backward": counted.backward_passes,
         "cpu_seconds": cpu,
         "seconds": wall,
+        "reliability_points": reliability_points,
+        "reliability_flags": flags,
+        "escalated_for": list(getattr(report, "escalated_for", [])),
         "stages": [
             {"attack": s.attack, "attacked": s.attacked, "broken": s.broken, "robust_accuracy": s.robust_accuracy,
              "forward": s.forward_passes, "backward": s.backward_passes, "seconds": s.seconds}
@@ -269,6 +295,8 @@ def print_row(row: dict[str, Any]) -> None:
           f"passes ratio {row['passes_ratio']:.3f}; ours breaks {row['ours_only']} points AutoAttack does not, "
           f"AutoAttack {row['autoattack_only']} ours does not")
     ours_stages = ", ".join(f"{s['attack']} {s['robust_accuracy']:.2%}" for s in ours["stages"])
+    if ours.get("escalated_for"):
+        ours_stages += f" (escalated for {', '.join(ours['escalated_for'])})"
     their_stages = ", ".join(f"{s['attack']} {s['robust_accuracy']:.2%}" for s in theirs["stages"]) or "(not parsed)"
     print(f"  stages, ours: {ours_stages}")
     print(f"  stages, AutoAttack: {their_stages}")
@@ -329,6 +357,9 @@ def main() -> None:
     parser.add_argument("--autoattack", default=None, help="path to a fra31/auto-attack checkout (or AUTOATTACK_PATH)")
     parser.add_argument("--shared", default=str(ROOT.parent / "shared"), help="folder with data/ and models/")
     parser.add_argument("--robust-dir", default="/work/robust-models", help="folder with the PGD-trained digits CNNs")
+    parser.add_argument("--reliability-points", type=int, default=0,
+                        help="run the reliability checks on this many points after our cascade, as a job does "
+                             "(a fired check makes the suite escalate); 0: the suite alone")
     parser.add_argument("--batch-size", type=int, default=250)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a busy machine)")
@@ -357,6 +388,7 @@ def main() -> None:
     shared = Path(args.shared)
     json_path = Path(args.json) if args.json else None
     results: dict[str, Any] = {"suite": suite, "seed": args.seed, "threads": args.threads,
+                               "reliability_points": args.reliability_points,
                                "tolerance_points": TOLERANCE_POINTS, "torch": torch.__version__, "rows": []}
     done: dict[str, dict[str, Any]] = {}
     if json_path and args.resume and json_path.exists():
@@ -370,7 +402,8 @@ def main() -> None:
                 threats = select_threats(SETUPS[name].track, wanted)
                 n = n_for[name]
                 kept = [done.get(row_key(name, t)) for t in threats]
-                kept = [r for r in kept if r and r["n"] == n and r["ours"]["suite"] == suite and r["seed"] == args.seed]
+                kept = [r for r in kept if r and r["n"] == n and r["ours"]["suite"] == suite and r["seed"] == args.seed
+                        and r["ours"].get("reliability_points", 0) == args.reliability_points]
                 if len(kept) == len(threats):
                     for row in kept:
                         print(f"\n(kept from {json_path})", end="")
@@ -390,7 +423,8 @@ def main() -> None:
                     print(f"\n== {name} {threat_label(threat)}, {described} points ...", flush=True)
                     if log:
                         log.write(f"\n== {name} {threat.key} n={n} suite={suite} seed={args.seed}\n")
-                    ours, clean_correct, ours_robust = run_ours(model, x, y, threat, suite, args.seed, args.batch_size)
+                    ours, clean_correct, ours_robust = run_ours(model, x, y, threat, suite, args.seed, args.batch_size,
+                                                                args.reliability_points)
                     theirs, aa_robust = run_autoattack(auto_attack, model, x, y, threat, args.seed, args.batch_size,
                                                        log)
                     if not bool((aa_robust <= clean_correct).all()):
