@@ -46,7 +46,10 @@ class StagedProgress:
             self.starts.append(acc / total)
             acc += w
         self.spans = [w / total for w in weights]
+        # A stage ends exactly where the next begins, so the fraction never steps back by a rounding.
+        self.ends = self.starts[1:] + [1.0]
 
     def report(self, stage_index: int, inner_fraction: float, stage: str) -> None:
         inner = min(max(inner_fraction, 0.0), 1.0)
-        self.callback(self.starts[stage_index] + self.spans[stage_index] * inner, stage)
+        end = self.ends[stage_index]
+        self.callback(min(self.starts[stage_index] + self.spans[stage_index] * inner, end), stage)

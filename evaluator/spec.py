@@ -162,7 +162,7 @@ class JobSpec:
     #: How many clean-set points (a seeded subset) the attack suite attacks.
     attack_points: int = 1000
     #: The registered attack-suite configuration (evaluator.attacks.cascade.SUITES).
-    attack_suite: str = "attacks-1"
+    attack_suite: str = "attacks-2"
     #: Points (of the attacked subset) the reliability checks run on; 0 skips them.
     reliability_points: int = 200
     #: Detector tracks: the generator of the in-distribution fakes (for the universal attacks).

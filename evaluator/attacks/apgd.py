@@ -2,7 +2,14 @@
 
 The step size starts at 2 eps and is halved at checkpoints (22%, 41%, 57%, ... of the budget)
 wherever the loss stopped rising; a halved point restarts from the best point found so far.
-A momentum term (0.75) smooths the steps. Two losses: cross-entropy (untargeted APGD-CE) and
+A momentum term (0.75) smooths the steps.
+
+Two details follow the reference implementation (suite ``attacks-2`` on; ``attacks-1`` kept its
+own, so its published numbers stay reproducible): the step is halved when at most
+``rho * window`` steps raised the loss (``<=``; the paper's text writes ``<``, which differs only
+when ``rho * window`` is a whole number, as for the 16-step window of 100 iterations), and a
+point sent back to its best iterate keeps its momentum (the displacement from the iterate before
+the last step), rather than restarting without it. Two losses: cross-entropy (untargeted APGD-CE) and
 the targeted DLR loss, run once per target class among the top-9 (APGD-T).
 
 Unlike the reference implementation, a point leaves the batch as soon as it is misclassified:
@@ -73,8 +80,13 @@ def _apgd_single_run(
     generator: torch.Generator,
     batch_size: int,
     progress: InnerProgress = _ignore,
+    reference_schedule: bool = True,
 ) -> AttackResult:
-    """One APGD run from a random start on every point of ``x``."""
+    """One APGD run from a random start on every point of ``x``.
+
+    ``reference_schedule`` False is ``attacks-1``'s variant (strict halving test, momentum dropped
+    after a halving).
+    """
     n = x.shape[0]
     device = x.device
 
@@ -134,13 +146,17 @@ def _apgd_single_run(
 
         if check_index < len(check_points) and i + 1 == check_points[check_index]:
             window = check_points[check_index] - last_check
-            too_few_increases = increases < rho * window
+            if reference_schedule:
+                too_few_increases = increases <= rho * window
+            else:
+                too_few_increases = increases < rho * window
             stalled = (~reduced_before) & (loss_best_at_check >= loss_best)
             reduce = too_few_increases | stalled
             step[reduce] /= 2.0
-            # Restart the halved points from the best point (with no momentum carried over).
+            # The halved points go back to their best point; attacks-1 also dropped their momentum.
             x_cur[reduce] = x_best[reduce]
-            x_prev[reduce] = x_best[reduce]
+            if not reference_schedule:
+                x_prev[reduce] = x_best[reduce]
             grad[reduce] = grad_best[reduce]
             reduced_before = reduce
             loss_best_at_check = loss_best.clone()
@@ -166,6 +182,7 @@ def apgd(
     rho: float = DEFAULT_RHO,
     batch_size: int = 256,
     progress: InnerProgress = _ignore,
+    reference_schedule: bool = True,
 ) -> AttackResult:
     """APGD on ``loss`` ("ce", "dlr", or "dlr-targeted" with ``target``), ``n_restarts`` random starts.
 
@@ -190,7 +207,7 @@ def apgd(
 
         run = _apgd_single_run(
             model, x[todo], y[todo], threat, loss_fn, None if target is None else target[todo],
-            n_iter, rho, generator, batch_size, inner,
+            n_iter, rho, generator, batch_size, inner, reference_schedule,
         )
         x_adv[todo] = run.x_adv
         fooled[todo] = run.fooled
@@ -208,11 +225,12 @@ def apgd_ce(
     n_restarts: int = 1,
     batch_size: int = 256,
     progress: InnerProgress = _ignore,
+    reference_schedule: bool = True,
 ) -> AttackResult:
     """Untargeted APGD on the cross-entropy loss (AutoAttack's first stage)."""
     return apgd(
         model, x, y, threat, generator, loss="ce", n_iter=n_iter, n_restarts=n_restarts, batch_size=batch_size,
-        progress=progress,
+        progress=progress, reference_schedule=reference_schedule,
     )
 
 
@@ -229,6 +247,7 @@ def apgd_targeted(
     batch_size: int = 256,
     clean_logits: Tensor | None = None,
     progress: InnerProgress = _ignore,
+    reference_schedule: bool = True,
 ) -> AttackResult:
     """APGD-T: targeted DLR towards each of the ``n_target_classes`` most likely wrong classes.
 
@@ -262,6 +281,7 @@ def apgd_targeted(
         result = apgd(
             model, x[todo], y[todo], threat, generator, loss="dlr-targeted", target=target[todo],
             n_iter=n_iter, n_restarts=n_restarts, batch_size=batch_size, progress=inner,
+            reference_schedule=reference_schedule,
         )
         hit = todo[result.fooled]
         fooled[hit] = True

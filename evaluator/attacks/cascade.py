@@ -1,11 +1,16 @@
 """The hidden attack suite: a versioned cascade of attacks, AutoAttack's standard order.
 
 Clean accuracy first; then each attack only sees the points that are still correctly
-classified and that every earlier attack failed on (APGD-CE, then APGD-T, then Square: the
-registry :mod:`evaluator.attacks.stages`), so
-the expensive later stages only pay for the hard points. A point counts as broken only after
-a separate forward pass confirms that its adversarial image, checked to lie inside the threat
-model, is misclassified.
+classified and that every earlier attack failed on (APGD-CE, APGD-T, the minimum-norm FAB-T,
+then Square: the registry :mod:`evaluator.attacks.stages`), so the expensive later stages only
+pay for the hard points. A point counts as broken only after a separate forward pass confirms
+that its adversarial image, checked to lie inside the threat model, is misclassified.
+
+Escalation: a flag is not enough when the flag says the number is too high. When Square breaks
+points that every white-box stage failed on, or when a caller's reliability checks fire (see
+``checks`` of :func:`run_cascade`), the suite's escalation stages (more restarts, more steps)
+run on the surviving points before the number is published; the report names the checks that
+caused it (``escalated_for``) and lists the escalation stages with their costs.
 
 Reproducibility: every random draw comes from a generator seeded from (job seed, suite
 version, threat model, stage, chunk), where a chunk is a fixed number of points set by the
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -32,54 +38,18 @@ from torch import Tensor, nn
 
 from evaluator.attacks.common import derive_seed, make_generator, predict_logits
 from evaluator.attacks.counting import CountingModel, PassCount, as_counting
+from evaluator.attacks.flags import check_black_box
 from evaluator.attacks.stage_attacks import ATTACKS
-from evaluator.attacks.stages import STAGE_NAMES
+from evaluator.attacks.suites import SUITE_VERSION, SUITES, SuiteConfig, get_suite
 from evaluator.attacks.threat import ThreatModel, contains
 from evaluator.metrics.classification import accuracy_with_interval
 from evaluator.models.contract import pixels_to_unit
 from evaluator.progress import ProgressCallback, StagedProgress, ignore_progress
 
-#: The suite the platform runs unless a track names another.
-SUITE_VERSION = "attacks-1"
-
-
-@dataclass(frozen=True)
-class SuiteConfig:
-    """Everything that defines a suite version's numbers (frozen once published)."""
-
-    version: str
-    #: Names of the stages it runs, in the registry's order (:mod:`evaluator.attacks.stages`).
-    stages: tuple[str, ...] = STAGE_NAMES
-    apgd_iterations: int = 100
-    apgd_restarts: int = 1
-    target_classes: int = 9
-    #: Square's query budget per point (AutoAttack standard: 5,000).
-    square_queries: int = 5000
-    square_p_init: float = 0.8
-    #: Points that share one random stream; part of the suite so results do not depend on the
-    #: job's batch size (which only sets how many images go through the model at once).
-    chunk_size: int = 500
-
-    def __post_init__(self) -> None:
-        unknown = [s for s in self.stages if s not in STAGE_NAMES]
-        if unknown:
-            raise ValueError(f"unknown attack stages {unknown}; known: {STAGE_NAMES}")
-
-
-SUITES: dict[str, SuiteConfig] = {
-    "attacks-1": SuiteConfig("attacks-1"),
-}
-
-
-def get_suite(version: str | SuiteConfig) -> SuiteConfig:
-    """A registered suite by version string (or a config passed through, for experiments)."""
-    if isinstance(version, SuiteConfig):
-        return version
-    try:
-        return SUITES[version]
-    except KeyError:
-        raise ValueError(f"unknown attack suite {version!r}; known: {sorted(SUITES)}") from None
-
+__all__ = [
+    "SUITES", "SUITE_VERSION", "CascadeReport", "EscalationChecks", "StageReport", "SuiteConfig", "ThreatModelOutcome",
+    "ThreatModelReport", "attack_threat_model", "cascade_checks", "get_suite", "run_cascade", "to_float_images",
+]
 
 @dataclass
 class StageReport:
@@ -114,6 +84,8 @@ class ThreatModelReport:
     forward_passes: int = 0
     backward_passes: int = 0
     seconds: float = 0.0
+    #: The reliability checks that fired and made the suite run its escalation stages (empty: none ran).
+    escalated_for: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -170,6 +142,63 @@ class ThreatModelOutcome:
     broken_by: dict[str, Tensor]
 
 
+#: A caller's reliability checks, run after the cascade's stages: the names of the checks that fired.
+EscalationChecks = Callable[[ThreatModel, ThreatModelReport], list[str]]
+
+
+def _run_stage(
+    stage: str, counter: CountingModel, x: Tensor, y: Tensor, robust: Tensor, threat: ThreatModel,
+    config: SuiteConfig, seed: int, batch_size: int, report: Callable[[float, str], None],
+) -> tuple[Tensor, StageReport]:
+    """One stage on the points in ``robust``; returns the points it broke (confirmed) and its report."""
+    attack = ATTACKS[stage]
+    started = time.perf_counter()
+    before = counter.count
+    todo = robust.nonzero().squeeze(1)
+    broken = torch.zeros_like(robust)
+    total = int(todo.numel())
+    label = f"{stage} ({threat.norm}, eps={threat.eps:.4g})"
+    for chunk_index, start in enumerate(range(0, total, config.chunk_size)):
+        index = todo[start : start + config.chunk_size]
+
+        def inner(fraction: float, start: int = start, size: int = int(index.numel())) -> None:
+            # Points of this stage done so far, counting this chunk's share of its work.
+            report((start + fraction * size) / total, label)
+
+        inner(0.0)
+        generator = make_generator(derive_seed(seed, config.version, threat.key, stage, chunk_index), x.device)
+        result = attack(counter, x[index], y[index], threat, generator, config, batch_size, inner)
+        claimed = result.fooled.nonzero().squeeze(1)
+        if claimed.numel():
+            # Confirm each claimed adversarial image: inside the threat model and misclassified.
+            x_adv = result.x_adv[claimed]
+            inside = contains(threat, x_adv, x[index[claimed]])
+            predicted = predict_logits(counter, x_adv, batch_size).argmax(dim=1)
+            confirmed = inside & (predicted != y[index[claimed]])
+            broken[index[claimed[confirmed]]] = True
+    spent = counter.count - before
+    n = int(y.shape[0])
+    stage_report = StageReport(
+        attack=stage,
+        attacked=total,
+        broken=int(broken.sum()),
+        robust_accuracy=int((robust & ~broken).sum()) / n if n else 0.0,
+        forward_passes=spent.forward,
+        backward_passes=spent.backward,
+        seconds=round(time.perf_counter() - started, 3),
+    )
+    report(1.0, f"{label} done")
+    return broken, stage_report
+
+
+def cascade_checks(stages: list[StageReport]) -> list[str]:
+    """The checks the cascade makes from its own stages: Square beating every white-box stage."""
+    square = next((s for s in stages if s.attack == "square"), None)
+    if square is not None and check_black_box(square.attacked, square.broken).flagged:
+        return ["black_box"]
+    return []
+
+
 def attack_threat_model(
     model: nn.Module,
     x: Tensor,
@@ -181,10 +210,13 @@ def attack_threat_model(
     seed: int = 0,
     batch_size: int = 256,
     on_progress: ProgressCallback | None = None,
+    checks: EscalationChecks | None = None,
 ) -> ThreatModelOutcome:
     """Runs the suite's stages under one threat model on the points in ``clean_correct``.
 
-    ``on_progress(fraction, stage)`` gets this threat model's own fraction of points done.
+    Then, if the cascade's own black-box check or one of ``checks`` fires and the suite has
+    escalation stages, those run on the points still robust. ``on_progress(fraction, stage)``
+    gets this threat model's own fraction of points done.
     """
     config = get_suite(suite)
     counter = as_counting(model)
@@ -193,70 +225,48 @@ def attack_threat_model(
     broken_by: dict[str, Tensor] = {}
     stages: list[StageReport] = []
     started = time.perf_counter()
-    staged = StagedProgress(on_progress or ignore_progress, [1.0] * len(config.stages))
-    for stage_index, stage in enumerate(config.stages):
-        attack = ATTACKS[stage]
-        stage_started = time.perf_counter()
-        before = counter.count
-        todo = robust.nonzero().squeeze(1)
-        broken = torch.zeros_like(robust)
-        total = int(todo.numel())
-        label = f"{stage} ({threat.norm}, eps={threat.eps:.4g})"
-        for chunk_index, start in enumerate(range(0, total, config.chunk_size)):
-            index = todo[start : start + config.chunk_size]
+    # The escalation gets one share of the bar; when it does not run, the bar jumps over it.
+    weights = [1.0] * len(config.stages) + ([1.0] if config.escalation else [])
+    staged = StagedProgress(on_progress or ignore_progress, weights)
 
-            def inner(
-                fraction: float, start: int = start, size: int = int(index.numel()), total: int = total,
-                stage_index: int = stage_index, label: str = label,
-            ) -> None:
-                # Points of this stage done so far, counting this chunk's share of its work.
-                staged.report(stage_index, (start + fraction * size) / total, label)
+    def run(stage: str, part: int, fraction_of_part: tuple[float, float]) -> None:
+        nonlocal robust
+        low, width = fraction_of_part
 
-            inner(0.0)
-            generator = make_generator(
-                derive_seed(seed, config.version, threat.key, stage, chunk_index), x.device
-            )
-            result = attack(counter, x[index], y[index], threat, generator, config, batch_size, inner)
-            claimed = result.fooled.nonzero().squeeze(1)
-            if claimed.numel():
-                # Confirm each claimed adversarial image: inside the threat model and misclassified.
-                x_adv = result.x_adv[claimed]
-                inside = contains(threat, x_adv, x[index[claimed]])
-                predicted = predict_logits(counter, x_adv, batch_size).argmax(dim=1)
-                confirmed = inside & (predicted != y[index[claimed]])
-                broken[index[claimed[confirmed]]] = True
-        robust &= ~broken
+        def report(fraction: float, label: str) -> None:
+            staged.report(part, low + width * fraction, label)
+
+        broken, stage_report = _run_stage(stage, counter, x, y, robust, threat, config, seed, batch_size, report)
+        robust = robust & ~broken
         broken_by[stage] = broken
-        spent = counter.count - before
-        stages.append(
-            StageReport(
-                attack=stage,
-                attacked=total,
-                broken=int(broken.sum()),
-                robust_accuracy=int(robust.sum()) / n if n else 0.0,
-                forward_passes=spent.forward,
-                backward_passes=spent.backward,
-                seconds=round(time.perf_counter() - stage_started, 3),
-            )
-        )
-        staged.report(stage_index, 1.0, f"{label} done")
-    robust_count = int(robust.sum())
-    accuracy, low, high = accuracy_with_interval(robust_count, n)
+        stages.append(stage_report)
+
+    for stage_index, stage in enumerate(config.stages):
+        run(stage, stage_index, (0.0, 1.0))
     report = ThreatModelReport(
-        norm=threat.norm,
-        eps=threat.eps,
-        num_examples=n,
-        clean_accuracy=int(clean_correct.sum()) / n,
-        robust_accuracy=accuracy,
-        ci_low=low,
-        ci_high=high,
-        ci_method="clopper-pearson-95",
-        stages=stages,
-        forward_passes=sum(s.forward_passes for s in stages),
-        backward_passes=sum(s.backward_passes for s in stages),
-        seconds=round(time.perf_counter() - started, 3),
+        norm=threat.norm, eps=threat.eps, num_examples=n, clean_accuracy=int(clean_correct.sum()) / n,
+        robust_accuracy=0.0, ci_low=0.0, ci_high=0.0, ci_method="clopper-pearson-95", stages=stages,
     )
-    return ThreatModelOutcome(report, robust, broken_by)
+    reasons = cascade_checks(stages)
+    if checks is not None:
+        reasons += [name for name in checks(threat, _finished(report, robust, started)) if name not in reasons]
+    if reasons and config.escalation and bool(robust.any()):
+        report.escalated_for = reasons
+        share = 1.0 / len(config.escalation)
+        for index, stage in enumerate(config.escalation):
+            run(stage, len(config.stages), (index * share, share))
+    return ThreatModelOutcome(_finished(report, robust, started), robust, broken_by)
+
+
+def _finished(report: ThreatModelReport, robust: Tensor, started: float) -> ThreatModelReport:
+    """``report`` with its totals, robust accuracy and interval computed from the stages so far."""
+    robust_count = int(robust.sum())
+    accuracy, low, high = accuracy_with_interval(robust_count, report.num_examples)
+    report.robust_accuracy, report.ci_low, report.ci_high = accuracy, low, high
+    report.forward_passes = sum(s.forward_passes for s in report.stages)
+    report.backward_passes = sum(s.backward_passes for s in report.stages)
+    report.seconds = round(time.perf_counter() - started, 3)
+    return report
 
 
 def run_cascade(
@@ -270,11 +280,14 @@ def run_cascade(
     batch_size: int = 256,
     device: str | torch.device = "cpu",
     progress: ProgressCallback = ignore_progress,
+    checks: EscalationChecks | None = None,
 ) -> CascadeReport:
     """Robust accuracy of ``model`` (in eval mode) under each threat model, with costs.
 
     ``images`` are (N, C, H, W), uint8 pixels or floats in [0, 1]; ``labels`` are class indices.
     Progress goes to ``progress(fraction, stage)`` with the fraction of the work's points done.
+    ``checks(threat, report)``, run after each threat model's cascade, names the reliability checks
+    that fired; any name makes the suite escalate on that threat model's survivors.
     """
     if not threat_models:
         raise ValueError("run_cascade needs at least one threat model")
@@ -316,7 +329,7 @@ def run_cascade(
 
         outcome = attack_threat_model(
             counter, x, y, clean_correct, threat, suite=config, seed=seed, batch_size=batch_size,
-            on_progress=on_progress,
+            on_progress=on_progress, checks=checks,
         )
         report.threat_models.append(outcome.report)
     total: PassCount = counter.count - at_start

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from evaluator.attacks.apgd import apgd_ce, apgd_targeted
 from evaluator.attacks.cascade import ThreatModelReport, to_float_images
 from evaluator.attacks.common import derive_seed, make_generator, margin, predict_logits, random_signs
+from evaluator.attacks.flags import ReliabilityFlag, check_black_box
 from evaluator.attacks.square import square_attack
 from evaluator.attacks.threat import ThreatModel, lp_norm
 
@@ -38,16 +39,10 @@ from evaluator.attacks.threat import ThreatModel, lp_norm
 #: are many orders of magnitude larger).
 ZERO_GRADIENT = 1e-20
 
-
-@dataclass
-class ReliabilityFlag:
-    """The outcome of one check: ``flagged`` means the evaluation should be marked unreliable."""
-
-    check: str
-    flagged: bool
-    explanation: str
-    value: float | None = None
-    threshold: float | None = None
+__all__ = [
+    "ReliabilityFlag", "ReliabilityReport", "check_black_box", "check_eps_growth", "check_gradients",
+    "check_random_noise", "random_noise_robust", "run_reliability_checks",
+]
 
 
 @dataclass
@@ -148,22 +143,6 @@ def check_eps_growth(
         near_zero,
     )
     return monotonic, large
-
-
-def check_black_box(
-    attacked: int, broken: int, *, max_fraction: float = 0.05, min_points: int = 2
-) -> ReliabilityFlag:
-    """Flags when Square broke more than ``max_fraction`` (and at least ``min_points``) of the
-    points on which the white-box attacks had failed."""
-    fraction = broken / attacked if attacked else 0.0
-    flagged = broken >= min_points and fraction > max_fraction
-    explanation = (
-        f"The black-box Square attack broke {broken} of the {attacked} points on which the gradient "
-        f"attacks failed ({fraction:.1%}; the limit is {max_fraction:.0%})."
-    )
-    if flagged:
-        explanation += " A gradient-free attack beating the white-box ones points to gradient masking."
-    return ReliabilityFlag("black_box", flagged, explanation, fraction, max_fraction)
 
 
 def random_noise_robust(

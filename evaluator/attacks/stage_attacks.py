@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 from torch import Tensor, nn
 
-from evaluator.attacks.apgd import apgd_ce, apgd_targeted
+from evaluator.attacks.apgd import apgd, apgd_ce, apgd_targeted
 from evaluator.attacks.common import AttackResult
+from evaluator.attacks.fab import fab_targeted
 from evaluator.attacks.square import square_attack
 from evaluator.attacks.stages import STAGE_NAMES
 from evaluator.attacks.threat import ThreatModel
@@ -38,14 +39,21 @@ class StageAttack(Protocol):
 def _apgd_ce(model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, generator: torch.Generator,
              suite: SuiteConfig, batch_size: int, progress: Callable[[float], None]) -> AttackResult:
     return apgd_ce(model, x, y, threat, generator, n_iter=suite.apgd_iterations, n_restarts=suite.apgd_restarts,
-                   batch_size=batch_size, progress=progress)
+                   batch_size=batch_size, progress=progress, reference_schedule=suite.apgd_reference_schedule)
 
 
 def _apgd_t(model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, generator: torch.Generator,
             suite: SuiteConfig, batch_size: int, progress: Callable[[float], None]) -> AttackResult:
     return apgd_targeted(model, x, y, threat, generator, n_target_classes=suite.target_classes,
                          n_iter=suite.apgd_iterations, n_restarts=suite.apgd_restarts, batch_size=batch_size,
-                         progress=progress)
+                         progress=progress, reference_schedule=suite.apgd_reference_schedule)
+
+
+def _fab_t(model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, generator: torch.Generator,
+           suite: SuiteConfig, batch_size: int, progress: Callable[[float], None]) -> AttackResult:
+    return fab_targeted(model, x, y, threat, generator, n_target_classes=suite.min_norm_targets,
+                        n_iter=suite.min_norm_iterations, n_restarts=suite.min_norm_restarts, batch_size=batch_size,
+                        progress=progress)
 
 
 def _square(model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, generator: torch.Generator,
@@ -54,11 +62,62 @@ def _square(model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, generat
                          batch_size=batch_size, progress=progress)
 
 
+# The escalation stages: the same attacks with more of the budget that decides them.
+
+
+def _esc_apgd_ce(model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, generator: torch.Generator,
+                 suite: SuiteConfig, batch_size: int, progress: Callable[[float], None]) -> AttackResult:
+    return apgd_ce(model, x, y, threat, generator, n_iter=suite.apgd_iterations,
+                   n_restarts=suite.escalation_restarts, batch_size=batch_size, progress=progress,
+                   reference_schedule=suite.apgd_reference_schedule)
+
+
+def _esc_apgd_dlr(model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, generator: torch.Generator,
+                  suite: SuiteConfig, batch_size: int, progress: Callable[[float], None]) -> AttackResult:
+    # Untargeted DLR: scale-invariant, so large logits that flatten the cross-entropy do not hide the margin.
+    return apgd(model, x, y, threat, generator, loss="dlr", n_iter=suite.apgd_iterations,
+                n_restarts=suite.escalation_restarts, batch_size=batch_size, progress=progress,
+                reference_schedule=suite.apgd_reference_schedule)
+
+
+def _esc_fab_t(model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, generator: torch.Generator,
+               suite: SuiteConfig, batch_size: int, progress: Callable[[float], None]) -> AttackResult:
+    return fab_targeted(model, x, y, threat, generator, n_target_classes=suite.min_norm_targets,
+                        n_iter=suite.min_norm_iterations * suite.escalation_iteration_factor,
+                        n_restarts=suite.escalation_restarts, batch_size=batch_size, progress=progress)
+
+
+def _esc_square(model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, generator: torch.Generator,
+                suite: SuiteConfig, batch_size: int, progress: Callable[[float], None]) -> AttackResult:
+    # Fresh random streams (the generator moves on) on the points each earlier restart left.
+    restarts = max(suite.escalation_square_restarts, 1)
+    fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    x_adv = x.clone()
+    for restart in range(restarts):
+        todo = (~fooled).nonzero().squeeze(1)
+        if todo.numel() == 0:
+            break
+
+        def inner(fraction: float, restart: int = restart) -> None:
+            progress((restart + fraction) / restarts)
+
+        result = square_attack(model, x[todo], y[todo], threat, generator, n_queries=suite.square_queries,
+                               p_init=suite.square_p_init, batch_size=batch_size, progress=inner)
+        x_adv[todo] = result.x_adv
+        fooled[todo] = result.fooled
+    return AttackResult(x_adv, fooled)
+
+
 #: Stage name -> its attack, for every stage of :data:`evaluator.attacks.stages.STAGES`.
 ATTACKS: Mapping[str, StageAttack] = MappingProxyType({
     "apgd-ce": _apgd_ce,
     "apgd-t": _apgd_t,
+    "fab-t": _fab_t,
     "square": _square,
+    "esc-apgd-ce": _esc_apgd_ce,
+    "esc-apgd-dlr": _esc_apgd_dlr,
+    "esc-fab-t": _esc_fab_t,
+    "esc-square": _esc_square,
 })
 if tuple(ATTACKS) != STAGE_NAMES:
     raise ImportError(f"the stage registry {STAGE_NAMES} and the attacks {tuple(ATTACKS)} disagree")

@@ -1,5 +1,9 @@
 """The attack cascade's stages, in cascade order: one registry the cascade runs and the pages read.
 
+Two roles: the cascade's stages run on every job; the escalation stages run only on the points a
+threat model left robust when a reliability check fired (black-box beating white-box, robust
+accuracy not falling with eps, gradients missing), spending more before a number is published.
+
 Each stage is a name (in metric names, ``robust_accuracy@<threat>><name>``, in the seeds of its
 random draws and in a suite's ``stages``) and a label (how a page names it); its attack, one function
 with one signature, is in :data:`evaluator.attacks.stage_attacks.ATTACKS` under the same name. This
@@ -11,7 +15,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["STAGES", "STAGE_NAMES", "Stage", "get_stage", "stage_labels"]
+__all__ = [
+    "CASCADE_STAGE_NAMES", "ESCALATION_STAGE_NAMES", "STAGES", "STAGE_NAMES", "Stage", "get_stage", "stage_labels",
+]
 
 
 @dataclass(frozen=True)
@@ -20,15 +26,25 @@ class Stage:
 
     name: str
     label: str
+    #: "cascade" (every job) or "escalation" (only when a reliability check fired).
+    role: str = "cascade"
 
 
-#: Every stage, in cascade order (AutoAttack's standard order, without FAB-T).
+#: Every stage, in cascade order (AutoAttack's standard order: the gradient attacks, then the
+#: minimum-norm attacks, then the black-box Square), then the escalation stages in their order.
 STAGES: tuple[Stage, ...] = (
     Stage("apgd-ce", "APGD-CE"),
     Stage("apgd-t", "APGD-T"),
+    Stage("fab-t", "FAB-T"),
     Stage("square", "Square"),
+    Stage("esc-apgd-ce", "APGD-CE, restarts (escalation)", "escalation"),
+    Stage("esc-apgd-dlr", "APGD-DLR, restarts (escalation)", "escalation"),
+    Stage("esc-fab-t", "FAB-T, restarts (escalation)", "escalation"),
+    Stage("esc-square", "Square, restarts (escalation)", "escalation"),
 )
 STAGE_NAMES: tuple[str, ...] = tuple(stage.name for stage in STAGES)
+CASCADE_STAGE_NAMES: tuple[str, ...] = tuple(stage.name for stage in STAGES if stage.role == "cascade")
+ESCALATION_STAGE_NAMES: tuple[str, ...] = tuple(stage.name for stage in STAGES if stage.role == "escalation")
 _BY_NAME = {stage.name: stage for stage in STAGES}
 
 

@@ -2,7 +2,8 @@
 
 The cascade (:mod:`evaluator.attacks.cascade`) runs on a subset of the clean set drawn from the
 job's public seed, so a leaderboard's robust accuracies can be reproduced; the reliability
-checks (:mod:`evaluator.attacks.reliability`) run on part of that subset.
+checks (:mod:`evaluator.attacks.reliability`) run on part of that subset after each threat
+model's cascade, and a fired check makes the suite escalate on that threat model's survivors.
 """
 
 from __future__ import annotations
@@ -12,15 +13,15 @@ from typing import Any
 
 import torch
 
-from evaluator.attacks.cascade import run_cascade
+from evaluator.attacks.cascade import ThreatModelReport, run_cascade
 from evaluator.attacks.reliability import run_reliability_checks
 from evaluator.data.evalsets import EvaluationSetData
 from evaluator.metrics.classification import accuracy_with_interval, per_class_accuracy
 from evaluator.models.contract import pixels_to_unit
-from evaluator.progress import ProgressCallback, StagedProgress
+from evaluator.progress import ProgressCallback
 from evaluator.scoring.feeding import in_pixel_space
 from evaluator.scoring.task import SetScores, clean_set_index
-from evaluator.spec import JobSpec, MetricValue
+from evaluator.spec import JobSpec, MetricValue, ThreatModel
 
 __all__ = ["ClassifierScoring", "attack_subset", "run_attacks", "score_classifier"]
 
@@ -75,32 +76,40 @@ def run_attacks(
     y = labels[subset].to(device)
     threats = spec.threat_models
     with_checks = spec.reliability_points > 0
-    stages = StagedProgress(progress, [4.0 if with_checks else 1.0] + ([1.0] if with_checks else []))
+    last = [0.0]
 
     def on_cascade(fraction: float, stage: str) -> None:
-        stages.report(0, fraction, f"attacks: {stage}")
+        last[0] = fraction
+        progress(fraction, f"attacks: {stage}")
+
+    flags: dict[str, list[dict[str, Any]]] = {}
+
+    def checks(threat: ThreatModel, outcome: ThreatModelReport) -> list[str]:
+        """The reliability checks of this threat model; the names that fired make the suite escalate."""
+        if not with_checks:
+            return []
+        progress(last[0], f"reliability checks: {threat.label}")
+        result = run_reliability_checks(model, x, y, threat, subset=spec.reliability_points, seed=spec.seed,
+                                        cascade_report=outcome, batch_size=spec.batch_size, device=device)
+        flags[threat.label] = [asdict(flag) for flag in result.flags]
+        return [flag.check for flag in result.flags if flag.flagged]
 
     report = run_cascade(model, x, y, threats, suite=spec.attack_suite, seed=spec.seed,
-                         batch_size=spec.batch_size, device=device, progress=on_cascade)
+                         batch_size=spec.batch_size, device=device, progress=on_cascade, checks=checks)
     metrics: list[MetricValue] = []
     details: dict[str, Any] = {}
-    for index, (threat, outcome) in enumerate(zip(threats, report.threat_models, strict=True)):
+    for threat, outcome in zip(threats, report.threat_models, strict=True):
         label = threat.label
         metrics.append(MetricValue(set_name, f"robust_accuracy@{label}", outcome.robust_accuracy, outcome.num_examples,
                                    outcome.ci_low, outcome.ci_high, outcome.ci_method))
         for stage in outcome.stages:
             metrics.append(MetricValue(set_name, f"robust_accuracy@{label}>{stage.attack}", stage.robust_accuracy,
                                        outcome.num_examples))
-        flags: list[dict[str, Any]] = []
-        if with_checks:
-            stages.report(1, index / len(threats), f"reliability checks: {label}")
-            checks = run_reliability_checks(model, x, y, threat, subset=spec.reliability_points, seed=spec.seed,
-                                            cascade_report=outcome, batch_size=spec.batch_size, device=device)
-            flags = [asdict(flag) for flag in checks.flags]
         details[label] = {
             "norm": threat.norm, "eps": threat.eps, "suite": report.suite_version, "points": outcome.num_examples,
             "clean_accuracy": outcome.clean_accuracy, "forward_passes": outcome.forward_passes,
-            "backward_passes": outcome.backward_passes, "seconds": outcome.seconds, "flags": flags,
+            "backward_passes": outcome.backward_passes, "seconds": outcome.seconds, "flags": flags.get(label, []),
+            "escalated_for": outcome.escalated_for,
             "stages": [asdict(stage) for stage in outcome.stages],
         }
     metrics.append(MetricValue(set_name, "attacked_clean_accuracy", report.clean_accuracy, report.num_examples,

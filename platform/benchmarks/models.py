@@ -14,6 +14,8 @@ from django.core.validators import MaxValueValidator, MinValueValidator, RegexVa
 from django.db import models
 from django.urls import reverse
 
+from evaluator.attacks.suites import SUITES
+
 
 class Benchmark(models.Model):
     slug = models.SlugField(unique=True)
@@ -55,7 +57,7 @@ class Track(models.Model):
         help_text='Attack threat models, e.g. [{"norm": "Linf", "eps": 0.3, "label": "Linf-0.3"}]; empty: no attacks.',
     )
     attack_points = models.PositiveIntegerField(default=1000, help_text="Clean-set points the attack suite attacks.")
-    attack_suite = models.CharField(max_length=40, default="attacks-1",
+    attack_suite = models.CharField(max_length=40, default="attacks-2",
                                     help_text="Registered attack-suite configuration (bump suite_version with it).")
     reliability_points = models.PositiveIntegerField(
         default=200, help_text="Attacked points the reliability checks run on (0: no checks)."
@@ -132,6 +134,9 @@ class Track(models.Model):
             if threat["label"] in labels:
                 raise ValidationError({"threat_models": f"Duplicate label {threat['label']}."})
             labels.add(threat["label"])
+        if self.attack_suite not in SUITES:
+            raise ValidationError({"attack_suite": f"Unknown attack suite {self.attack_suite!r}; registered: "
+                                                   f"{', '.join(sorted(SUITES))}."})
 
     @property
     def input_shape(self) -> tuple[int, int, int]:

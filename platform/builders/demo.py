@@ -105,7 +105,11 @@ CORRUPTION_PER_CELL = 100
 #: demo-3: the hidden sets come from the installation's secret seeds (SET_VERSION 2).
 #: demo-4: cifar10-c as published (CIFAR-10-C's constants), mnist-c renamed mnist-imagenet-c-padded,
 #: CIFAR-10.1 v6 when the mirror holds it (SET_VERSION 3): the corrupted pixels changed.
-SUITE_VERSION = "demo-4"
+#: demo-5: the classifier tracks run the attack suite attacks-2 (FAB-T before Square, APGD as the
+#: reference has it, escalation when a reliability check fires).
+SUITE_VERSION = "demo-5"
+#: The attack suite of the classifier tracks (evaluator.attacks.cascade.SUITES).
+ATTACK_SUITE = "attacks-2"
 #: Sets earlier demos registered and this one no longer builds: "mnist-c" claimed Mu & Gilmer's MNIST-C
 #: but held ImageNet-C's corruptions on padded digits (now "mnist-imagenet-c-padded").
 RETIRED_SETS = ("mnist-c",)
@@ -627,7 +631,8 @@ class DemoBuilder:
                       "input_height": shape[1], "input_width": shape[2], "num_classes": num_classes,
                       "description": description, "class_names": class_names or [], "seed": TRACK_SEED,
                       "threat_models": threat_models or [], "attack_points": attack_points,
-                      "reliability_points": reliability_points, "suite_version": SUITE_VERSION},
+                      "reliability_points": reliability_points, "suite_version": SUITE_VERSION,
+                      "attack_suite": ATTACK_SUITE},
         )
         track.full_clean()
         return track

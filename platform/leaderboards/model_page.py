@@ -88,7 +88,7 @@ def _flag_sentence(check: str, flagged: bool, value: float | None, threshold: fl
         return sentence + (" An attack that cannot break a model with a much larger budget is probably being fooled."
                            if flagged else "")
     if check == "black_box":
-        sentence = (f"The black-box Square attack broke {_share(value)} of the points on which the gradient attacks "
+        sentence = (f"The black-box Square attack broke {_share(value)} of the points on which the white-box attacks "
                     f"failed{limit}.")
         return sentence + (" A gradient-free attack beating the white-box ones points to gradient masking."
                            if flagged else "")
@@ -191,6 +191,8 @@ class Cascade:
     backward_passes: int | None = None
     seconds: float | None = None
     flags: list[Flag] = field(default_factory=list)
+    #: The page's names of the checks that made the suite run its escalation stages (empty: none ran).
+    escalated_for: list[str] = field(default_factory=list)
 
     @property
     def flagged(self) -> bool:
@@ -242,8 +244,15 @@ def cascades(submission: Submission, results: list[Result], run: EvaluationRun |
             backward_passes=_count(info.get("backward_passes")),
             seconds=_number(info.get("seconds")),
             flags=reliability_flags(info.get("flags")),
+            escalated_for=escalation_reasons(info.get("escalated_for")),
         ))
     return out
+
+
+def escalation_reasons(stored: Any) -> list[str]:
+    """The known checks among a stored escalation list, in the page's words (anything else is left out)."""
+    names = stored if isinstance(stored, list) else []
+    return [CHECK_LABELS[name] for name in dict.fromkeys(n for n in names if isinstance(n, str) and n in CHECK_LABELS)]
 
 
 def _heatmap_figure(cells: dict[tuple[str, int], float]) -> tuple[SafeString, list[str], list[list[float | None]]]:

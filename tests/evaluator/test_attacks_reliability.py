@@ -85,7 +85,7 @@ def test_black_box_check_reads_the_cascade_square_stage() -> None:
     small = SuiteConfig("test-small", apgd_iterations=20, target_classes=3, square_queries=300)
     cascade = run_cascade(model, x, y, [threat], suite=small).threat_models[0]
     report = run_reliability_checks(model, x, y, threat, subset=60, cascade_report=cascade)
-    square = cascade.stages[-1]
+    square = next(s for s in cascade.stages if s.attack == "square")
     assert report.flag("black_box").flagged
     assert f"broke {square.broken} of the {square.attacked}" in report.flag("black_box").explanation
 

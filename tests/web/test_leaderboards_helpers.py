@@ -76,6 +76,8 @@ def finish(submission: Submission, clean: float, usps: float | None = None, corr
         attacks[THREAT] = {"forward_passes": 123456, "backward_passes": 98765, "seconds": 42.5, "flags": [
             {"check": "black_box", "flagged": flagged, "value": 0.25 if flagged else 0.0, "threshold": 0.1,
              "explanation": "Square found adversarial points APGD missed." if flagged else "APGD found them all."}]}
+        if flagged:  # the suite escalated; an unknown name (the sandbox wrote it) must not reach the page
+            attacks[THREAT]["escalated_for"] = ["black_box", "<b>hidden label 7</b>"]
     submission.transition("running")
     record_result(submission, JobResult(
         job_id=str(submission.public_id), ok=True, suite_version=submission.track.suite_version,

@@ -32,8 +32,12 @@ def test_model_page_shows_cascade_heatmap_per_class_and_provenance(models):
     assert "reliability flag" in cascade
     # The flag in the platform's words, from its numbers (not the stored explanation).
     assert ("<strong>black-box attack</strong>: The black-box Square attack broke 25.0% of the points on which the "
-            "gradient attacks failed (the limit is 10%). A gradient-free attack beating the white-box ones points to "
+            "white-box attacks failed (the limit is 10%). A gradient-free attack beating the white-box ones points to "
             "gradient masking.") in cascade
+    # The escalation the flag caused, in the platform's words; the unknown stored name is left out.
+    assert re.search(r'<span class="tag bad">escalated</span> A reliability check fired \(black-box attack\), so',
+                     cascade)
+    assert "hidden label" not in html
     assert "123,456 forward and 98,765 backward passes" in cascade
     assert "verified</span>" not in html.split("<main", 1)[1].split("</p>", 1)[0]  # flagged: no badge
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import pytest
+from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
 from django.core.management import CommandError, call_command
 
 from benchmarks.models import Benchmark, EvaluationSet, Track
 from evaluator.spec import JobResult, MetricValue
 from submissions.arrival import record_result
+from submissions.job_spec import build_job_spec
 from submissions.management.commands.rerun_track import bumped
 from submissions.models import Submission
 
@@ -117,6 +119,50 @@ def test_dry_run_and_explicit_version(track, researcher, sent, rerun_track):
     sent.clear()
     rerun_track("t", "--suite-version", "clean-7")
     assert sent == []
+
+
+def test_a_new_attack_suite_rescores_and_keeps_the_old_numbers(track, researcher, sent, rerun_track):
+    """Moving a track to another attack suite queues its submissions under a new suite version; the runs and
+    results of the old version stay stored with their numbers and provenance."""
+    Track.objects.filter(pk=track.pk).update(attack_suite="attacks-1")
+    model = _evaluate(_submission(track, researcher, "model"))
+    old_run = model.runs.get()
+    old_result = model.results.get()
+    assert (old_run.suite_version, old_result.suite_version, old_result.value) == ("clean-1", "clean-1", 0.9)
+
+    with pytest.raises(CommandError, match="needs a new suite version"):
+        rerun_track("t", "--attack-suite", "attacks-2")
+    assert Track.objects.get(pk=track.pk).attack_suite == "attacks-1" and sent == []
+
+    out = rerun_track("t", "--bump", "--attack-suite", "attacks-2")
+    track.refresh_from_db()
+    assert (track.suite_version, track.attack_suite) == ("clean-2", "attacks-2")
+    assert "attack suite attacks-1 -> attacks-2" in out and sent == [model.pk]
+
+    # The re-run's job is built for the new suite, and arrives beside the old run, not over it.
+    submission = Submission.objects.get(pk=model.pk)
+    submission.transition("running")
+    record_result(submission, JobResult(job_id=str(submission.public_id), ok=True, suite_version="clean-2",
+                                        seed=track.seed, metrics=[MetricValue("hidden", "accuracy", 0.8, 10)]))
+    runs = dict(submission.runs.values_list("suite_version", "ok"))
+    values = dict(submission.results.values_list("suite_version", "value"))
+    assert runs == {"clean-1": True, "clean-2": True} and values == {"clean-1": 0.9, "clean-2": 0.8}
+    old_run.refresh_from_db()
+    assert old_run.provenance == model.runs.get(suite_version="clean-1").provenance
+
+
+def test_the_job_spec_carries_the_track_attack_suite(track, researcher):
+    Track.objects.filter(pk=track.pk).update(attack_suite="attacks-1")
+    spec = build_job_spec(_submission(Track.objects.get(pk=track.pk), researcher, "m"), "/nowhere/model.pt2")
+    assert spec.attack_suite == "attacks-1"
+
+
+def test_an_unknown_attack_suite_is_refused(track):
+    track.attack_suite = "attacks-99"
+    with pytest.raises(ValidationError, match="Unknown attack suite 'attacks-99'"):
+        track.full_clean()
+    with pytest.raises(CommandError):
+        call_command("rerun_track", "t", "--bump", "--attack-suite", "attacks-99")
 
 
 def test_unknown_track_is_an_error(db):

@@ -6,6 +6,10 @@ shows the new version's scores as the evaluations finish. Submissions that alrea
 evaluation under the track's current version are left alone, so the command can be run again (for
 example after jobs that were running during the bump have finished) without evaluating anything twice.
 Re-runs are not charged to anyone's quota.
+
+``--attack-suite attacks-2`` moves the track to another registered attack suite at the same time; it
+needs a new suite version (``--bump`` or ``--suite-version``), because results are keyed by suite
+version: the old runs, with their numbers and provenance, stay stored under the old version.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from benchmarks.models import Track
+from evaluator.attacks.suites import SUITES
 from submissions import services
 from submissions.models import EvaluationRun, IllegalTransition, Submission
 
@@ -39,6 +44,8 @@ class Command(BaseCommand):
         version.add_argument("--suite-version", help="set the track's suite version to this first")
         version.add_argument("--bump", action="store_true",
                              help="increase the trailing number of the suite version first (clean-1 -> clean-2)")
+        parser.add_argument("--attack-suite", choices=sorted(SUITES),
+                            help="move the track to this attack suite too (needs --bump or --suite-version)")
         parser.add_argument("--include-failed", action="store_true",
                             help="queue failed submissions again too (default: finished ones only)")
         parser.add_argument("--dry-run", action="store_true", help="say what would be done, change nothing")
@@ -52,6 +59,11 @@ class Command(BaseCommand):
         new = options["suite_version"] or (bumped(old) if options["bump"] else old)
         if len(new) > Track._meta.get_field("suite_version").max_length:
             raise CommandError(f"Suite version {new!r} is too long.")
+        suite = options["attack_suite"]
+        if suite is not None and suite != track.attack_suite and new == old:
+            raise CommandError(f"Moving {track.slug} to attack suite {suite} needs a new suite version (--bump or "
+                               f"--suite-version): results are keyed by it, and {old} already holds "
+                               f"{track.attack_suite} numbers.")
         dry = options["dry_run"]
         states = [Submission.State.FINISHED] + ([Submission.State.FAILED] if options["include_failed"] else [])
         current = EvaluationRun.objects.filter(suite_version=new, ok=True).values("submission")
@@ -65,6 +77,10 @@ class Command(BaseCommand):
             self.stdout.write(f"{prefix}{track.slug}: suite version {old} -> {new}")
             if not dry:
                 Track.objects.filter(pk=track.pk).update(suite_version=new)
+        if suite is not None and suite != track.attack_suite:
+            self.stdout.write(f"{prefix}{track.slug}: attack suite {track.attack_suite} -> {suite}")
+            if not dry:
+                Track.objects.filter(pk=track.pk).update(attack_suite=suite)
         queued = 0
         for submission in todo:
             if dry:

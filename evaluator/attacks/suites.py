@@ -1,0 +1,73 @@
+"""The attack suites by version: what each one runs and with what budget (no torch here).
+
+A suite version is frozen once published: a change of any attack parameter is a new version
+string, so leaderboard numbers computed under one version stay comparable, and an old version
+stays registered so its numbers can be reproduced. The platform reads this registry to refuse a
+track that names an unknown suite, without loading the attacks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from evaluator.attacks.stages import CASCADE_STAGE_NAMES, ESCALATION_STAGE_NAMES, STAGE_NAMES
+
+__all__ = ["SUITES", "SUITE_VERSION", "SuiteConfig", "get_suite"]
+
+#: The suite the platform runs unless a track names another.
+SUITE_VERSION = "attacks-2"
+
+
+@dataclass(frozen=True)
+class SuiteConfig:
+    """Everything that defines a suite version's numbers (frozen once published)."""
+
+    version: str
+    #: Names of the stages it runs on every job, in the registry's order (:mod:`evaluator.attacks.stages`).
+    stages: tuple[str, ...] = ("apgd-ce", "apgd-t", "fab-t", "square")
+    apgd_iterations: int = 100
+    apgd_restarts: int = 1
+    target_classes: int = 9
+    #: APGD's step-size schedule as the reference implementation has it (``attacks-1``: False, its own variant).
+    apgd_reference_schedule: bool = True
+    #: The minimum-norm stage, FAB-T: iterations per target, targets, restarts.
+    min_norm_iterations: int = 100
+    min_norm_targets: int = 9
+    min_norm_restarts: int = 1
+    #: Square's query budget per point (AutoAttack standard: 5,000).
+    square_queries: int = 5000
+    square_p_init: float = 0.8
+    #: Stages run on the survivors when a reliability check fires (none: flag only, as ``attacks-1``).
+    escalation: tuple[str, ...] = ("esc-apgd-ce", "esc-apgd-dlr", "esc-fab-t", "esc-square")
+    #: Escalation budget: random restarts of APGD and FAB-T, times the minimum-norm iterations, Square restarts.
+    escalation_restarts: int = 5
+    escalation_iteration_factor: int = 5
+    escalation_square_restarts: int = 2
+    #: Points that share one random stream; part of the suite so results do not depend on the
+    #: job's batch size (which only sets how many images go through the model at once).
+    chunk_size: int = 500
+
+    def __post_init__(self) -> None:
+        unknown = [s for s in self.stages if s not in CASCADE_STAGE_NAMES]
+        unknown += [s for s in self.escalation if s not in ESCALATION_STAGE_NAMES]
+        if unknown:
+            raise ValueError(f"unknown attack stages {unknown}; known: {STAGE_NAMES}")
+
+
+SUITES: dict[str, SuiteConfig] = {
+    # The first published suite: AutoAttack's order without FAB-T, APGD's own schedule variant, no escalation.
+    "attacks-1": SuiteConfig("attacks-1", stages=("apgd-ce", "apgd-t", "square"), apgd_reference_schedule=False,
+                             escalation=()),
+    # FAB-T before Square (the L2 gap to AutoAttack, issue 17), APGD as the reference, escalation on a fired check.
+    "attacks-2": SuiteConfig("attacks-2"),
+}
+
+
+def get_suite(version: str | SuiteConfig) -> SuiteConfig:
+    """A registered suite by version string (or a config passed through, for experiments)."""
+    if isinstance(version, SuiteConfig):
+        return version
+    try:
+        return SUITES[version]
+    except KeyError:
+        raise ValueError(f"unknown attack suite {version!r}; known: {sorted(SUITES)}") from None
