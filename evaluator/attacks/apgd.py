@@ -68,6 +68,19 @@ def checkpoints(n_iter: int) -> list[int]:
     return points
 
 
+def halve_step(increases: Tensor, window: int, rho: float, reduced_before: Tensor, loss_best_at_check: Tensor,
+               loss_best: Tensor, reference_schedule: bool = True) -> Tensor:
+    """Per point at a checkpoint: halve the step? Either too few of the window's steps raised the loss
+    (at most ``rho * window``; ``attacks-1``: fewer than), or the step was kept at the last checkpoint
+    and the best loss has not improved since."""
+    if reference_schedule:
+        too_few_increases = increases <= rho * window
+    else:
+        too_few_increases = increases < rho * window
+    stalled = (~reduced_before) & (loss_best_at_check >= loss_best)
+    return too_few_increases | stalled
+
+
 def _apgd_single_run(
     model: nn.Module,
     x: Tensor,
@@ -146,12 +159,8 @@ def _apgd_single_run(
 
         if check_index < len(check_points) and i + 1 == check_points[check_index]:
             window = check_points[check_index] - last_check
-            if reference_schedule:
-                too_few_increases = increases <= rho * window
-            else:
-                too_few_increases = increases < rho * window
-            stalled = (~reduced_before) & (loss_best_at_check >= loss_best)
-            reduce = too_few_increases | stalled
+            reduce = halve_step(increases, window, rho, reduced_before, loss_best_at_check, loss_best,
+                                reference_schedule)
             step[reduce] /= 2.0
             # The halved points go back to their best point; attacks-1 also dropped their momentum.
             x_cur[reduce] = x_best[reduce]

@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from evaluator.attacks.apgd import apgd, apgd_ce, apgd_targeted, checkpoints
+from evaluator.attacks.apgd import apgd, apgd_ce, apgd_targeted, checkpoints, halve_step
 from evaluator.attacks.common import make_generator
 from evaluator.attacks.counting import CountingModel, PassCount
 from evaluator.attacks.threat import ThreatModel, contains, dual_norm
@@ -152,3 +152,21 @@ def test_fooled_points_stop_costing() -> None:
     result = apgd_ce(counted, x, y, huge, make_generator(0))
     assert result.fooled.float().mean() > 0.95
     assert counted.count.forward < 200 * 101 / 10
+
+
+def test_step_halving_follows_the_reference_and_attacks_1_keeps_its_variant() -> None:
+    """At 100 iterations the third window has 16 steps: 0.75 * 16 = 12 increases sit exactly on the line.
+    The reference halves there (<=); attacks-1 did not (<). Fewer always halve, more never do; a point
+    whose step was kept last time and whose best loss did not improve halves whatever its count."""
+    increases = torch.tensor([11.0, 12.0, 13.0, 13.0])
+    kept_before = torch.tensor([False, False, False, False])
+    best_then, best_now = torch.tensor([1.0, 1.0, 1.0, 2.0]), torch.tensor([2.0, 2.0, 2.0, 2.0])
+    assert checkpoints(100)[2] - checkpoints(100)[1] == 16
+    reference = halve_step(increases, 16, 0.75, kept_before, best_then, best_now, reference_schedule=True)
+    variant = halve_step(increases, 16, 0.75, kept_before, best_then, best_now, reference_schedule=False)
+    assert reference.tolist() == [True, True, False, True]
+    assert variant.tolist() == [True, False, False, True]
+    # A point halved at the last checkpoint is not halved again for a flat best loss alone.
+    halved_before = torch.tensor([True, True, True, True])
+    assert halve_step(increases, 16, 0.75, halved_before, best_then, best_now).tolist() == [True, True, False, False]
+
