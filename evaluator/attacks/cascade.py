@@ -214,9 +214,9 @@ def attack_threat_model(
 ) -> ThreatModelOutcome:
     """Runs the suite's stages under one threat model on the points in ``clean_correct``.
 
-    Then, if the cascade's own black-box check or one of ``checks`` fires and the suite has
-    escalation stages, those run on the points still robust. ``on_progress(fraction, stage)``
-    gets this threat model's own fraction of points done.
+    Then, if the cascade's own black-box check or one of ``checks`` fires (among the suite's
+    ``escalation_triggers``) and the suite has escalation stages, those run on the points still
+    robust. ``on_progress(fraction, stage)`` gets this threat model's own fraction of points done.
     """
     config = get_suite(suite)
     counter = as_counting(model)
@@ -250,6 +250,7 @@ def attack_threat_model(
     reasons = cascade_checks(stages)
     if checks is not None:
         reasons += [name for name in checks(threat, _finished(report, robust, started)) if name not in reasons]
+    reasons = [name for name in reasons if name in config.escalation_triggers]
     if reasons and config.escalation and bool(robust.any()):
         report.escalated_for = reasons
         share = 1.0 / len(config.escalation)

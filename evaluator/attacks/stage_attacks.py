@@ -84,7 +84,7 @@ def _esc_fab_t(model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, gene
                suite: SuiteConfig, batch_size: int, progress: Callable[[float], None]) -> AttackResult:
     return fab_targeted(model, x, y, threat, generator, n_target_classes=suite.min_norm_targets,
                         n_iter=suite.min_norm_iterations * suite.escalation_iteration_factor,
-                        n_restarts=suite.escalation_restarts, batch_size=batch_size, progress=progress)
+                        n_restarts=suite.escalation_min_norm_restarts, batch_size=batch_size, progress=progress)
 
 
 def _esc_square(model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, generator: torch.Generator,

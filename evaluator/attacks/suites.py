@@ -39,10 +39,15 @@ class SuiteConfig:
     square_p_init: float = 0.8
     #: Stages run on the survivors when a reliability check fires (none: flag only, as ``attacks-1``).
     escalation: tuple[str, ...] = ("esc-apgd-ce", "esc-apgd-dlr", "esc-fab-t", "esc-square")
-    #: Escalation budget: random restarts of APGD and FAB-T, times the minimum-norm iterations, Square restarts.
+    #: Escalation budget: random restarts of APGD-CE and APGD-DLR (AutoAttack's "plus" version: 5), FAB-T's
+    #: restarts and the factor on its iterations, Square's restarts of its full query budget.
     escalation_restarts: int = 5
-    escalation_iteration_factor: int = 5
+    escalation_min_norm_restarts: int = 3
+    escalation_iteration_factor: int = 2
     escalation_square_restarts: int = 2
+    #: The reliability checks that make the suite escalate: signs that the attacks failed, not that the model is
+    #: robust (``eps_large`` also fires on a model that really is robust at 4x eps, so it flags only).
+    escalation_triggers: tuple[str, ...] = ("black_box", "eps_monotonic", "gradients", "random_noise")
     #: Points that share one random stream; part of the suite so results do not depend on the
     #: job's batch size (which only sets how many images go through the model at once).
     chunk_size: int = 500
@@ -52,14 +57,28 @@ class SuiteConfig:
         unknown += [s for s in self.escalation if s not in ESCALATION_STAGE_NAMES]
         if unknown:
             raise ValueError(f"unknown attack stages {unknown}; known: {STAGE_NAMES}")
+        unknown_checks = [c for c in self.escalation_triggers if c not in CHECKS]
+        if unknown_checks:
+            raise ValueError(f"unknown reliability checks {unknown_checks}; known: {CHECKS}")
 
+
+#: Every reliability check's name (:mod:`evaluator.attacks.reliability`), for validating triggers.
+CHECKS: tuple[str, ...] = ("gradients", "eps_monotonic", "eps_large", "black_box", "random_noise")
 
 SUITES: dict[str, SuiteConfig] = {
     # The first published suite: AutoAttack's order without FAB-T, APGD's own schedule variant, no escalation.
     "attacks-1": SuiteConfig("attacks-1", stages=("apgd-ce", "apgd-t", "square"), apgd_reference_schedule=False,
                              escalation=()),
     # FAB-T before Square (the L2 gap to AutoAttack, issue 17), APGD as the reference, escalation on a fired check.
-    "attacks-2": SuiteConfig("attacks-2"),
+    # Every parameter spelled out: a later change of a default must not change a published suite.
+    "attacks-2": SuiteConfig(
+        "attacks-2", stages=("apgd-ce", "apgd-t", "fab-t", "square"), apgd_iterations=100, apgd_restarts=1,
+        target_classes=9, apgd_reference_schedule=True, min_norm_iterations=100, min_norm_targets=9,
+        min_norm_restarts=1, square_queries=5000, square_p_init=0.8,
+        escalation=("esc-apgd-ce", "esc-apgd-dlr", "esc-fab-t", "esc-square"), escalation_restarts=5,
+        escalation_min_norm_restarts=3, escalation_iteration_factor=2, escalation_square_restarts=2,
+        escalation_triggers=("black_box", "eps_monotonic", "gradients", "random_noise"), chunk_size=500,
+    ),
 }
 
 

@@ -20,7 +20,7 @@ from tests.evaluator.test_attacks_cascade import boundary_distance, problem
 #: The standard stages and escalation with small budgets, so a test takes seconds.
 SMALL = SuiteConfig("test-escalation", apgd_iterations=20, target_classes=3, min_norm_iterations=20,
                     min_norm_targets=3, square_queries=200, chunk_size=64, escalation_restarts=2,
-                    escalation_iteration_factor=2, escalation_square_restarts=2)
+                    escalation_min_norm_restarts=2, escalation_iteration_factor=2, escalation_square_restarts=2)
 
 
 def masked_problem(seed: int = 8) -> tuple[Quantised, torch.Tensor, torch.Tensor]:
@@ -115,9 +115,21 @@ def test_nothing_left_to_attack_nothing_escalates() -> None:
     """A fired check with no survivor (every point already broken) runs no escalation stage."""
     model, x, y, _ = problem(seed=5, n=40)
     big = ThreatModel("Linf", 10 * float(boundary_distance(model, x, y, "Linf").max()))
-    report = run_cascade(model, x, y, [big], suite=SMALL, checks=lambda t, r: ["eps_large"]).threat_models[0]
+    report = run_cascade(model, x, y, [big], suite=SMALL, checks=lambda t, r: ["gradients"]).threat_models[0]
     assert report.robust_accuracy == 0.0
     assert report.escalated_for == [] and len(report.stages) == len(SMALL.stages)
+
+
+def test_a_check_outside_the_triggers_only_flags() -> None:
+    """eps_large fires on a model that really is robust at 4x eps as well as on a failing attack: it flags, and
+    the suite does not spend its escalation budget on it."""
+    model, x, y, _ = problem(seed=6, n=60)
+    threat = ThreatModel("Linf", float(boundary_distance(model, x, y, "Linf").median()))
+    assert "eps_large" not in SMALL.escalation_triggers
+    report = run_cascade(model, x, y, [threat], suite=SMALL, checks=lambda t, r: ["eps_large"]).threat_models[0]
+    assert report.escalated_for == [] and len(report.stages) == len(SMALL.stages)
+    both = run_cascade(model, x, y, [threat], suite=SMALL, checks=lambda t, r: ["eps_large", "random_noise"])
+    assert both.threat_models[0].escalated_for == ["random_noise"]
 
 
 def test_unknown_escalation_stages_are_refused() -> None:
@@ -125,3 +137,5 @@ def test_unknown_escalation_stages_are_refused() -> None:
         SuiteConfig("bad", escalation=("square",))  # a cascade stage is not an escalation stage
     with pytest.raises(ValueError, match="unknown attack stages"):
         SuiteConfig("bad", stages=("apgd-ce", "esc-square"))
+    with pytest.raises(ValueError, match="unknown reliability checks"):
+        SuiteConfig("bad", escalation_triggers=("black_box", "vibes"))
