@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from evaluator.attacks.apgd import apgd, apgd_ce, apgd_targeted
 from evaluator.attacks.common import AttackResult
 from evaluator.attacks.fab import fab_targeted
+from evaluator.attacks.fmn import fmn
 from evaluator.attacks.square import square_attack
 from evaluator.attacks.stages import STAGE_NAMES
 from evaluator.attacks.threat import ThreatModel
@@ -56,6 +57,12 @@ def _fab_t(model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, generato
                         progress=progress)
 
 
+def _fmn(model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, generator: torch.Generator,
+         suite: SuiteConfig, batch_size: int, progress: Callable[[float], None]) -> AttackResult:
+    return fmn(model, x, y, threat, generator, steps=suite.fmn_steps, restarts=1, batch_size=batch_size,
+               progress=progress)
+
+
 def _square(model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, generator: torch.Generator,
             suite: SuiteConfig, batch_size: int, progress: Callable[[float], None]) -> AttackResult:
     return square_attack(model, x, y, threat, generator, n_queries=suite.square_queries, p_init=suite.square_p_init,
@@ -87,6 +94,13 @@ def _esc_fab_t(model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, gene
                         n_restarts=suite.escalation_min_norm_restarts, batch_size=batch_size, progress=progress)
 
 
+def _esc_fmn(model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, generator: torch.Generator,
+             suite: SuiteConfig, batch_size: int, progress: Callable[[float], None]) -> AttackResult:
+    # Restarts from random points of the eps-sphere: measured stronger than the same passes as more steps.
+    return fmn(model, x, y, threat, generator, steps=suite.fmn_steps, restarts=suite.escalation_min_norm_restarts,
+               batch_size=batch_size, progress=progress)
+
+
 def _esc_square(model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, generator: torch.Generator,
                 suite: SuiteConfig, batch_size: int, progress: Callable[[float], None]) -> AttackResult:
     # Fresh random streams (the generator moves on) on the points each earlier restart left.
@@ -112,10 +126,12 @@ def _esc_square(model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, gen
 ATTACKS: Mapping[str, StageAttack] = MappingProxyType({
     "apgd-ce": _apgd_ce,
     "apgd-t": _apgd_t,
+    "fmn": _fmn,
     "fab-t": _fab_t,
     "square": _square,
     "esc-apgd-ce": _esc_apgd_ce,
     "esc-apgd-dlr": _esc_apgd_dlr,
+    "esc-fmn": _esc_fmn,
     "esc-fab-t": _esc_fab_t,
     "esc-square": _esc_square,
 })

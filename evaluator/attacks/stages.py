@@ -31,14 +31,17 @@ class Stage:
 
 
 #: Every stage, in cascade order (AutoAttack's standard order: the gradient attacks, then the
-#: minimum-norm attacks, then the black-box Square), then the escalation stages in their order.
+#: minimum-norm attacks, the cheaper FMN before FAB-T, then the black-box Square), then the
+#: escalation stages in their order.
 STAGES: tuple[Stage, ...] = (
     Stage("apgd-ce", "APGD-CE"),
     Stage("apgd-t", "APGD-T"),
+    Stage("fmn", "FMN"),
     Stage("fab-t", "FAB-T"),
     Stage("square", "Square"),
     Stage("esc-apgd-ce", "APGD-CE, restarts (escalation)", "escalation"),
     Stage("esc-apgd-dlr", "APGD-DLR, restarts (escalation)", "escalation"),
+    Stage("esc-fmn", "FMN, restarts (escalation)", "escalation"),
     Stage("esc-fab-t", "FAB-T, restarts (escalation)", "escalation"),
     Stage("esc-square", "Square, restarts (escalation)", "escalation"),
 )

@@ -24,13 +24,15 @@ class SuiteConfig:
 
     version: str
     #: Names of the stages it runs on every job, in the registry's order (:mod:`evaluator.attacks.stages`).
-    stages: tuple[str, ...] = ("apgd-ce", "apgd-t", "fab-t", "square")
+    stages: tuple[str, ...] = ("apgd-ce", "apgd-t", "fmn", "fab-t", "square")
     apgd_iterations: int = 100
     apgd_restarts: int = 1
     target_classes: int = 9
     #: APGD's step-size schedule as the reference implementation has it (``attacks-1``: False, its own variant).
     apgd_reference_schedule: bool = True
-    #: The minimum-norm stage, FAB-T: iterations per target, targets, restarts.
+    #: FMN's steps (one forward and one backward each).
+    fmn_steps: int = 100
+    #: FAB-T: iterations per target, targets, restarts.
     min_norm_iterations: int = 100
     min_norm_targets: int = 9
     min_norm_restarts: int = 1
@@ -38,9 +40,9 @@ class SuiteConfig:
     square_queries: int = 5000
     square_p_init: float = 0.8
     #: Stages run on the survivors when a reliability check fires (none: flag only, as ``attacks-1``).
-    escalation: tuple[str, ...] = ("esc-apgd-ce", "esc-apgd-dlr", "esc-fab-t", "esc-square")
-    #: Escalation budget: random restarts of APGD-CE and APGD-DLR (AutoAttack's "plus" version: 5), FAB-T's
-    #: restarts and the factor on its iterations, Square's restarts of its full query budget.
+    escalation: tuple[str, ...] = ("esc-apgd-ce", "esc-apgd-dlr", "esc-fmn", "esc-fab-t", "esc-square")
+    #: Escalation budget: random restarts of APGD-CE and APGD-DLR (AutoAttack's "plus" version: 5), FMN's and
+    #: FAB-T's restarts, the factor on FAB-T's iterations, Square's restarts of its full query budget.
     escalation_restarts: int = 5
     escalation_min_norm_restarts: int = 3
     escalation_iteration_factor: int = 2
@@ -69,13 +71,14 @@ SUITES: dict[str, SuiteConfig] = {
     # The first published suite: AutoAttack's order without FAB-T, APGD's own schedule variant, no escalation.
     "attacks-1": SuiteConfig("attacks-1", stages=("apgd-ce", "apgd-t", "square"), apgd_reference_schedule=False,
                              escalation=()),
-    # FAB-T before Square (the L2 gap to AutoAttack, issue 17), APGD as the reference, escalation on a fired check.
+    # FMN and FAB-T before Square (the L2 gap to AutoAttack, issue 17), APGD as the reference, escalation on a
+    # fired check.
     # Every parameter spelled out: a later change of a default must not change a published suite.
     "attacks-2": SuiteConfig(
-        "attacks-2", stages=("apgd-ce", "apgd-t", "fab-t", "square"), apgd_iterations=100, apgd_restarts=1,
-        target_classes=9, apgd_reference_schedule=True, min_norm_iterations=100, min_norm_targets=9,
+        "attacks-2", stages=("apgd-ce", "apgd-t", "fmn", "fab-t", "square"), apgd_iterations=100, apgd_restarts=1,
+        target_classes=9, apgd_reference_schedule=True, fmn_steps=100, min_norm_iterations=100, min_norm_targets=9,
         min_norm_restarts=1, square_queries=5000, square_p_init=0.8,
-        escalation=("esc-apgd-ce", "esc-apgd-dlr", "esc-fab-t", "esc-square"), escalation_restarts=5,
+        escalation=("esc-apgd-ce", "esc-apgd-dlr", "esc-fmn", "esc-fab-t", "esc-square"), escalation_restarts=5,
         escalation_min_norm_restarts=3, escalation_iteration_factor=2, escalation_square_restarts=2,
         escalation_triggers=("black_box", "eps_monotonic", "gradients", "random_noise"), chunk_size=500,
     ),

@@ -25,8 +25,8 @@ from tests.evaluator.attack_models import LinearModel, Quantised, one_thread  # 
 SHARED = Path(__file__).resolve().parents[3] / "shared"
 
 #: A small suite with the standard stages, so the cascade's logic is tested in seconds.
-SMALL = SuiteConfig("test-small", apgd_iterations=20, target_classes=3, min_norm_iterations=20, min_norm_targets=3,
-                    square_queries=200, chunk_size=64)
+SMALL = SuiteConfig("test-small", apgd_iterations=20, target_classes=3, fmn_steps=20, min_norm_iterations=20,
+                    min_norm_targets=3, square_queries=200, chunk_size=64)
 
 
 def problem(seed: int = 0, n: int = 120, classes: int = 5) -> tuple[LinearModel, torch.Tensor, torch.Tensor,
@@ -71,7 +71,7 @@ def test_the_cascade_only_attacks_points_still_robust() -> None:
     tm = report.threat_models[0]
     clean_correct = round(report.clean_accuracy * len(y))
     assert clean_correct == len(y) - 10
-    assert [s.attack for s in tm.stages] == ["apgd-ce", "apgd-t", "fab-t", "square"] == list(SMALL.stages)
+    assert [s.attack for s in tm.stages] == ["apgd-ce", "apgd-t", "fmn", "fab-t", "square"] == list(SMALL.stages)
     assert tm.escalated_for == []  # a linear model: no check fires
     assert tm.stages[0].attacked == clean_correct
     for before, after in zip(tm.stages, tm.stages[1:], strict=False):
@@ -208,7 +208,7 @@ def test_suites_are_registered_and_validated() -> None:
     first, second = get_suite("attacks-1"), get_suite("attacks-2")
     assert first.stages == ("apgd-ce", "apgd-t", "square") and first.escalation == ()
     assert not first.apgd_reference_schedule and second.apgd_reference_schedule
-    assert second.stages == ("apgd-ce", "apgd-t", "fab-t", "square") and second.escalation
+    assert second.stages == ("apgd-ce", "apgd-t", "fmn", "fab-t", "square") and second.escalation
     with pytest.raises(ValueError, match="unknown attack stages"):
         SuiteConfig("bad", stages=("fgsm",))
     with pytest.raises(ValueError, match="at least one threat model"):

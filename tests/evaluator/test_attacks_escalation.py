@@ -18,7 +18,7 @@ from tests.evaluator.attack_models import LinearModel, Quantised, one_thread  # 
 from tests.evaluator.test_attacks_cascade import boundary_distance, problem
 
 #: The standard stages and escalation with small budgets, so a test takes seconds.
-SMALL = SuiteConfig("test-escalation", apgd_iterations=20, target_classes=3, min_norm_iterations=20,
+SMALL = SuiteConfig("test-escalation", apgd_iterations=20, target_classes=3, fmn_steps=20, min_norm_iterations=20,
                     min_norm_targets=3, square_queries=200, chunk_size=64, escalation_restarts=2,
                     escalation_min_norm_restarts=2, escalation_iteration_factor=2, escalation_square_restarts=2)
 
@@ -105,8 +105,9 @@ def test_escalation_is_deterministic_and_a_suite_without_it_only_flags() -> None
     assert a.escalated_for == ["black_box"]
     assert [(s.attack, s.attacked, s.broken, s.forward_passes) for s in a.stages] == [
         (s.attack, s.attacked, s.broken, s.forward_passes) for s in b.stages]
-    flag_only = SuiteConfig("test-flag-only", apgd_iterations=20, target_classes=3, min_norm_iterations=20,
-                            min_norm_targets=3, square_queries=200, chunk_size=64, escalation=())
+    flag_only = SuiteConfig("test-flag-only", apgd_iterations=20, target_classes=3, fmn_steps=20,
+                            min_norm_iterations=20, min_norm_targets=3, square_queries=200, chunk_size=64,
+                            escalation=())
     c = run_cascade(model, x, y, [threat], suite=flag_only, seed=4).threat_models[0]
     assert c.escalated_for == [] and [s.attack for s in c.stages] == list(flag_only.stages)
 
