@@ -34,6 +34,19 @@ class AttackResult:
     fooled: Tensor
 
 
+@dataclass
+class MinNormResult:
+    """The outcome of a minimum-norm attack (FMN, FAB-T) on a batch.
+
+    ``x_adv[i]`` is the smallest-norm adversarial image found for point ``i`` (the original image
+    where none was found) and ``norms[i]`` its perturbation's norm in the attack's norm (+inf where
+    none was found; 0 for a point the model already misclassifies).
+    """
+
+    x_adv: Tensor
+    norms: Tensor
+
+
 # --------------------------------------------------------------------------- seeds
 
 

@@ -32,12 +32,11 @@ generator, so a result is reproducible and the global RNG is untouched.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from evaluator.attacks.common import AttackResult, logits_loss_grad, predict_logits
+from evaluator.attacks.common import AttackResult, MinNormResult, logits_loss_grad, predict_logits
 from evaluator.attacks.threat import NORMS, ThreatModel, contains, lp_norm, project
 
 #: AutoAttack's FAB-T settings: the largest weight on the projection of the original point,
@@ -56,19 +55,6 @@ _TINY = 1e-12
 
 def _ignore(fraction: float) -> None:
     """No progress reporting."""
-
-
-@dataclass
-class MinNormResult:
-    """The smallest adversarial perturbation an attack found per point.
-
-    ``x_adv[i]`` is the best adversarial image found for point i (the original image where
-    none was found) and ``norms[i]`` its perturbation norm in the attack's norm (+inf where
-    none was found; 0 for a point the model already misclassifies).
-    """
-
-    x_adv: Tensor
-    norms: Tensor
 
 
 # --------------------------------------------------------------------------- the projection

@@ -64,12 +64,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from evaluator.attacks.common import AttackResult, logits_loss_grad, margin, predict_logits
+from evaluator.attacks.common import AttackResult, MinNormResult, logits_loss_grad, margin, predict_logits
 from evaluator.attacks.threat import Norm, ThreatModel, contains, dual_norm, lp_norm, project, random_in_ball
 
 #: The paper's budget and schedule: gamma decays from 0.05 to 0.001, alpha by a factor 100.
@@ -83,19 +82,6 @@ ALPHA_DECAY = 0.01
 #: Iterations between two progress reports.
 _REPORT_EVERY = 10
 _TINY = 1e-12
-
-
-@dataclass
-class MinNormResult:
-    """The outcome of a minimum-norm attack on a batch.
-
-    ``x_adv[i]`` is the smallest-norm adversarial image found for point ``i`` (the original image
-    where none was found) and ``norms[i]`` its perturbation's norm in the attack's norm (+inf
-    where none was found).
-    """
-
-    x_adv: Tensor
-    norms: Tensor
 
 
 def _ignore(fraction: float) -> None:
