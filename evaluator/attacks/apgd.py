@@ -35,6 +35,7 @@ from evaluator.attacks.common import (
     dlr_targeted_loss,
     logits_loss_grad,
     predict_logits,
+    targets_by_rank,
 )
 from evaluator.attacks.threat import ThreatModel, project, random_in_ball, steepest_direction
 
@@ -267,23 +268,15 @@ def apgd_targeted(
     x = x.detach()
     if clean_logits is None:
         clean_logits = predict_logits(model, x, batch_size)
-    num_classes = clean_logits.shape[1]
-    ranking = clean_logits.argsort(dim=1, descending=True)
     fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     x_adv = x.clone()
-    n_targets = max(min(n_target_classes, num_classes - 1), 0)
-    for rank in range(1, n_targets + 1):
-        # The rank-th most likely class other than the label (the label is rank 0 on correct points).
-        candidates = ranking[:, : rank + 1]
-        not_label = candidates != y[:, None]
-        # Take the rank-th non-label class; on correctly classified points this is ranking[:, rank].
-        order = torch.cumsum(not_label.long(), dim=1)
-        pick = ((order == rank) & not_label).float().argmax(dim=1)
-        target = candidates.gather(1, pick[:, None]).squeeze(1)
-        valid = (not_label.sum(dim=1) >= rank) & ~fooled
-        todo = valid.nonzero().squeeze(1)
+    targets = targets_by_rank(clean_logits, y, n_target_classes)
+    n_targets = len(targets)
+    for rank, (target, exists) in enumerate(targets, start=1):
+        todo = (exists & ~fooled).nonzero().squeeze(1)
         if todo.numel() == 0:
             continue
+
         def inner(fraction: float, rank: int = rank) -> None:
             progress((rank - 1 + fraction) / n_targets)
 

@@ -114,6 +114,24 @@ def dlr_targeted_loss(logits: Tensor, y: Tensor, target: Tensor | None) -> Tenso
     return -(z_y - z_t) / (scale + _TINY)
 
 
+# --------------------------------------------------------------------------- targets
+
+
+def targets_by_rank(clean_logits: Tensor, y: Tensor, n_target_classes: int) -> list[tuple[Tensor, Tensor]]:
+    """Per rank 1..k (k at most classes - 1): the rank-th most likely class other than the label, and
+    where it exists. Ranked once on the clean logits (AutoAttack re-ranks before every target, which
+    costs a forward pass each and gives the same order); the targeted attacks (APGD-T, FAB-T) share it."""
+    num_classes = clean_logits.shape[1]
+    ranking = clean_logits.argsort(dim=1, descending=True)
+    not_label = ranking != y[:, None]
+    order = torch.cumsum(not_label.long(), dim=1)
+    out = []
+    for rank in range(1, max(min(n_target_classes, num_classes - 1), 0) + 1):
+        pick = ((order == rank) & not_label).float().argmax(dim=1)
+        out.append((ranking.gather(1, pick[:, None]).squeeze(1), not_label.sum(dim=1) >= rank))
+    return out
+
+
 # --------------------------------------------------------------------------- batched model calls
 
 

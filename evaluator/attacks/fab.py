@@ -36,7 +36,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from evaluator.attacks.common import AttackResult, MinNormResult, logits_loss_grad, predict_logits
+from evaluator.attacks.common import AttackResult, MinNormResult, logits_loss_grad, predict_logits, targets_by_rank
 from evaluator.attacks.threat import NORMS, ThreatModel, contains, lp_norm, project
 
 #: AutoAttack's FAB-T settings: the largest weight on the projection of the original point,
@@ -195,19 +195,6 @@ def _fab_single_run(
         current[active] = torch.nan_to_num(moved, nan=0.0).clamp(0.0, 1.0)
 
 
-def _targets_by_rank(clean_logits: Tensor, y: Tensor, n_target_classes: int) -> list[tuple[Tensor, Tensor]]:
-    """Per rank 1..k, the rank-th most likely class other than the label and where it exists."""
-    num_classes = clean_logits.shape[1]
-    ranking = clean_logits.argsort(dim=1, descending=True)
-    not_label = ranking != y[:, None]
-    order = torch.cumsum(not_label.long(), dim=1)
-    out = []
-    for rank in range(1, max(min(n_target_classes, num_classes - 1), 0) + 1):
-        pick = ((order == rank) & not_label).float().argmax(dim=1)
-        out.append((ranking.gather(1, pick[:, None]).squeeze(1), not_label.sum(dim=1) >= rank))
-    return out
-
-
 def fab_targeted_min_norm(
     model: nn.Module,
     x: Tensor,
@@ -240,7 +227,7 @@ def fab_targeted_min_norm(
     best_x = x.clone()
     best_norm = torch.full((x.shape[0],), float("inf"), device=x.device)
     best_norm[clean_logits.argmax(dim=1) != y] = 0.0  # already misclassified: nothing to do
-    targets = _targets_by_rank(clean_logits, y, n_target_classes)
+    targets = targets_by_rank(clean_logits, y, n_target_classes)
     restarts = max(n_restarts, 1)
     runs = max(len(targets) * restarts, 1)
     for rank, (target, exists) in enumerate(targets):
