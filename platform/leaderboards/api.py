@@ -20,7 +20,8 @@ from leaderboards.queries import MODEL_TYPES, Filters, build
 class EvaluationSetSerializer(serializers.ModelSerializer):
     class Meta:
         model = EvaluationSet
-        fields = ["name", "version", "role", "shift_kind", "num_examples", "source", "license", "sha256"]
+        # metadata: what the set is (definition, images per cell), as the track page shows it.
+        fields = ["name", "version", "role", "shift_kind", "num_examples", "source", "license", "sha256", "metadata"]
 
 
 class TrackSerializer(serializers.ModelSerializer):
@@ -30,7 +31,8 @@ class TrackSerializer(serializers.ModelSerializer):
     class Meta:
         model = Track
         fields = ["slug", "name", "benchmark", "task_kind", "input_channels", "input_height", "input_width",
-                  "value_min", "value_max", "num_classes", "suite_version", "evaluation_sets"]
+                  "value_min", "value_max", "num_classes", "suite_version", "attack_suite", "threat_models",
+                  "attack_points", "notes", "evaluation_sets"]
 
 
 LEADERBOARD_PARAMETERS = [

@@ -62,3 +62,8 @@ def test_hidden_sets_and_artifacts_are_not_served(digits_track, researcher, staf
             assert response.status_code == 404, path
     api = Client().get(f"/api/v1/tracks/{digits_track.slug}/").json()
     assert "relative_path" not in str(api) and str(evaluation_set.path) not in str(api)
+    # What the track page documents, the API says too: the attack suite and budget, notes, each set's metadata.
+    assert (api["attack_suite"], api["attack_points"], api["notes"]) == (
+        digits_track.attack_suite, digits_track.attack_points, digits_track.notes)
+    assert api["threat_models"] == digits_track.threat_models
+    assert api["evaluation_sets"][0]["metadata"] == evaluation_set.metadata
