@@ -234,6 +234,9 @@ ARENA_ALLOW_UNSANDBOXED = env_bool("ARENA_ALLOW_UNSANDBOXED")
 ARENA_EVAL_DEVICE = os.environ.get("ARENA_EVAL_DEVICE", "cpu")
 ARENA_EVAL_WALL_SECONDS = float(os.environ.get("ARENA_EVAL_WALL_SECONDS", 3600))
 ARENA_EVAL_MEMORY_BYTES = int(os.environ.get("ARENA_EVAL_MEMORY_BYTES", 8 * 1024**3))
+#: CPU threads of one evaluation (torch, OpenMP, MKL); 0: every core of the machine. With several workers
+#: on one machine, give each its share (cores / workers): threads beyond the cores only contend.
+ARENA_EVAL_THREADS = int(os.environ.get("ARENA_EVAL_THREADS", 0))
 # The installation's secret that seeds the demo's hidden data (benchmarks.hidden_seeds): created by
 # build_demo on first use, mode 0600, never in the repository. Empty: ARENA_DATA_DIR/secrets/hidden-seeds.json.
 ARENA_HIDDEN_SEED_FILE = os.environ.get("ARENA_HIDDEN_SEED_FILE", "")

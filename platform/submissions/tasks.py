@@ -80,7 +80,7 @@ def evaluate_submission(self: Task, submission_id: int | None = None, queue: str
         lambda: Submission.objects.select_related("track").get(pk=submission_id), what="loading the submission"
     )
     writer = _ProgressWriter(submission.pk, claim.attempt)
-    limits = SandboxLimits(wall_seconds=settings.ARENA_EVAL_WALL_SECONDS, memory_bytes=settings.ARENA_EVAL_MEMORY_BYTES)
+    limits = evaluation_limits()
     # Evaluated inside the caller's transaction (eager mode in a test or a request), the job is invisible
     # to other connections and no worker can be lost: no heartbeat thread then.
     with recovery.Heartbeat(submission.pk, claim.attempt, enabled=not connection.in_atomic_block) as heartbeat:
@@ -124,6 +124,13 @@ def _claim(submission_id: int | None, queue: str | None, message_id: str, redeli
     if submission_id is not None:
         return recovery.claim(submission_id, message_id=message_id, redelivered=redelivered)
     return scheduling.claim_next(queue or settings.CELERY_TASK_DEFAULT_QUEUE, message_id) or "idle"
+
+
+def evaluation_limits() -> SandboxLimits:
+    """The limits of one evaluation from the operator's settings (``ARENA_EVAL_THREADS`` 0: every core)."""
+    threads = {"threads": settings.ARENA_EVAL_THREADS} if settings.ARENA_EVAL_THREADS > 0 else {}
+    return SandboxLimits(wall_seconds=settings.ARENA_EVAL_WALL_SECONDS, memory_bytes=settings.ARENA_EVAL_MEMORY_BYTES,
+                         **threads)
 
 
 def _platform_failure(submission: Submission, code: str, message: str) -> JobResult:

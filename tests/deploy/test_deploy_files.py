@@ -595,3 +595,11 @@ def test_operator_guide_covers_every_setting_and_command():
     assert [c for c in sorted(commands) if f"`{c}" not in guide] == []
     for heading in ("First deploy", "Adding a benchmark", "Rotating the suite version", "Backups"):
         assert re.search(rf"^#+ {heading}", guide, re.M), heading
+
+
+def test_the_gpu_workers_evaluation_threads_follow_its_cpu_request():
+    objects = _k8s_objects()
+    container = objects[("Deployment", "arena-worker-gpu")]["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e for e in container.get("env", [])}
+    assert env["ARENA_EVAL_THREADS"]["valueFrom"]["resourceFieldRef"]["resource"] == "requests.cpu"
+    assert int(container["resources"]["requests"]["cpu"]) >= 1
