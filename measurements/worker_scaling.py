@@ -4,11 +4,13 @@ Builds a throw-away platform (SQLite and kombu's filesystem broker under a tempo
 ARENA_VAR_DIR, or DATABASE_URL / CELERY_BROKER_URL when set) with a digits track scored on 2,000
 real MNIST images, queues ``--jobs`` distinct LeNet-5 uploads, and times how long one worker
 process takes to finish them all; then the same number of fresh uploads with two workers. Each
-worker is a real `celery -A arena worker` process evaluating in the bubblewrap sandbox. It prints
-jobs per minute for both and their ratio (ideal: 2.0; on a 2-core machine the sandboxed
-evaluations compete for the same cores, so expect less).
+worker is a real `celery -A arena worker` process evaluating in the bubblewrap sandbox, each
+evaluation on ``--threads`` CPU threads (``ARENA_EVAL_THREADS``; 1 by default, so that two workers
+on a 2-core machine do not compete for the same cores and the figure says something about the
+engine). It prints the thread setting, the cores, jobs per minute for both and their ratio (ideal:
+2.0 while workers x threads <= cores).
 
-    .venv/bin/python measurements/worker_scaling.py [--jobs 8] [--mirror ../shared]
+    .venv/bin/python measurements/worker_scaling.py [--jobs 8] [--threads 1] [--mirror ../shared]
 """
 
 from __future__ import annotations
@@ -76,18 +78,21 @@ def variants(mirror: Path, folder: Path, count: int, offset: int) -> list[bytes]
     return out
 
 
-def run(workers: int, track, owner, files: list[bytes], folder: Path) -> float:
+def run(workers: int, track, owner, files: list[bytes], folder: Path, threads: int) -> float:
     """Seconds for ``workers`` worker processes to finish every job in ``files``."""
     from submissions import services
     from submissions.models import Submission
 
     queue = f"scale-{uuid.uuid4().hex[:8]}"
-    settings.CELERY_TASK_DEFAULT_QUEUE = queue
+    # The track's own queue: the workers (another process, other settings) claim by it, as production does.
+    type(track).objects.filter(pk=track.pk).update(queue=queue)
+    track.refresh_from_db()
     ids = [services.create_submission(owner, track, SimpleUploadedFile("m.safetensors", data), name=f"job {i}",
                                       zoo_architecture="mnist_lenet5").pk for i, data in enumerate(files)]
     env = {**os.environ, "DATABASE_URL": database_url(connection.settings_dict),
            "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
            "ARENA_DATA_DIR": str(settings.ARENA_DATA_DIR), "MEDIA_ROOT": str(settings.MEDIA_ROOT),
+           "ARENA_EVAL_THREADS": str(threads),
            "PYTHONPATH": f"{ROOT / 'platform'}:{ROOT}"}
     procs = []
     started = time.perf_counter()
@@ -115,18 +120,21 @@ def run(workers: int, track, owner, files: list[bytes], folder: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads per evaluation (0: every core)")
     parser.add_argument("--mirror", type=Path, default=ROOT.parent / "shared")
     args = parser.parse_args()
     call_command("migrate", verbosity=0)
     folder = Path(tempfile.mkdtemp(prefix="arena-scale-files-"))
     track = build_track(args.mirror)
     owner = get_user_model().objects.create_user(f"scale-{uuid.uuid4().hex[:6]}", password="x" * 16, is_staff=True)
-    one = run(1, track, owner, variants(args.mirror, folder, args.jobs, 0), folder)
-    two = run(2, track, owner, variants(args.mirror, folder, args.jobs, args.jobs), folder)
+    one = run(1, track, owner, variants(args.mirror, folder, args.jobs, 0), folder, args.threads)
+    two = run(2, track, owner, variants(args.mirror, folder, args.jobs, args.jobs), folder, args.threads)
     print(f"{'workers':>8} {'jobs':>5} {'seconds':>8} {'jobs/min':>9}")
     for count, seconds in ((1, one), (2, two)):
         print(f"{count:>8} {args.jobs:>5} {seconds:>8.1f} {60 * args.jobs / seconds:>9.1f}")
-    print(f"throughput ratio, 2 workers / 1 worker: {one / two:.2f} (CPUs here: {os.cpu_count()})")
+    threads = args.threads or os.cpu_count()
+    print(f"throughput ratio, 2 workers / 1 worker: {one / two:.2f} ({threads} thread(s) per evaluation, "
+          f"{os.cpu_count()} CPUs here)")
 
 
 if __name__ == "__main__":
