@@ -36,6 +36,7 @@ from evaluator.attacks.common import (
     logits_loss_grad,
     predict_logits,
     targets_by_rank,
+    with_restarts,
 )
 from evaluator.attacks.threat import ThreatModel, project, random_in_ball, steepest_direction
 
@@ -204,24 +205,14 @@ def apgd(
         raise ValueError("the dlr-targeted loss needs a target, and only it takes one")
     loss_fn = {"ce": ce_loss, "dlr": dlr_loss, "dlr-targeted": dlr_targeted_loss}[loss]
     x = x.detach()
-    fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-    x_adv = x.clone()
-    restarts = max(n_restarts, 1)
-    for restart in range(restarts):
-        todo = (~fooled).nonzero().squeeze(1)
-        if todo.numel() == 0:
-            break
 
-        def inner(fraction: float, restart: int = restart) -> None:
-            progress((restart + fraction) / restarts)
-
-        run = _apgd_single_run(
+    def run(todo: Tensor, inner: InnerProgress) -> AttackResult:
+        return _apgd_single_run(
             model, x[todo], y[todo], threat, loss_fn, None if target is None else target[todo],
             n_iter, rho, generator, batch_size, inner, reference_schedule,
         )
-        x_adv[todo] = run.x_adv
-        fooled[todo] = run.fooled
-    return AttackResult(x_adv, fooled)
+
+    return with_restarts(x, n_restarts, progress, run)
 
 
 def apgd_ce(

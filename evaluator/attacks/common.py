@@ -47,6 +47,32 @@ class MinNormResult:
     norms: Tensor
 
 
+def with_restarts(
+    x: Tensor, restarts: int, progress: Callable[[float], None],
+    run: Callable[[Tensor, Callable[[float], None]], AttackResult],
+) -> AttackResult:
+    """``run(todo, progress)`` up to ``restarts`` times, each on the points no earlier run fooled.
+
+    ``todo`` indexes the points of ``x`` still robust; each run keeps drawing from the caller's
+    generator, so a restart is a fresh random start and the whole is still reproducible.
+    """
+    fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    x_adv = x.clone()
+    restarts = max(restarts, 1)
+    for restart in range(restarts):
+        todo = (~fooled).nonzero().squeeze(1)
+        if todo.numel() == 0:
+            break
+
+        def inner(fraction: float, restart: int = restart) -> None:
+            progress((restart + fraction) / restarts)
+
+        result = run(todo, inner)
+        x_adv[todo] = result.x_adv
+        fooled[todo] = result.fooled
+    return AttackResult(x_adv, fooled)
+
+
 # --------------------------------------------------------------------------- seeds
 
 

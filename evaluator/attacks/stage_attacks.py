@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from evaluator.attacks.apgd import apgd, apgd_ce, apgd_targeted
-from evaluator.attacks.common import AttackResult
+from evaluator.attacks.common import AttackResult, with_restarts
 from evaluator.attacks.fab import fab_targeted
 from evaluator.attacks.fmn import fmn
 from evaluator.attacks.square import square_attack
@@ -104,22 +104,11 @@ def _esc_fmn(model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, genera
 def _esc_square(model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, generator: torch.Generator,
                 suite: SuiteConfig, batch_size: int, progress: Callable[[float], None]) -> AttackResult:
     # Fresh random streams (the generator moves on) on the points each earlier restart left.
-    restarts = max(suite.escalation_square_restarts, 1)
-    fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-    x_adv = x.clone()
-    for restart in range(restarts):
-        todo = (~fooled).nonzero().squeeze(1)
-        if todo.numel() == 0:
-            break
+    def run(todo: Tensor, inner: Callable[[float], None]) -> AttackResult:
+        return square_attack(model, x[todo], y[todo], threat, generator, n_queries=suite.square_queries,
+                             p_init=suite.square_p_init, batch_size=batch_size, progress=inner)
 
-        def inner(fraction: float, restart: int = restart) -> None:
-            progress((restart + fraction) / restarts)
-
-        result = square_attack(model, x[todo], y[todo], threat, generator, n_queries=suite.square_queries,
-                               p_init=suite.square_p_init, batch_size=batch_size, progress=inner)
-        x_adv[todo] = result.x_adv
-        fooled[todo] = result.fooled
-    return AttackResult(x_adv, fooled)
+    return with_restarts(x, suite.escalation_square_restarts, progress, run)
 
 
 #: Stage name -> its attack, for every stage of :data:`evaluator.attacks.stages.STAGES`.
