@@ -87,6 +87,7 @@ INSTALLED_APPS = [
     "benchmarks",
     "submissions",
     "leaderboards",
+    "bundles",
     "builders",
 ]
 

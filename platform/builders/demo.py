@@ -52,7 +52,7 @@ from django.conf import settings
 
 from benchmarks.hidden_seeds import HiddenSeeds, load_or_create, seed_file
 from benchmarks.models import Benchmark, EvaluationSet, Track
-from builders.baselines import submit_baseline
+from bundles.baselines import submit_baseline
 from evaluator.data.evalsets import read_evaluation_set, split_indices, write_evaluation_set
 from evaluator.data.fetch import MIRROR_ENV, fetch_dataset, load_dataset
 from evaluator.data.framing import usps_to_mnist_framing

@@ -19,8 +19,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from benchmarks.models import Track
-from builders.baselines import submit_baseline
 from builders.demo import PUBLIC_FAKE_SEED
+from bundles.baselines import submit_baseline
 from evaluator.data.evalsets import read_evaluation_set
 from evaluator.errors import EvaluationError
 from evaluator.models.loading import load_generator, load_model

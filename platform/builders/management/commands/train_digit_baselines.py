@@ -18,7 +18,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from benchmarks.models import Track
-from builders.baselines import submit_baseline
+from bundles.baselines import submit_baseline
 from evaluator.data.evalsets import read_evaluation_set
 from evaluator.errors import EvaluationError
 from evaluator.testbed.digits import DEFAULT_SEED, RECIPES, train_all
