@@ -254,10 +254,6 @@ class Importer:
                 if count == 0 or count == stream.count:
                     problems.append(Problem(f"{key}.split.hidden_fraction",
                                             f"splits {stream.count} images into an empty part"))
-            subsample = evaluation_set.get("subsample")
-            if subsample and subsample["count"] > count:
-                problems.append(Problem(f"{key}.subsample.count",
-                                        f"{subsample['count']} of {count} images: a subsample cannot be larger"))
             groups = evaluation_set.get("groups")
             if groups:
                 problems += self._check_groups(groups, stream.count, f"{key}.groups")
@@ -554,12 +550,13 @@ class Importer:
                     public_files[made.name] = {"relative_path": made.relative_path, "sha256": made.sha256,
                                                "num_examples": made.count}
                     continue
+                metadata = {**set_spec.get("metadata", {}), **made.metadata}
                 EvaluationSet.objects.update_or_create(track=track, name=made.name, defaults={
                     "version": made.sha256[:12], "role": set_spec["role"],
                     "shift_kind": set_spec.get("shift_kind", ""), "is_hidden": True,
                     "relative_path": made.relative_path, "sha256": made.sha256, "num_examples": made.count,
-                    "source": set_spec["source"], "license": set_spec["license"],
-                    "metadata": {**set_spec.get("metadata", {}), **made.metadata}})
+                    "source": metadata.pop("source", set_spec["source"]), "license": set_spec["license"],
+                    "metadata": metadata})
             if self.retire_missing:
                 described = {s["name"] for s in track_spec["evaluation_sets"]}
                 for gone in track.evaluation_sets.exclude(name__in=described):
@@ -662,6 +659,7 @@ def generate_set(track: dict[str, Any], evaluation_set: dict[str, Any],
             SEVERITIES,
             build_corruption_set,
             corruption_set_metadata,
+            describe_corruption_set,
         )
 
         images, labels = read(generate["from"])
@@ -670,8 +668,12 @@ def generate_set(track: dict[str, Any], evaluation_set: dict[str, Any],
         c_images, c_labels, groups, names = build_corruption_set(
             images, labels, base_seed=seed, per_cell=min(generate["per_cell"], len(labels)),
             severities=SEVERITIES, definition=generate["definition"])
-        metadata = corruption_set_metadata(generate["definition"], list(names),
-                                           min(generate["per_cell"], len(labels)))
+        per_cell = min(generate["per_cell"], len(labels))
+        metadata = corruption_set_metadata(generate["definition"], list(names), per_cell)
+        corruptions = list(dict.fromkeys(n.rpartition(":")[0] for n in names))
+        # The row's source says what was done to which images (the manifest's source names the images).
+        metadata["source"] = describe_corruption_set(generate["definition"], corruptions, SEVERITIES, per_cell,
+                                                     evaluation_set["source"])
         return c_images, c_labels, groups, list(names), {**metadata, **recipe}
     if kind == "laundering":
         from evaluator.shifts.laundering import laundered_set  # torch: loaded only when needed
@@ -687,7 +689,9 @@ def generate_set(track: dict[str, Any], evaluation_set: dict[str, Any],
         from evaluator.models.zoo import get_architecture  # torch: loaded only when needed
         from evaluator.testbed.detectors import sample_generator  # torch: loaded only when needed
 
-        images, _ = read(generate["reals"])
+        images, labels = read(generate["reals"])
+        if set_reference(track, generate["reals"])[1] == slug:  # a set of this detector track: its reals
+            images = images[labels == 0]
         reals = images[: generate["first"]]
         generator = load_generator(root / generator_spec["file"], generator_spec["architecture"])
         latent = int(getattr(get_architecture(generator_spec["architecture"]), "latent_dim", 0) or
@@ -732,6 +736,7 @@ def _transfer_set(track: dict[str, Any], evaluation_set: dict[str, Any],
     images, labels = read(generate["from"])
     reals, fakes = _first_of_each(images, labels, generate["per_class"])
     public_reals, _ = read(generate["public_reals"])
+    public_reals = public_reals[: generate.get("public_first", len(public_reals))]
     generator_spec = track["generators"][generate["generator"]]
     generator_path = Path(generator_spec["file"]) if root is None else root / generator_spec["file"]
     generator = load_generator(generator_path, generator_spec["architecture"])
@@ -819,11 +824,12 @@ def complete_deferred(tracks: list[str] | None = None, *, seeds: HiddenSeeds | N
                     os.replace(staged, Path(settings.ARENA_DATA_DIR) / relative)
                 finally:
                     shutil.rmtree(staging, ignore_errors=True)
+                metadata = {**set_spec.get("metadata", {}), **metadata}
                 evaluation_set, _ = EvaluationSet.objects.update_or_create(track=track, name=name, defaults={
                     "version": digest[:12], "role": set_spec["role"], "shift_kind": set_spec.get("shift_kind", ""),
                     "is_hidden": True, "relative_path": relative, "sha256": digest, "num_examples": len(labels),
-                    "source": set_spec["source"], "license": set_spec["license"],
-                    "metadata": {**set_spec.get("metadata", {}), **metadata}})
+                    "source": metadata.pop("source", set_spec["source"]), "license": set_spec["license"],
+                    "metadata": metadata})
                 made.append(evaluation_set)
                 log(f"  evaluation set {track.slug}:{name}: {len(labels)} images, sha256 {digest[:12]}")
             latest.pending = [n for n in latest.pending if n != name]

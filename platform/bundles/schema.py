@@ -77,6 +77,7 @@ _GENERATE = {
                       "description": "A key of the track's generators."},
         "secret": _SECRET,
         "public_reals": _REFERENCE,
+        "public_first": {"type": "integer", "minimum": 1},
         "public_fake_seed": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1},
         "surrogate_architecture": {"type": "string", "minLength": 1},
         "surrogate_epochs": {"type": "integer", "minimum": 1, "maximum": 1000},
