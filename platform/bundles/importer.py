@@ -378,10 +378,16 @@ class Importer:
     def write(self) -> list[TrackOutcome]:
         """Phase 2: every set of every track into the staging folder."""
         outcomes = []
-        for track in self.manifest["tracks"]:
+        for t, track in enumerate(self.manifest["tracks"]):
             outcome = TrackOutcome(track["slug"])
-            for evaluation_set in track["evaluation_sets"]:
-                outcome.sets += self._write_set(track, evaluation_set)
+            for s, evaluation_set in enumerate(track["evaluation_sets"]):
+                try:
+                    outcome.sets += self._write_set(track, evaluation_set)
+                except StreamError as exc:
+                    # Pixels are only read now (float range, truncated or undecodable images): still the
+                    # bundle's fault, so a refusal naming the key, not a traceback (run() removes the staging).
+                    key = _data_key(evaluation_set, f"tracks[{t}].evaluation_sets[{s}]")
+                    raise BundleInvalid([Problem(key, str(exc))]) from None
             outcomes.append(outcome)
         return outcomes
 
@@ -638,6 +644,18 @@ class Importer:
         made = submit_baseline(track, self.root / baseline["file"], name=baseline["name"],
                                artifact_format=baseline["format"], model_type=baseline["model_type"], **metadata)
         return made is not None
+
+
+def _data_key(evaluation_set: dict[str, Any], key: str) -> str:
+    """The manifest key of the files a set's data comes from, as phase 1 names them."""
+    if "data" in evaluation_set:
+        return f"{key}.data"
+    if "split" in evaluation_set:
+        return f"{key}.split.data"
+    reals = evaluation_set.get("generate", {}).get("reals")
+    if isinstance(reals, dict):
+        return f"{key}.generate.reals.{'data' if 'data' in reals else 'split.data'}"
+    return key
 
 
 def generate_set(track: dict[str, Any], evaluation_set: dict[str, Any],
