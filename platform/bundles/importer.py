@@ -130,12 +130,15 @@ class Importer:
     """One import of one bundle folder; see the module docstring for the phases."""
 
     def __init__(self, root: Path, *, seeds: HiddenSeeds | None = None, log: Callable[[str], None] | None = None,
-                 retire_missing: bool = False, include_deferred: bool = False, imported_by: str = "") -> None:
+                 retire_missing: bool = False, keep_missing: bool = False, include_deferred: bool = False,
+                 imported_by: str = "") -> None:
         self.root = Path(root)
         self.data_dir = Path(settings.ARENA_DATA_DIR)
         self._seeds = seeds
         self.log = log or (lambda _: None)
+        #: Registered sets the bundle no longer describes: refused (default), retired with their scores, or kept.
         self.retire_missing = retire_missing
+        self.keep_missing = keep_missing
         self.include_deferred = include_deferred
         self.imported_by = imported_by
         self.manifest: dict[str, Any] = {}
@@ -214,13 +217,14 @@ class Importer:
                     problems += exc.problems
             for b, baseline in enumerate(track.get("baselines", [])):
                 problems += self._check_baseline(track, baseline, f"{where}.baselines[{b}]")
-            if existing is not None and not self.retire_missing:
+            if existing is not None and not self.retire_missing and not self.keep_missing:
                 described = {s["name"] for s in track["evaluation_sets"]}
                 gone = sorted(set(existing.evaluation_sets.values_list("name", flat=True)) - described)
                 if gone:
                     problems.append(Problem(f"{where}.evaluation_sets",
                                             f"registered set(s) {', '.join(gone)} are not in the bundle; import with "
-                                            "--retire-missing to remove them and their scores"))
+                                            "--retire-missing to remove them and their scores, or --keep-missing "
+                                            "to keep them"))
         if problems:
             raise BundleInvalid(problems)
 
@@ -708,7 +712,8 @@ def generate_set(track: dict[str, Any], evaluation_set: dict[str, Any],
         from evaluator.testbed.detectors import sample_generator  # torch: loaded only when needed
 
         images, labels = read(generate["reals"])
-        if set_reference(track, generate["reals"])[1] == slug:  # a set of this detector track: its reals
+        _, reals_track, reals_name = set_reference(track, generate["reals"])
+        if reals_track == slug and not reals_name.endswith("#reals"):  # a set of this detector track: its reals
             images = images[labels == 0]
         reals = images[: generate["first"]]
         generator = load_generator(root / generator_spec["file"], generator_spec["architecture"])

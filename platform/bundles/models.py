@@ -36,3 +36,14 @@ class BundleImport(models.Model):
         return f"{self.track.slug} {self.suite_version} ({self.digest[:8]})"
 
 
+
+
+def public_part(track_slug: str, name: str) -> tuple[str, str] | None:
+    """(relative path under ARENA_DATA_DIR, sha256) of a split's public part as its track's newest import wrote it.
+
+    Baseline training and the surrogate detector read the public half from here: a bundle's public
+    part is the only data a platform-trained model may see.
+    """
+    latest = BundleImport.objects.filter(track__slug=track_slug).first()
+    entry = (latest.public_files if latest else {}).get(name)
+    return None if entry is None else (entry["relative_path"], entry["sha256"])

@@ -1,4 +1,4 @@
-"""``manage.py build_demo``: build the demo benchmark from real public data and baselines."""
+"""``manage.py build_demo``: assemble the demo's benchmark bundles from the shared mirror and import them."""
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
@@ -8,7 +8,8 @@ from builders.preparation import announce, built_in_foreground
 
 
 class Command(BaseCommand):
-    help = "Fetch the public data (from a local mirror when given), build the demo tracks, submit the baselines."
+    help = ("Assemble the demo's bundles (platform/builders/bundles/*.yaml) from the public data and pretrained "
+            "weights (local mirrors when given) and import them with import_benchmark, baselines included.")
 
     def add_arguments(self, parser):
         parser.add_argument("--data-mirror", default=settings.ARENA_DATA_MIRROR,
@@ -25,10 +26,7 @@ class Command(BaseCommand):
 
     def handle(self, data_mirror, model_mirror, limit, no_baselines, tracks=None, fast=False, **options):
         builder = DemoBuilder(data_mirror or None, model_mirror or None, log=self.stdout.write, limit=limit)
-        builder.build(tracks, fast=fast)
-        if not no_baselines:
-            made = builder.register_baselines(tracks)
-            self.stdout.write(f"queued {len(made)} baseline submission(s) for evaluation")
+        builder.build(tracks, fast=fast, baselines=not no_baselines)
         if fast:  # the track pages say what `prepare_demo` is yet to do
             announce(set(tracks or TRACK_SLUGS), baselines=not no_baselines)
         elif DETECTOR_TRACK in (tracks or TRACK_SLUGS):

@@ -21,6 +21,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from benchmarks.models import Track
 from builders.demo import PUBLIC_FAKE_SEED
 from bundles.baselines import submit_baseline
+from bundles.models import public_part
 from evaluator.data.evalsets import read_evaluation_set
 from evaluator.errors import EvaluationError
 from evaluator.models.loading import load_generator, load_model
@@ -39,7 +40,8 @@ if TYPE_CHECKING:  # torch is imported only when the command runs
     from torch import nn
 
 TRACK_SLUG = "mnist-gan-detector"
-PUBLIC_SET = "public/mnist-test-public.safetensors"
+#: The public MNIST half: the public part of the track's split, as its bundle import wrote it.
+PUBLIC_PART = "mnist-test-public"
 ARCHITECTURE_LABEL = "Small CNN: conv 3x3 16/32 + max-pool, linear 1568-64-1"
 
 
@@ -64,13 +66,14 @@ class Command(BaseCommand):
         if track is None or not track.generator:
             raise CommandError(f"There is no {TRACK_SLUG!r} track with a generator yet; run `manage.py build_demo`.")
         data_dir = Path(settings.ARENA_DATA_DIR)
-        public_path = data_dir / PUBLIC_SET
+        part = public_part(TRACK_SLUG, PUBLIC_PART)
+        public_path = Path(settings.ARENA_DATA_DIR) / (part[0] if part else f"public/{TRACK_SLUG}/{PUBLIC_PART}")
         if not public_path.is_file():
             raise CommandError(f"The public MNIST half {public_path} is missing; run `manage.py build_demo` first "
                                "(it writes that file).")
         g = track.generator
         try:
-            public = read_evaluation_set(public_path)
+            public = read_evaluation_set(public_path, part[1] if part else None)
             generator = load_generator(data_dir / g["relative_path"], g["architecture"], g.get("sha256", ""))
         except EvaluationError as exc:
             raise CommandError(f"The public training data cannot be read: {exc}") from exc

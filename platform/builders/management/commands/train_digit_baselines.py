@@ -19,6 +19,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from benchmarks.models import Track
 from bundles.baselines import submit_baseline
+from bundles.models import public_part
 from evaluator.data.evalsets import read_evaluation_set
 from evaluator.errors import EvaluationError
 from evaluator.testbed.digits import DEFAULT_SEED, RECIPES, train_all
@@ -28,7 +29,8 @@ if TYPE_CHECKING:  # the evaluator (and torch) is imported only when the command
     from evaluator.testbed.digits import BaselineRecipe, TrainedBaseline
 
 TRACK_SLUG = "mnist-digits"
-PUBLIC_SET = "public/mnist-test-public.safetensors"
+#: The public MNIST half: the public part of the track's split, as its bundle import wrote it.
+PUBLIC_PART = "mnist-test-public"
 
 
 class Command(BaseCommand):
@@ -51,12 +53,13 @@ class Command(BaseCommand):
             track = Track.objects.filter(slug=TRACK_SLUG).first()
             if track is None:
                 raise CommandError(f"There is no {TRACK_SLUG!r} track yet; run `manage.py build_demo` first.")
-        public_path = Path(settings.ARENA_DATA_DIR) / PUBLIC_SET
+        part = public_part(TRACK_SLUG, PUBLIC_PART)
+        public_path = Path(settings.ARENA_DATA_DIR) / (part[0] if part else f"public/{TRACK_SLUG}/{PUBLIC_PART}")
         if not public_path.is_file():
             raise CommandError(f"The public MNIST half {public_path} is missing; run `manage.py build_demo` first "
                                "(it writes that file).")
         try:
-            public = read_evaluation_set(public_path)
+            public = read_evaluation_set(public_path, part[1] if part else None)
         except EvaluationError as exc:
             raise CommandError(f"The public MNIST half cannot be read: {exc}") from exc
         count = len(public)

@@ -20,13 +20,16 @@ class Command(BaseCommand):
                             help="check and compute everything, print the report, register and keep nothing")
         parser.add_argument("--retire-missing", action="store_true",
                             help="remove registered sets the bundle no longer describes (and their scores)")
+        parser.add_argument("--keep-missing", action="store_true",
+                            help="keep registered sets the bundle no longer describes (the demo: a data set the "
+                                 "mirror lost)")
         parser.add_argument("--deferred", action="store_true",
                             help="build the deferred generated sets (e.g. a transfer attack) of imported tracks; "
                                  "with a bundle: build them during the import instead of deferring them")
         parser.add_argument("--track", action="append", dest="tracks",
                             help="with --deferred and no bundle: only this track (repeatable)")
 
-    def handle(self, bundle, dry_run, retire_missing, deferred, tracks=None, **options):
+    def handle(self, bundle, dry_run, retire_missing, deferred, keep_missing=False, tracks=None, **options):
         if bundle is None:
             if not deferred:
                 raise CommandError("give a bundle folder or zip, or --deferred")
@@ -35,7 +38,7 @@ class Command(BaseCommand):
             return
         try:
             with opened_bundle(bundle) as root:
-                report = Importer(root, log=self.stdout.write, retire_missing=retire_missing,
+                report = Importer(root, log=self.stdout.write, retire_missing=retire_missing, keep_missing=keep_missing,
                                   include_deferred=deferred, imported_by="manage.py import_benchmark").run(dry_run)
         except BundleInvalid as exc:
             for problem in exc.problems:
