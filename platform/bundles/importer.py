@@ -664,13 +664,14 @@ def _data_key(evaluation_set: dict[str, Any], key: str) -> str:
 
 def generate_set(track: dict[str, Any], evaluation_set: dict[str, Any],
                  read: Callable[[str], tuple[np.ndarray, np.ndarray]], secret_seed: Callable[[str], int],
-                 root: Path | None, log: Callable[[str], None]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None,
-                                                                         list[str] | None, dict[str, str]]:
+                 root: Path | None, log: Callable[[str], None], step: Callable[[str], None] | None = None,
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, list[str] | None, dict[str, Any]]:
     """Compute one generated set from sets already written: (images, labels, groups, names, header metadata).
 
     ``read(reference)`` gives a written set's arrays; ``secret_seed(name)`` a seed of this
-    installation. Generated sets are bounded by their own parameters (images per cell, per class),
-    so they are computed in memory.
+    installation; ``step`` hears the part in progress of a slow set ("surrogate training", ...).
+    Generated sets are bounded by their own parameters (images per cell, per class), so they are
+    computed in memory.
     """
     generate = evaluation_set["generate"]
     slug, name = track["slug"], evaluation_set["name"]
@@ -723,7 +724,7 @@ def generate_set(track: dict[str, Any], evaluation_set: dict[str, Any],
                                  secret_seed(generate.get("secret", f"{slug}/{name}/fakes")), latent)
         return (np.concatenate([reals, fakes]), _real_fake_labels(len(reals), len(fakes)), None, None, recipe)
     if kind == "transfer_attack":
-        return _transfer_set(track, evaluation_set, read, secret_seed, root, log)
+        return _transfer_set(track, evaluation_set, read, secret_seed, root, log, step or (lambda _: None))
     raise ValueError(f"unknown generated set kind {kind!r}")
 
 
@@ -740,8 +741,8 @@ def _real_fake_labels(reals: int, fakes: int) -> np.ndarray:
 
 def _transfer_set(track: dict[str, Any], evaluation_set: dict[str, Any],
                   read: Callable[[str], tuple[np.ndarray, np.ndarray]], secret_seed: Callable[[str], int],
-                  root: Path | None, log: Callable[[str], None]) -> tuple[np.ndarray, np.ndarray, None, None,
-                                                                          dict[str, str]]:
+                  root: Path | None, log: Callable[[str], None], step: Callable[[str], None],
+                  ) -> tuple[np.ndarray, np.ndarray, None, None, dict[str, Any]]:
     """Hidden reals against hidden fakes attacked through a surrogate trained on public data (black box)."""
     import time
 
@@ -765,6 +766,7 @@ def _transfer_set(track: dict[str, Any], evaluation_set: dict[str, Any],
     generator = load_generator(generator_path, generator_spec["architecture"])
     latent = int(getattr(get_architecture(generator_spec["architecture"]), "latent_dim", 0) or generator.latent_dim)
     public_fakes = sample_generator(generator, len(public_reals), generate.get("public_fake_seed", 1), latent)
+    step("surrogate training")
     started = time.perf_counter()
     surrogate = train_detector(generate["surrogate_architecture"], public_reals, public_fakes,
                                seed=secret_seed(generate.get("secret", f"{slug}/{name}") + "/surrogate"),
@@ -772,6 +774,7 @@ def _transfer_set(track: dict[str, Any], evaluation_set: dict[str, Any],
     log(f"  surrogate {generate['surrogate_architecture']} for {slug}:{name}: {len(public_reals)} + "
         f"{len(public_fakes)} public images in {time.perf_counter() - started:.1f} s, public AUC "
         f"{detector_auc(surrogate, public_reals, public_fakes):.4f}")
+    step(f"attacking {len(fakes)} hidden fakes")
     attacked = transfer_attack(surrogate, fakes, generate["eps"], steps=generate["steps"],
                                seed=secret_seed(generate.get("secret", f"{slug}/{name}") + "/transfer"))
     return (np.concatenate([reals, attacked]), _real_fake_labels(len(reals), len(attacked)), None, None,
@@ -833,7 +836,7 @@ def complete_deferred(tracks: list[str] | None = None, *, seeds: HiddenSeeds | N
                     return seeds.seed(f"bundle|{benchmark}|{secret}")
 
                 images, labels, groups, names, metadata = generate_set(
-                    spec, set_spec, read, secret_seed, Path(settings.ARENA_DATA_DIR), log)
+                    spec, set_spec, read, secret_seed, Path(settings.ARENA_DATA_DIR), log, step)
                 metadata = {**metadata, "inputs": inputs}
                 header = {k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in metadata.items()}
                 staging = Path(settings.ARENA_DATA_DIR) / STAGING / uuid.uuid4().hex

@@ -14,12 +14,15 @@ from django.core.management import CommandError, call_command
 from django.test import Client
 from django.utils import timezone
 
+import evaluator.testbed.detectors as _detectors
 from benchmarks.models import Benchmark, EvaluationSet, Track
 from builders.models import STALE_AFTER, Preparation
 from submissions.models import Result, Submission
 from tests.shared_paths import needs_shared
 
 pytestmark = pytest.mark.django_db
+
+_REAL = {name: getattr(_detectors, name) for name in ("train_detector", "transfer_attack")}
 
 LIMIT = "200"
 PAGE = "/tracks/mnist-gan-detector/"
@@ -32,17 +35,22 @@ def _page(path: str = PAGE) -> str:
 
 
 def _forbid(monkeypatch, *names: str) -> None:
-    """Make the named trainers of builders.demo fail the test if anything calls them."""
+    """Make the named trainers of the evaluator's testbed fail the test if anything calls them.
+
+    The importer imports them when a transfer set is generated, so a patch of the module is what it calls.
+    """
     for name in names:
         def trained(*args, _name=name, **kwargs):
             raise AssertionError(f"{_name} was called")
-        monkeypatch.setattr(f"builders.demo.{name}", trained)
+        monkeypatch.setattr(f"evaluator.testbed.detectors.{name}", trained)
 
 
 @pytest.mark.slow
 @needs_shared
 def test_fast_phase_trains_nothing_and_the_background_adds_the_transfer_set(arena_dirs, monkeypatch, settings):
     import builders.demo as demo
+    import evaluator.testbed.detectors as detectors
+    from bundles.models import public_part
 
     settings.ARENA_LEADERBOARD_CACHE_SECONDS = 0  # the page is read several times as its notice changes
     monkeypatch.setattr("submissions.dispatch.enqueue", lambda submission: None)  # no broker here
@@ -53,7 +61,8 @@ def test_fast_phase_trains_nothing_and_the_background_adds_the_transfer_set(aren
     track = Track.objects.get(slug="mnist-gan-detector")
     names = set(track.evaluation_sets.values_list("name", flat=True))
     assert names == {"mnist-vs-gan", "mnist-vs-vae", "mnist-vs-gan-laundered"}
-    assert track.generator and (arena_dirs / "data" / "public" / "mnist-test-public.safetensors").is_file()
+    part = public_part("mnist-gan-detector", "mnist-test-public")
+    assert track.generator and part and (arena_dirs / "data" / part[0]).is_file()
     baseline = Submission.objects.get(track=track, is_baseline=True)
     page = _page()  # from the first page on, the track says what is still to come
     assert "Waiting: transfer-attack set" in page and "Preparing" not in page
@@ -65,7 +74,7 @@ def test_fast_phase_trains_nothing_and_the_background_adds_the_transfer_set(aren
                           ci_high=0.79, num_examples=40, suite_version=track.suite_version, seed=track.seed)
 
     # A background run that dies in the attack: the step reads failed, no half-made set is registered.
-    monkeypatch.setattr(demo, "train_detector", _real("train_detector"))
+    monkeypatch.setattr(detectors, "train_detector", _real("train_detector"))
     with pytest.raises(CommandError, match="transfer-set"):
         call_command("prepare_demo", "--limit", LIMIT, "--no-baselines")
     row = Preparation.objects.get(track=track, key="transfer-set")
@@ -82,8 +91,8 @@ def test_fast_phase_trains_nothing_and_the_background_adds_the_transfer_set(aren
         seen.append(_page())
         return train(*args, **kwargs)
 
-    monkeypatch.setattr(demo, "train_detector", watched_train)
-    monkeypatch.setattr(demo, "transfer_attack", _real("transfer_attack"))
+    monkeypatch.setattr(detectors, "train_detector", watched_train)
+    monkeypatch.setattr(detectors, "transfer_attack", _real("transfer_attack"))
     call_command("prepare_demo", "--limit", LIMIT, "--no-baselines")
     assert len(seen) == 1 and "Preparing: transfer-attack set (surrogate training), started" in seen[0]
     transfer = track.evaluation_sets.get(name=demo.TRANSFER_SET)
@@ -104,10 +113,8 @@ def test_fast_phase_trains_nothing_and_the_background_adds_the_transfer_set(aren
 
 
 def _real(name: str):
-    """The evaluator's own function, as builders.demo imported it."""
-    import evaluator.testbed.detectors as detectors
-
-    return getattr(detectors, name)
+    """The evaluator's own function, as it was before any patch."""
+    return _REAL[name]
 
 
 @pytest.fixture
