@@ -28,6 +28,7 @@ registered only once its file is complete, so an evaluation that starts before t
 from __future__ import annotations
 
 import copy
+import hashlib
 import io
 import os
 import shutil
@@ -44,7 +45,7 @@ from django.core.management import call_command
 
 from benchmarks.hidden_seeds import HiddenSeeds, load_or_create
 from benchmarks.models import Benchmark, EvaluationSet, Track
-from bundles.importer import complete_deferred
+from bundles.importer import complete_deferred, split_seed_name
 from evaluator.data.evalsets import split_indices
 from evaluator.data.fetch import MIRROR_ENV, fetch_dataset, load_dataset, verify_dataset
 from evaluator.data.framing import usps_to_mnist_framing
@@ -101,14 +102,22 @@ CIFAR10_1_NOTE = (
     "placing the authors' files in the mirror ({files}) and rebuilding the demo.")
 
 
-def mnist_split(n: int, seeds: HiddenSeeds) -> tuple[np.ndarray, np.ndarray]:
-    """(public, hidden) indices of the demo's MNIST test split, as its bundles' ``split`` draws it.
+def mnist_split_seed(seeds: HiddenSeeds) -> int:
+    """The seed of the demo's MNIST split, as the importer derives it for its bundles' ``split``.
 
-    The importer derives a bundle's seeds from the secret, the benchmark's slug and the secret's
-    name (:meth:`bundles.importer.Importer.secret_seed`); without the installation's secret the
-    hidden half cannot be told from any other half.
+    The importer binds a split's seed to the secret, the benchmark's slug, the secret's name, the
+    fraction and the bytes of the files split (:meth:`bundles.importer.Importer.split_seed`); the
+    bundles hold MNIST's test files as published, so their hashes are the data registry's.
     """
-    return split_indices(n, 0.5, seeds.seed(f"bundle|{BENCHMARK_SLUG}|{MNIST_SPLIT_SECRET}"))
+    files = {remote.name: remote.sha256 for remote in get_dataset("mnist-test").files}
+    digest = hashlib.sha256(f"{files['images']}|{files['labels']}".encode()).hexdigest()
+    return seeds.seed(f"bundle|{BENCHMARK_SLUG}|{split_seed_name(MNIST_SPLIT_SECRET, 0.5, digest)}")
+
+
+def mnist_split(n: int, seeds: HiddenSeeds) -> tuple[np.ndarray, np.ndarray]:
+    """(public, hidden) indices of the demo's MNIST test split; without the installation's secret the
+    hidden half cannot be told from any other half."""
+    return split_indices(n, 0.5, mnist_split_seed(seeds))
 
 
 def _cifar10_1_source() -> DatasetSource:

@@ -164,6 +164,18 @@ class Importer:
         """
         return self.seeds.seed(f"bundle|{self.manifest['benchmark']['slug']}|{name}")
 
+    def split_seed(self, split: dict[str, Any], default_name: str) -> int:
+        """The seed of a public/hidden split: its secret's name, bound to the fraction and to the data's bytes.
+
+        Two sets that split the same files by the same fraction under the same secret draw the same
+        halves (the demo's tracks share one MNIST split). Any other split, a different fraction or
+        files with any byte changed (a re-ordered copy, images replaced by their index), draws
+        afresh: otherwise a second bundle could reuse a secret's permutation on data of its own
+        choosing and publish, as its "public part", which positions the first bundle keeps hidden.
+        """
+        return self.secret_seed(split_seed_name(split.get("secret", default_name), split["hidden_fraction"],
+                                                data_digest(self.root, split["data"])))
+
     @staticmethod
     def _shape(track: dict[str, Any]) -> tuple[int, int, int]:
         spec = track["input"]
@@ -412,7 +424,7 @@ class Importer:
         elif "split" in evaluation_set:
             split = evaluation_set["split"]
             stream = self.streams[(slug, name)]
-            seed = self.secret_seed(split.get("secret", f"{slug}/{name}/split"))
+            seed = self.split_seed(split, f"{slug}/{name}/split")
             public, hidden = split_indices(stream.count, split["hidden_fraction"], seed)
             keep = self._subsample(len(hidden), evaluation_set, track)
             digest = self._write_stream(path, stream, hidden if keep is None else hidden[keep], header)
@@ -452,7 +464,7 @@ class Importer:
         made = []
         if "split" in inline:
             split = inline["split"]
-            seed = self.secret_seed(split.get("secret", f"{slug}/{name}/split"))
+            seed = self.split_seed(split, f"{slug}/{name}/split")
             public, hidden = split_indices(stream.count, split["hidden_fraction"], seed)
             if "public_name" in split:
                 public_path = self._stage_path("public", slug, f"{split['public_name']}.safetensors")
@@ -726,6 +738,24 @@ def generate_set(track: dict[str, Any], evaluation_set: dict[str, Any],
     if kind == "transfer_attack":
         return _transfer_set(track, evaluation_set, read, secret_seed, root, log, step or (lambda _: None))
     raise ValueError(f"unknown generated set kind {kind!r}")
+
+
+def data_files(data: dict[str, Any]) -> list[str]:
+    """The files (or folders) a ``data`` spec names, in a fixed order."""
+    return [data["images"], data["labels"]] if data["layout"] in ("npy", "idx") else [data["path"]]
+
+
+def data_digest(root: Path, data: dict[str, Any]) -> str:
+    """sha256 over the bytes of the files a ``data`` spec names (a folder by its tree hash)."""
+    from evaluator.data.integrity import tree_sha256
+
+    parts = [tree_sha256(root / f) if (root / f).is_dir() else sha256_file(root / f) for f in data_files(data)]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()
+
+
+def split_seed_name(secret: str, hidden_fraction: float, digest: str) -> str:
+    """The name a split's seed is derived under (see :meth:`Importer.split_seed`)."""
+    return f"{secret}|split|{hidden_fraction!r}|{digest}"
 
 
 def _first_of_each(images: np.ndarray, labels: np.ndarray, per_class: int) -> tuple[np.ndarray, np.ndarray]:
