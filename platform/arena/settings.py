@@ -226,6 +226,9 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024**2
 DATA_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024**2
 FILE_UPLOAD_TEMP_DIR = os.environ.get("FILE_UPLOAD_TEMP_DIR") or None
 ARENA_MAX_UPLOAD_BYTES = int(os.environ.get("ARENA_MAX_UPLOAD_BYTES", 512 * 1024**2))
+# Benchmark bundles (zips) uploaded by staff on the admin's import page (bundles/admin.py): much larger
+# than a model; streamed to disk like every upload, refused past this size.
+ARENA_BUNDLE_MAX_UPLOAD_BYTES = int(os.environ.get("ARENA_BUNDLE_MAX_UPLOAD_BYTES", 8 * 1024**3))
 
 # --- Hidden evaluation data and the evaluator. ---
 ARENA_DATA_DIR = Path(os.environ.get("ARENA_DATA_DIR", VAR_DIR / "data"))

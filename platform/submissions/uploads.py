@@ -21,7 +21,9 @@ fill the disk before being refused. Two checks run earlier instead:
 
 The web form keeps its in-page message for files up to about twice the limit, since a person reads it
 (the file is then streamed to a temporary file and refused by the form); bodies beyond that get
-the 413 from their header too, so no form post can fill the disk either.
+the 413 from their header too, so no form post can fill the disk either. The admin's bundle import
+page (staff only, :mod:`bundles.admin`) is the one exception: its header limit is
+``ARENA_BUNDLE_MAX_UPLOAD_BYTES`` plus the framing, and it counts the file's bytes itself.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from django.core.exceptions import ValidationError
 from django.core.files import File
 from django.core.files.uploadhandler import FileUploadHandler
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.urls import NoReverseMatch, reverse
 from rest_framework import status
 from rest_framework.exceptions import APIException
 
@@ -70,6 +73,25 @@ def largest_acceptable_body(api: bool) -> int:
     limit = settings.ARENA_MAX_UPLOAD_BYTES
     files = limit if api else 2 * limit + _FORM_GRACE_BYTES
     return files + fields + _FRAMING_BYTES
+
+
+#: The admin page where staff upload benchmark bundles (bundles/admin.py), limited by ARENA_BUNDLE_MAX_UPLOAD_BYTES.
+BUNDLE_IMPORT_URL_NAME = "admin:bundles_bundleimport_import"
+
+
+def bundle_import_body_limit(path: str) -> int:
+    """The largest body the admin's bundle import page accepts when ``path`` is that page, else 0.
+
+    Bundles are far larger than models, and the page streams them to disk (and counts their bytes)
+    itself; only the staff who may import reach the point where it reads a body.
+    """
+    try:
+        if path != reverse(BUNDLE_IMPORT_URL_NAME):
+            return 0
+    except NoReverseMatch:
+        return 0
+    fields = settings.DATA_UPLOAD_MAX_MEMORY_SIZE or 2 * 1024**2
+    return settings.ARENA_BUNDLE_MAX_UPLOAD_BYTES + fields + _FRAMING_BYTES
 
 
 class FileSizeLimitHandler(FileUploadHandler):
@@ -106,6 +128,14 @@ class UploadSizeLimitMiddleware:
             length = 0
         api = request.path.startswith("/api/")
         if length > largest_acceptable_body(api):
+            bundle_limit = 0 if api else bundle_import_body_limit(request.path)
+            if length <= bundle_limit:
+                return self.get_response(request)
+            if bundle_limit:
+                return HttpResponse(f"The bundle is larger than the limit of "
+                                    f"{settings.ARENA_BUNDLE_MAX_UPLOAD_BYTES / 1024**3:g} GiB.",
+                                    status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+                                    content_type="text/plain; charset=utf-8")
             if api:
                 return JsonResponse({"detail": _limit_message(), "code": UploadTooLarge.default_code},
                                     status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
