@@ -52,9 +52,20 @@ def write_bundle(root: Path, spec: dict[str, Any] | None = None, n: int = 60, se
         folder = root / "shift" / names[label]
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(image[0]).save(folder / f"{i:04d}.png")
-    (root / "benchmark.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    (root / "benchmark.yaml").write_text(dump(spec))
     return root
 
 
+class _PlainDumper(yaml.SafeDumper):
+    """YAML without anchors and aliases (the importer refuses them), even where the dict shares objects."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def dump(spec: dict[str, Any]) -> str:
+    return yaml.dump(spec, Dumper=_PlainDumper, sort_keys=False)
+
+
 def set_manifest(root: Path, spec: dict[str, Any]) -> None:
-    (root / "benchmark.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    (root / "benchmark.yaml").write_text(dump(spec))

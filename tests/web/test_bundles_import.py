@@ -11,6 +11,7 @@ import yaml
 from django.core.management import CommandError, call_command
 
 from benchmarks.models import EvaluationSet, Track
+from bundles.importer import data_digest, split_seed_name
 from bundles.models import BundleImport
 from evaluator.data.evalsets import read_evaluation_set, split_indices
 from tests.web.bundle_factory import images_and_labels, manifest, write_bundle
@@ -37,7 +38,8 @@ def test_a_bundle_registers_its_tracks_sets_and_public_part(arena_dirs, capsys):
     from benchmarks.hidden_seeds import load_or_create
 
     seeds, _ = load_or_create()
-    public, hidden_index = split_indices(60, 0.5, seeds.seed("bundle|toy|split"))
+    digest = data_digest(bundle, {"layout": "npz", "path": "clean.npz"})  # the split is bound to the bytes split
+    public, hidden_index = split_indices(60, 0.5, seeds.seed(f"bundle|toy|{split_seed_name('split', 0.5, digest)}"))
     data = read_evaluation_set(hidden.path, hidden.sha256)
     assert np.array_equal(data.images.numpy(), images[hidden_index])
     assert np.array_equal(data.labels.numpy(), labels[hidden_index])
@@ -126,3 +128,38 @@ def test_export_holds_the_public_part_and_no_hidden_image(arena_dirs):
                    if p.is_file() and p.suffix != ".npz")
     for evaluation_set in EvaluationSet.objects.all():
         assert evaluation_set.sha256 not in text  # no hidden set's hash either
+
+
+def test_a_secret_splits_the_same_files_alike_and_anything_else_afresh(arena_dirs):
+    """Two tracks that split the same files by the same fraction under one secret get the same halves (the demo's
+    tracks share one MNIST split). A re-ordered copy of the files, or another fraction, under the same secret gets a
+    different draw: otherwise a second bundle could apply the secret's permutation to data of its choice and
+    publish, as its public part, which positions the first one keeps hidden."""
+    import shutil
+
+    spec = manifest()
+    first = spec["tracks"][0]
+    second = {**first, "slug": "toy-again", "evaluation_sets": [dict(first["evaluation_sets"][0])]}
+    second["evaluation_sets"][0]["split"] = {**first["evaluation_sets"][0]["split"], "public_name": "again-public"}
+    third = {**first, "slug": "toy-reordered", "evaluation_sets": [dict(first["evaluation_sets"][0])]}
+    third["evaluation_sets"][0]["split"] = {**first["evaluation_sets"][0]["split"], "public_name": "reordered-public",
+                                            "data": {"layout": "npz", "path": "reordered.npz"}}
+    fourth = {**first, "slug": "toy-tenth", "evaluation_sets": [dict(first["evaluation_sets"][0])]}
+    fourth["evaluation_sets"][0]["split"] = {**first["evaluation_sets"][0]["split"], "public_name": "tenth-public",
+                                             "hidden_fraction": 0.9}
+    spec["tracks"] += [second, third, fourth]
+    bundle = write_bundle(arena_dirs / "bundle", spec)
+    images, labels = images_and_labels(60, 0)
+    order = np.arange(60)[::-1].copy()
+    np.savez(bundle / "reordered.npz", images=images[order], labels=labels[order])
+    call_command("import_benchmark", str(bundle))
+    shutil.rmtree(bundle)
+
+    def hidden(track: str) -> set[bytes]:
+        data = read_evaluation_set(EvaluationSet.objects.get(track__slug=track, name="toy-hidden").path)
+        return {image.tobytes() for image in data.images.numpy()}
+
+    assert hidden("toy-digits") == hidden("toy-again")
+    assert hidden("toy-reordered") != hidden("toy-digits")
+    # The 90% split under the same secret does not simply extend the 50% one (its draw is its own).
+    assert not hidden("toy-digits") <= hidden("toy-tenth")
