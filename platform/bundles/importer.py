@@ -529,7 +529,7 @@ class Importer:
         spec = self.manifest["benchmark"]
         benchmark, _ = Benchmark.objects.update_or_create(
             slug=spec["slug"], defaults={"name": spec["name"], "description": spec.get("description", "")})
-        for track_spec, outcome in zip(self.manifest["tracks"], report.tracks, strict=True):
+        for index, (track_spec, outcome) in enumerate(zip(self.manifest["tracks"], report.tracks, strict=True)):
             slug = track_spec["slug"]
             generator_files = {}
             for key, generator in sorted(track_spec.get("generators", {}).items()):
@@ -554,7 +554,11 @@ class Importer:
                     version = f"{wanted}+{outcome.digest[:8]}"[:40]
                 outcome.previous_version = track.suite_version
             outcome.suite_version = version
-            track = self._save_track(benchmark, track_spec, version, generator_files, moved, dry_run)
+            try:
+                track = self._save_track(benchmark, track_spec, version, generator_files, moved, dry_run)
+            except ValidationError as exc:  # what the model refuses beyond the schema: a refusal, not a traceback
+                messages = [m for ms in getattr(exc, "message_dict", {"": exc.messages}).values() for m in ms]
+                raise BundleInvalid([Problem(f"tracks[{index}]", " ".join(messages))]) from None
             quota = track_spec.get("quota")
             if quota:
                 TrackQuota.objects.update_or_create(track=track, defaults={
