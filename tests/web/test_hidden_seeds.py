@@ -93,10 +93,12 @@ def test_no_public_number_rebuilds_the_hidden_half(arena_dirs, mnist_test):
     did. A rebuild on the same installation writes the same sets."""
     from benchmarks.models import EvaluationSet, Track
     from builders.demo import DemoBuilder
+    from bundles.exporter import export_benchmark
+    from bundles.models import public_part
     from evaluator.data.evalsets import read_evaluation_set
 
     log: list[str] = []
-    DemoBuilder(str(SHARED_DATA), None, log=log.append, limit=LIMIT).build(["mnist-digits"])
+    DemoBuilder(str(SHARED_DATA), None, log=log.append, limit=LIMIT).build(["mnist-digits"], baselines=False)
     track = Track.objects.get(slug="mnist-digits")
     hidden_set = track.evaluation_sets.get(name="mnist-hidden")
     mnist_images, _ = mnist_test
@@ -108,9 +110,13 @@ def test_no_public_number_rebuilds_the_hidden_half(arena_dirs, mnist_test):
     for evaluation_set in EvaluationSet.objects.filter(track=track):
         shown += [evaluation_set.source, evaluation_set.license, evaluation_set.name]
         shown.append(json.dumps(read_evaluation_set(evaluation_set.path).metadata))
-    public_file = Path(arena_dirs / "data" / "public" / "mnist-test-public.safetensors")
-    public = read_evaluation_set(public_file)
+    public_relative, public_sha256 = public_part(track.slug, "mnist-test-public")
+    public = read_evaluation_set(arena_dirs / "data" / public_relative, public_sha256)
     shown.append(json.dumps(public.metadata))
+    # What export_benchmark publishes: the manifest as imported (its recipes name secrets, never seeds), the
+    # public half, the scores.
+    exported = export_benchmark("demo", arena_dirs / "export")
+    shown += [(exported / "benchmark.yaml").read_text(), (exported / "scores.json").read_text()]
     client = Client()
     for url in ("/", f"/tracks/{track.slug}/", f"/tracks/{track.slug}/leaderboard.json",
                 f"/tracks/{track.slug}/leaderboard.csv", "/api/v1/tracks/", f"/api/v1/tracks/{track.slug}/"):
@@ -126,17 +132,21 @@ def test_no_public_number_rebuilds_the_hidden_half(arena_dirs, mnist_test):
     assert leaks == [], f"public integers that rebuild the hidden split: {leaks}"
     # Sanity: the check does recognise the real split (the installation's secret seed).
     from benchmarks.hidden_seeds import load_or_create
+    from builders.demo import mnist_split, mnist_split_seed
 
     seeds, created = load_or_create()
-    assert not created and _reproduces(seeds.split, hidden_indices, n)
-    assert seeds.split not in public_integers and track.seed < 2**31 <= seeds.split
+    split_seed = mnist_split_seed(seeds)  # as the importer derives it for the bundles' `secret: mnist-split`
+    assert not created and _reproduces(split_seed, hidden_indices, n)
+    assert split_seed not in public_integers and track.seed < 2**31 <= split_seed
+    _, hidden_half = mnist_split(n, seeds)  # the builder's own account of the split agrees
+    assert set(hidden_indices.tolist()) <= set(hidden_half.tolist())
     # The public half is the complement, and it too says nothing about the seed.
     public_indices = _mnist_indices(public.images.numpy(), mnist_images)
     assert not set(public_indices.tolist()) & set(hidden_indices.tolist())
 
     # The same installation rebuilds the same hidden sets.
     before = dict(EvaluationSet.objects.filter(track=track).values_list("name", "sha256"))
-    DemoBuilder(str(SHARED_DATA), None, log=log.append, limit=LIMIT).build(["mnist-digits"])
+    DemoBuilder(str(SHARED_DATA), None, log=log.append, limit=LIMIT).build(["mnist-digits"], baselines=False)
     assert dict(EvaluationSet.objects.filter(track=track).values_list("name", "sha256")) == before
 
 
@@ -183,19 +193,71 @@ def test_two_installations_get_different_hidden_splits_and_each_keeps_its_own(tm
                                                         strict=True))
 
 
+def _secret_names(value: object) -> list[str]:
+    """Every seed name a (shrunk) demo manifest makes the importer derive, as Importer.secret_seed is called:
+    each ``secret:``, and for a transfer attack its ``/surrogate`` and ``/transfer`` (importer._transfer_set)."""
+    names: list[str] = []
+    if isinstance(value, dict):
+        if "secret" in value:
+            names.append(value["secret"])
+            if value.get("kind") == "transfer_attack":
+                names += [f"{value['secret']}/surrogate", f"{value['secret']}/transfer"]
+        for item in value.values():
+            names += _secret_names(item)
+    elif isinstance(value, list):
+        for item in value:
+            names += _secret_names(item)
+    return names
+
+
+def _public_seeds(value: object) -> list[int]:
+    """Every public seed a demo manifest writes (a track's ``seed``, the public fakes' ``public_fake_seed``)."""
+    found: list[int] = []
+    if isinstance(value, dict):
+        found += [value[key] for key in ("seed", "public_fake_seed") if isinstance(value.get(key), int)]
+        for item in value.values():
+            found += _public_seeds(item)
+    elif isinstance(value, list):
+        for item in value:
+            found += _public_seeds(item)
+    return found
+
+
 def test_every_hidden_seed_differs_from_every_public_one(tmp_path):
     """Hidden draws can never coincide with public ones: the public fakes' seed and a track seed
     (below 2**31) lie below every hidden seed (2**62 and up), and the hidden seeds differ among
-    themselves."""
+    themselves. The hidden seeds are those the demo's bundles name (as a small demo's shrunk
+    manifests name them: the split, the subset, the corruptions, the GAN and VAE samples, the
+    surrogate and the transfer attack), derived as the importer derives them (a split's bound to its
+    fraction and the MNIST files' bytes), and the secret's fixed purposes."""
+    import yaml
+
     from benchmarks.hidden_seeds import SEED_FLOOR, load_or_create
-    from builders.demo import PUBLIC_FAKE_SEED, TRACK_SEED
+    from builders.demo import (
+        BENCHMARK_SLUG,
+        BUNDLES,
+        MANIFESTS,
+        PUBLIC_FAKE_SEED,
+        TRACK_SEED,
+        DemoBuilder,
+        mnist_split_seed,
+    )
 
     seeds, _ = load_or_create(tmp_path / "hidden-seeds.json")
+    manifests = [yaml.safe_load((MANIFESTS / name).read_text()) for name in BUNDLES.values()]
+    shrink = DemoBuilder(None, None, log=lambda _: None, limit=LIMIT, seeds=seeds).shrink
+    names = set().union(*(_secret_names(m) for m in manifests), *(_secret_names(shrink(m)) for m in manifests))
+    assert {"mnist-split", "subset", "corruptions", "gan-samples", "vae-samples", "transfer/surrogate",
+            "transfer/transfer"} <= names
+    bundle = [seeds.seed(f"bundle|{BENCHMARK_SLUG}|{name}") for name in sorted(names)]
     hidden = [seeds.split, seeds.subset, seeds.corruptions, seeds.gan_samples, seeds.vae_samples,
-              seeds.surrogate, seeds.transfer]
+              seeds.surrogate, seeds.transfer, mnist_split_seed(seeds), *bundle]
     assert len(set(hidden)) == len(hidden)
     assert all(SEED_FLOOR <= s < 2**63 for s in hidden)
-    assert max(PUBLIC_FAKE_SEED, TRACK_SEED) < 2**31 <= SEED_FLOOR
+    public = {PUBLIC_FAKE_SEED, TRACK_SEED, *(seed for m in manifests for seed in _public_seeds(m))}
+    assert {PUBLIC_FAKE_SEED, TRACK_SEED} < public  # the manifests' own (e.g. the USPS track's seed) are in too
+    assert max(public) < 2**31 <= SEED_FLOOR
+    assert not public & set(hidden)
 
 
 def test_a_damaged_secret_is_refused_not_replaced(tmp_path):
