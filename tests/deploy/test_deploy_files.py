@@ -62,14 +62,22 @@ def _task_queue() -> str:
     return app.conf.task_default_queue
 
 
-def _default_upload_limit() -> int:
-    """ARENA_MAX_UPLOAD_BYTES's default, read from settings.py (the environment may override the live value)."""
+def _settings_default(name: str) -> int:
+    """A setting's default, read from settings.py (the environment may override the live value)."""
     tree = ast.parse((ROOT / "platform" / "arena" / "settings.py").read_text())
     for node in ast.walk(tree):
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "ARENA_MAX_UPLOAD_BYTES" for t in node.targets):
-            call = node.value.args[0]  # int(os.environ.get("ARENA_MAX_UPLOAD_BYTES", <default>))
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == name for t in node.targets):
+            call = node.value.args[0]  # int(os.environ.get(name, <default>))
             return _constant(call.args[1])
-    raise AssertionError("ARENA_MAX_UPLOAD_BYTES is not set in settings.py")
+    raise AssertionError(f"{name} is not set in settings.py")
+
+
+def _default_upload_limit() -> int:
+    return _settings_default("ARENA_MAX_UPLOAD_BYTES")
+
+
+def _default_bundle_limit() -> int:
+    return _settings_default("ARENA_BUNDLE_MAX_UPLOAD_BYTES")
 
 
 def _constant(node: ast.expr) -> int:
@@ -113,6 +121,27 @@ def body_limit() -> int:
 
     with override_settings(ARENA_MAX_UPLOAD_BYTES=_default_upload_limit()):
         return math.ceil(largest_acceptable_body(api=False) / MiB) * MiB
+
+
+@pytest.fixture(scope="module")
+def bundle_limit() -> int:
+    """The largest body the admin's bundle import page accepts with the default bundle limit, rounded up to MiB."""
+    from django.test import override_settings
+
+    from submissions.uploads import bundle_import_body_limit
+
+    with override_settings(ARENA_BUNDLE_MAX_UPLOAD_BYTES=_default_bundle_limit()):
+        limit = bundle_import_body_limit(_bundle_import_url())
+    assert limit >= _default_bundle_limit()
+    return math.ceil(limit / MiB) * MiB
+
+
+def _bundle_import_url() -> str:
+    from django.urls import reverse
+
+    from submissions.uploads import BUNDLE_IMPORT_URL_NAME
+
+    return reverse(BUNDLE_IMPORT_URL_NAME)
 
 
 # --- YAML ---------------------------------------------------------------------------------------------
@@ -327,7 +356,7 @@ def test_gpu_worker_scales_with_the_evaluation_queue():
             assert not _runs_beat(c.get("command", []) + c.get("args", [])), (kind, name)
 
 
-def test_kubernetes_manifests_hang_together(body_limit):
+def test_kubernetes_manifests_hang_together(body_limit, bundle_limit):
     objects = _k8s_objects()
     kustomization = objects[("Kustomization", "")]
     listed = set(kustomization["resources"])
@@ -354,6 +383,34 @@ def test_kubernetes_manifests_hang_together(body_limit):
     assert not any(v.get("persistentVolumeClaim", {}).get("claimName") == "arena-data" for v in web["volumes"])
     ingress = objects[("Ingress", "arena-web")]
     assert _nginx_size(ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-body-size"]) == body_limit
+
+    # ingress-nginx's annotations hold for a whole Ingress: the bundle import page's larger limit and
+    # longer timeouts get one of their own, for that exact path only, and every other Ingress keeps the
+    # platform's general limit.
+    def paths(obj: dict) -> list[dict]:
+        return [path for rule in obj["spec"]["rules"] for path in rule["http"]["paths"]]
+
+    url = _bundle_import_url()
+    ingresses = {name: obj for (kind, name), obj in objects.items() if kind == "Ingress"}
+    bundle = [obj for obj in ingresses.values() if any(p["path"] == url for p in paths(obj))]
+    assert len(bundle) == 1, "one Ingress for the bundle import page"
+    [bundle] = bundle
+    assert [(p["path"], p["pathType"]) for p in paths(bundle)] == [(url, "Exact")]
+    notes = bundle["metadata"]["annotations"]
+    assert _nginx_size(notes["nginx.ingress.kubernetes.io/proxy-body-size"]) == bundle_limit > body_limit
+    assert notes["nginx.ingress.kubernetes.io/proxy-request-buffering"] == "off"
+    general = ingress["metadata"]["annotations"]
+    for timeout in ("proxy-read-timeout", "proxy-send-timeout"):
+        key = f"nginx.ingress.kubernetes.io/{timeout}"
+        assert int(notes[key]) > int(general[key]), timeout
+    assert bundle["spec"]["ingressClassName"] == ingress["spec"]["ingressClassName"]
+    assert bundle["spec"]["tls"] == ingress["spec"]["tls"]
+    assert [r["host"] for r in bundle["spec"]["rules"]] == [r["host"] for r in ingress["spec"]["rules"]]
+    assert {p["backend"]["service"]["name"] for p in paths(ingress)} == {paths(bundle)[0]["backend"]["service"]["name"]}
+    for name, obj in ingresses.items():
+        if obj is not bundle:
+            size = obj["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-body-size"]
+            assert _nginx_size(size) == body_limit, name
 
 
 def test_kustomize_build_when_kubectl_is_installed():
@@ -383,10 +440,31 @@ def _nginx_locations(text: str) -> dict[str, str]:
     return {m.group(1).strip(): m.group(2) for m in re.finditer(r"location\s+([^{]+)\{([^}]*)\}", text)}
 
 
-def test_nginx_body_limit_is_the_platforms(body_limit):
-    sizes = [args for name, args in _nginx_directives(NGINX.read_text()) if name == "client_max_body_size"]
-    assert [_nginx_size(a[0]) for a in sizes] == [body_limit]
+def _nginx_seconds(value: str) -> int:
+    number, unit = re.fullmatch(r"(\d+)(s|m|h)?", value).groups()
+    return int(number) * {None: 1, "s": 1, "m": 60, "h": 3600}[unit]
+
+
+def test_nginx_body_limit_is_the_platforms(body_limit, bundle_limit):
+    text = NGINX.read_text()
+
+    def sizes(block: str) -> list[int]:
+        return [_nginx_size(args[0]) for name, args in _nginx_directives(block) if name == "client_max_body_size"]
+
+    # Server-wide: the platform's general limit. The bundle import page alone, by an exact location: its own.
+    assert sorted(sizes(text)) == sorted([body_limit, bundle_limit])
     assert body_limit >= _default_upload_limit()
+    locations = _nginx_locations(text)
+    page = f"= {_bundle_import_url()}"
+    assert [arg for arg, body in locations.items() if sizes(body)] == [page]
+    assert sizes(locations[page]) == [bundle_limit] and bundle_limit > body_limit
+    # An upload, a dry run or an import inside the request: longer than the server-wide timeouts, and
+    # still proxied (a location without proxy_pass would serve files from disk).
+    server = dict(_nginx_directives(re.sub(r"location\s+[^{]+\{[^}]*\}", "", re.sub(r"#[^\n]*", "", text))))
+    own = dict(_nginx_directives(locations[page]))
+    for timeout in ("proxy_read_timeout", "proxy_send_timeout", "client_body_timeout"):
+        assert _nginx_seconds(own[timeout][0]) > _nginx_seconds(server[timeout][0]), timeout
+    assert own["proxy_pass"] == ["http://arena_web"]
 
 
 def test_nginx_streams_uploads_and_serves_only_static_files():
@@ -395,7 +473,7 @@ def test_nginx_streams_uploads_and_serves_only_static_files():
 
     text = NGINX.read_text()
     locations = _nginx_locations(text)
-    upload_urls = [reverse("submit"), reverse("api-submission-list")]
+    upload_urls = [reverse("submit"), reverse("api-submission-list"), _bundle_import_url()]
     for url in upload_urls:
         matching = [body for arg, body in locations.items() if arg in {f"= {url}", url}]
         assert matching and "proxy_request_buffering off" in matching[0], url
