@@ -32,6 +32,9 @@ from evaluator.data.evalsets import read_evaluation_set
 from submissions.models import EvaluationRun, Result, Submission
 from submissions.rounding import round_released
 
+#: Set metadata the importer keeps for itself (bundles.importer.complete_deferred), never exported.
+INTERNAL_METADATA = frozenset({"inputs"})
+
 
 def _track_description(track: Any) -> dict[str, Any]:
     latest = BundleImport.objects.filter(track=track).first()
@@ -61,7 +64,9 @@ def _track_description(track: Any) -> dict[str, Any]:
     for evaluation_set in track.evaluation_sets.order_by("id"):
         entry = {"name": evaluation_set.name, "role": evaluation_set.role, "source": evaluation_set.source,
                  "license": evaluation_set.license, "hidden": evaluation_set.is_hidden,
-                 "num_examples": evaluation_set.num_examples, "metadata": evaluation_set.metadata,
+                 "num_examples": evaluation_set.num_examples,
+                 # "inputs" is a hash over the hidden sets a deferred set was made from: not for export.
+                 "metadata": {k: v for k, v in evaluation_set.metadata.items() if k not in INTERNAL_METADATA},
                  "included": False}
         if evaluation_set.shift_kind:
             entry["shift_kind"] = evaluation_set.shift_kind

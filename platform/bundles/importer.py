@@ -54,6 +54,7 @@ from evaluator.data.evalset_writer import EvaluationSetWriter
 from evaluator.data.evalsets import read_evaluation_set, split_indices, write_evaluation_set
 from evaluator.data.integrity import sha256_file
 from evaluator.data.streams import ImageStream, StreamError, open_stream
+from evaluator.spec import DetectorAttackSpec
 from submissions.models import Result
 from submissions.uploads import check_artifact
 
@@ -221,6 +222,13 @@ class Importer:
                                                          f"{existing.benchmark.slug!r}"))
             for name, generator in track.get("generators", {}).items():
                 problems += self._check_file(f"{where}.generators.{name}.file", generator["file"])
+            if track.get("detector_attacks"):
+                overrides = {k: v for k, v in track["detector_attacks"].items() if k != "enabled"}
+                try:
+                    DetectorAttackSpec.from_dict(overrides)
+                except (TypeError, ValueError) as exc:
+                    problems.append(Problem(f"{where}.detector_attacks", f"not parameters of the detector attack "
+                                                                         f"suite: {exc}"))
             for s, evaluation_set in enumerate(track["evaluation_sets"]):
                 key = f"{where}.evaluation_sets[{s}]"
                 try:
@@ -427,7 +435,11 @@ class Importer:
             seed = self.split_seed(split, f"{slug}/{name}/split")
             public, hidden = split_indices(stream.count, split["hidden_fraction"], seed)
             keep = self._subsample(len(hidden), evaluation_set, track)
-            digest = self._write_stream(path, stream, hidden if keep is None else hidden[keep], header)
+            groups = None
+            if evaluation_set.get("groups"):  # indexed like the images: split and subsampled with them
+                groups = (np.load(self.root / evaluation_set["groups"]["path"], allow_pickle=False).astype(np.int64),
+                          list(evaluation_set["groups"]["names"]))
+            digest = self._write_stream(path, stream, hidden if keep is None else hidden[keep], header, groups)
             if "public_name" in split:
                 public_path = self._stage_path("public", slug, f"{split['public_name']}.safetensors")
                 public_digest = self._write_stream(public_path, stream, public,
@@ -543,15 +555,12 @@ class Importer:
             wanted = track_spec["suite_version"]
             if track is None:
                 outcome.status, version = "new", wanted
-            elif previous is not None and previous.digest == outcome.digest:
+            elif previous is not None and previous.digest == outcome.digest and track.suite_version in (
+                    wanted, f"{wanted[:31]}+{outcome.digest[:8]}"):
                 outcome.status, version = "unchanged", track.suite_version
             else:
                 outcome.status = "changed"
-                published = Result.objects.filter(evaluation_set__track=track,
-                                                  suite_version=track.suite_version).exists()
-                version = wanted
-                if wanted == track.suite_version and published:
-                    version = f"{wanted}+{outcome.digest[:8]}"[:40]
+                version = suite_version_for(track, wanted, outcome.digest)
                 outcome.previous_version = track.suite_version
             outcome.suite_version = version
             try:
@@ -676,6 +685,19 @@ def _data_key(evaluation_set: dict[str, Any], key: str) -> str:
     if isinstance(reals, dict):
         return f"{key}.generate.reals.{'data' if 'data' in reals else 'split.data'}"
     return key
+
+
+def suite_version_for(track: Track, wanted: str, digest: str) -> str:
+    """The suite version a changed track is registered under: the manifest's, unless it already tags results.
+
+    Results measured under a version were measured on that version's content; new content under the
+    same name would mix two benchmarks in one column. So a version that tags any result of the track
+    (the current one, or one the track had before) is not reused for new content: the track gets
+    ``<version>+<digest>``, a name bound to this content (a later return to exactly this content may reuse it).
+    """
+    if not Result.objects.filter(evaluation_set__track=track, suite_version=wanted).exists():
+        return wanted
+    return f"{wanted[:31]}+{digest[:8]}"
 
 
 def generate_set(track: dict[str, Any], evaluation_set: dict[str, Any],

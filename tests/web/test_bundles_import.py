@@ -163,3 +163,43 @@ def test_a_secret_splits_the_same_files_alike_and_anything_else_afresh(arena_dir
     assert hidden("toy-reordered") != hidden("toy-digits")
     # The 90% split under the same secret does not simply extend the 50% one (its draw is its own).
     assert not hidden("toy-digits") <= hidden("toy-tenth")
+
+
+def test_a_version_that_tags_results_is_never_reused_for_new_content(arena_dirs, researcher):
+    """Content changes twice: first under toy-1 (which has results: new content gets toy-1+digest), then the
+    host renames the version to toy-2 and later back to toy-1 with yet other content: toy-1 tags old results,
+    so the track gets toy-1+<that content's digest>, never plain toy-1 again."""
+    from submissions.models import Result, Submission
+
+    bundle = write_bundle(arena_dirs / "bundle")
+    call_command("import_benchmark", str(bundle))
+    track = Track.objects.get(slug="toy-digits")
+    submission = Submission.objects.create(owner=researcher, track=track, name="m", state="finished")
+    Result.objects.create(submission=submission, evaluation_set=track.evaluation_sets.get(name="toy-hidden"),
+                          metric="accuracy", value=0.5, num_examples=30, suite_version="toy-1", seed=7)
+    spec = manifest(version="toy-2")
+    write_bundle(bundle, spec, seed=3)
+    call_command("import_benchmark", str(bundle))
+    track.refresh_from_db()
+    assert track.suite_version == "toy-2"  # nothing published under toy-2: the manifest's name
+    write_bundle(bundle, manifest(version="toy-1"), seed=4)
+    call_command("import_benchmark", str(bundle))
+    track.refresh_from_db()
+    assert track.suite_version.startswith("toy-1+")
+    call_command("import_benchmark", str(bundle))  # the same content again: the same version
+    track.refresh_from_db()
+    assert track.suite_version.startswith("toy-1+")
+
+
+def test_groups_of_a_split_set_follow_its_images(arena_dirs):
+    spec = manifest()
+    spec["tracks"][0]["evaluation_sets"][0]["groups"] = {"path": "groups.npy", "names": ["even", "odd"]}
+    bundle = write_bundle(arena_dirs / "bundle", spec)
+    np.save(bundle / "groups.npy", np.arange(60) % 2)
+    call_command("import_benchmark", str(bundle))
+    hidden = EvaluationSet.objects.get(name="toy-hidden")
+    data = read_evaluation_set(hidden.path, hidden.sha256)
+    images, _ = images_and_labels(60, 0)
+    index = {image.tobytes(): i for i, image in enumerate(images)}
+    positions = np.array([index[image.tobytes()] for image in data.images.numpy()])
+    assert data.group_names == ["even", "odd"] and np.array_equal(data.groups.numpy(), positions % 2)
