@@ -13,6 +13,7 @@ from django.core.management import call_command
 from django.test import Client
 
 from benchmarks.models import BaselineFit, EvaluationSet, Track
+from bundles.models import BundleImport
 from leaderboards.templatetags.arena_tags import score
 from submissions.models import Result, Submission
 from submissions.tasks import evaluate_submission
@@ -28,7 +29,10 @@ def test_build_demo_and_evaluate_every_baseline(arena_dirs, capsys):
     from evaluator.data.evalsets import read_evaluation_set
 
     call_command("build_demo", "--limit", "2000")
-    assert set(Track.objects.values_list("slug", flat=True)) == {"mnist-digits", "mnist-gan-detector", "cifar10-jpeg"}
+    assert set(Track.objects.values_list("slug", flat=True)) == {"mnist-digits", "mnist-gan-detector", "cifar10-jpeg",
+                                                                 "usps-digits"}
+    # Every track came in as a bundle, through import_benchmark.
+    assert {i.track.slug for i in BundleImport.objects.all()} == set(Track.objects.values_list("slug", flat=True))
     for evaluation_set in EvaluationSet.objects.all():
         data = read_evaluation_set(evaluation_set.path, evaluation_set.sha256)  # hash verified
         # Corruption sets: 100 images per cell x 75 cells (limit // 20 per cell, see corruption_per_cell).
@@ -51,7 +55,7 @@ def test_build_demo_and_evaluate_every_baseline(arena_dirs, capsys):
     assert "(definition <code>cifar10-c</code>)" in cifar_page and "100 images per cell, 75 cells" in cifar_page
 
     baselines = list(Submission.objects.filter(is_baseline=True))
-    assert len(baselines) == 6  # the shared pretrained models
+    assert len(baselines) == 7  # the shared pretrained models (one LeNet-5 on two tracks)
     for submission in baselines:
         evaluate_submission(submission.pk)
     for submission in baselines:
@@ -97,6 +101,13 @@ def test_build_demo_and_evaluate_every_baseline(arena_dirs, capsys):
           f"{resnet20.value:.4f} ({resnet20.num_examples} images), ratio {ratio:.3f}")
     assert 0.6 <= ratio <= 0.85, ratio
 
+    # The bundle-only track scores exactly as an independent loop over the same hidden images does.
+    usps_lenet = Submission.objects.get(track__slug="usps-digits", is_baseline=True)
+    usps_set = EvaluationSet.objects.get(track__slug="usps-digits", name="usps-test")
+    platform = Result.objects.get(submission=usps_lenet, evaluation_set=usps_set, metric="accuracy")
+    correct, total = _independent_accuracy("mnist_lenet5", "mnist/mnist_lenet5_clntrained.pt", usps_set)
+    assert (platform.value, platform.num_examples) == (correct / total, total)
+
     page = Client().get("/tracks/mnist-digits/").content.decode()
     assert "LeNet-5 (advertorch, clean training)" in page and score(lenet).split("<")[0] in page
 
@@ -111,4 +122,25 @@ def test_build_demo_and_evaluate_every_baseline(arena_dirs, capsys):
     assert 0.2 < fits[("usps", "logit")].slope < 2.0
 
     call_command("build_demo", "--limit", "2000")  # idempotent: same hashes, no duplicate baselines
-    assert Submission.objects.filter(is_baseline=True).count() == 9
+    assert Submission.objects.filter(is_baseline=True).count() == 10
+
+
+def _independent_accuracy(zoo: str, checkpoint: str, evaluation_set: EvaluationSet) -> tuple[int, int]:
+    """(correct, total) of the shared checkpoint on the set's hidden images: a plain loop, no platform code
+    between the file and the count but the zoo's architecture and the published weights."""
+    import torch
+
+    from evaluator.data.evalsets import read_evaluation_set
+    from evaluator.models.zoo import build_model, remap_checkpoint
+
+    model = build_model(zoo)
+    state = torch.load(Path(settings.ARENA_MODEL_MIRROR) / checkpoint, map_location="cpu", weights_only=True)
+    model.load_state_dict(remap_checkpoint(zoo, state))
+    model.eval()
+    data = read_evaluation_set(evaluation_set.path, evaluation_set.sha256)
+    correct = 0
+    with torch.inference_mode():
+        for start in range(0, len(data), 500):
+            images = data.images[start:start + 500].float() / 255.0
+            correct += int((model(images).argmax(1) == data.labels[start:start + 500]).sum())
+    return correct, len(data)
