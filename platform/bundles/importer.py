@@ -423,29 +423,18 @@ class Importer:
         path = self._stage_path("evalsets", slug, f"{name}.safetensors")
         if "data" in evaluation_set:
             stream = self.streams[(slug, name)]
-            groups = None
-            if evaluation_set.get("groups"):
-                groups = (np.load(self.root / evaluation_set["groups"]["path"], allow_pickle=False).astype(np.int64),
-                          list(evaluation_set["groups"]["names"]))
             digest = self._write_stream(path, stream, self._subsample(stream.count, evaluation_set, track), header,
-                                        groups)
+                                        self._groups(evaluation_set))
         elif "split" in evaluation_set:
             split = evaluation_set["split"]
             stream = self.streams[(slug, name)]
             seed = self.split_seed(split, f"{slug}/{name}/split")
             public, hidden = split_indices(stream.count, split["hidden_fraction"], seed)
             keep = self._subsample(len(hidden), evaluation_set, track)
-            groups = None
-            if evaluation_set.get("groups"):  # indexed like the images: split and subsampled with them
-                groups = (np.load(self.root / evaluation_set["groups"]["path"], allow_pickle=False).astype(np.int64),
-                          list(evaluation_set["groups"]["names"]))
-            digest = self._write_stream(path, stream, hidden if keep is None else hidden[keep], header, groups)
-            if "public_name" in split:
-                public_path = self._stage_path("public", slug, f"{split['public_name']}.safetensors")
-                public_digest = self._write_stream(public_path, stream, public,
-                                                   {"name": split["public_name"], "track": slug, "public": "true"})
-                self.staged[("public", slug, split["public_name"])] = public_path
-                made.append(SetOutcome(slug, split["public_name"], len(public), public_digest, public=True))
+            # Groups are indexed like the images: split and subsampled with them.
+            digest = self._write_stream(path, stream, hidden if keep is None else hidden[keep], header,
+                                        self._groups(evaluation_set))
+            made += self._public_part(slug, split, stream, public)
         else:
             generate = evaluation_set["generate"]
             if generate.get("defer") and not self.include_deferred:
@@ -467,6 +456,24 @@ class Importer:
         made.insert(0, SetOutcome(slug, name, self._count_of(path), digest))
         return made
 
+    def _groups(self, evaluation_set: dict[str, Any]) -> tuple[np.ndarray, list[str]] | None:
+        """The set's optional groups file (checked in phase 1) and names."""
+        groups = evaluation_set.get("groups")
+        if not groups:
+            return None
+        return (np.load(self.root / groups["path"], allow_pickle=False).astype(np.int64), list(groups["names"]))
+
+    def _public_part(self, slug: str, split: dict[str, Any], stream: ImageStream,
+                     public: np.ndarray) -> list[SetOutcome]:
+        """Stage a split's public part when the manifest names one (for researchers and the export)."""
+        if "public_name" not in split:
+            return []
+        path = self._stage_path("public", slug, f"{split['public_name']}.safetensors")
+        digest = self._write_stream(path, stream, public, {"name": split["public_name"], "track": slug,
+                                                           "public": "true"})
+        self.staged[("public", slug, split["public_name"])] = path
+        return [SetOutcome(slug, split["public_name"], len(public), digest, public=True)]
+
     def _inline_reals(self, track: dict[str, Any], evaluation_set: dict[str, Any],
                       inline: dict[str, Any]) -> list[SetOutcome]:
         """Stage the reals a generated set names inline (files, or a split's hidden part) as "<name>#reals"."""
@@ -478,12 +485,7 @@ class Importer:
             split = inline["split"]
             seed = self.split_seed(split, f"{slug}/{name}/split")
             public, hidden = split_indices(stream.count, split["hidden_fraction"], seed)
-            if "public_name" in split:
-                public_path = self._stage_path("public", slug, f"{split['public_name']}.safetensors")
-                digest = self._write_stream(public_path, stream, public,
-                                            {"name": split["public_name"], "track": slug, "public": "true"})
-                self.staged[("public", slug, split["public_name"])] = public_path
-                made.append(SetOutcome(slug, split["public_name"], len(public), digest, public=True))
+            made += self._public_part(slug, split, stream, public)
             indices = hidden[:first]
         else:
             indices = np.arange(first, dtype=np.int64)
