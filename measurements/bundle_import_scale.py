@@ -2,30 +2,35 @@
 
 The importer promises (``bundles.importer``, phase 2) that sets stream chunk by chunk from the
 bundle's files to their evaluation-set files, so that a host can upload 100,000 images without the
-server holding them. This script checks the promise on the real code path: for each size N it
-writes a bundle of N random 3x32x32 uint8 images (``.npy`` layout, NHWC, written through
-``np.lib.format.open_memmap`` so that generating does not hold them either; and, for one smaller N,
-PNG class folders), then imports it with ``Importer(root).run()`` in a **fresh child process** (one
-per bundle, Django configured against its own temporary SQLite database and ``ARENA_DATA_DIR``,
-migrated beforehand in another process so that the migration's own peak is not counted). The
-bundle's one clean set is a public/hidden split, the usual shape: two passes over the images
-(hidden part, public part), each written to its own file.
+server holding them. This script checks the promise on the real code path: for each size N and
+each array layout (``--layouts``: ``.npy``, raw IDX, safetensors, the three read from plain files
+by position) it writes a bundle of N random 3x32x32 uint8 images (NHWC, written chunk by chunk so that generating
+does not hold them either; and, for one smaller N, PNG class folders), then imports it with
+``Importer(root).run()`` in a **fresh child process** (one per bundle, Django configured against
+its own temporary SQLite database and ``ARENA_DATA_DIR``, migrated beforehand in another process
+so that the migration's own peak is not counted). The bundle's one clean set is a public/hidden
+split, the usual shape: two passes over the images (hidden part, public part), each written to its
+own file.
 
 The child reports the resident set size just before ``run()`` and ``ru_maxrss`` (the process's
 peak) just after; their difference is what the import itself added. A thread also samples
 ``RssAnon`` and ``RssFile`` from ``/proc/self/status`` every 10 ms, because ``ru_maxrss`` counts
-pages of memory-mapped files too: those are page cache the kernel can drop at any time, while
-anonymous memory is what an import really holds. The printed ratio compares the largest N with the
-smallest: near 1 while the data grows 10x means memory does not grow with the number of images.
+pages of memory-mapped files too. The last lines state the claim per layout: each figure at the
+largest N against the smallest, near 1 while the data grows 10x meaning that memory does not grow
+with the number of images; with the machine's CPU count and the date.
 
-Measured (2 CPUs, 2026-12-02): from 10,000 to 100,000 images (31 to 308 MB), anonymous memory added
-by the import went from 25 to 34 MiB (1.36x; the int64 labels and split indices, read whole by
-design, are about 100 bytes an image), but ``ru_maxrss`` went from 308 to 581 MiB (1.88x; 5.7x for
-the part the import added): the ``.npy`` reader memory-maps the whole file per pass, and every page a
-pass touches stays resident (as page cache) until the pass ends. The same run with the rows read by
-``os.pread`` instead of the map gave 276 to 286 MiB (1.04x).
+Measured (2 CPUs, 2026-12-02), 10,000 -> 100,000 images (31 -> 308 MB): with the readers of
+``evaluator.data.streams`` memory-mapping the file per pass, ``ru_maxrss`` went from 306-309 to
+573-578 MiB (1.87x) on all three layouts (what the import added: 55-58 -> 323-328 MiB, 5.6-5.9x),
+since every page a pass touches stays resident until the pass ends. Reading the rows by position
+instead: 276-279 -> 286-287 MiB (1.02-1.04x), VmHWM the same; what the import added 26-29 -> 35-36
+MiB (1.24-1.39x), about 100 bytes an image, all anonymous memory. tracemalloc's peak grows by 2.4
+MiB of that (20.7 -> 23.1 MiB: the int64 labels and split indices, read whole by design); the rest
+is glibc keeping freed label-sized blocks in its heap (its mmap threshold rises after the first
+large free): with ``MALLOC_MMAP_THRESHOLD_=131072`` the import adds 23.1 -> 25.8 MiB (1.11x).
 
-    .venv/bin/python measurements/bundle_import_scale.py [--sizes 10000 30000 100000] [--png 10000]
+    .venv/bin/python measurements/bundle_import_scale.py [--sizes 10000 30000 100000]
+        [--layouts npy idx safetensors] [--png 10000]
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import json
 import os
 import resource
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -93,6 +99,51 @@ def make_npy_bundle(root: Path, n: int, seed: int = 0) -> int:
     np.save(root / "labels.npy", rng.integers(0, CLASSES, n).astype(np.int64))
     _write_manifest(root, _manifest(f"npy-{n}", {"layout": "npy", "images": "images.npy", "labels": "labels.npy"}))
     return (root / "images.npy").stat().st_size + (root / "labels.npy").stat().st_size
+
+
+def _write_chunks(handle: Any, n: int, rng: np.random.Generator) -> None:
+    """n random NHWC uint8 images into an open binary file, GEN_CHUNK at a time."""
+    for start in range(0, n, GEN_CHUNK):
+        stop = min(start + GEN_CHUNK, n)
+        handle.write(rng.integers(0, 256, (stop - start, SHAPE[1], SHAPE[2], SHAPE[0]), dtype=np.uint8).tobytes())
+
+
+def make_idx_bundle(root: Path, n: int, seed: int = 0) -> int:
+    """Raw (uncompressed) IDX images (n, 32, 32, 3) uint8 and IDX uint8 labels; returns the data bytes."""
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    dims = (n, SHAPE[1], SHAPE[2], SHAPE[0])
+    with (root / "images-idx4-ubyte").open("wb") as handle:
+        handle.write(struct.pack(">HBB", 0, 0x08, len(dims)) + struct.pack(f">{len(dims)}I", *dims))
+        _write_chunks(handle, n, rng)
+    labels = rng.integers(0, CLASSES, n).astype(np.uint8)
+    (root / "labels-idx1-ubyte").write_bytes(struct.pack(">HBBI", 0, 0x08, 1, n) + labels.tobytes())
+    spec = {"layout": "idx", "images": "images-idx4-ubyte", "labels": "labels-idx1-ubyte"}
+    _write_manifest(root, _manifest(f"idx-{n}", spec))
+    return (root / "images-idx4-ubyte").stat().st_size + (root / "labels-idx1-ubyte").stat().st_size
+
+
+def make_safetensors_bundle(root: Path, n: int, seed: int = 0) -> int:
+    """data.safetensors with images (n, 32, 32, 3) U8 and labels I64, written chunk by chunk."""
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    image_bytes = n * int(np.prod(SHAPE))
+    header = json.dumps({
+        "images": {"dtype": "U8", "shape": [n, SHAPE[1], SHAPE[2], SHAPE[0]], "data_offsets": [0, image_bytes]},
+        "labels": {"dtype": "I64", "shape": [n], "data_offsets": [image_bytes, image_bytes + 8 * n]},
+    }).encode()
+    header += b" " * (-len(header) % 8)
+    with (root / "data.safetensors").open("wb") as handle:
+        handle.write(struct.pack("<Q", len(header)) + header)
+        _write_chunks(handle, n, rng)
+        handle.write(rng.integers(0, CLASSES, n).astype("<i8").tobytes())
+    spec = {"layout": "safetensors", "path": "data.safetensors", "images": "images", "labels": "labels"}
+    _write_manifest(root, _manifest(f"safetensors-{n}", spec))
+    return (root / "data.safetensors").stat().st_size
+
+
+#: Array layouts a bundle can be generated in (``--layouts``), by the manifest's layout name.
+MAKERS = {"npy": make_npy_bundle, "idx": make_idx_bundle, "safetensors": make_safetensors_bundle}
 
 
 def make_png_bundle(root: Path, n: int, seed: int = 0) -> int:
@@ -217,10 +268,18 @@ def measure(work: Path, template: Path, layout: str, n: int) -> dict[str, Any]:
     return {"n": n, "layout": layout, "data_mb": data_bytes / 1e6, **figures}
 
 
+def _growth(small: dict[str, Any], large: dict[str, Any], key: str, base: str | None = None) -> str:
+    """``key`` (less ``base``) at the smallest and the largest N, in MiB, and their ratio."""
+    low, high = ((row[key] - (row[base] if base else 0)) / 1024.0 for row in (small, large))
+    return f"{low:.1f} -> {high:.1f} MiB = {high / max(low, 1e-3):.2f}x"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 30_000, 100_000],
                         help="numbers of images for the .npy bundles")
+    parser.add_argument("--layouts", nargs="+", choices=sorted(MAKERS), default=["npy", "idx", "safetensors"],
+                        help="array layouts measured at every size")
     parser.add_argument("--png", type=int, default=10_000, help="images in the PNG class-folder bundle (0: none)")
     parser.add_argument("--work", type=Path, default=None, help="where bundles are written (default: a temp folder)")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
@@ -230,7 +289,7 @@ def main() -> None:
         if role == "migrate":
             child_migrate(Path(rest[0]))
         elif role == "generate":
-            make = make_npy_bundle if rest[0] == "npy" else make_png_bundle
+            make = MAKERS.get(rest[0], make_png_bundle)
             print(make(Path(rest[2]), int(rest[1])))
         else:
             child_import(Path(rest[0]), Path(rest[1]))
@@ -240,7 +299,7 @@ def main() -> None:
     try:
         template = work / "template"
         _child("migrate", str(template))
-        rows = [measure(work, template, "npy", n) for n in sorted(args.sizes)]
+        rows = [measure(work, template, layout, n) for layout in args.layouts for n in sorted(args.sizes)]
         if args.png:
             rows.append(measure(work, template, "png", args.png))
     finally:
@@ -249,33 +308,32 @@ def main() -> None:
     mib = 1024.0  # ru_maxrss and /proc figures are KiB
     print(f"bundle import scale: {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M %Z')}, "
           f"images {'x'.join(map(str, SHAPE))} uint8, one clean set split half hidden / half public")
-    header = (f"{'N':>8} {'layout':>6} {'data MB':>8} {'seconds':>8} {'images/s':>9} {'RSS before':>11} "
+    header = (f"{'N':>8} {'layout':>11} {'data MB':>8} {'seconds':>8} {'images/s':>9} {'RSS before':>11} "
               f"{'peak RSS':>9} {'added':>9} {'VmHWM':>9} {'anon added':>11} {'file peak':>10}")
     print(header)
     print("-" * len(header))
     for row in rows:
-        print(f"{row['n']:>8,} {row['layout']:>6} {row['data_mb']:>8.1f} {row['seconds']:>8.2f} "
+        print(f"{row['n']:>8,} {row['layout']:>11} {row['data_mb']:>8.1f} {row['seconds']:>8.2f} "
               f"{row['images'] / row['seconds']:>9,.0f} {row['rss_before'] / mib:>7.1f} MiB "
               f"{row['maxrss'] / mib:>5.1f} MiB {(row['maxrss'] - row['rss_before']) / mib:>5.1f} MiB "
               f"{row['hwm'] / mib:>5.1f} MiB {(row['anon_peak'] - row['anon_before']) / mib:>7.1f} MiB "
               f"{row['file_peak'] / mib:>6.1f} MiB")
-    npy = [row for row in rows if row["layout"] == "npy"]
-    if len(npy) > 1:
-        small, large = npy[0], npy[-1]
-
-        def ratio(key: str, base: str | None = None) -> float:
-            def value(row: dict[str, Any]) -> float:
-                return row[key] - (row[base] if base else 0)
-
-            return value(large) / max(value(small), 1)
-
-        print(f"largest / smallest N (npy): {large['n'] / small['n']:.0f}x the images, "
-              f"{large['data_mb'] / small['data_mb']:.1f}x the data; peak RSS {ratio('maxrss'):.2f}x, "
-              f"RSS added by the import {ratio('maxrss', 'rss_before'):.2f}x, "
-              f"anonymous memory added {ratio('anon_peak', 'anon_before'):.2f}x")
     print("peak RSS: ru_maxrss after the import; added: peak RSS - VmRSS just before run(); VmHWM: peak RSS since "
           "just before run() (clear_refs); anon added / file peak: RssAnon above its value before run() / RssFile, "
           "sampled every 10 ms (file pages: mapped files, page cache the kernel can drop)")
+    print()
+    print(f"claim: the import's peak memory stays flat as the number of images grows "
+          f"(largest N / smallest N; {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')})")
+    for layout in args.layouts:
+        measured = [row for row in rows if row["layout"] == layout]
+        if len(measured) < 2:
+            continue
+        small, large = measured[0], measured[-1]
+        print(f"  {layout:>11}: {large['n'] / small['n']:.0f}x the images ({small['n']:,} -> {large['n']:,}), "
+              f"{large['data_mb'] / small['data_mb']:.1f}x the data; "
+              f"peak RSS (ru_maxrss) {_growth(small, large, 'maxrss')}; VmHWM {_growth(small, large, 'hwm')}; "
+              f"peak - RSS before {_growth(small, large, 'maxrss', 'rss_before')}; "
+              f"anonymous added {_growth(small, large, 'anon_peak', 'anon_before')}")
 
 if __name__ == "__main__":
     main()

@@ -16,12 +16,18 @@ A bundle is untrusted input, so: no path may leave the bundle folder or pass thr
 reach other files (external links, external storage, virtual datasets), Pillow only gets the
 formats an image folder may hold (some others run external programs), and no header is believed
 where believing it would allocate memory the file cannot back.
+
+Nothing here memory-maps a data file: plain files (``.npy``, raw IDX, safetensors) are read with
+positioned reads of just the rows a chunk needs. Every page a map's pass touches stays resident,
+counted in the process's RSS, until the map is closed, so a mapped pass over 300 MB of images
+peaks 300 MB higher than one that reads its rows.
 """
 
 from __future__ import annotations
 
 import gzip
 import io
+import json
 import os
 import re
 import struct
@@ -470,26 +476,18 @@ def _open_npy(root: Path, spec: Mapping[str, Any]) -> tuple[_Array, _Array]:
 
 
 def _npy_array(root: Path, rel: str) -> _Array:
-    """A .npy file, memory-mapped per pass (its header read first so that pickles never reach np.load)."""
+    """A .npy file, its rows read by position per pass (the header parsed here: no pickle, no np.load)."""
     path = _resolve(root, rel, "file")
     with path.open("rb") as handle:
-        shape, _, dtype = _read_npy_header(handle, rel)
+        shape, fortran, dtype = _read_npy_header(handle, rel)
         offset = handle.tell()
     held = path.stat().st_size - offset
     if held < _nbytes(shape, dtype):
         raise StreamError(
             f"{rel} is truncated: its header says {_fmt_shape(shape)} {dtype.name} but it holds {held} data bytes"
         )
-
-    @contextmanager
-    def open_rows() -> Iterator[_Rows]:
-        try:
-            mapped = np.load(path, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise StreamError(f"{rel} cannot be read as a .npy array: {exc}") from exc
-        yield lambda start, stop: mapped[start:stop]
-
-    return _Array(rel, shape, dtype, open_rows)
+    rows = _positioned_rows(path, rel, offset, shape, dtype, fortran, f"{rel} cannot be read as a .npy array")
+    return _Array(rel, shape, dtype, rows)
 
 
 def _open_npz(root: Path, spec: Mapping[str, Any]) -> tuple[_Array, _Array]:
@@ -640,6 +638,100 @@ def _sequential_rows(
     return open_rows
 
 
+# --- Plain files read by position (.npy, raw IDX, safetensors) ----------------------------------------------------
+
+
+def _read_at(handle: io.RawIOBase, buffer: np.ndarray, offset: int) -> int:
+    """Fill the uint8 ``buffer`` from ``offset`` of the file; the bytes read (fewer only where the file ends)."""
+    view = memoryview(buffer)
+    handle.seek(offset)
+    got = 0
+    while got < len(view):
+        piece = handle.readinto(view[got:])
+        if not piece:
+            break
+        got += piece
+    return got
+
+
+class _PositionedRows:
+    """Rows of an array stored from ``offset`` of a plain file, read by position into fresh buffers.
+
+    No memory map: a map of the whole file keeps every page a pass touched resident (counted in
+    RSS) until the pass ends, so peak memory would grow with the file. Each call reads just the
+    rows asked for. A C-order array's rows are one run of bytes; a Fortran-order array's rows
+    ``start:stop`` are one run per element of an image, each ``shape[0]`` items apart.
+    """
+
+    def __init__(
+        self,
+        handle: io.RawIOBase,
+        name: str,
+        offset: int,
+        shape: tuple[int, ...],
+        dtype: np.dtype,
+        fortran: bool,
+    ) -> None:
+        self._handle = handle
+        self._name = name
+        self._offset = offset
+        self._shape = shape
+        self._dtype = dtype
+        self._fortran = fortran and len(shape) > 1
+        self._row_bytes = _nbytes(shape[1:], dtype)
+
+    def __call__(self, start: int, stop: int) -> np.ndarray:
+        count = stop - start
+        buffer = np.empty(count * self._row_bytes, dtype=np.uint8)
+        if not self._fortran:
+            got = _read_at(self._handle, buffer, self._offset + start * self._row_bytes)
+            if got < buffer.size:
+                ended = start + got // self._row_bytes
+                noun = "labels" if len(self._shape) == 1 else "images"
+                raise StreamError(f"{self._name} ends after {ended} {noun}; its header says {self._shape[0]}")
+            return buffer.view(self._dtype).reshape(count, *self._shape[1:])
+        run = count * self._dtype.itemsize
+        column = self._shape[0] * self._dtype.itemsize
+        for element in range(buffer.size // max(run, 1)):
+            piece = buffer[element * run : (element + 1) * run]
+            if _read_at(self._handle, piece, self._offset + element * column + start * self._dtype.itemsize) < run:
+                held = os.fstat(self._handle.fileno()).st_size - self._offset
+                raise StreamError(
+                    f"{self._name} is truncated: its header says {_fmt_shape(self._shape)} {self._dtype.name} "
+                    f"but it holds {held} data bytes"
+                )
+        # Element m of the trailing axes (Fortran order) is buffer row m: C order over the reversed axes.
+        return buffer.view(self._dtype).reshape(*self._shape[:0:-1], count).T
+
+
+def _positioned_rows(
+    path: Path,
+    name: str,
+    offset: int,
+    shape: tuple[int, ...],
+    dtype: np.dtype,
+    fortran: bool = False,
+    open_failure: str | None = None,
+) -> Callable[[], AbstractContextManager[_Rows]]:
+    """``open_rows`` for an array at ``offset`` of ``path``: one unbuffered handle per pass, never a map.
+
+    ``open_failure`` words the StreamError for a file that can no longer be opened (else the caller's).
+    """
+
+    @contextmanager
+    def open_rows() -> Iterator[_Rows]:
+        try:
+            handle = path.open("rb", buffering=0)
+        except OSError as exc:
+            if open_failure is None:
+                raise
+            raise StreamError(f"{open_failure}: {exc}") from exc
+        with handle:
+            yield _PositionedRows(handle, name, offset, shape, dtype, fortran)
+
+    return open_rows
+
+
 # --- IDX ------------------------------------------------------------------------------------------------------------
 
 
@@ -648,7 +740,7 @@ def _open_idx(root: Path, spec: Mapping[str, Any]) -> tuple[_Array, _Array]:
 
 
 def _idx_array(root: Path, rel: str) -> _Array:
-    """An IDX file: memory-mapped when raw, read forward through gzip when it starts with 1f8b."""
+    """An IDX file: read by position when raw, read forward through gzip when it starts with 1f8b."""
     path = _resolve(root, rel, "file")
     size = path.stat().st_size
     try:
@@ -677,13 +769,7 @@ def _idx_array(root: Path, rel: str) -> _Array:
             raise StreamError(
                 f"{rel} declares dimensions {_fmt_shape(shape)} ({nbytes} data bytes) but holds {size - header_len}"
             )
-
-        @contextmanager
-        def open_rows() -> Iterator[_Rows]:
-            mapped = np.memmap(path, dtype=dtype, mode="r", offset=header_len, shape=shape)
-            yield lambda start, stop: mapped[start:stop]
-
-        return _Array(rel, shape, dtype, open_rows)
+        return _Array(rel, shape, dtype, _positioned_rows(path, rel, header_len, shape, dtype))
     if nbytes > _MAX_DEFLATE_RATIO * size + 1024:
         raise StreamError(
             f"{rel} declares dimensions {_fmt_shape(shape)}, more than its {size} compressed bytes can hold"
@@ -715,6 +801,8 @@ def _open_safetensors(root: Path, spec: Mapping[str, Any]) -> tuple[_Array, _Arr
     keys = (_spec_text(spec, "images", "images"), _spec_text(spec, "labels", "labels"))
     arrays: list[_Array] = []
     try:
+        # safe_open checks the header (offsets inside the file, no overlaps, sizes that match the
+        # shapes); it maps the file but touches only the header here. Passes read rows by offset.
         with safe_open(str(path), framework="numpy") as handle:
             held = list(handle.keys())
             for key in keys:
@@ -726,7 +814,10 @@ def _open_safetensors(root: Path, spec: Mapping[str, Any]) -> tuple[_Array, _Arr
                 if kind not in _SAFETENSORS_DTYPES:
                     raise StreamError(f"{name} holds {kind}, which numpy has no type for; store uint8 or float32")
                 shape = tuple(int(d) for d in tensor.get_shape())
-                arrays.append(_Array(name, shape, np.dtype(_SAFETENSORS_DTYPES[kind]), _safetensors_rows(path, key)))
+                dtype = np.dtype(_SAFETENSORS_DTYPES[kind])
+                offset = _safetensors_offset(path, rel, key, _nbytes(shape, dtype))
+                stored = dtype.newbyteorder("<")  # safetensors data is little-endian
+                arrays.append(_Array(name, shape, dtype, _positioned_rows(path, name, offset, shape, stored)))
     except StreamError:
         raise
     except (SafetensorError, OSError) as exc:
@@ -734,16 +825,23 @@ def _open_safetensors(root: Path, spec: Mapping[str, Any]) -> tuple[_Array, _Arr
     return arrays[0], arrays[1]
 
 
-def _safetensors_rows(path: Path, key: str) -> Callable[[], AbstractContextManager[_Rows]]:
-    @contextmanager
-    def open_rows() -> Iterator[_Rows]:
-        from safetensors import safe_open
+def _safetensors_offset(path: Path, rel: str, key: str, nbytes: int) -> int:
+    """Where tensor ``key``'s data starts in the file (after safe_open accepted the header).
 
-        with safe_open(str(path), framework="numpy") as handle:
-            tensor = handle.get_slice(key)
-            yield lambda start, stop: tensor[start:stop]
-
-    return open_rows
+    The file is 8 bytes of little-endian header length, the JSON header, then the data, which each
+    tensor's ``data_offsets`` locate relative to the end of the header.
+    """
+    with path.open("rb") as handle:
+        head = _read_up_to(handle, 8)
+        header_len = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+        header = _read_up_to(handle, header_len) if header_len > 0 else b""
+    try:
+        begin, end = (int(v) for v in json.loads(header)[key]["data_offsets"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise StreamError(f"{rel} cannot be read as safetensors: no data offsets for '{key}' ({exc})") from exc
+    if end - begin != nbytes or begin < 0:
+        raise StreamError(f"{rel} cannot be read as safetensors: '{key}' has {end - begin} data bytes, not {nbytes}")
+    return 8 + header_len + begin
 
 
 # --- HDF5 ---------------------------------------------------------------------------------------------------------

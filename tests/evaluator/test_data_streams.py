@@ -554,6 +554,74 @@ def test_abandoned_pass_closes_its_files(tmp_path: Path, layout: str) -> None:
         assert held() == 0
 
 
+@pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="reads /proc/self/maps")
+@pytest.mark.parametrize("layout", ["npy", "idx", "safetensors", "npz", "idx_gz", "hdf5"])
+def test_passes_map_no_data_file(tmp_path: Path, layout: str) -> None:
+    """Rows are read, never mapped: a map keeps every page a pass touched in RSS until the pass ends."""
+    images, labels = _images(64, (3, 8, 8)), _labels(64).astype(np.uint8)
+    if layout in ("idx", "idx_gz"):
+        _write_idx(tmp_path / "im", images, compress=layout == "idx_gz")
+        _write_idx(tmp_path / "lb", labels, compress=layout == "idx_gz")
+        spec, layout = {"images": "im", "labels": "lb"}, "idx"
+    else:
+        spec = _write_array_layout(layout, tmp_path, images, labels)
+
+    def mapped() -> list[str]:
+        return [line for line in Path("/proc/self/maps").read_text().splitlines() if str(tmp_path) in line]
+
+    stream = open_stream(layout, tmp_path, spec, (3, 8, 8))
+    for passes in (stream.chunks(8), stream.take(np.arange(0, 64, 5), 4)):
+        seen = []
+        for chunk, _ in passes:
+            assert mapped() == []
+            seen.append(chunk)
+        assert len(seen) > 1
+    np.testing.assert_array_equal(_gather(stream.chunks(16))[0], images)
+
+
+@pytest.mark.parametrize("axes", ["nchw", "nhwc", "nhw"])
+def test_npy_fortran_order_and_big_endian(tmp_path: Path, axes: str) -> None:
+    shape = (1, 6, 5) if axes == "nhw" else (3, 6, 5)
+    images, labels = _images(23, shape), _labels(23)
+    stored = _stored(images, axes)
+    np.save(tmp_path / "f.npy", np.asfortranarray(stored))
+    np.save(tmp_path / "b.npy", labels.astype(">i4"))
+    spec = {"images": "f.npy", "labels": "b.npy"}
+    _check_stream(open_stream("npy", tmp_path, spec, shape), images, labels, size=5)
+    floats = np.asfortranarray(stored.astype(">f4") / 255)
+    np.save(tmp_path / "f.npy", floats)
+    _check_stream(open_stream("npy", tmp_path, spec, shape), images, labels, size=5)
+
+
+@pytest.mark.parametrize("layout", ["npy", "idx", "safetensors", "npy_fortran"])
+def test_file_cut_short_after_opening(tmp_path: Path, layout: str) -> None:
+    """A file that shrinks between open_stream and a pass is a StreamError, not garbage or a crash."""
+    images, labels = _images(20, (1, 4, 4)), _labels(20).astype(np.uint8)
+    if layout == "idx":
+        _write_idx(tmp_path / "im", images[:, 0])
+        _write_idx(tmp_path / "lb", labels)
+        spec, data = {"images": "im", "labels": "lb"}, tmp_path / "im"
+    elif layout == "safetensors":
+        save_file({"codes": labels, "pixels": images}, str(tmp_path / "x.safetensors"))  # pixels stored last
+        spec, data = {"path": "x.safetensors", "images": "pixels", "labels": "codes"}, tmp_path / "x.safetensors"
+    else:
+        stored = np.asfortranarray(images) if layout == "npy_fortran" else images
+        spec, data = _npy(tmp_path, stored, labels), tmp_path / "images.npy"
+    stream = open_stream(layout.removesuffix("_fortran"), tmp_path, spec, (1, 4, 4))
+    cut = data.stat().st_size - 16 * 5 - 3  # the last 5 images and 3 bytes of the one before
+    with data.open("r+b") as handle:
+        handle.truncate(cut)
+    name = data.name + (":pixels" if layout == "safetensors" else "")
+    chunks = stream.chunks(8)
+    if layout == "npy_fortran":  # every chunk reads from the end of the file
+        with pytest.raises(StreamError, match=rf"^{name} is truncated: its header says \(20, 1, 4, 4\) uint8"):
+            next(chunks)
+        return
+    next(chunks)
+    with pytest.raises(StreamError, match=rf"^{name} ends after 14 images; its header says 20$"):
+        next(chunks)
+
+
 # --- Memory: a pass costs a few chunks, whatever the number of images ----------------------------------------------
 
 BIG_COUNT = 20_000
