@@ -52,7 +52,7 @@ from bundles.manifest import MANIFEST_NAME, BundleInvalid, Problem, load_manifes
 from bundles.models import BundleImport
 from evaluator.data.evalset_writer import EvaluationSetWriter
 from evaluator.data.evalsets import read_evaluation_set, split_indices, write_evaluation_set
-from evaluator.data.integrity import sha256_file
+from evaluator.data.integrity import sha256_file, tree_sha256
 from evaluator.data.streams import ImageStream, StreamError, open_stream
 from evaluator.spec import DetectorAttackSpec
 from submissions.models import Result
@@ -775,8 +775,6 @@ def data_files(data: dict[str, Any]) -> list[str]:
 
 def data_digest(root: Path, data: dict[str, Any]) -> str:
     """sha256 over the bytes of the files a ``data`` spec names (a folder by its tree hash)."""
-    from evaluator.data.integrity import tree_sha256
-
     parts = [tree_sha256(root / f) if (root / f).is_dir() else sha256_file(root / f) for f in data_files(data)]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
