@@ -73,6 +73,8 @@ def load_manifest(root: Path) -> dict[str, Any]:
         raise BundleInvalid([Problem("", f"{MANIFEST_NAME} is not UTF-8 text")]) from None
     except yaml.YAMLError as exc:
         raise BundleInvalid([Problem("", f"{MANIFEST_NAME} is not valid YAML: {exc}")]) from None
+    except RecursionError:  # thousands of nested brackets: the parser recurses once per level
+        raise BundleInvalid([Problem("", f"{MANIFEST_NAME} nests too deeply to be a manifest")]) from None
     problems = schema_problems(manifest)
     if problems:
         raise BundleInvalid(problems)

@@ -104,6 +104,30 @@ def make_yaml_aliases(tmp: Path) -> Path:
     return _manifest_text(text)(tmp)
 
 
+def make_deep_nesting(tmp: Path) -> Path:
+    # 100,000 nested lists in 200 kB: a recursive parser overflows its stack unless the error is caught.
+    return _manifest_text("format: 1\nnested: " + "[" * 100_000 + "]" * 100_000 + "\n")(tmp)
+
+
+def make_detector_attacks_typo(tmp: Path) -> Path:
+    def change(spec: dict[str, Any]) -> None:
+        track = spec["tracks"][0]
+        track.update(task="detector", detector_attacks={"pgd_budget": [0.01]}, threat_models=[])
+        track.pop("class_names")
+        track.pop("classes")
+        track["evaluation_sets"] = [{"name": "real-fake", "role": "clean", "source": "folders", "license": "CC0",
+                                     "data": {"layout": "real_fake", "path": "detector"}}]
+
+    def make(path: Path) -> Path:
+        root = _spec_with(change)(path)
+        for kind, label in (("real", 0), ("fake", 1)):
+            for i in range(4):
+                _png(root / "detector" / kind / f"{i}.png", np.full((8, 8), 40 * i + label, dtype=np.uint8))
+        return root
+
+    return make(tmp)
+
+
 def make_unknown_key(tmp: Path) -> Path:
     return _spec_with(lambda spec: spec["tracks"][0].update(colour="blue"))(tmp)
 
@@ -266,6 +290,9 @@ def make_hidden_fraction_leaves_empty_part(tmp: Path) -> Path:
 CASES = (
     Case("bad YAML", make_bad_yaml, ("benchmark.yaml is not valid YAML",)),
     Case("YAML aliases", make_yaml_aliases, ("YAML aliases (*lol) are not allowed in a manifest",)),
+    Case("deeply nested YAML", make_deep_nesting, ("benchmark.yaml nests too deeply",)),
+    Case("a misspelt detector-attack parameter", make_detector_attacks_typo,
+         ("tracks[0].detector_attacks: not parameters of the detector attack suite", "pgd_budget")),
     Case("schema: unknown key", make_unknown_key,
          ("tracks[0]: Additional properties are not allowed ('colour' was unexpected)",)),
     Case("schema: wrong type", make_wrong_type, ("tracks[0].classes: 'three' is not of type 'integer'",)),
