@@ -1,32 +1,38 @@
-"""Admin: the record of bundle imports, and a page where staff import a benchmark bundle (a zip).
+"""Admin: the record of bundle imports, and pages where staff upload a benchmark bundle (a zip) for a worker
+to check and import.
 
 Why the import page works the way it does:
 
-* **Two steps.** An upload is first checked by a dry run (every set written to staging and thrown
-  away, nothing registered), so the operator reads exactly what would change before anything does;
-  only a second, explicit "Confirm import" registers it. Between the two, the zip waits under
-  ``ARENA_DATA_DIR/.bundle-uploads/<token>.zip`` (mode 0600); the confirmation names it by a random
-  token that must also belong to the operator's session, so a form field can never point the
-  importer at another file (no path, no guessing, no replay from another session).
-* **Never in memory.** A bundle may be gigabytes: the view replaces the request's upload handlers
-  with a byte counter and :class:`~django.core.files.uploadhandler.TemporaryFileUploadHandler`
-  before the body is read, whatever ``FILE_UPLOAD_HANDLERS`` says, and the file is copied chunk by
-  chunk. Changing handlers is only possible before CSRF protection reads ``request.POST``, hence
-  the ``csrf_exempt`` outer view with a ``csrf_protect`` inner one (Django's documented pattern);
-  the permission check comes first, so nobody without it gets a body parsed at all.
-* **Nobody edits the record.** :class:`~bundles.models.BundleImport` rows are what the importer
-  compares the next bundle with; a hand-made or hand-edited row would make it skip or mis-version
-  a changed track, so the admin shows them read-only.
+* **The web server only stores the zip.** It never sees ``ARENA_DATA_DIR`` in the shipped deployments
+  (the hidden sets stay off the web tier), and a large bundle takes far longer to check and import than a
+  request should last. So the upload goes into the media storage (``bundles/<token>.zip``, local or S3) as
+  a :class:`~bundles.models.BundleUpload`, and the evaluation workers check it and, once confirmed, import
+  it (:mod:`bundles.tasks`, sent by name by :mod:`bundles.dispatch`, so the web server never even imports the
+  importer). Nothing on these pages reads or writes ``ARENA_DATA_DIR``.
+* **Two steps.** A worker first runs a dry run (every set written to staging and thrown away, nothing
+  registered), so staff read exactly what would change before anything does; only an explicit "Confirm
+  import" queues the real import. The upload's status page (``/admin/bundles/bundleupload/<token>/``)
+  reloads itself while a worker is busy and then shows the report, the problems, or the failure.
+* **Only the uploader.** An upload is named by a random token, and its page and its confirmation are the
+  uploader's (or a superuser's) alone: another user's token answers 404, as an unknown one does.
+* **Never in memory.** A bundle may be gigabytes: the view replaces the request's upload handlers with a
+  byte counter (which also takes the sha256 as the bytes arrive) and
+  :class:`~django.core.files.uploadhandler.TemporaryFileUploadHandler` before the body is read, whatever
+  ``FILE_UPLOAD_HANDLERS`` says, and the storage moves or streams that temporary file. Changing handlers is
+  only possible before CSRF protection reads ``request.POST``, hence the ``csrf_exempt`` outer view with
+  a ``csrf_protect`` inner one (Django's documented pattern); the permission check comes first, so nobody
+  without it gets a body parsed at all.
+* **Nobody edits the records.** :class:`~bundles.models.BundleImport` rows are what the importer compares
+  the next bundle with, and :class:`~bundles.models.BundleUpload` rows are the workers' to move on: the
+  admin shows both read-only.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
-import os
 import re
-import secrets
-import time
-from pathlib import Path
+from datetime import timedelta
 from typing import Any
 
 from django import forms
@@ -36,51 +42,74 @@ from django.core.exceptions import PermissionDenied
 from django.core.files.uploadedfile import UploadedFile
 from django.core.files.uploadhandler import FileUploadHandler, SkipFile, TemporaryFileUploadHandler
 from django.core.validators import FileExtensionValidator
-from django.http import HttpRequest, HttpResponse
+from django.db import transaction
+from django.db.models import QuerySet
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.defaultfilters import filesizeformat
 from django.template.response import TemplateResponse
-from django.urls import URLPattern, path, reverse
+from django.urls import URLPattern, path, re_path, reverse
+from django.utils import timezone
 from django.utils.decorators import method_decorator
+from django.utils.html import format_html
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
 
-from bundles.importer import Importer, ImportReport
-from bundles.loading import opened_bundle
-from bundles.manifest import BundleInvalid, Problem
-from bundles.models import BundleImport
+from bundles.dispatch import bundle_queue, send_check, send_import
+from bundles.models import BundleImport, BundleUpload, discard_archive
 
 logger = logging.getLogger(__name__)
 
-#: Where uploaded bundles wait between the dry run and the confirmation, under ARENA_DATA_DIR.
-UPLOADS = ".bundle-uploads"
-#: An upload's token: what ``secrets.token_hex(16)`` makes, and nothing else is ever opened.
+State = BundleUpload.State
+
+#: An upload's token: what :func:`bundles.models.new_upload_token` makes, and nothing else is ever looked up.
 TOKEN = re.compile(r"[0-9a-f]{32}")
-#: Uploads nobody confirmed or cancelled are removed after this long (checked on each new upload).
-UPLOAD_TTL_SECONDS = 24 * 3600
-#: Session key holding the tokens this session uploaded.
-SESSION_KEY = "bundle_upload_tokens"
+#: A checked upload nobody confirmed is discarded (its zip deleted) this long after its check.
+UNCONFIRMED_TTL = timedelta(hours=24)
 #: Set on the request when the byte counter stopped an oversized upload.
 TOO_LARGE_FLAG = "_bundle_upload_too_large"
+#: Set on the request: field name -> sha256 of the file received in that field.
+DIGESTS_ATTR = "_bundle_upload_sha256"
+#: Uploads listed on the import page.
+RECENT_UPLOADS = 10
 
 
 def _limit_text() -> str:
     return f"{settings.ARENA_BUNDLE_MAX_UPLOAD_BYTES / 1024**3:g} GiB"
 
 
-class BundleSizeLimitHandler(FileUploadHandler):
-    """Counts each file's bytes and drops the file as soon as it passes ARENA_BUNDLE_MAX_UPLOAD_BYTES.
+def can_import(request: HttpRequest) -> bool:
+    """Importing registers tracks and sets: active staff with the add permission on imports, or a superuser."""
+    user = request.user
+    return bool(user.is_active and user.is_staff
+                and (user.is_superuser or user.has_perm("bundles.add_bundleimport")))
 
-    Placed before the handler that writes to disk, so the chunk past the limit is never written
-    (Django closes, hence deletes, the partial temporary file on ``SkipFile``); the flag it sets on
-    the request lets the page say why the file is missing.
+
+class BundleSizeLimitHandler(FileUploadHandler):
+    """Counts and hashes each file's bytes, and drops the file as soon as it passes ARENA_BUNDLE_MAX_UPLOAD_BYTES.
+
+    Placed before the handler that writes to disk, so the chunk past the limit is never written (Django
+    closes, hence deletes, the partial temporary file on ``SkipFile``); the flag it sets on the request lets
+    the page say why the file is missing. The sha256 is taken here, as the bytes arrive, because the storage
+    may move the temporary file away and a second pass over gigabytes would only cost time; the worker checks
+    its copy against it.
     """
+
+    def new_file(self, field_name: str, *args: Any, **kwargs: Any) -> None:
+        super().new_file(field_name, *args, **kwargs)
+        self._digest = hashlib.sha256()
 
     def receive_data_chunk(self, raw_data: bytes, start: int) -> bytes:
         if start + len(raw_data) > settings.ARENA_BUNDLE_MAX_UPLOAD_BYTES:
             if self.request is not None:
                 setattr(self.request, TOO_LARGE_FLAG, True)
             raise SkipFile
+        self._digest.update(raw_data)
         return raw_data
 
     def file_complete(self, file_size: int) -> None:
+        if self.request is not None:
+            digests = getattr(self.request, DIGESTS_ATTR, {})
+            digests[self.field_name] = self._digest.hexdigest()
+            setattr(self.request, DIGESTS_ATTR, digests)
         return None  # the next handler builds the uploaded file
 
 
@@ -90,7 +119,7 @@ def bundle_upload_handlers(request: HttpRequest) -> list[FileUploadHandler]:
 
 
 class BundleUploadForm(forms.Form):
-    """Step 1: the zip to check."""
+    """The zip to check."""
 
     bundle = forms.FileField(label="Bundle (.zip)", validators=[FileExtensionValidator(["zip"])],
                              help_text="A zip of a bundle folder: benchmark.yaml and the data it names "
@@ -103,85 +132,44 @@ class BundleUploadForm(forms.Form):
         return upload
 
 
-class BundleConfirmForm(forms.Form):
-    """Step 2: which checked upload to import (or discard)."""
-
-    token = forms.CharField(widget=forms.HiddenInput, max_length=32)
-
-    def clean_token(self) -> str:
-        token: str = self.cleaned_data["token"]
-        if not TOKEN.fullmatch(token):
-            raise forms.ValidationError("Not an upload token.")
-        return token
-
-
 # --- Stored uploads ------------------------------------------------------------------------------
 
-def uploads_dir() -> Path:
-    """The private folder holding uploads between the steps (created 0700)."""
-    folder = Path(settings.ARENA_DATA_DIR) / UPLOADS
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return folder
+def store_archive(upload: BundleUpload, received: UploadedFile) -> None:
+    """Put the received zip into the media storage as ``bundles/<token>.zip`` (the row is not saved here).
 
-
-def _sweep_stale_uploads(folder: Path) -> None:
-    """Remove uploads left unconfirmed past the TTL: an abandoned dry run must not hold disk forever."""
-    cutoff = time.time() - UPLOAD_TTL_SECONDS
-    for stale in folder.iterdir():
-        try:
-            if stale.is_file() and not stale.is_symlink() and stale.stat().st_mtime < cutoff:
-                stale.unlink()
-        except OSError:
-            logger.warning("could not remove stale bundle upload %s", stale, exc_info=True)
-
-
-def store_upload(upload: UploadedFile) -> tuple[str, Path]:
-    """Copy the upload chunk by chunk to a new private file; its token and path.
-
-    ``O_EXCL | O_NOFOLLOW`` with mode 0600: the file is new, ours, and readable by the server alone.
+    ``received`` is the request's temporary file: the filesystem storage moves it, an object store streams
+    it in parts, so the bundle never sits in memory.
     """
-    folder = uploads_dir()
-    _sweep_stale_uploads(folder)
-    token = secrets.token_hex(16)
-    target = folder / f"{token}.zip"
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    upload.archive.save(f"{upload.token}.zip", received, save=False)
+
+
+def sweep_uploads() -> None:
+    """Discard checked uploads nobody confirmed within :data:`UNCONFIRMED_TTL`, and delete the zips that final
+    uploads still hold (a worker that mounts the media read-only could not): a forgotten upload must not
+    hold gigabytes forever. Run on each new upload; never raises."""
     try:
-        with os.fdopen(fd, "wb") as out:
-            for chunk in upload.chunks():
-                out.write(chunk)
-    except BaseException:
-        target.unlink(missing_ok=True)
-        raise
-    return token, target
+        cutoff = timezone.now() - UNCONFIRMED_TTL
+        stale = BundleUpload.objects.filter(state=State.CHECKED, confirmed_at__isnull=True, updated_at__lt=cutoff)
+        for pk in list(stale.values_list("pk", flat=True)[:100]):
+            if stale.filter(pk=pk).update(state=State.DISCARDED, updated_at=timezone.now(),
+                                          message="Not confirmed within 24 hours: discarded."):
+                discard_archive(pk)
+        leftovers = BundleUpload.objects.filter(state__in=BundleUpload.FINAL).exclude(archive="")
+        for pk in list(leftovers.values_list("pk", flat=True)[:100]):
+            discard_archive(pk)
+    except Exception:  # a sweep must never cost staff their upload
+        logger.exception("sweeping old bundle uploads failed")
 
 
-def stored_upload(token: str) -> Path | None:
-    """The stored upload a (validated) token names, or None when there is no such plain file."""
-    if not TOKEN.fullmatch(token):
-        return None
-    candidate = uploads_dir() / f"{token}.zip"
-    if candidate.is_symlink() or not candidate.is_file():
-        return None
-    return candidate
-
-
-def _session_tokens(request: HttpRequest) -> list[str]:
-    return list(request.session.get(SESSION_KEY, []))
-
-
-def _remember(request: HttpRequest, token: str) -> None:
-    request.session[SESSION_KEY] = [*_session_tokens(request)[-19:], token]
-
-
-def _forget(request: HttpRequest, token: str) -> None:
-    request.session[SESSION_KEY] = [t for t in _session_tokens(request) if t != token]
+def status_url(upload: BundleUpload) -> str:
+    return reverse("admin:bundles_bundleupload_status", args=[upload.token])
 
 
 # --- The admin -----------------------------------------------------------------------------------
 
 @admin.register(BundleImport)
 class BundleImportAdmin(admin.ModelAdmin):
-    """Read-only record of imports, plus the import page (linked from the list's object tools)."""
+    """Read-only record of imports, plus the upload page (linked from the list's object tools)."""
 
     list_display = ["track", "suite_version", "digest_prefix", "imported_by", "created_at"]
     list_filter = ["track__benchmark"]
@@ -202,12 +190,7 @@ class BundleImportAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request: HttpRequest, obj: BundleImport | None = None) -> bool:
         return False
 
-    @staticmethod
-    def can_import(request: HttpRequest) -> bool:
-        """Importing registers tracks and sets: the add permission on imports, or a superuser."""
-        user = request.user
-        return bool(user.is_active and user.is_staff
-                    and (user.is_superuser or user.has_perm("bundles.add_bundleimport")))
+    can_import = staticmethod(can_import)
 
     def get_urls(self) -> list[URLPattern]:
         name = f"{self.opts.app_label}_{self.opts.model_name}_import"
@@ -215,14 +198,14 @@ class BundleImportAdmin(admin.ModelAdmin):
                 *super().get_urls()]
 
     def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
-        extra_context = {**(extra_context or {}), "can_import": self.can_import(request)}
+        extra_context = {**(extra_context or {}), "can_import": can_import(request)}
         return super().changelist_view(request, extra_context)
 
-    # -- the import page -------------------------------------------------------------------------
+    # -- the upload page -------------------------------------------------------------------------
     @method_decorator(csrf_exempt)
     def import_view(self, request: HttpRequest) -> HttpResponse:
         """Check permission, route the upload to disk, then hand over to the CSRF-protected view."""
-        if not self.can_import(request):
+        if not can_import(request):
             raise PermissionDenied
         request.upload_handlers = bundle_upload_handlers(request)
         return self._import_view(request)
@@ -231,82 +214,153 @@ class BundleImportAdmin(admin.ModelAdmin):
     def _import_view(self, request: HttpRequest) -> HttpResponse:
         if request.method != "POST":
             return self._render(request, upload_form=BundleUploadForm())
-        if "token" in request.POST:
-            return self._confirm(request)
         return self._upload(request)
 
     def _render(self, request: HttpRequest, status: int = 200, **context: Any) -> TemplateResponse:
+        recent = BundleUpload.objects.filter(uploaded_by=request.user)[:RECENT_UPLOADS]
         context = {
             **self.admin_site.each_context(request),
             "opts": self.opts,
             "title": "Import a benchmark bundle",
             "limit": _limit_text(),
             "changelist_url": reverse("admin:bundles_bundleimport_changelist", current_app=self.admin_site.name),
+            "recent_uploads": [(upload, status_url(upload)) for upload in recent],
             **context,
         }
         request.current_app = self.admin_site.name
         return TemplateResponse(request, "admin/bundles/import.html", context, status=status)
 
     def _upload(self, request: HttpRequest) -> HttpResponse:
+        data, files = request.POST, request.FILES  # parse the body now: the handlers set their flags while it is read
         if getattr(request, TOO_LARGE_FLAG, False):  # dropped while arriving: say why, not "required"
-            form = BundleUploadForm()
-            return self._render(request, upload_form=form,
+            return self._render(request, upload_form=BundleUploadForm(),
                                 upload_error=f"The bundle is larger than the limit of {_limit_text()}.")
-        form = BundleUploadForm(request.POST, request.FILES)
+        form = BundleUploadForm(data, files)
         if not form.is_valid():
             return self._render(request, upload_form=form)
-        upload: UploadedFile = form.cleaned_data["bundle"]
-        token, stored = store_upload(upload)
-        log: list[str] = []
+        received: UploadedFile = form.cleaned_data["bundle"]
+        digest = getattr(request, DIGESTS_ATTR, {}).get("bundle")
+        if digest is None:  # not through our handlers (cannot happen from this view): refuse rather than guess
+            return self._render(request, upload_form=BundleUploadForm(), status=400,
+                                upload_error="The upload could not be read; upload it again.")
+        sweep_uploads()
+        upload = BundleUpload(uploaded_by=request.user, name=(received.name or "")[:255], size=received.size or 0,
+                              sha256=digest)
+        store_archive(upload, received)
         try:
-            with opened_bundle(stored) as root:
-                report = Importer(root, log=log.append, imported_by=request.user.get_username()).run(dry_run=True)
-        except BundleInvalid as exc:
-            stored.unlink(missing_ok=True)
-            return self._refused(request, upload.name or "", exc.problems, log)
+            with transaction.atomic():
+                upload.save()
+                transaction.on_commit(lambda pk=upload.pk: send_check(pk))
         except BaseException:
-            stored.unlink(missing_ok=True)
+            upload.archive.storage.delete(upload.archive.name)
             raise
-        _remember(request, token)
-        return self._render(request, step="checked", bundle_name=upload.name, report=report,
-                            confirm_form=BundleConfirmForm(initial={"token": token}), log=log)
+        logger.info("bundle upload %s (%s, %d bytes) by %s stored; check queued on %s", upload.token, upload.name,
+                    upload.size, request.user.get_username(), bundle_queue())
+        return HttpResponseRedirect(status_url(upload), status=303)
 
-    def _refused(self, request: HttpRequest, bundle_name: str, problems: list[Problem],
-                 log: list[str]) -> TemplateResponse:
-        messages.error(request, f"The bundle was refused ({len(problems)} problem(s)); nothing was registered.")
-        return self._render(request, step="refused", bundle_name=bundle_name, problems=problems, log=log,
-                            upload_form=BundleUploadForm())
 
-    def _confirm(self, request: HttpRequest) -> HttpResponse:
-        form = BundleConfirmForm(request.POST)
-        token = form.cleaned_data["token"] if form.is_valid() else ""
-        stored = stored_upload(token) if token in _session_tokens(request) else None
-        if stored is None:
-            messages.error(request, "That upload is unknown or was already used: upload the bundle again.")
-            return self._render(request, upload_form=BundleUploadForm(), status=400)
-        # Claim the file by renaming it: a second click (or a second tab) finds nothing to import.
-        claimed = stored.with_suffix(".importing")
-        try:
-            os.replace(stored, claimed)
-        except FileNotFoundError:
-            messages.error(request, "That upload is already being imported.")
-            return self._render(request, upload_form=BundleUploadForm(), status=409)
-        _forget(request, token)
-        if request.POST.get("action") == "cancel":
-            claimed.unlink(missing_ok=True)
-            messages.info(request, "The upload was discarded; nothing was registered.")
-            return self._render(request, upload_form=BundleUploadForm())
-        log: list[str] = []
-        try:
-            with opened_bundle(claimed) as root:
-                report: ImportReport = Importer(root, log=log.append, retire_missing=False,
-                                                imported_by=request.user.get_username()).run(dry_run=False)
-        except BundleInvalid as exc:
-            return self._refused(request, "", exc.problems, log)
-        finally:
-            claimed.unlink(missing_ok=True)
-        slugs = [track.slug for track in report.tracks]
-        logger.info("bundle %s imported by %s: tracks %s", report.benchmark, request.user.get_username(), slugs)
-        messages.success(request, f"Benchmark {report.benchmark} imported: {len(slugs)} track(s) registered.")
-        return self._render(request, step="imported", report=report, log=log,
-                            track_links=[(slug, reverse("leaderboard", args=[slug])) for slug in slugs])
+@admin.register(BundleUpload)
+class BundleUploadAdmin(admin.ModelAdmin):
+    """Read-only list of uploads (each user sees their own; superusers all), and each upload's status page."""
+
+    list_display = ["upload_name", "state", "uploaded_by", "size_text", "created_at", "updated_at"]
+    list_display_links = None
+    list_filter = ["state"]
+    search_fields = ["name", "benchmark"]
+    readonly_fields = ["token", "name", "uploaded_by", "confirmed_by", "confirmed_at", "archive", "size", "sha256",
+                       "state", "benchmark", "tracks", "report", "log", "problems", "message", "started_at",
+                       "created_at", "updated_at"]
+
+    @admin.display(description="upload", ordering="name")
+    def upload_name(self, obj: BundleUpload) -> str:
+        return format_html('<a href="{}">{}</a>', status_url(obj), obj.name or obj.token)
+
+    @admin.display(description="size", ordering="size")
+    def size_text(self, obj: BundleUpload) -> str:
+        return filesizeformat(obj.size)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[BundleUpload]:
+        queryset = super().get_queryset(request).select_related("uploaded_by")
+        return queryset if request.user.is_superuser else queryset.filter(uploaded_by=request.user)
+
+    def has_view_permission(self, request: HttpRequest, obj: BundleUpload | None = None) -> bool:
+        return can_import(request) and (obj is None or self._owns(request, obj))
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # uploads come from the import page only
+
+    def has_change_permission(self, request: HttpRequest, obj: BundleUpload | None = None) -> bool:
+        return False  # states are the workers' and the status page's to change
+
+    def has_delete_permission(self, request: HttpRequest, obj: BundleUpload | None = None) -> bool:
+        return False
+
+    @staticmethod
+    def _owns(request: HttpRequest, upload: BundleUpload) -> bool:
+        return bool(request.user.is_superuser or upload.uploaded_by_id == request.user.pk)
+
+    def get_urls(self) -> list[URLPattern]:
+        name = f"{self.opts.app_label}_{self.opts.model_name}_status"
+        return [re_path(r"^(?P<token>[0-9a-f]{32})/$", self.admin_site.admin_view(self.status_view), name=name),
+                *super().get_urls()]
+
+    # -- the status page -------------------------------------------------------------------------
+    def status_view(self, request: HttpRequest, token: str) -> HttpResponse:
+        """An upload's state; POST ``action=confirm`` queues its import, ``action=discard`` drops it."""
+        if not can_import(request):
+            raise PermissionDenied
+        upload = BundleUpload.objects.filter(token=token).first() if TOKEN.fullmatch(token) else None
+        if upload is None or not self._owns(request, upload):
+            raise Http404("No such upload.")  # another user's upload looks exactly like none
+        if request.method == "POST":
+            return self._act(request, upload)
+        return self._render_status(request, upload)
+
+    def _act(self, request: HttpRequest, upload: BundleUpload) -> HttpResponse:
+        action = request.POST.get("action", "")
+        # One UPDATE decides, so a double click or a second tab confirms (and queues) once.
+        waiting = BundleUpload.objects.filter(pk=upload.pk, state=State.CHECKED, confirmed_at__isnull=True)
+        if action == "confirm":
+            with transaction.atomic():
+                done = waiting.update(confirmed_at=timezone.now(), confirmed_by=request.user, message="",
+                                      updated_at=timezone.now())
+                if done:
+                    transaction.on_commit(lambda: send_import(upload.pk))
+            if done:
+                logger.info("bundle upload %s confirmed by %s; import queued", upload.token,
+                            request.user.get_username())
+                return HttpResponseRedirect(status_url(upload), status=303)
+        elif action == "discard":
+            with transaction.atomic():
+                done = waiting.update(state=State.DISCARDED, updated_at=timezone.now(),
+                                      message="Discarded by staff; nothing was registered.")
+                if done:
+                    transaction.on_commit(lambda: discard_archive(upload.pk))
+            if done:
+                return HttpResponseRedirect(status_url(upload), status=303)
+        else:
+            return self._render_status(request, upload, status=400, error="Unknown action.")
+        upload.refresh_from_db()
+        return self._render_status(request, upload, status=409,
+                                   error=f"This upload cannot be {'imported' if action == 'confirm' else 'discarded'} "
+                                         f"now: it is {upload.get_state_display()}"
+                                         f"{' and already confirmed' if upload.confirmed_at else ''}.")
+
+    def _render_status(self, request: HttpRequest, upload: BundleUpload, status: int = 200,
+                       error: str = "") -> TemplateResponse:
+        if error:
+            messages.error(request, error)
+        track_links = [(slug, reverse("leaderboard", args=[slug])) for slug in upload.tracks]
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": f"Bundle upload {upload.name or upload.token}",
+            "upload": upload,
+            "queue": bundle_queue(),
+            "track_links": track_links if upload.state == State.IMPORTED else [],
+            "import_url": reverse("admin:bundles_bundleimport_import", current_app=self.admin_site.name),
+            "imports_url": reverse("admin:bundles_bundleimport_changelist", current_app=self.admin_site.name),
+            "changelist_url": reverse("admin:bundles_bundleupload_changelist", current_app=self.admin_site.name),
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, "admin/bundles/upload_status.html", context, status=status)

@@ -458,8 +458,9 @@ def test_nginx_body_limit_is_the_platforms(body_limit, bundle_limit):
     page = f"= {_bundle_import_url()}"
     assert [arg for arg, body in locations.items() if sizes(body)] == [page]
     assert sizes(locations[page]) == [bundle_limit] and bundle_limit > body_limit
-    # An upload, a dry run or an import inside the request: longer than the server-wide timeouts, and
-    # still proxied (a location without proxy_pass would serve files from disk).
+    # A bundle's upload and its copy into the media storage inside the request (the check and the import
+    # run on a worker): longer than the server-wide timeouts, and still proxied (a location without
+    # proxy_pass would serve files from disk).
     server = dict(_nginx_directives(re.sub(r"location\s+[^{]+\{[^}]*\}", "", re.sub(r"#[^\n]*", "", text))))
     own = dict(_nginx_directives(locations[page]))
     for timeout in ("proxy_read_timeout", "proxy_send_timeout", "client_body_timeout"):
