@@ -14,6 +14,8 @@ check refuses models whose outputs change between identical calls), so this chan
 Mixed precision changes the numbers a model computes, so it is off unless the track allows it
 (``JobSpec.allow_mixed_precision``), and then only on CUDA: attacks in reduced precision can
 understate robustness (gradients underflow), which is a track's decision to accept, not ours.
+TF32, which cuDNN uses for float32 convolutions by default on recent cards, is reduced precision too
+and follows the same rule (:func:`set_float32_precision`).
 """
 
 from __future__ import annotations
@@ -147,6 +149,21 @@ def choose_batch_size(model: nn.Module, input_spec: InputSpec, device: str | tor
 def use_mixed_precision(allowed: bool, device: str | torch.device) -> bool:
     """Autocast only where the track allows it and on CUDA (CPU autocast is slower and changes numbers)."""
     return bool(allowed) and torch.device(device).type == "cuda"
+
+
+def set_float32_precision(mixed: bool) -> None:
+    """Float32 convolutions and matrix products in full precision unless the track allows reduced precision.
+
+    On Ampere and later cards cuDNN computes float32 convolutions in TF32 (10 mantissa bits) by
+    default: about 1e-3 relative error, which moves a model's logits away from the CPU's, flips
+    borderline predictions and changes attacks' trajectories, as autocast would, but silently. A
+    track that allows mixed precision accepts that; every other one gets IEEE float32, as on the
+    CPU. Called in the model process before the model is loaded; harmless on a CPU-only build.
+    """
+    choice = "tf32" if mixed else "ieee"
+    torch.backends.cuda.matmul.fp32_precision = choice
+    torch.backends.cudnn.conv.fp32_precision = choice
+    torch.backends.cudnn.rnn.fp32_precision = choice
 
 
 def autocast_dtype() -> torch.dtype:

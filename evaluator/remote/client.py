@@ -381,6 +381,23 @@ class RemoteModel(nn.Module):
                 if k in ("free_bytes", "bytes_per_image", "fixed_bytes") and isinstance(v, int | float)}
         return {"batch_size": chosen, "requested": requested, "reason": reason, **kept}
 
+    def gpu_memory(self) -> dict[str, int]:
+        """The model process's peak GPU memory (``peak_allocated_bytes``, ``peak_reserved_bytes``); {} on the CPU.
+
+        For the provenance only: the numbers come from the process that runs the submission, so
+        they describe the run and decide nothing. Whatever is not a non-negative integer is dropped,
+        and a process that no longer answers gives {}: it is asked once the scores are computed,
+        which a missing provenance field must not undo.
+        """
+        try:
+            answer, _ = self._round_trip({"op": "memory"}, b"", 1, False, max_payload=0)
+        except EvaluationError:
+            return {}
+        if not answer.get("ok"):
+            return {}
+        return {key: value for key in ("peak_allocated_bytes", "peak_reserved_bytes")
+                if isinstance(value := answer.get(key), int) and not isinstance(value, bool) and value >= 0}
+
     def forward(self, x: Tensor) -> Tensor:
         if x.device.type != "cpu" or x.dtype != torch.float32:
             x = x.to(device="cpu", dtype=torch.float32)

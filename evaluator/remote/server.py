@@ -16,7 +16,8 @@ Requests (header ``op``):
   request's ``id`` for one later ``backward``;
 * ``backward``: the input gradient of a kept forward for a given output gradient;
 * ``vjp``: forward and backward in one request (when a kept graph was evicted);
-* ``plan``: the batch size that fits the device (:func:`evaluator.devices.choose_batch_size`).
+* ``plan``: the batch size that fits the device (:func:`evaluator.devices.choose_batch_size`);
+* ``memory``: the peak GPU memory this process has held (nothing on the CPU), for the provenance.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from typing import Any
 
 import torch
 
-from evaluator.devices import choose_batch_size, precision, resolve_device
+from evaluator.devices import choose_batch_size, precision, resolve_device, set_float32_precision
 from evaluator.errors import EvaluationError
 from evaluator.hardware import hardware_description
 from evaluator.models.contract import set_eval_mode
@@ -81,6 +82,7 @@ class ModelServer:
         torch.set_num_threads(max(1, int(header.get("threads") or torch.get_num_threads())))
         self.device = torch.device(resolve_device(str(header.get("device", "cpu"))))
         self.mixed = bool(header.get("mixed_precision")) and self.device.type == "cuda"
+        set_float32_precision(self.mixed)
         return {"ok": True, "device": str(self.device), "hardware": hardware_description(str(self.device))}, b""
 
     def op_load(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
@@ -158,6 +160,18 @@ class ModelServer:
         choice = choose_batch_size(self.model, spec, self.device, int(header["requested"]),
                                    backward=bool(header.get("backward")))
         return {"ok": True, "choice": choice.to_dict()}, b""
+
+    def op_memory(self, header: dict[str, Any], payload: bytearray) -> tuple[dict[str, Any], bytes]:
+        """The most GPU memory CUDA's allocator gave out (and reserved) in this process; nothing on the CPU.
+
+        Only this process can say: the allocator's counters are per process, and the scorer never
+        touches the GPU. The batch-size trial (``plan``) resets the counters, so the peak is the
+        largest after it, which is above the trial's own (the weights stay allocated throughout).
+        """
+        if self.device is None or self.device.type != "cuda":
+            return {"ok": True}, b""
+        return {"ok": True, "peak_allocated_bytes": int(torch.cuda.max_memory_allocated(self.device)),
+                "peak_reserved_bytes": int(torch.cuda.max_memory_reserved(self.device))}, b""
 
 
 def main() -> int:

@@ -137,6 +137,8 @@ def run_job(spec: JobSpec, progress: ProgressCallback = ignore_progress, host: H
             result = _score(spec, scoring, attacked_points, model, device, progress, provenance, order_rng, secret,
                             reading.result())
             provenance["spot_checks"] = {"calls": model.calls, "checked": model.spot_checks}
+            if hosted.device.startswith("cuda"):
+                provenance["gpu_memory"] = model.gpu_memory()
         elapsed = time.perf_counter() - started
         provenance.update(seconds=round(elapsed, 3),
                           images_per_second=round(provenance["images"] / elapsed, 1) if elapsed > 0 else None)
@@ -175,6 +177,7 @@ def _score(spec: JobSpec, scoring: TaskScoring, attacked_points: int | None, mod
     outputs_by_set: list[torch.Tensor] = []
     checks: dict[str, Any] = {}
     check_seconds = 0.0
+    sets_started = time.perf_counter()
     for index, (set_spec, data) in enumerate(zip(spec.evaluation_sets, datasets, strict=True), start=1):
         count = int(data.labels.shape[0])
         stage = f"evaluating {set_spec.name} ({set_spec.role})"
@@ -196,6 +199,8 @@ def _score(spec: JobSpec, scoring: TaskScoring, attacked_points: int | None, mod
         outputs_by_set.append(outputs)
     provenance["batch_checks"] = checks
     provenance["batch_check_seconds"] = round(check_seconds, 3)
+    # The sets' own time (their checks included): "images_per_second" divides by the whole job's, attacks too.
+    provenance["sets_seconds"] = round(time.perf_counter() - sets_started, 3)
     scores = scoring.score_sets(spec, datasets, outputs_by_set)
     result = JobResult(job_id=spec.job_id, ok=True, suite_version=spec.suite_version, seed=spec.seed,
                     metrics=scores.metrics, per_class=scores.per_class)
