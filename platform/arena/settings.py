@@ -301,6 +301,9 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_TRACK_STARTED = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_DEFAULT_QUEUE = os.environ.get("ARENA_EVAL_QUEUE", "evaluations")
+# The queue of the admin page's bundle checks and imports (bundles/dispatch.py): consumed by a worker that may
+# write ARENA_DATA_DIR and the media, which the evaluation workers of the shipped deployments may not.
+ARENA_BUNDLE_QUEUE = os.environ.get("ARENA_BUNDLE_QUEUE") or "bundles"
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

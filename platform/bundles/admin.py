@@ -6,9 +6,9 @@ Why the import page works the way it does:
 * **The web server only stores the zip.** It never sees ``ARENA_DATA_DIR`` in the shipped deployments
   (the hidden sets stay off the web tier), and a large bundle takes far longer to check and import than a
   request should last. So the upload goes into the media storage (``bundles/<token>.zip``, local or S3) as
-  a :class:`~bundles.models.BundleUpload`, and the evaluation workers check it and, once confirmed, import
-  it (:mod:`bundles.tasks`, sent by name by :mod:`bundles.dispatch`, so the web server never even imports the
-  importer). Nothing on these pages reads or writes ``ARENA_DATA_DIR``.
+  a :class:`~bundles.models.BundleUpload`, and a worker of the bundle queue (``ARENA_BUNDLE_QUEUE``) checks
+  it and, once confirmed, imports it (:mod:`bundles.tasks`, sent by name by :mod:`bundles.dispatch`, so the
+  web server never even imports the importer). Nothing on these pages reads or writes ``ARENA_DATA_DIR``.
 * **Two steps.** A worker first runs a dry run (every set written to staging and thrown away, nothing
   registered), so staff read exactly what would change before anything does; only an explicit "Confirm
   import" queues the real import. The upload's status page (``/admin/bundles/bundleupload/<token>/``)

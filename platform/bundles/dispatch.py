@@ -5,10 +5,14 @@ through the evaluation-set code: hundreds of MB in every gunicorn worker) nor an
 worker side. Celery's autodiscovery registers :mod:`bundles.tasks` in every worker, and the tests
 import it to run the tasks in place.
 
-Messages go to the evaluation workers' default queue (``CELERY_TASK_DEFAULT_QUEUE``, set by
-``ARENA_EVAL_QUEUE``): every shipped worker consumes it (``celery -A arena worker -Q evaluations``),
-and those are the machines that see ``ARENA_DATA_DIR``. Each is sent once its row change commits
-(the callers use ``transaction.on_commit``), so a worker never looks for a row it cannot see yet.
+Messages go to a queue of their own, ``ARENA_BUNDLE_QUEUE`` (``bundles``), not to the evaluation
+queue: the tasks write ``ARENA_DATA_DIR`` (staging, the sets) and the media (baselines, the zip's
+deletion), which the evaluation workers of the shipped Compose and Kubernetes deployments mount
+read-only so that no evaluation can alter hidden data. A worker of the bundle queue mounts both
+writable: Compose's ``bundle-worker``, Kubernetes' ``arena-worker-bundles``, systemd's
+``arena-worker@bundles``; ``scripts/demo``'s one worker consumes both queues. Each message is sent once
+its row change commits (the callers use ``transaction.on_commit``), so a worker never looks for a row
+it cannot see yet.
 """
 
 from __future__ import annotations
@@ -29,8 +33,8 @@ IMPORT_TASK = "bundles.import"
 
 
 def bundle_queue() -> str:
-    """The queue the tasks go to: the evaluation workers' default queue, which every shipped worker consumes."""
-    return settings.CELERY_TASK_DEFAULT_QUEUE
+    """The queue the tasks go to (``ARENA_BUNDLE_QUEUE``): the bundle worker's, which may write the data volume."""
+    return settings.ARENA_BUNDLE_QUEUE
 
 
 def publish(task: str, upload_id: int, queue: str) -> None:

@@ -137,9 +137,9 @@ def discard_archive(upload_id: int) -> None:
     """Delete a final upload's zip from the media storage and forget its name.
 
     Called by the workers once a step ends and by the web server (a discarded upload, the sweep of
-    :func:`bundles.admin.sweep_uploads`). Never raises: where this process may not delete the file (the
-    Compose and Kubernetes workers mount the media read-only), the name stays and the web server's next
-    sweep removes it.
+    :func:`bundles.admin.sweep_uploads`). Never raises: where this process may not delete the file (a worker
+    with the media read-only, as the evaluation workers of Compose and Kubernetes mount it, took the task),
+    the name stays and the web server's next sweep removes it.
     """
     upload = BundleUpload.objects.filter(pk=upload_id).first()
     if upload is None or not upload.archive.name:

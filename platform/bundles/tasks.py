@@ -4,9 +4,10 @@ Why on a worker and not in the web request: the web tier never sees ``ARENA_DATA
 ``InaccessiblePaths``, and the Compose and Kubernetes web containers do not mount the data volume),
 and a large bundle takes far longer to check and import than a request should last. The page stores
 the zip in the media storage (:class:`~bundles.models.BundleUpload`), and :mod:`bundles.dispatch`
-sends these tasks by name to the evaluation workers' queue (``CELERY_TASK_DEFAULT_QUEUE``, what
-``celery -A arena worker -Q evaluations`` consumes). The workers read the zip from the media storage
-and write ``ARENA_DATA_DIR``.
+sends these tasks by name to the bundle queue (``ARENA_BUNDLE_QUEUE``, what ``celery -A arena worker
+-Q bundles`` consumes), not to the evaluation workers, which the shipped deployments give read-only
+data and media. The bundle worker reads the zip from the media storage, writes ``ARENA_DATA_DIR`` and
+deletes the zip.
 
 * ``bundles.check`` runs the dry run (every check, every set written to staging and thrown away,
   nothing registered) and stores its report (state ``checked``) or every problem (``refused``).
@@ -149,8 +150,9 @@ def failure_sentence(exc: BaseException, step: str) -> str:
     """What the page says about an unexpected error: one sentence, the likely cause first where there is one."""
     if isinstance(exc, OSError) and exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         return (f"The {step} failed: this worker may not write {exc.filename or 'a file it needs'} ({exc.strerror}). "
-                "It needs ARENA_DATA_DIR writable; run the import where it is, with manage.py import_benchmark, "
-                "or on a worker that may write it. Nothing was registered.")
+                f"The bundle queue ({settings.ARENA_BUNDLE_QUEUE}) needs a worker with ARENA_DATA_DIR writable, "
+                "and the media: the shipped bundle worker mounts both read-write, an evaluation worker does not. "
+                "Or import with manage.py import_benchmark where the data is writable. Nothing was registered.")
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         return f"The {step} failed: no space left on the worker ({exc.filename or 'disk'}). Nothing was registered."
     tail = " Nothing was registered." if step == "check" else ""

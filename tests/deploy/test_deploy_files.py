@@ -62,6 +62,25 @@ def _task_queue() -> str:
     return app.conf.task_default_queue
 
 
+def _bundle_queue() -> str:
+    """The queue the platform sends the admin page's bundle checks and imports to."""
+    from bundles.dispatch import bundle_queue
+
+    return bundle_queue()
+
+
+def _queues(command: str | list[str]) -> list[str]:
+    """The queues a `celery worker` command line consumes (its -Q/--queues values, split at commas)."""
+    args = command.split() if isinstance(command, str) else list(command)
+    found = []
+    for i, arg in enumerate(args):
+        if arg in ("-Q", "--queues"):
+            found += args[i + 1].split(",")
+        elif arg.startswith("--queues="):
+            found += arg.partition("=")[2].split(",")
+    return found
+
+
 def _settings_default(name: str) -> int:
     """A setting's default, read from settings.py (the environment may override the live value)."""
     tree = ast.parse((ROOT / "platform" / "arena" / "settings.py").read_text())
@@ -180,6 +199,25 @@ def test_no_deployment_runs_beat_or_names_a_watchdog_queue():
     assert not (UNITS / "arena-beat.service").exists() and not (K8S / "beat.yaml").exists()
 
 
+@pytest.mark.parametrize("env, expected", [
+    ({}, "evaluations,bundles"),
+    ({"ARENA_EVAL_QUEUE": "cpu-jobs", "ARENA_BUNDLE_QUEUE": "imports"}, "cpu-jobs,imports"),
+    ({"ARENA_BUNDLE_QUEUE": "evaluations"}, "evaluations"),
+])
+def test_the_demo_worker_consumes_the_evaluation_and_the_bundle_queues(env, expected):
+    """scripts/demo's one local worker takes the admin page's bundle tasks too, on the queues the settings name."""
+    script = (ROOT / "scripts" / "demo").read_text()
+    [assignment] = re.findall(r"^QUEUES=.*$", script, re.M)
+    [worker] = [line for line in script.splitlines() if line.startswith("celery -A arena worker")]
+    assert '-Q "$QUEUES"' in worker and not _runs_beat(worker)
+    clean = {k: v for k, v in os.environ.items() if k not in {"ARENA_EVAL_QUEUE", "ARENA_BUNDLE_QUEUE"}}
+    run = subprocess.run(["bash", "-c", f'{assignment}\necho "$QUEUES"'], capture_output=True, text=True, cwd=ROOT,
+                         env={**clean, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+                              "PYTHONPATH": f"{ROOT / 'platform'}:{ROOT}", **env}, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == expected
+
+
 def test_workers_run_the_watchdog_and_the_platform_schedules_nothing():
     """What replaced beat: each worker process starts the watchdog's timer when it is ready."""
     from celery.signals import worker_ready
@@ -217,7 +255,7 @@ def test_compose_file_matches_the_compose_specification():
 def test_compose_services_fit_the_platform():
     compose = yaml.safe_load(COMPOSE.read_text())
     services = compose["services"]
-    assert {"postgres", "redis", "web", "worker-cpu", "worker-gpu", "manage"} <= set(services)
+    assert {"postgres", "redis", "web", "worker-cpu", "worker-gpu", "bundle-worker", "manage"} <= set(services)
     for name in ("postgres", "redis", "web"):
         assert services[name]["healthcheck"]["test"], name
 
@@ -233,6 +271,8 @@ def test_compose_services_fit_the_platform():
         assert "SYS_ADMIN" in worker["cap_add"]  # bubblewrap as root
         assert any(v.endswith(":/tmp/arena-sandbox-uids-0") for v in worker["volumes"])  # uid locks shared
         assert "media:/srv/arena/var/media:ro" in worker["volumes"]
+        assert "data:/srv/arena/var/data:ro" in worker["volumes"]  # no evaluation alters hidden data
+        assert "command" not in worker  # the image's: -Q "$ARENA_EVAL_QUEUE", the evaluation queue only
         assert not _watchdog_off(worker["environment"].get("ARENA_WATCHDOG_SECONDS"))  # workers run the watchdog
 
     web = services["web"]
@@ -257,6 +297,59 @@ def test_compose_services_fit_the_platform():
             assert source.startswith("/") or source in compose["volumes"], (name, volume)
         for env_file in service.get("env_file", []):
             assert (COMPOSE.parent / f"{env_file['path']}.example").is_file()
+
+
+def _compose_mounts(service: dict) -> dict[str, tuple[str, bool]]:
+    """A Compose service's volumes: target -> (source, read-only)."""
+    mounts = {}
+    for volume in service.get("volumes", []):
+        source, target, *mode = volume.split(":")
+        mounts[target] = (source, "ro" in (mode[0].split(",") if mode else []))
+    return mounts
+
+
+def test_compose_bundle_worker_alone_writes_the_data():
+    """The admin page's bundle tasks go to a worker of their own that may write the data and the media; the
+    evaluation workers keep both read-only."""
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    bundle = services["bundle-worker"]
+    assert bundle["build"]["dockerfile"] == "deploy/docker/Dockerfile.worker"
+    assert bundle["image"] == services["worker-cpu"]["image"]
+    command = bundle["command"]
+    assert command[:4] == ["celery", "-A", "arena", "worker"] and not _runs_beat(command)
+    assert _queues(command) == [_bundle_queue()] == ["bundles"]  # exactly the bundle queue
+    assert command[command.index("--concurrency") + 1] == "1"
+    # The web server (and everything else) sends the bundle tasks there; the baselines an import submits go
+    # to the evaluation queue.
+    for name in ("web", "bundle-worker", "worker-cpu"):
+        assert services[name]["environment"]["ARENA_BUNDLE_QUEUE"] == _bundle_queue(), name
+    assert bundle["environment"]["ARENA_EVAL_QUEUE"] == _task_queue() != _bundle_queue()
+    mounts = _compose_mounts(bundle)
+    assert mounts["/srv/arena/var/data"] == ("data", False)
+    assert mounts["/srv/arena/var/media"] == ("media", False)
+    # Writable scratch: /srv/arena/var itself is root's in the worker image.
+    assert bundle["environment"]["ARENA_SCRATCH_DIR"].startswith("/tmp/")
+    # No GPU, no sandbox, so no root and no privileges: the web image's uid, which owns both volumes.
+    assert "deploy" not in bundle and "profiles" not in bundle
+    assert bundle["environment"].get("ARENA_EVAL_DEVICE", "cpu") == "cpu"
+    assert bundle["user"] == "10001:10001"
+    assert "cap_add" not in bundle and bundle["cap_drop"] == ["ALL"]
+    assert "no-new-privileges:true" in bundle["security_opt"]
+    assert not any("unconfined" in opt for opt in bundle["security_opt"])
+    assert not _watchdog_off(bundle["environment"].get("ARENA_WATCHDOG_SECONDS"))
+
+    # Every other worker evaluates, with the data and the media read-only; only the bundle worker and the
+    # one-off manage service write the data volume.
+    for name, service in services.items():
+        mounts = _compose_mounts(service)
+        if service.get("build", {}).get("dockerfile") == "deploy/docker/Dockerfile.worker" and name != "bundle-worker":
+            assert mounts["/srv/arena/var/data"] == ("data", True), name
+            assert mounts["/srv/arena/var/media"] == ("media", True), name
+            assert service["environment"]["ARENA_EVAL_QUEUE"] == _task_queue(), name
+        if any(source == "data" and not read_only for source, read_only in mounts.values()):
+            assert name in {"bundle-worker", "manage"}, name
+        if name != "bundle-worker":
+            assert _bundle_queue() not in _queues(service.get("command", [])), name
 
 
 def test_compose_object_store_is_optional_private_and_ready_before_use():
@@ -354,6 +447,84 @@ def test_gpu_worker_scales_with_the_evaluation_queue():
         pod = _pod_spec(obj) or {}
         for c in pod.get("initContainers", []) + pod.get("containers", []):
             assert not _runs_beat(c.get("command", []) + c.get("args", [])), (kind, name)
+
+
+def _k8s_mounts(pod: dict, container: dict) -> dict[str, tuple[str, bool]]:
+    """A container's volume mounts: path -> (claim name or volume kind, read-only on the mount or its claim)."""
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    mounts = {}
+    for mount in container.get("volumeMounts", []):
+        volume = volumes[mount["name"]]
+        claim = volume.get("persistentVolumeClaim")
+        source = claim["claimName"] if claim else next(k for k in volume if k != "name")
+        mounts[mount["mountPath"]] = (source, bool(mount.get("readOnly")) or bool(claim and claim.get("readOnly")))
+    return mounts
+
+
+def test_kubernetes_bundle_worker_alone_writes_the_data():
+    """One CPU pod consumes the bundle queue with the data and the media writable, hardened as far as a pod
+    that runs no submitted code allows; the GPU workers keep both read-only."""
+    objects = _k8s_objects()
+    assert "worker-bundles.yaml" in objects[("Kustomization", "")]["resources"]
+    config = objects[("ConfigMap", "arena-config")]["data"]
+    assert config["ARENA_BUNDLE_QUEUE"] == _bundle_queue() != config["ARENA_EVAL_QUEUE"]
+
+    worker = objects[("Deployment", "arena-worker-bundles")]
+    assert worker["spec"]["replicas"] == 1
+    assert not [obj for (kind, _), obj in objects.items()
+                if kind == "ScaledObject" and obj["spec"]["scaleTargetRef"]["name"] == "arena-worker-bundles"]
+    pod = worker["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert container["image"] == "arena-worker"
+    command = container.get("command", []) + container.get("args", [])
+    assert command[:4] == ["celery", "-A", "arena", "worker"] and not _runs_beat(command)
+    assert _queues(command) == [config["ARENA_BUNDLE_QUEUE"]]  # exactly the bundle queue
+    assert "--concurrency=1" in command
+    assert {ref.get("configMapRef", ref.get("secretRef"))["name"] for ref in container["envFrom"]} == {
+        "arena-config", "arena-secrets"}
+    env = {e["name"]: e.get("value") for e in container.get("env", [])}
+    assert "ARENA_EVAL_QUEUE" not in env and "ARENA_BUNDLE_QUEUE" not in env  # the ConfigMap's
+    assert not _watchdog_off(env.get("ARENA_WATCHDOG_SECONDS"))
+    # CPU only.
+    assert env.get("ARENA_EVAL_DEVICE", "cpu") == "cpu"
+    resources = container["resources"]
+    assert not [k for part in resources.values() for k in part if "gpu" in k]
+    assert not [t for t in pod.get("tolerations", []) if "gpu" in t.get("key", "")]
+    # The data and the media writable.
+    mounts = _k8s_mounts(pod, container)
+    assert mounts["/srv/arena/var/data"] == ("arena-data", False)
+    assert mounts["/srv/arena/var/media"] == ("arena-media", False)
+    # Hardened: unprivileged, no capabilities, read-only root, with a writable /tmp for the scratch copy.
+    assert pod["automountServiceAccountToken"] is False and pod["enableServiceLinks"] is False
+    security = pod["securityContext"]
+    assert security["runAsNonRoot"] is True and security["runAsUser"] == 10001
+    assert security["fsGroup"] == 10001 and security["seccompProfile"]["type"] == "RuntimeDefault"
+    context = container["securityContext"]
+    assert not context.get("privileged") and context["allowPrivilegeEscalation"] is False
+    assert context["readOnlyRootFilesystem"] is True and context["capabilities"]["drop"] == ["ALL"]
+    assert "add" not in context["capabilities"]
+    assert mounts["/tmp"] == ("emptyDir", False) and env["ARENA_SCRATCH_DIR"].startswith("/tmp/")
+    assert not any(v.get("hostPath") for v in pod.get("volumes", []))
+
+    # The GPU workers evaluate with both read-only (mount and claim), and consume the evaluation queue.
+    gpu_pod = objects[("Deployment", "arena-worker-gpu")]["spec"]["template"]["spec"]
+    [gpu] = gpu_pod["containers"]
+    gpu_mounts = _k8s_mounts(gpu_pod, gpu)
+    assert gpu_mounts["/srv/arena/var/data"] == ("arena-data", True)
+    assert gpu_mounts["/srv/arena/var/media"] == ("arena-media", True)
+    assert "command" not in gpu and "args" not in gpu  # the image's: -Q "$ARENA_EVAL_QUEUE"
+    for volume in gpu_pod["volumes"]:
+        if "persistentVolumeClaim" in volume:
+            assert volume["persistentVolumeClaim"]["readOnly"] is True, volume["name"]
+    # No other long-running pod writes the data volume.
+    for (kind, name), obj in objects.items():
+        pod = _pod_spec(obj) if kind == "Deployment" else None
+        for c in (pod or {}).get("containers", []):
+            writable = [path for path, (source, read_only) in _k8s_mounts(pod, c).items()
+                        if source == "arena-data" and not read_only]
+            assert not writable or name == "arena-worker-bundles", name
+            if name != "arena-worker-bundles":
+                assert config["ARENA_BUNDLE_QUEUE"] not in _queues(c.get("command", []) + c.get("args", [])), name
 
 
 def test_kubernetes_manifests_hang_together(body_limit, bundle_limit):
@@ -563,6 +734,26 @@ def test_systemd_units_run_the_right_programs():
         assert name != "ARENA_WATCHDOG_SECONDS" or not _watchdog_off(value), assignment
 
 
+def test_systemd_bundle_instance_consumes_the_bundle_queue_and_may_write_the_data():
+    """The worker template, instantiated on the bundle queue (`arena-worker@bundles`), consumes exactly that
+    queue, and nothing in it makes ARENA_DATA_DIR or MEDIA_ROOT read-only: no drop-in is needed."""
+    worker = _unit("arena-worker@.service")["Service"]
+    queue = _bundle_queue()
+    args = worker["ExecStart"].replace("%i", queue).split()
+    assert _queues(args) == [queue]
+    assert "/etc/arena/worker-%i.env" in [v.lstrip("-") for v in _unit_values("arena-worker@.service",
+                                                                             "EnvironmentFile")]
+    assert worker["User"] == "root"  # the owner of /srv/arena/var/data (docs/operations.md, First deploy)
+    # ProtectSystem=full (or less) leaves /srv writable; strict would need ReadWritePaths.
+    assert worker.get("ProtectSystem", "no") in {"no", "false", "yes", "true", "full"}
+    for key in ("ReadOnlyPaths", "InaccessiblePaths", "TemporaryFileSystem", "BindReadOnlyPaths"):
+        for value in _unit_values("arena-worker@.service", key):
+            assert "/srv" not in value, (key, value)
+    assert "DynamicUser" not in worker and "PrivateUsers" not in worker
+    assert "arena-worker@bundles" in DOCS.read_text()
+    assert "arena-worker@bundles" in (UNITS / "arena-worker@.service").read_text()
+
+
 def test_systemd_analyze_verify_finds_nothing(tmp_path):
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
@@ -572,11 +763,13 @@ def test_systemd_analyze_verify_finds_nothing(tmp_path):
     for program in ("gunicorn", "celery"):
         (bin_dir / program).write_text("#!/bin/sh\n")
         (bin_dir / program).chmod(0o755)
-    names = {"arena-web.service": "arena-web.service", "arena-worker@.service": "arena-worker@evaluations.service"}
-    for source, target in names.items():
+    names = [("arena-web.service", "arena-web.service"),
+             ("arena-worker@.service", "arena-worker@evaluations.service"),
+             ("arena-worker@.service", f"arena-worker@{_bundle_queue()}.service")]
+    for source, target in names:
         text = (UNITS / source).read_text().replace("/srv/arena/app/.venv/bin/", f"{bin_dir}/")
         (tmp_path / target).write_text(text)
-    run = subprocess.run([analyze, "verify", "--man=no", *(str(tmp_path / t) for t in names.values())],
+    run = subprocess.run([analyze, "verify", "--man=no", *(str(tmp_path / t) for _, t in names)],
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 0 and run.stdout + run.stderr == "", run.stdout + run.stderr
 

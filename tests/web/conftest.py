@@ -104,18 +104,21 @@ def bad_models(tmp_path) -> dict[str, Path]:
 def celery_worker(arena_dirs, settings, tmp_path) -> Iterator[CeleryWorkers]:
     """Start real `celery -A arena worker` processes on a queue of this test's own (``celery_worker.queue``, also
     the test process's default queue): ``celery_worker(name, **options)`` returns one started and ready (see
-    :class:`tests.web.celery_workers.CeleryWorkers`). All are stopped, and their logs shown, afterwards."""
+    :class:`tests.web.celery_workers.CeleryWorkers`). All are stopped, and their logs shown, afterwards.
+    The bundle tasks get a queue of the test's own too, ``<queue>-bundles`` (``ARENA_BUNDLE_QUEUE``)."""
     queue = f"test-{uuid.uuid4().hex[:8]}"
     settings.CELERY_TASK_DEFAULT_QUEUE = queue
+    settings.ARENA_BUNDLE_QUEUE = f"{queue}-bundles"
     workers = CeleryWorkers(tmp_path, settings, queue)
     yield workers
     workers.close()
 
 
 @pytest.fixture
-def live_worker(celery_worker) -> str:
-    """One worker (solo pool, stopped gracefully) on a queue of its own, pointed at the test database: its queue."""
-    celery_worker("worker")
+def live_worker(celery_worker, settings) -> str:
+    """One worker (solo pool, stopped gracefully) on a queue of its own, pointed at the test database: its queue.
+    Like scripts/demo's, it also consumes the bundle queue (``settings.ARENA_BUNDLE_QUEUE``)."""
+    celery_worker("worker", [celery_worker.queue, settings.ARENA_BUNDLE_QUEUE])
     return celery_worker.queue
 
 

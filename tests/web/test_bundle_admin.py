@@ -219,13 +219,14 @@ def test_the_web_request_never_touches_the_data_dir(staff_client, good_zip, aren
     assert not data.exists()
     with django_capture_on_commit_callbacks(execute=True):
         upload = _uploaded(_upload(staff_client, good_zip))
-    # Sent once committed, on the queue the evaluation workers consume; nothing ran.
-    assert sent == [("bundles.check", (upload.pk,), settings.CELERY_TASK_DEFAULT_QUEUE)]
+    # Sent once committed, on the bundle queue (not the evaluation workers'); nothing ran.
+    assert settings.ARENA_BUNDLE_QUEUE == "bundles" != settings.CELERY_TASK_DEFAULT_QUEUE
+    assert sent == [("bundles.check", (upload.pk,), settings.ARENA_BUNDLE_QUEUE)]
     assert upload.state == "checking" and _stored(upload).exists()
     assert not data.exists(), _files_under(data)
     html = staff_client.get(f"/admin/bundles/bundleupload/{upload.token}/").content.decode()
     assert "Checking…" in html and REFRESH in html
-    assert f"Waiting for a worker of the queue <code>{settings.CELERY_TASK_DEFAULT_QUEUE}</code>" in html
+    assert f"Waiting for a worker of the queue <code>{settings.ARENA_BUNDLE_QUEUE}</code>" in html
 
     # A worker checked it (stood in for here): the confirmation, too, only sends a task.
     BundleUpload.objects.filter(pk=upload.pk).update(state="checked", started_at=timezone.now(),
@@ -236,7 +237,7 @@ def test_the_web_request_never_touches_the_data_dir(staff_client, good_zip, aren
     # A double click: confirmed (and sent) once.
     with django_capture_on_commit_callbacks(execute=True):
         assert _confirm(staff_client, upload).status_code == 409
-    assert sent[1:] == [("bundles.import", (upload.pk,), settings.CELERY_TASK_DEFAULT_QUEUE)]
+    assert sent[1:] == [("bundles.import", (upload.pk,), settings.ARENA_BUNDLE_QUEUE)]
     upload.refresh_from_db()
     assert upload.state == "checked" and upload.confirmed_at is not None and not data.exists()
     html = staff_client.get(f"/admin/bundles/bundleupload/{upload.token}/").content.decode()
@@ -487,7 +488,7 @@ def test_the_heartbeat_stamps_the_row_and_shows_the_latest_lines(staff, monkeypa
 
 
 @pytest.mark.django_db
-def test_failures_are_sentences_not_tracebacks(stored_upload, staff_client, monkeypatch, good_zip):
+def test_failures_are_sentences_not_tracebacks(stored_upload, staff_client, monkeypatch, good_zip, settings):
     upload = stored_upload
 
     def broken(self, dry_run=False):
@@ -511,6 +512,7 @@ def test_failures_are_sentences_not_tracebacks(stored_upload, staff_client, monk
     message = BundleUpload.objects.get(pk=again.pk).message
     assert "may not write /srv/arena/var/data/.staging (Read-only file system)" in message
     assert "ARENA_DATA_DIR writable" in message and "import_benchmark" in message
+    assert f"bundle queue ({settings.ARENA_BUNDLE_QUEUE})" in message
 
 
 @pytest.mark.django_db
