@@ -28,7 +28,6 @@ registered only once its file is complete, so an evaluation that starts before t
 from __future__ import annotations
 
 import copy
-import hashlib
 import io
 import os
 import shutil
@@ -45,7 +44,7 @@ from django.core.management import call_command
 
 from benchmarks.hidden_seeds import HiddenSeeds, load_or_create
 from benchmarks.models import Benchmark, EvaluationSet, Track
-from bundles.importer import complete_deferred, split_seed_name
+from bundles.importer import complete_deferred, data_files, files_digest, split_seed_name
 from evaluator.data.evalsets import split_indices
 from evaluator.data.fetch import MIRROR_ENV, fetch_dataset, load_dataset, verify_dataset
 from evaluator.data.framing import usps_to_mnist_framing
@@ -110,7 +109,7 @@ def mnist_split_seed(seeds: HiddenSeeds) -> int:
     bundles hold MNIST's test files as published, so their hashes are the data registry's.
     """
     files = {remote.name: remote.sha256 for remote in get_dataset("mnist-test").files}
-    digest = hashlib.sha256(f"{files['images']}|{files['labels']}".encode()).hexdigest()
+    digest = files_digest([files["images"], files["labels"]])
     return seeds.seed(f"bundle|{BENCHMARK_SLUG}|{split_seed_name(MNIST_SPLIT_SECRET, 0.5, digest)}")
 
 
@@ -129,10 +128,7 @@ def _data_paths(value: Any) -> Iterable[str]:
     """Every file a manifest's ``data`` specs name (``path``, or ``images``/``labels`` of a pair)."""
     if isinstance(value, dict):
         if "layout" in value:
-            if value["layout"] in ("npy", "idx"):
-                yield from (value["images"], value["labels"])
-            else:
-                yield value["path"]
+            yield from data_files(value)
             return
         for item in value.values():
             yield from _data_paths(item)

@@ -775,8 +775,13 @@ def data_files(data: dict[str, Any]) -> list[str]:
 
 def data_digest(root: Path, data: dict[str, Any]) -> str:
     """sha256 over the bytes of the files a ``data`` spec names (a folder by its tree hash)."""
-    parts = [tree_sha256(root / f) if (root / f).is_dir() else sha256_file(root / f) for f in data_files(data)]
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()
+    return files_digest([tree_sha256(root / f) if (root / f).is_dir() else sha256_file(root / f)
+                         for f in data_files(data)])
+
+
+def files_digest(file_sha256s: list[str]) -> str:
+    """One sha256 over the files' own sha256s, in the order ``data_files`` names them."""
+    return hashlib.sha256("|".join(file_sha256s).encode()).hexdigest()
 
 
 def split_seed_name(secret: str, hidden_fraction: float, digest: str) -> str:
