@@ -14,8 +14,10 @@ from pathlib import Path
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    """The scorer: runs ``{"spec": ..., "host": ...}`` (or a bare JobSpec), the model in a process of its own."""
+    """The scorer: runs ``{"spec": ..., "host": ..., "resume": ...}`` (or a bare JobSpec), the model in a process of
+    its own; prints every finished stage as a ``checkpoint`` line before the ``result`` line."""
     # Per command: each loads only what it uses (torch alone takes about a second).
+    from evaluator.checkpoints import Checkpoint
     from evaluator.progress import JsonLineProgress
     from evaluator.remote.client import HostOptions
     from evaluator.sandbox import SandboxLimits
@@ -25,7 +27,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     text = sys.stdin.read() if args.spec == "-" else Path(args.spec).read_text()
     payload = json.loads(text)
     host = HostOptions.default()
+    resume = None
     if isinstance(payload, dict) and "spec" in payload:
+        resume = payload.get("resume")
         raw_host = payload.get("host") or {}
         limits = SandboxLimits(**raw_host["limits"]) if raw_host.get("limits") else None
         host = HostOptions(sandbox=raw_host.get("sandbox", host.sandbox), limits=limits, uid=raw_host.get("uid"))
@@ -35,7 +39,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     # stderr, so no stray print can be mistaken for a progress or result line.
     protocol = open(sys.stdout.fileno(), "w", buffering=1, closefd=False)  # noqa: SIM115
     sys.stdout = sys.stderr
-    result = run_job(spec, JsonLineProgress(protocol), host=host)
+
+    def checkpoint(done: Checkpoint) -> None:
+        protocol.write(json.dumps({"event": "checkpoint", "checkpoint": done.to_dict()}) + "\n")
+        protocol.flush()
+
+    result = run_job(spec, JsonLineProgress(protocol), host=host, resume=resume, on_checkpoint=checkpoint)
     protocol.write(json.dumps({"event": "result", "result": json.loads(result.to_json())}) + "\n")
     protocol.flush()
     return 0 if result.ok else 3

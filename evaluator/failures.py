@@ -65,6 +65,10 @@ FAILURES: Mapping[str, Failure] = failure_table(
     Failure("too_slow", "The model is slower than the track's time budget."),
     # Limits the sandbox enforces.
     Failure("timeout", "The evaluation ran past its time limit."),
+    # The budget is the platform's estimate of its own work (evaluator.scoring.budget): running out of it is
+    # not the model's fault. The finished stages are kept and a re-run resumes after them.
+    Failure("out_of_time", f"The evaluation ran out of its time budget before every stage finished {_PLATFORM_FAULT}.",
+            True),
     Failure("out_of_memory", "The model ran out of memory."),
     Failure("cpu_time_exceeded", "The evaluation used more CPU time than the sandbox allows."),
     Failure("file_size_exceeded", "The model tried to write a file larger than the sandbox allows."),

@@ -33,6 +33,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from evaluator.deadline import JobDeadline, OutOfTime
 from evaluator.errors import EvaluationError
 from evaluator.remote.wire import Deadline, DeadlineChannel, PeerGone, WireError, tensor_bytes, tensor_from
 from evaluator.sandbox.availability import bubblewrap_path
@@ -242,6 +243,10 @@ class RemoteModel(nn.Module):
         self._random = random.SystemRandom()
         self.calls = 0
         self.spot_checks = 0
+        #: The job's own deadline (set once the budget is known): checked before every call.
+        self.deadline: JobDeadline | None = None
+        #: Seconds spent waiting for the model's answers (round trips included): what its own speed cost.
+        self.model_seconds = 0.0
 
     # ------------------------------------------------------------------ policy
 
@@ -296,10 +301,23 @@ class RemoteModel(nn.Module):
     def _round_trip(self, header: dict[str, Any], payload: memoryview | bytes, images: int, backward: bool,
                     max_payload: int) -> tuple[dict[str, Any], bytearray]:
         seconds = self.seconds_for(images, backward)
+        allowed = seconds
+        if self.deadline is not None:
+            # A call may not outlast the job's own deadline: running into it is the job running out of time,
+            # not the model being slow (its own per-batch deadline is the longer one then).
+            self.deadline.check()
+            allowed = min(seconds, max(self.deadline.remaining(), 0.5))
+        started = time.perf_counter()
         try:
-            return self.process.request(header, payload, max_payload=max_payload, seconds=seconds)
-        except (Deadline, PeerGone, WireError) as exc:
+            return self.process.request(header, payload, max_payload=max_payload, seconds=allowed)
+        except Deadline as exc:
+            if allowed < seconds:
+                raise OutOfTime(f"the job's time budget of {self.deadline.seconds:.0f} s ran out") from None
             raise self._lost(exc, images, seconds) from None
+        except (PeerGone, WireError) as exc:
+            raise self._lost(exc, images, seconds) from None
+        finally:
+            self.model_seconds += time.perf_counter() - started
 
     def _tensor(self, header: dict[str, Any], payload: bytearray, images: int) -> Tensor:
         shape = header.get("shape")

@@ -30,6 +30,13 @@ from contextlib import ExitStack
 from dataclasses import asdict
 from typing import Any
 
+from evaluator.checkpoints import (
+    Checkpoint,
+    CheckpointCallback,
+    ignore_checkpoint,
+    incomplete_result,
+    resumed_stages,
+)
 from evaluator.progress import ProgressCallback, ignore_progress
 from evaluator.sandbox import availability
 from evaluator.sandbox.availability import SandboxUnavailable, bubblewrap_path, check_sandbox_available
@@ -41,8 +48,9 @@ from evaluator.sandbox.supervision import supervise
 from evaluator.spec import JobResult, JobSpec
 
 
-def _parse_result(line: str, progress: ProgressCallback) -> JobResult | None:
-    """One JSON line from the child: reports progress, returns the JobResult if it is one."""
+def _parse_result(line: str, progress: ProgressCallback,
+                  on_checkpoint: CheckpointCallback = ignore_checkpoint) -> JobResult | None:
+    """One JSON line from the child: reports progress, hands on a finished stage, returns the JobResult if it is one."""
     try:
         event = json.loads(line)
     except json.JSONDecodeError:
@@ -55,6 +63,13 @@ def _parse_result(line: str, progress: ProgressCallback) -> JobResult | None:
         except (TypeError, ValueError):  # a malformed event is ignored; the callback's own errors are not
             return None
         progress(fraction, str(event.get("stage", "")))
+        return None
+    if event.get("event") == "checkpoint" and isinstance(event.get("checkpoint"), dict):
+        try:
+            checkpoint = Checkpoint.from_dict(event["checkpoint"])
+        except (KeyError, TypeError, ValueError):  # a malformed checkpoint is none
+            return None
+        on_checkpoint(checkpoint)
         return None
     if event.get("event") == "result" and isinstance(event.get("result"), dict):
         try:
@@ -79,10 +94,16 @@ def run_sandboxed(
     limits: SandboxLimits | None = None,
     allow_unsandboxed: bool = False,
     should_cancel: Callable[[], bool] | None = None,
+    resume: dict[str, Any] | None = None,
+    on_checkpoint: CheckpointCallback = ignore_checkpoint,
 ) -> JobResult:
     """Evaluate ``spec`` in the scorer process (the model in its sandbox) and return its JobResult.
 
-    Never raises for model faults. ``should_cancel`` is polled about once a second; when it
+    Never raises for model faults. Every stage the scorer finishes goes to ``on_checkpoint`` as it
+    finishes; ``resume`` (stages an earlier run of the same job finished) is passed to the scorer,
+    which skips them. A scorer stopped at the wall-clock limit (which its own budget, capped below
+    that limit, should have prevented) still keeps the stages it reported: the result is an
+    ``out_of_time`` one with their metrics. ``should_cancel`` is polled about once a second; when it
     returns True the job's processes are killed and a ``cancelled`` JobResult comes back. Raises
     :class:`SandboxUnavailable` when no sandbox can be set up and the unsandboxed mode is not
     allowed.
@@ -97,9 +118,14 @@ def run_sandboxed(
         )
     mode = "bubblewrap" if use_bwrap else "unsandboxed"
     found: list[JobResult] = []
+    finished: dict[str, Checkpoint] = {}
+
+    def keep(checkpoint: Checkpoint) -> None:
+        finished[checkpoint.stage] = checkpoint
+        on_checkpoint(checkpoint)
 
     def on_line(line: str) -> None:
-        result = _parse_result(line, progress)
+        result = _parse_result(line, progress, keep)
         if result is not None and not found:
             found.append(result)
 
@@ -118,14 +144,18 @@ def run_sandboxed(
                 raise SandboxUnavailable(str(exc)) from None
             stack.callback(wait_until_gone, identity.uid)
             host["uid"] = identity.uid
-        job = json.dumps({"spec": json.loads(spec.to_json()), "host": host})
+        job = json.dumps({"spec": json.loads(spec.to_json()), "host": host, "resume": resume})
         outcome = supervise(
             scorer_command(), stdin_text=job, limits=limits, on_stdout_line=on_line, env=env, cwd=cwd,
             should_cancel=should_cancel,
         )
 
     result = found[0] if found else None
-    if outcome.stopped:
+    if outcome.stopped == "timeout":
+        kept = [*resumed_stages(spec, resume).values(), *finished.values()]
+        result = incomplete_result(spec, list({c.stage: c for c in kept}.values()), "",
+                                   describe_stop("timeout", limits)[1], {})
+    elif outcome.stopped:
         result = JobResult.failure(spec, *describe_stop(outcome.stopped, limits))
     elif result is None:
         result = JobResult.failure(spec, *describe_exit(outcome.returncode, limits, outcome.stderr_tail, False))

@@ -13,8 +13,9 @@ from typing import Any
 
 import torch
 
-from evaluator.attacks.cascade import ThreatModelReport, run_cascade
+from evaluator.attacks.cascade import CascadeReport, ThreatModelReport, run_cascade
 from evaluator.attacks.reliability import run_reliability_checks
+from evaluator.checkpoints import Checkpoint, CheckpointCallback, attack_stage, ignore_checkpoint
 from evaluator.data.evalsets import EvaluationSetData
 from evaluator.metrics.classification import accuracy_with_interval, per_class_accuracy
 from evaluator.models.contract import pixels_to_unit
@@ -24,6 +25,10 @@ from evaluator.scoring.task import SetScores, clean_set_index
 from evaluator.spec import JobSpec, MetricValue, ThreatModel
 
 __all__ = ["ClassifierScoring", "attack_subset", "run_attacks", "score_classifier"]
+
+
+#: The clean accuracy of the attacked subset, reported beside the robust accuracies.
+ATTACKED_CLEAN = "attacked_clean_accuracy"
 
 
 def score_classifier(
@@ -62,59 +67,94 @@ def attack_subset(num_examples: int, points: int, seed: int) -> torch.Tensor:
 
 def run_attacks(
     model: torch.nn.Module, spec: JobSpec, set_name: str, images_uint8: torch.Tensor, labels: torch.Tensor,
-    device: torch.device, progress: ProgressCallback,
+    device: torch.device, progress: ProgressCallback, *, done: dict[str, Checkpoint] | None = None,
+    on_done: CheckpointCallback = ignore_checkpoint,
 ) -> tuple[list[MetricValue], dict[str, Any]]:
     """The attack cascade on a seeded subset of the clean set, plus the reliability checks.
 
     Returns ``robust_accuracy@<threat>`` (final, with its interval) and
     ``robust_accuracy@<threat>><stage>`` (after each stage) metrics, and per threat model the
     passes spent, seconds and reliability flags for the provenance.
+
+    Each threat model is a stage of its own (:func:`evaluator.checkpoints.attack_stage`): its
+    cascade draws from streams seeded by the threat model, so it gives the same numbers alone as
+    beside the others. A threat model in ``done`` (a resumed job) is not attacked again; each one
+    attacked here is handed to ``on_done`` as soon as it finishes.
     """
+    done = done or {}
     subset = attack_subset(int(labels.shape[0]), spec.attack_points, spec.seed)
     model = in_pixel_space(model, spec.input)
     x = pixels_to_unit(images_uint8[subset], device)
     y = labels[subset].to(device)
     threats = spec.threat_models
-    with_checks = spec.reliability_points > 0
-    last = [0.0]
+    finished: dict[str, Checkpoint] = {}
+    for index, threat in enumerate(threats):
+        key = attack_stage(threat)
+        if key in done:
+            finished[key] = done[key]
+            continue
+        finished[key] = _attack_threat(model, spec, set_name, x, y, threat, device, progress,
+                                       (index / len(threats), 1 / len(threats)))
+        on_done(finished[key])
+    metrics: list[MetricValue] = []
+    details: dict[str, Any] = {}
+    for threat in threats:
+        checkpoint = finished[attack_stage(threat)]
+        metrics.extend(m for m in checkpoint.metrics if m.metric != ATTACKED_CLEAN)
+        details.update(checkpoint.provenance["attacks"])
+    # Every threat model's stage carries the attacked points' clean accuracy (the same number): kept once.
+    metrics += [m for m in finished[attack_stage(threats[0])].metrics if m.metric == ATTACKED_CLEAN]
+    return metrics, details
+
+
+def _attack_threat(model: torch.nn.Module, spec: JobSpec, set_name: str, x: torch.Tensor, y: torch.Tensor,
+                   threat: ThreatModel, device: torch.device, progress: ProgressCallback,
+                   share: tuple[float, float]) -> Checkpoint:
+    """One threat model's cascade and reliability checks, as a finished stage; ``share`` is its part of the bar."""
+    low, width = share
+    last = [low]
 
     def on_cascade(fraction: float, stage: str) -> None:
-        last[0] = fraction
-        progress(fraction, f"attacks: {stage}")
+        last[0] = low + width * fraction
+        progress(last[0], f"attacks: {stage}")
 
-    flags: dict[str, list[dict[str, Any]]] = {}
+    flags: list[dict[str, Any]] = []
 
     def checks(threat: ThreatModel, outcome: ThreatModelReport) -> list[str]:
         """The reliability checks of this threat model; the names that fired make the suite escalate."""
-        if not with_checks:
+        if spec.reliability_points <= 0:
             return []
         progress(last[0], f"reliability checks: {threat.label}")
         result = run_reliability_checks(model, x, y, threat, subset=spec.reliability_points, seed=spec.seed,
                                         cascade_report=outcome, batch_size=spec.batch_size, device=device)
-        flags[threat.label] = [asdict(flag) for flag in result.flags]
+        flags.extend(asdict(flag) for flag in result.flags)
         return [flag.check for flag in result.flags if flag.flagged]
 
-    report = run_cascade(model, x, y, threats, suite=spec.attack_suite, seed=spec.seed,
+    report = run_cascade(model, x, y, (threat,), suite=spec.attack_suite, seed=spec.seed,
                          batch_size=spec.batch_size, device=device, progress=on_cascade, checks=checks)
-    metrics: list[MetricValue] = []
-    details: dict[str, Any] = {}
-    for threat, outcome in zip(threats, report.threat_models, strict=True):
-        label = threat.label
-        metrics.append(MetricValue(set_name, f"robust_accuracy@{label}", outcome.robust_accuracy, outcome.num_examples,
-                                   outcome.ci_low, outcome.ci_high, outcome.ci_method))
-        for stage in outcome.stages:
-            metrics.append(MetricValue(set_name, f"robust_accuracy@{label}>{stage.attack}", stage.robust_accuracy,
-                                       outcome.num_examples))
-        details[label] = {
-            "norm": threat.norm, "eps": threat.eps, "suite": report.suite_version, "points": outcome.num_examples,
-            "clean_accuracy": outcome.clean_accuracy, "forward_passes": outcome.forward_passes,
-            "backward_passes": outcome.backward_passes, "seconds": outcome.seconds, "flags": flags.get(label, []),
-            "escalated_for": outcome.escalated_for,
-            "stages": [asdict(stage) for stage in outcome.stages],
-        }
-    metrics.append(MetricValue(set_name, "attacked_clean_accuracy", report.clean_accuracy, report.num_examples,
+    return _threat_checkpoint(attack_stage(threat), set_name, threat, report, flags)
+
+
+def _threat_checkpoint(key: str, set_name: str, threat: ThreatModel, report: CascadeReport,
+                       flags: list[dict[str, Any]]) -> Checkpoint:
+    """One threat model's cascade as a finished stage: its metrics, and its provenance under its label."""
+    outcome = report.threat_models[0]
+    label = threat.label
+    metrics = [MetricValue(set_name, f"robust_accuracy@{label}", outcome.robust_accuracy, outcome.num_examples,
+                           outcome.ci_low, outcome.ci_high, outcome.ci_method)]
+    for stage in outcome.stages:
+        metrics.append(MetricValue(set_name, f"robust_accuracy@{label}>{stage.attack}", stage.robust_accuracy,
+                                   outcome.num_examples))
+    details = {
+        "norm": threat.norm, "eps": threat.eps, "suite": report.suite_version, "points": outcome.num_examples,
+        "clean_accuracy": outcome.clean_accuracy, "forward_passes": outcome.forward_passes,
+        "backward_passes": outcome.backward_passes, "seconds": outcome.seconds, "flags": flags,
+        "escalated_for": outcome.escalated_for,
+        "stages": [asdict(stage) for stage in outcome.stages],
+    }
+    metrics.append(MetricValue(set_name, ATTACKED_CLEAN, report.clean_accuracy, report.num_examples,
                                report.clean_ci_low, report.clean_ci_high, "clopper-pearson-95"))
-    return metrics, details
+    return Checkpoint(key, metrics, provenance={"attacks": {label: details}})
 
 
 class ClassifierScoring:
@@ -134,10 +174,14 @@ class ClassifierScoring:
             scores.metrics.extend(metrics)
         return scores
 
+
     def attack(self, model: torch.nn.Module, spec: JobSpec, datasets: list[EvaluationSetData],
-               outputs: list[torch.Tensor], device: torch.device, progress: ProgressCallback,
-               secret: int) -> tuple[list[MetricValue], dict[str, Any]]:
-        """The cascade on the clean set; seeded by ``spec.seed`` alone, so ``secret`` plays no part."""
+               outputs: list[torch.Tensor] | None, device: torch.device, progress: ProgressCallback,
+               secret: int, done: dict[str, Checkpoint], on_done: CheckpointCallback,
+               ) -> tuple[list[MetricValue], dict[str, Any]]:
+        """The cascade on the clean set, a stage per threat model; seeded by ``spec.seed`` alone, so
+        ``secret`` plays no part, and the sets' outputs are not needed (the cascade scores its points itself)."""
         clean = clean_set_index(spec)
         data = datasets[clean]
-        return run_attacks(model, spec, spec.evaluation_sets[clean].name, data.images, data.labels, device, progress)
+        return run_attacks(model, spec, spec.evaluation_sets[clean].name, data.images, data.labels, device, progress,
+                           done=done, on_done=on_done)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from evaluator.attacks.common import derive_seed
+from evaluator.checkpoints import DETECTOR_ATTACKS, Checkpoint, CheckpointCallback
 from evaluator.data.evalsets import EvaluationSetData
 from evaluator.detector_attacks.suite import run_detector_suite
 from evaluator.metrics.detection import detection_metrics, fixed_threshold_rates, threshold_at_fpr
@@ -122,9 +123,21 @@ class DetectorScoring:
     def score_sets(self, spec: JobSpec, datasets: list[EvaluationSetData], outputs: list[torch.Tensor]) -> SetScores:
         return SetScores(metrics=score_detector_sets(spec, datasets, outputs))
 
+
     def attack(self, model: torch.nn.Module, spec: JobSpec, datasets: list[EvaluationSetData],
-               outputs: list[torch.Tensor], device: torch.device, progress: ProgressCallback,
-               secret: int) -> tuple[list[MetricValue], dict[str, Any]]:
-        """The suite on the clean set, its universal attacks seeded from the job's secret."""
-        return run_detector_attacks(model, spec, datasets, device, progress, outputs[clean_set_index(spec)],
-                                    derive_seed(secret, "detector-suite"))
+               outputs: list[torch.Tensor] | None, device: torch.device, progress: ProgressCallback,
+               secret: int, done: dict[str, Checkpoint], on_done: CheckpointCallback,
+               ) -> tuple[list[MetricValue], dict[str, Any]]:
+        """The suite on the clean set (one stage), its universal attacks seeded from the job's secret.
+
+        On a resumed job whose sets were done before, ``outputs`` is None and the suite scores the
+        clean set's images itself.
+        """
+        if DETECTOR_ATTACKS in done:
+            kept = done[DETECTOR_ATTACKS]
+            return kept.metrics, kept.provenance[self.attack_record]
+        clean_outputs = outputs[clean_set_index(spec)] if outputs is not None else None
+        metrics, details = run_detector_attacks(model, spec, datasets, device, progress, clean_outputs,
+                                                derive_seed(secret, "detector-suite"))
+        on_done(Checkpoint(DETECTOR_ATTACKS, metrics, provenance={self.attack_record: details}))
+        return metrics, details

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import torch
 
+from evaluator.deadline import OutOfTime
 from evaluator.errors import EvaluationError
 from evaluator.models.contract import pixels_to_unit
 from evaluator.remote.client import ModelRaised
@@ -85,7 +86,7 @@ def predict(
             batch = to_model_input(images_uint8[rows], input_spec, device)
             try:
                 out = model(batch)
-            except EvaluationError:
+            except (EvaluationError, OutOfTime):
                 raise
             except ModelRaised as exc:
                 raise EvaluationError("model_error", str(exc)) from None

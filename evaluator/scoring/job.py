@@ -17,13 +17,24 @@ from typing import Any
 
 import torch
 
+from evaluator.checkpoints import (
+    SETS,
+    Checkpoint,
+    CheckpointCallback,
+    ignore_checkpoint,
+    incomplete_result,
+    resumed_stages,
+    stage_keys,
+)
 from evaluator.data.evalsets import EvaluationSetData, read_evaluation_set
+from evaluator.deadline import JobDeadline, OutOfTime
 from evaluator.devices import autocast_dtype, use_mixed_precision
 from evaluator.errors import EvaluationError
-from evaluator.models.contract import check_contract
+from evaluator.models.contract import ContractReport, check_contract
 from evaluator.progress import ProgressCallback, StagedProgress, ignore_progress
 from evaluator.remote.client import HostOptions, ModelRaised, RemoteModel, host_model
 from evaluator.sandbox import SandboxUnavailable
+from evaluator.scoring.budget import TimeBudget, derive_budget, work_for
 from evaluator.scoring.classifier import ClassifierScoring
 from evaluator.scoring.consistency import (
     CONSISTENCY_RTOL,
@@ -43,6 +54,10 @@ __all__ = ["SCORING", "run_job"]
 _SETUP_WEIGHT = 0.03
 #: Progress weight of one attacked point, relative to one clean image.
 _ATTACK_WEIGHT = 200.0
+#: A job out of time is the model's fault when its own time exceeded this many times what its probe speed allowed.
+SLOWER_THAN_PROBE = 1.5
+#: Seconds of the host's wall-clock limit kept back for the scorer to send a partial result.
+WALL_MARGIN_SECONDS = 30.0
 
 #: What each task kind adds to a job; the only place the kind is looked at.
 SCORING: dict[TaskKind, TaskScoring] = {"classifier": ClassifierScoring(), "detector": DetectorScoring()}
@@ -90,7 +105,8 @@ def _run_settings(spec: JobSpec, model: RemoteModel, device: str, backward: bool
 
 
 def run_job(spec: JobSpec, progress: ProgressCallback = ignore_progress, host: HostOptions | None = None,
-            secret_seed: int | None = None) -> JobResult:
+            secret_seed: int | None = None, *, resume: dict[str, Any] | None = None,
+            on_checkpoint: CheckpointCallback = ignore_checkpoint) -> JobResult:
     """Evaluate one submission as the spec says; failures come back as a JobResult, not an exception.
 
     The model runs in its own process, started as ``host`` says (by default under bubblewrap
@@ -102,6 +118,13 @@ def run_job(spec: JobSpec, progress: ProgressCallback = ignore_progress, host: H
     ``secret_seed`` seeds what must stay unknown to the submitter (the batch order, the check
     samples, the detector suite's universal attacks); the platform leaves it None, which draws a
     fresh one from the operating system for every job. Tests fix it to compare two runs.
+
+    Each finished stage goes to ``on_checkpoint`` (:mod:`evaluator.checkpoints`);
+    ``resume`` (``{"fingerprint": ..., "stages": [checkpoint dicts]}``, from an earlier run of the
+    same job) skips the stages it holds, and is ignored when its fingerprint is not this spec's.
+    The job's time budget comes from its work and the model's measured speed
+    (:mod:`evaluator.scoring.budget`), capped by the host's wall-clock limit; a job that runs out
+    of it ends ``out_of_time`` with the metrics of its finished stages.
     """
     started = time.perf_counter()
     torch.manual_seed(spec.seed)
@@ -110,11 +133,21 @@ def run_job(spec: JobSpec, progress: ProgressCallback = ignore_progress, host: H
     #: Batch order and check samples: secret to this job, unknown to the model and to anyone watching.
     secret = secrets.randbits(63) if secret_seed is None else int(secret_seed)
     order_rng = torch.Generator().manual_seed(secret)
+    done = resumed_stages(spec, resume)
+    finished: dict[str, Checkpoint] = dict(done)
+    if done:
+        provenance["resumed_stages"] = sorted(done)
+    reached = _Reached(progress)
+
+    def keep(checkpoint: Checkpoint) -> None:
+        finished[checkpoint.stage] = checkpoint
+        on_checkpoint(checkpoint)
+
+    host = host or HostOptions.default()
     try:
-        progress(0.0, "loading model")
+        reached(0.0, "loading model")
         scoring = SCORING[spec.task]
         attacked_points = scoring.attacked_points(spec)
-        host = host or HostOptions.default()
         # The sets are read (and their hashes checked) while the model process starts.
         reading = _Reading(spec)
         with host_model(spec.artifact, spec.input, task=spec.task, num_classes=spec.num_classes, device=spec.device,
@@ -124,7 +157,7 @@ def run_job(spec: JobSpec, progress: ProgressCallback = ignore_progress, host: H
             provenance.update(hosted.hardware)
             provenance["device"] = hosted.device
             provenance["model_process"] = hosted.sandbox
-            progress(0.0, "checking the model's input and output contract")
+            reached(0.0, "checking the model's input and output contract")
             # The time budget is per batch of the track's size, whatever size this device ends up using.
             contract = check_contract(model, spec.input, spec.task, spec.num_classes, spec.batch_size,
                                       spec.time_budget_s, "cpu")
@@ -132,19 +165,36 @@ def run_job(spec: JobSpec, progress: ProgressCallback = ignore_progress, host: H
                                       "seconds_per_batch": round(contract.seconds_per_batch, 4)}
             model.strict = True
             provenance["startup_seconds"] = round(time.perf_counter() - started, 3)
+            datasets = reading.result()
+            budget = _budget(spec, scoring, datasets, done, contract, host, time.perf_counter() - started)
+            provenance["time_budget"] = budget.to_dict()
+            model.deadline = JobDeadline(budget.seconds - (time.perf_counter() - started))
             spec = _run_settings(spec, model, hosted.device, attacked_points is not None, provenance)
             model.batch_size = spec.batch_size
-            result = _score(spec, scoring, attacked_points, model, device, progress, provenance, order_rng, secret,
-                            reading.result())
+            result = _score(spec, scoring, attacked_points, model, device, reached, provenance, order_rng, secret,
+                            datasets, done, keep)
             provenance["spot_checks"] = {"calls": model.calls, "checked": model.spot_checks}
+            provenance["model_seconds"] = round(model.model_seconds, 3)
             if hosted.device.startswith("cuda"):
                 provenance["gpu_memory"] = model.gpu_memory()
         elapsed = time.perf_counter() - started
         provenance.update(seconds=round(elapsed, 3),
                           images_per_second=round(provenance["images"] / elapsed, 1) if elapsed > 0 else None)
         result.provenance = provenance
-        progress(1.0, "done")
+        reached(1.0, "done")
         return result
+    except OutOfTime as exc:
+        provenance["seconds"] = round(time.perf_counter() - started, 3)
+        used = round(model.model_seconds, 3)
+        provenance["model_seconds"] = used
+        allowance = provenance["time_budget"]["model_seconds"]
+        if used > SLOWER_THAN_PROBE * allowance:
+            # The budget priced the most work the suite can ask at the probe's speed; a model that used more than
+            # that answered hidden batches slower than it answered the probe: its own doing, and charged.
+            return JobResult.failure(spec, "too_slow", (
+                f"The model spent {used:.0f} s answering the evaluation's batches, more than the "
+                f"{allowance:.0f} s its speed on the contract probe allows for all of the track's work."), **provenance)
+        return incomplete_result(spec, list(finished.values()), reached.stage, str(exc), provenance)
     except EvaluationError as exc:
         provenance["seconds"] = round(time.perf_counter() - started, 3)
         return JobResult.failure(spec, exc.code, exc.message, **provenance)
@@ -157,23 +207,85 @@ def run_job(spec: JobSpec, progress: ProgressCallback = ignore_progress, host: H
         return JobResult.failure(spec, "internal", f"The evaluator failed ({type(exc).__name__}).", **provenance)
 
 
+class _Reached:
+    """Passes progress on and remembers the last stage named: where a job that ran out of time stopped."""
+
+    def __init__(self, progress: ProgressCallback) -> None:
+        self.progress = progress
+        self.stage = ""
+
+    def __call__(self, fraction: float, stage: str) -> None:
+        self.stage = stage
+        self.progress(fraction, stage)
+
+
+def _budget(spec: JobSpec, scoring: TaskScoring, datasets: list[EvaluationSetData], done: dict[str, Checkpoint],
+            contract: ContractReport, host: HostOptions, elapsed: float) -> TimeBudget:
+    """The job's time budget for the stages it still runs, capped by what is left of the host's wall clock.
+
+    The cap keeps a margin (:data:`WALL_MARGIN_SECONDS` plus 2%) for the scorer to write its partial
+    result before the worker's hard limit would stop it without one.
+    """
+    set_images = 0 if SETS in done else sum(int(d.labels.shape[0]) for d in datasets)
+    stages_left = [key for key in stage_keys(spec) if key != SETS and key not in done]
+    work = work_for(spec, set_images, threat_models_left=len(stages_left),
+                    detector_left=bool(stages_left) and spec.task == "detector")
+    cap = None
+    limits = getattr(host, "limits", None)
+    if limits is not None:
+        cap = max(limits.wall_seconds * 0.98 - WALL_MARGIN_SECONDS, 1.0)
+    return derive_budget(work, contract.probe_seconds, contract.probe_batch_size, contract.seconds_per_batch,
+                         spec.batch_size, cap_seconds=cap)
+
+
 def _score(spec: JobSpec, scoring: TaskScoring, attacked_points: int | None, model: RemoteModel,
            device: torch.device, progress: ProgressCallback, provenance: dict[str, Any], order_rng: torch.Generator,
-           secret: int, datasets: list[EvaluationSetData]) -> JobResult:
-    """Every evaluation set through the model in a secret order, the batch checks, the scores, then the attacks."""
+           secret: int, datasets: list[EvaluationSetData], done: dict[str, Checkpoint],
+           keep: CheckpointCallback) -> JobResult:
+    """Every evaluation set through the model in a secret order, the batch checks, the scores, then the attacks.
+
+    Stages in ``done`` are taken from the earlier run; every stage run here goes to ``keep`` as it ends.
+    """
     total_images = sum(int(d.labels.shape[0]) for d in datasets)
-    provenance["images"] = total_images
+    sets_done = done.get(SETS)
     # An attacked point costs hundreds of passes: weigh the attack stage accordingly.
     attack_weight = [] if attacked_points is None else [_ATTACK_WEIGHT * min(attacked_points, total_images)]
-    stages = StagedProgress(
-        progress, [_SETUP_WEIGHT * total_images] + [int(d.labels.shape[0]) for d in datasets] + attack_weight
-    )
+    set_weights = [0 if sets_done else int(d.labels.shape[0]) for d in datasets]
+    stages = StagedProgress(progress, [_SETUP_WEIGHT * total_images] + set_weights + attack_weight)
     stages.report(0, 1.0, "model checked")
     rtol = CONSISTENCY_RTOL_MIXED if provenance["mixed_precision"]["clean"] else CONSISTENCY_RTOL
     model.tolerance = rtol
     # From here on the model process sees hidden images: none of its own words are kept any more.
     model.hidden = True
 
+    outputs_by_set: list[torch.Tensor] | None = None
+    if sets_done is None:
+        outputs_by_set, sets_done = _score_sets(spec, scoring, model, device, stages, order_rng, datasets, rtol)
+        keep(sets_done)
+    provenance.update(sets_done.provenance)
+    result = JobResult(job_id=spec.job_id, ok=True, suite_version=spec.suite_version, seed=spec.seed,
+                       metrics=list(sets_done.metrics), per_class=dict(sets_done.per_class))
+    if attacked_points is None:
+        return result
+    attack_stage = len(datasets) + 1
+
+    def on_attack(fraction: float, stage: str) -> None:
+        stages.report(attack_stage, fraction, stage)
+
+    try:
+        attack_metrics, provenance[scoring.attack_record] = scoring.attack(
+            model, spec, datasets, outputs_by_set, device, on_attack, secret, done, keep
+        )
+    except ModelRaised as exc:
+        raise EvaluationError("model_error", str(exc)) from None
+    result.metrics.extend(attack_metrics)
+    return result
+
+
+def _score_sets(spec: JobSpec, scoring: TaskScoring, model: RemoteModel, device: torch.device, stages: StagedProgress,
+                order_rng: torch.Generator, datasets: list[EvaluationSetData],
+                rtol: float) -> tuple[list[torch.Tensor], Checkpoint]:
+    """The sets' stage: every set fed in a secret order with its batch checks, then scored."""
     outputs_by_set: list[torch.Tensor] = []
     checks: dict[str, Any] = {}
     check_seconds = 0.0
@@ -197,25 +309,11 @@ def _score(spec: JobSpec, scoring: TaskScoring, attacked_points: int | None, mod
         ).to_dict()
         check_seconds += time.perf_counter() - checking
         outputs_by_set.append(outputs)
-    provenance["batch_checks"] = checks
-    provenance["batch_check_seconds"] = round(check_seconds, 3)
-    # The sets' own time (their checks included): "images_per_second" divides by the whole job's, attacks too.
-    provenance["sets_seconds"] = round(time.perf_counter() - sets_started, 3)
     scores = scoring.score_sets(spec, datasets, outputs_by_set)
-    result = JobResult(job_id=spec.job_id, ok=True, suite_version=spec.suite_version, seed=spec.seed,
-                    metrics=scores.metrics, per_class=scores.per_class)
-    if attacked_points is None:
-        return result
-    attack_stage = len(datasets) + 1
-
-    def on_attack(fraction: float, stage: str) -> None:
-        stages.report(attack_stage, fraction, stage)
-
-    try:
-        attack_metrics, provenance[scoring.attack_record] = scoring.attack(
-            model, spec, datasets, outputs_by_set, device, on_attack, secret
-        )
-    except ModelRaised as exc:
-        raise EvaluationError("model_error", str(exc)) from None
-    result.metrics.extend(attack_metrics)
-    return result
+    provenance = {
+        "images": sum(int(d.labels.shape[0]) for d in datasets), "batch_checks": checks,
+        "batch_check_seconds": round(check_seconds, 3),
+        # The sets' own time (their checks included): "images_per_second" divides by the whole job's, attacks too.
+        "sets_seconds": round(time.perf_counter() - sets_started, 3),
+    }
+    return outputs_by_set, Checkpoint(SETS, scores.metrics, scores.per_class, provenance)

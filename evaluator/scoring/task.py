@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 import torch
 
+from evaluator.checkpoints import Checkpoint, CheckpointCallback
 from evaluator.data.evalsets import EvaluationSetData
 from evaluator.progress import ProgressCallback
 from evaluator.spec import JobSpec, MetricValue
@@ -45,13 +46,17 @@ class TaskScoring(Protocol):
         """Metrics of every set from the model's outputs on it (stored order, one tensor per set)."""
         ...
 
+
     def attack(self, model: torch.nn.Module, spec: JobSpec, datasets: list[EvaluationSetData],
-               outputs: list[torch.Tensor], device: torch.device, progress: ProgressCallback,
-               secret: int) -> tuple[list[MetricValue], dict[str, Any]]:
+               outputs: list[torch.Tensor] | None, device: torch.device, progress: ProgressCallback,
+               secret: int, done: dict[str, Checkpoint], on_done: CheckpointCallback,
+               ) -> tuple[list[MetricValue], dict[str, Any]]:
         """The kind's attack suite (only when :meth:`attacked_points` is not None): metrics and provenance.
 
         ``secret`` is the job's secret seed, for attacks whose draws must stay unknown to the
         submitter; seeds that leaderboard numbers must be reproducible from come from ``spec.seed``.
+        Stages in ``done`` (a resumed job) are taken as they are; each stage run is handed to
+        ``on_done`` as it finishes. ``outputs`` is None when the sets were done by an earlier run.
         """
         ...
 

@@ -225,7 +225,8 @@ def lookup(slug: str) -> Lookup | None:
 
 
 #: Submission states whose model page no longer changes by itself (no progress, no queue position).
-_SETTLED_STATES = (Submission.State.FINISHED, Submission.State.FAILED, Submission.State.CANCELLED)
+_SETTLED_STATES = (Submission.State.FINISHED, Submission.State.FAILED, Submission.State.CANCELLED,
+                   Submission.State.INCOMPLETE)
 
 
 def _submission_stamp_sql() -> str:

@@ -374,7 +374,11 @@ def model_page_context(submission: Submission, user: Any, transform: str | None 
     run = submission.runs.filter(suite_version=track.suite_version).first()
     results: list[Result] = []
     withheld = submission.scores_withheld_from(user)
-    finished = submission.state == Submission.State.FINISHED
+    incomplete = submission.state == Submission.State.INCOMPLETE
+    # An incomplete evaluation shows its finished stages, except on a Ladder track, whose rule decides on the
+    # complete evaluation: until then its partial scores are no more shown than a withheld one's.
+    partial_shown = incomplete and not (track.ladder and not getattr(user, "is_staff", False))
+    finished = submission.state == Submission.State.FINISHED or partial_shown
     if finished and not withheld:
         results = list(submission.results.filter(suite_version=track.suite_version))
         for r in results:
@@ -398,7 +402,23 @@ def model_page_context(submission: Submission, user: Any, transform: str | None 
         "provenance": provenance_view(run),
         "ladder_note": shown_note(submission),
         "failure_text": failure_text(submission),
+        "incomplete_stages": stage_names(run) if incomplete else [],
     }
+
+
+def stage_names(run: EvaluationRun | None) -> list[str]:
+    """The finished stages of an incomplete run, in words (the keys of evaluator.checkpoints)."""
+    kept = ((run.provenance or {}).get("incomplete") or {}).get("finished") if run is not None else None
+    names = []
+    for key in kept or []:
+        key = str(key)
+        if key == "sets":
+            names.append("the evaluation sets")
+        elif key.startswith("attacks:"):
+            names.append(f"attacks under {key.removeprefix('attacks:')}")
+        elif key == "detector-attacks":
+            names.append("the detector attacks")
+    return names
 
 
 def _robustness(submission: Submission, transform: str, sets: list[EvaluationSet],

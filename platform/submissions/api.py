@@ -15,7 +15,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from benchmarks.models import Track
-from submissions import services
+from leaderboards import cache as lb_cache
+from submissions import list_cache, services
 from submissions.models import Submission
 from submissions.quota import QuotaExceeded, usage_for
 from submissions.serializers import SubmissionSerializer, current_results_prefetch
@@ -113,6 +114,30 @@ class SubmissionViewSet(
             visible = visible.filter(owner=user)
         return visible
 
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Any:
+        """A page of visible submissions, as JSON from the cache when its rows have not changed (list_cache).
+
+        The rows' fingerprint costs the count and one query of the page's rows; building the page
+        (results, serialization, JSON) is what the cache spares. Other formats (the browsable API)
+        are built every time.
+        """
+        renderer = request.accepted_renderer
+        if lb_cache.cache_seconds() <= 0 or renderer.format != "json":
+            return super().list(request, *args, **kwargs)
+        queryset = self.filter_queryset(self.get_queryset())
+        paginator = self.paginator
+        limit, offset = paginator.get_limit(request), paginator.get_offset(request)
+        count = paginator.get_count(queryset)
+        key = list_cache.page_key(request, queryset, offset, limit, count)
+
+        def build() -> tuple[bytes, str]:
+            page = self.paginate_queryset(queryset)
+            data = self.get_paginated_response(self.get_serializer(page, many=True).data).data
+            body = renderer.render(data, request.accepted_media_type, self.get_renderer_context())
+            return (body.encode() if isinstance(body, str) else body), request.accepted_media_type
+
+        return list_cache.cached_page(request, key, build)
+
     @extend_schema(responses={201: SubmissionSerializer,
                               400: OpenApiResponse(description="Invalid upload, refused before anything is stored "
                                                                "or charged: a field sent twice, a file in a format "
@@ -150,6 +175,20 @@ class SubmissionViewSet(
         submission = self.get_object()
         if not services.cancel(submission):
             return Response({"detail": f"A {submission.state} submission cannot be cancelled."}, status=409)
+        return Response(self.get_serializer(submission).data)
+
+    @action(detail=True, methods=["post"])
+    def resume(self, request: Request, id: str | None = None, format: str | None = None) -> Response:
+        """Resume an incomplete evaluation (it ran out of its time budget): only its unfinished stages run,
+        with a new budget, and it is not charged to the quota."""
+        submission = self.get_object()
+        try:
+            services.resume(submission)
+        except services.NotIncomplete:
+            return Response({"detail": f"A {submission.state} submission cannot be resumed."}, status=409)
+        except services.ArtifactDeleted:
+            return Response({"detail": "This submission's file was deleted; it cannot be resumed."}, status=409)
+        submission.refresh_from_db()
         return Response(self.get_serializer(submission).data)
 
 

@@ -5,7 +5,9 @@
 1. checks that the attempt delivering it still owns the job (under the submission's row lock, in
    the same transaction as the writes, so a presumed-dead worker that finishes late cannot write
    over the attempt that replaced it);
-2. writes the run, its metrics and the new state idempotently (:func:`record_result`);
+2. writes the run, its metrics and the new state idempotently (:func:`record_result`); an
+   ``out_of_time`` result keeps the metrics of its finished stages and leaves the submission
+   ``incomplete``;
 3. applies the Ladder (:func:`submissions.ladder.apply_ladder`), which decides whether the scores are
    released;
 4. refunds the quota charge when the failure was the platform's fault (:mod:`submissions.failures`);
@@ -22,9 +24,9 @@ from django.db import transaction
 from django.dispatch import Signal
 
 from evaluator.spec import JobResult
-from submissions.failures import failure_message
+from submissions.failures import OUT_OF_TIME, failure_message
 from submissions.ladder import apply_ladder
-from submissions.models import EvaluationRun, Result, Submission
+from submissions.models import EvaluationRun, Result, StageCheckpoint, Submission
 from submissions.quota import refund_platform_failure
 from submissions.recovery import with_db_retry
 
@@ -61,8 +63,8 @@ def _record_if_owner(submission_id: int, attempt: int, result: JobResult) -> Sub
         current = Submission.objects.select_for_update().select_related("track").get(pk=submission_id)
         if current.state != Submission.State.RUNNING or current.attempts != attempt:
             # Repeated after a dropped connection whose commit had in fact gone through: it is this attempt's.
-            mine = current.attempts == attempt and current.state in (Submission.State.FINISHED,
-                                                                      Submission.State.FAILED)
+            mine = current.attempts == attempt and current.state in (
+                Submission.State.FINISHED, Submission.State.FAILED, Submission.State.INCOMPLETE)
             if mine and EvaluationRun.objects.filter(submission=current, suite_version=result.suite_version,
                                                      provenance__attempt=attempt).exists():
                 return current
@@ -92,7 +94,8 @@ def record_result(submission: Submission, result: JobResult) -> None:
                 "provenance": result.provenance,
             },
         )
-        if not result.ok:
+        incomplete = not result.ok and result.error_code == OUT_OF_TIME
+        if not result.ok and not incomplete:
             submission.transition(
                 Submission.State.FAILED,
                 failure_code=result.error_code,
@@ -121,5 +124,13 @@ def record_result(submission: Submission, result: JobResult) -> None:
                     "seed": result.seed,
                 },
             )
+        if incomplete:
+            # The finished stages' numbers are kept and shown; the Ladder decides once the evaluation is complete.
+            reached = str((result.provenance.get("incomplete") or {}).get("stage", ""))[:200]
+            submission.transition(Submission.State.INCOMPLETE, failure_code=result.error_code,
+                                  failure_reason=failure_message(result.error_code, result.error),
+                                  progress_stage=reached)
+            return
         apply_ladder(submission)
         submission.transition(Submission.State.FINISHED, progress=1.0, progress_stage="finished")
+        StageCheckpoint.objects.filter(submission=submission).delete()

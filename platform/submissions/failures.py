@@ -13,6 +13,9 @@ from evaluator import failures as evaluator_failures
 from evaluator.failures import Failure, failure_table
 from submissions.models import Submission
 
+#: A job that ran out of its time budget: its finished stages are kept, the submission is left incomplete.
+OUT_OF_TIME = "out_of_time"
+
 #: A job given up after its workers vanished ``ARENA_MAX_ATTEMPTS`` times (written by submissions.recovery).
 WORKER_LOST = "worker_lost"
 
@@ -50,7 +53,7 @@ def failure_text(submission: Submission) -> str:
     reason = submission.failure_reason or ""
     if submission.state == Submission.State.CANCELLED:
         return headline("cancelled") if reason != "Cancelled." else reason
-    if submission.state != Submission.State.FAILED:
+    if submission.state not in (Submission.State.FAILED, Submission.State.INCOMPLETE):
         return ""
     first = headline(submission.failure_code)
     return reason if reason.startswith(first) and first != evaluator_failures.UNKNOWN_HEADLINE else first

@@ -1,7 +1,8 @@
 """Submissions, their life cycle, and the results an evaluation writes.
 
-A submission moves through explicit states (queued -> running -> finished | failed |
-cancelled); every transition goes through :meth:`Submission.transition` so that an illegal
+A submission moves through explicit states (queued -> running -> finished | incomplete | failed |
+cancelled; incomplete: the evaluation ran out of its time budget, its finished stages are kept and a
+re-run resumes after them); every transition goes through :meth:`Submission.transition` so that an illegal
 move (finishing a cancelled job, say) is refused rather than silently applied.
 """
 
@@ -34,6 +35,8 @@ class Submission(models.Model):
         FINISHED = "finished", "Finished"
         FAILED = "failed", "Failed"
         CANCELLED = "cancelled", "Cancelled"
+        #: Out of its time budget: the finished stages' results are kept, a re-run resumes after them.
+        INCOMPLETE = "incomplete", "Incomplete"
 
     class Format(models.TextChoices):
         PT2 = "pt2", "torch.export archive (.pt2)"
@@ -47,12 +50,13 @@ class Submission(models.Model):
 
     TRANSITIONS: dict[str, set[str]] = {
         State.QUEUED: {State.RUNNING, State.CANCELLED, State.FAILED},
-        State.RUNNING: {State.FINISHED, State.FAILED, State.CANCELLED, State.QUEUED},
+        State.RUNNING: {State.FINISHED, State.FAILED, State.CANCELLED, State.QUEUED, State.INCOMPLETE},
         State.FINISHED: {State.QUEUED},  # re-run
         State.FAILED: {State.QUEUED},
         State.CANCELLED: {State.QUEUED},
+        State.INCOMPLETE: {State.QUEUED},  # resumed after its finished stages
     }
-    TERMINAL = {State.FINISHED, State.FAILED, State.CANCELLED}
+    TERMINAL = {State.FINISHED, State.FAILED, State.CANCELLED, State.INCOMPLETE}
 
     public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="submissions")
@@ -206,3 +210,27 @@ class EvaluationRun(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["submission", "suite_version"], name="one_run_per_suite_version")
         ]
+
+
+class StageCheckpoint(models.Model):
+    """One finished stage of an evaluation (:mod:`evaluator.checkpoints`), kept until the evaluation finishes.
+
+    Written by the worker as the scorer reports each stage, so a job that runs out of time or loses its
+    worker keeps them; the next run of the same job (same ``fingerprint``: model file, sets, suite, seed)
+    receives them and runs only the rest. Deleted once a complete result is recorded.
+    """
+
+    submission = models.ForeignKey(Submission, on_delete=models.CASCADE, related_name="checkpoints")
+    fingerprint = models.CharField(max_length=64)
+    stage = models.CharField(max_length=100)
+    data = models.JSONField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["submission", "fingerprint", "stage"], name="one_checkpoint_per_stage")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.submission_id} {self.stage}"

@@ -132,6 +132,27 @@ def rerun(submission: Submission) -> None:
     transaction.on_commit(lambda: dispatch.enqueue(submission))
 
 
+class NotIncomplete(Exception):
+    """Only an incomplete evaluation can be resumed."""
+
+
+def resume(submission: Submission) -> None:
+    """Queue an incomplete evaluation again, to run only the stages it did not finish (not charged).
+
+    Open to the owner: running out of time was the platform's doing (the budget is its estimate of its
+    own work), and a resumed run computes exactly the numbers the uninterrupted one would have, so it is
+    no second look at any score. Raises :class:`NotIncomplete` for any other state.
+    """
+    if submission.state != Submission.State.INCOMPLETE:
+        raise NotIncomplete(f"a {submission.state} submission cannot be resumed")
+    if not submission.artifact:
+        raise ArtifactDeleted(f"{submission.public_id}: its file was deleted")
+    with transaction.atomic():
+        submission.transition(Submission.State.QUEUED, progress_stage="resuming after the finished stages")
+        scheduling.assign_round(submission)
+    transaction.on_commit(lambda: dispatch.enqueue(submission))
+
+
 def cancel(submission: Submission) -> bool:
     """Cancel a queued or running job and delete its stored file; False when it had already ended.
 

@@ -15,16 +15,17 @@ import time
 
 from celery import Task, shared_task
 from django.conf import settings
-from django.db import DatabaseError, connection
+from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
+from evaluator.checkpoints import Checkpoint, spec_fingerprint
 from evaluator.sandbox import SandboxLimits, SandboxUnavailable, run_sandboxed
 from evaluator.spec import JobResult
 from submissions import recovery, scheduling, sweeper  # noqa: F401  (sweeper: the watchdog's timer)
 from submissions.arrival import receive_result
 from submissions.artifacts import ArtifactUnavailable, local_artifact
 from submissions.job_spec import build_job_spec
-from submissions.models import Submission
+from submissions.models import StageCheckpoint, Submission
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,38 @@ class _ProgressWriter:
             recovery._drop_connection()
 
 
+class _StageWriter:
+    """Keeps each stage the scorer finishes (a :class:`StageCheckpoint` row), while ``attempt`` owns the job.
+
+    A later run of the same job (same fingerprint) resumes after the stored stages: after running out of
+    time, after its worker was killed, after a resume by its owner. A write lost to the database is
+    retried briefly and then skipped: the stage is run again next time, nothing is wrong.
+    """
+
+    def __init__(self, submission_id: int, attempt: int, fingerprint: str) -> None:
+        self.submission_id, self.attempt, self.fingerprint = submission_id, attempt, fingerprint
+
+    def resume(self) -> dict | None:
+        rows = recovery.with_db_retry(lambda: list(StageCheckpoint.objects.filter(
+            submission_id=self.submission_id, fingerprint=self.fingerprint).values_list("data", flat=True)),
+            what="reading the finished stages")
+        return {"fingerprint": self.fingerprint, "stages": rows} if rows else None
+
+    def __call__(self, checkpoint: Checkpoint) -> None:
+        def write() -> None:
+            with transaction.atomic():
+                owns = Submission.objects.select_for_update().filter(
+                    pk=self.submission_id, state=Submission.State.RUNNING, attempts=self.attempt).exists()
+                if owns:
+                    StageCheckpoint.objects.update_or_create(
+                        submission_id=self.submission_id, fingerprint=self.fingerprint, stage=checkpoint.stage,
+                        defaults={"data": checkpoint.to_dict()})
+        try:
+            recovery.with_db_retry(write, what=f"keeping stage {checkpoint.stage}", timeout=30.0)
+        except DatabaseError as exc:
+            logger.warning("stage %s of submission %s not kept: %s", checkpoint.stage, self.submission_id, exc)
+
+
 @shared_task(name="submissions.evaluate", bind=True, acks_late=True, reject_on_worker_lost=True)
 def evaluate_submission(self: Task, submission_id: int | None = None, queue: str | None = None) -> str:
     """Evaluate the next job of ``queue`` by the queue's policy (a wake-up message from
@@ -86,9 +119,11 @@ def evaluate_submission(self: Task, submission_id: int | None = None, queue: str
     with recovery.Heartbeat(submission.pk, claim.attempt, enabled=not connection.in_atomic_block) as heartbeat:
         try:
             with local_artifact(submission) as artifact_path:
+                spec = build_job_spec(submission, artifact_path)
+                stages = _StageWriter(submission.pk, claim.attempt, spec_fingerprint(spec))
                 result = run_sandboxed(
-                    build_job_spec(submission, artifact_path), progress=writer, limits=limits,
-                    allow_unsandboxed=settings.ARENA_ALLOW_UNSANDBOXED, should_cancel=heartbeat.should_stop,
+                    spec, progress=writer, limits=limits, allow_unsandboxed=settings.ARENA_ALLOW_UNSANDBOXED,
+                    should_cancel=heartbeat.should_stop, resume=stages.resume(), on_checkpoint=stages,
                 )
         except ArtifactUnavailable as exc:
             logger.error("cannot evaluate %s: %s", submission.public_id, exc)

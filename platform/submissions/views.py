@@ -114,6 +114,22 @@ def rerun(request: HttpRequest, public_id) -> HttpResponse:
 
 
 @login_required
+@require_POST
+def resume(request: HttpRequest, public_id) -> HttpResponse:
+    """Resume an incomplete evaluation (owner or staff): only its unfinished stages run, and it is not charged."""
+    submission = _owned_submission(request, public_id)
+    try:
+        services.resume(submission)
+    except services.NotIncomplete:
+        messages.error(request, "Only an incomplete evaluation can be resumed.")
+    except services.ArtifactDeleted:
+        messages.error(request, "This submission cannot be resumed: its file was deleted.")
+    else:
+        messages.info(request, "The evaluation was queued again; it resumes after its finished stages.")
+    return redirect(submission)
+
+
+@login_required
 def mine(request: HttpRequest) -> HttpResponse:
     submissions = list(Submission.objects.filter(owner=request.user).select_related("track", "withdrawal"))
     where = places(submissions)

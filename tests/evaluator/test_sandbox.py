@@ -77,16 +77,29 @@ def test_sandbox_has_no_network_no_secrets_and_read_only_inputs(tmp_path, listen
 
 
 def test_wall_clock_timeout_kills_the_job(tmp_path, monkeypatch):
-    """A job that never ends is killed at the wall-clock limit and reported as a timeout."""
-    from evaluator.spec import ArtifactSpec, InputSpec, JobSpec
+    """A job that never ends is killed at the wall-clock limit; it ran out of time (the scorer's budget should
+    have stopped it first: the platform's fault), and the stages it reported before are kept."""
+    from evaluator.checkpoints import SETS, Checkpoint
+    from evaluator.spec import ArtifactSpec, InputSpec, JobSpec, MetricValue
 
     artifact = tmp_path / "a.pt2"
     artifact.write_bytes(b"")
     spec = JobSpec("j", "classifier", InputSpec(1, 28, 28), ArtifactSpec(str(artifact), "pt2"), ())
     monkeypatch.setattr(launch, "scorer_command", lambda: [sys.executable, "-c", "import time; time.sleep(600)"])
     result = launch.run_sandboxed(spec, limits=SandboxLimits(wall_seconds=2))
-    assert not result.ok and result.error_code == "timeout"
+    assert not result.ok and result.error_code == "out_of_time" and result.metrics == []
+    assert result.provenance["incomplete"]["finished"] == []
     assert result.provenance["wall_seconds"] < 30
+
+    done = Checkpoint(SETS, [MetricValue("clean", "accuracy", 0.5, 10)], {"clean": {"0": 0.5}}, {"images": 10})
+    line = json.dumps({"event": "checkpoint", "checkpoint": done.to_dict()})
+    script = f"import sys, time; print({line!r}, flush=True); time.sleep(600)"
+    monkeypatch.setattr(launch, "scorer_command", lambda: [sys.executable, "-c", script])
+    seen: list[Checkpoint] = []
+    result = launch.run_sandboxed(spec, limits=SandboxLimits(wall_seconds=2), on_checkpoint=seen.append)
+    assert [c.stage for c in seen] == [SETS]
+    assert result.error_code == "out_of_time" and [(m.metric, m.value) for m in result.metrics] == [("accuracy", 0.5)]
+    assert result.per_class == {"clean": {"0": 0.5}} and result.provenance["incomplete"]["finished"] == [SETS]
 
 
 NESTED_USERNS = r"""

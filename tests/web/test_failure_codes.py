@@ -103,7 +103,8 @@ def test_the_platform_only_codes_are_not_the_evaluators():
 
 def test_platform_faults_are_exactly_the_flagged_rows():
     flagged = {code for code, row in failures.FAILURES.items() if row.platform_fault}
-    assert flagged == {"data_integrity", "data_unavailable", "internal", "sandbox_unavailable", "worker_lost"}
+    assert flagged == {"data_integrity", "data_unavailable", "internal", "sandbox_unavailable", "worker_lost",
+                       "out_of_time"}
     assert all(failures.is_platform_fault(code) for code in flagged)
     assert not failures.is_platform_fault("model_error") and not failures.is_platform_fault("no_such_code")
 
