@@ -1,29 +1,36 @@
-"""Load test: gunicorn on loopback with 1,000 submissions, driven by wrk at 50 connections.
+"""Load test: pages and the API list at 1,000 submissions, anonymous and signed in, quiet or busy (issue 19).
 
-Creates a throw-away database (SQLite under a temporary ARENA_VAR_DIR, or a ``test_`` copy of the
-DATABASE_URL database) filled by ``leaderboard_latency.populate`` (one track, 1,000 finished
-models), starts two gunicorn servers on free loopback ports with the same code and data, one with
-the leaderboard cache on and one with it off (``ARENA_LEADERBOARD_CACHE_SECONDS=0``), and runs
-``wrk`` (installed with ``apt-get install -y wrk`` when missing; else a Python asyncio load
-generator with the same outputs) against:
+Creates a throw-away database (``--database sqlite``: a file under a temporary ARENA_VAR_DIR;
+``--database postgres``: a ``test_`` copy of ``DATABASE_URL``'s database, or of
+``postgres://postgres@127.0.0.1:5432/arena_load`` when that is not PostgreSQL) filled by
+``leaderboard_latency.populate`` (one track, ``--submissions`` finished models from 20 users), plus
+one running and one queued submission (the newest, so the API list's first page shows them), starts
+gunicorn on a free loopback port and drives it with ``wrk`` (``apt-get install -y wrk`` when missing
+and root; else a Python asyncio load generator with the same outputs) at ``--connections``
+connections against each endpoint for each kind of reader:
 
-* the leaderboard page (anonymous, as the public reads it), the model page, the API list endpoint
-  (``/api/v1/submissions/?track=...&limit=100``), all on the cached server;
-* the leaderboard page on the uncached server, alternating with the cached one ``--rounds`` times,
-  so that both numbers of the cached/uncached ratio come from the same minutes of this machine.
+* endpoints: the leaderboard page (``/tracks/<slug>/``), a model page (a finished public model of
+  another user than the signed-in one), the API list (``/api/v1/submissions/?track=<slug>``,
+  100 per page);
+* readers: ``anonymous``; ``session``: the session cookie of a user created here and signed in
+  (who owns 1 in 20 of the models: their leaderboard has ringed rows, their API list their private
+  model); ``token``: the API with that user's ``Authorization: Token`` header.
 
-With ``--baseline-tree DIR`` (another copy of the code, e.g. ``git worktree add /tmp/before HEAD``
-or an export of an older commit), a third server runs that code on the same database, and each
-endpoint is measured on it and on this tree alternately ``--rounds`` times: a before/after
-comparison from the same minutes of a noisy machine, instead of two runs at different times.
+Quiet and busy: ``--busy`` runs ``measurements/busy_evaluation.py`` beside the server for the whole
+measurement (a real evaluation of the shared LeNet-5 through ``evaluator.run_job``, in a loop; the
+output says what ran and how many finished); ``--both`` measures quiet first, then busy. While it
+measures, the running submission reports progress every ``--progress-interval`` seconds (the
+worker's interval) with ``QuerySet.update()``, as a worker does; after each run the script reads
+the API list and checks that it shows the progress just written (no stale state).
 
-It prints requests per second, p50 and p99 latency and errors per endpoint, the ratios, and
-whether the target (leaderboard p99 under 100 ms at 50 connections) holds. The API's anonymous
-throttle is raised for the servers (it would otherwise answer 429 after 120 requests). Requests carry
-a browser's ``Accept-Encoding: gzip, deflate, br``.
+It prints one row per endpoint, reader, database and load: requests per second, p50 and p99 latency,
+errors (socket errors, timeouts, non-2xx) and PASS/FAIL against ``--target-ms`` (100 ms p99). The API's
+throttles are raised for the server (they would answer 429 after 120 anonymous requests a minute).
+Requests carry a browser's ``Accept-Encoding: gzip, deflate, br``. ``--cache-seconds 0`` serves
+with the caches off (ARENA_LEADERBOARD_CACHE_SECONDS), for a before/after comparison.
 
-    .venv/bin/python measurements/load_test.py [--duration 10] [--connections 50] [--workers 3]
-                                             [--baseline-tree DIR]
+    .venv/bin/python measurements/load_test.py [--database sqlite|postgres] [--busy | --both]
+        [--duration 10] [--connections 50] [--workers 3] [--threads 1] [--submissions 1000]
 """
 
 from __future__ import annotations
@@ -35,7 +42,6 @@ import json
 import os
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -95,10 +101,11 @@ def _free_port() -> int:
 
 def _start_server(database_url: str, cache_seconds: int, workers: int, threads: int,
                   root: Path = ROOT) -> tuple[subprocess.Popen, str]:
-    """gunicorn serving the code of ``root`` (this tree, or the ``--baseline-tree``) on a free loopback port."""
+    """gunicorn serving the code of ``root`` on a free loopback port."""
     port = _free_port()
     env = {**os.environ, "DATABASE_URL": database_url, "ARENA_LEADERBOARD_CACHE_SECONDS": str(cache_seconds),
-           "ARENA_API_ANON_RATE": "100000000/s", "DEBUG": "0", "LOG_LEVEL": "WARNING", "OMP_NUM_THREADS": "1"}
+           "ARENA_API_ANON_RATE": "100000000/s", "ARENA_API_USER_RATE": "100000000/s", "DEBUG": "0",
+           "LOG_LEVEL": "WARNING", "OMP_NUM_THREADS": "1"}
     command = [str(Path(sys.executable).with_name("gunicorn")), "arena.wsgi:application", "--pythonpath", "platform",
                "--bind", f"127.0.0.1:{port}", "--workers", str(workers), "--threads", str(threads),
                "--worker-class", "gthread" if threads > 1 else "sync", "--backlog", "2048", "--timeout", "300",
@@ -128,9 +135,11 @@ def _drain(base: str) -> None:
         response.read()
 
 
-def _wrk(url: str, connections: int, duration: float, threads: int, script: Path) -> Measurement:
+def _wrk(url: str, connections: int, duration: float, threads: int, script: Path,
+         headers: dict[str, str] | None = None) -> Measurement:
+    extra = [arg for name, value in (headers or {}).items() for arg in ("-H", f"{name}: {value}")]
     command = ["wrk", "-t", str(min(threads, connections)), "-c", str(connections), "-d", f"{duration:g}s",
-               "--timeout", "60s", "-H", f"Accept-Encoding: {ACCEPT_ENCODING}", "-s", str(script), url]
+               "--timeout", "60s", "-H", f"Accept-Encoding: {ACCEPT_ENCODING}", *extra, "-s", str(script), url]
     out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     line = next(x for x in out.splitlines() if x.startswith("RESULT "))
     data = json.loads(line[len("RESULT "):])
@@ -138,13 +147,15 @@ def _wrk(url: str, connections: int, duration: float, threads: int, script: Path
                        data["errors"], data["non2xx"])
 
 
-async def _python_load(url: str, connections: int, duration: float) -> Measurement:
+async def _python_load(url: str, connections: int, duration: float,
+                       headers: dict[str, str] | None = None) -> Measurement:
     """wrk's job in asyncio: ``connections`` keep-alive clients (reconnecting when the server closes)."""
     from urllib.parse import urlsplit
 
     parts = urlsplit(url)
     path = parts.path + (f"?{parts.query}" if parts.query else "")
-    request = (f"GET {path} HTTP/1.1\r\nHost: {parts.netloc}\r\nAccept-Encoding: {ACCEPT_ENCODING}\r\n"
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+    request = (f"GET {path} HTTP/1.1\r\nHost: {parts.netloc}\r\nAccept-Encoding: {ACCEPT_ENCODING}\r\n{extra}"
                "Connection: keep-alive\r\n\r\n").encode()
     latencies: list[float] = []
     counts = {"errors": 0, "non2xx": 0}
@@ -200,40 +211,123 @@ def _find_wrk() -> str | None:
     return shutil.which("wrk")
 
 
+def _use_database(choice: str) -> None:
+    """Point Django at SQLite (the default settings) or PostgreSQL, before it is set up."""
+    if choice == "sqlite":
+        os.environ.pop("DATABASE_URL", None)
+    elif not os.environ.get("DATABASE_URL", "").startswith(("postgres://", "postgresql://")):
+        os.environ["DATABASE_URL"] = "postgres://postgres@127.0.0.1:5432/arena_load"
+
+
+def _load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+class ProgressWriter:
+    """Moves the running submission's progress every ``interval`` s with ``QuerySet.update()``, as a worker does."""
+
+    def __init__(self, submission_id: int, interval: float) -> None:
+        import threading
+
+        self.submission_id, self.interval = submission_id, interval
+        self.value = 0.0
+        self._threading = threading
+
+    def write(self) -> float:
+        from django.db import connection
+
+        from submissions.models import Submission
+
+        self.value = round((self.value + 0.001) % 1.0, 3)
+        Submission.objects.filter(pk=self.submission_id).update(progress=self.value,
+                                                                progress_stage=f"attacks: {self.value:.3f}")
+        connection.close()
+        return self.value
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.write()
+
+    def __enter__(self) -> ProgressWriter:
+        self._stop = self._threading.Event()
+        self._thread = self._threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _api_shows(url: str, headers: dict[str, str], public_id: str, progress: float) -> bool:
+    """Whether the API list at ``url`` shows the running submission at exactly ``progress``."""
+    request = urllib.request.Request(url, headers=headers)
+    with urllib.request.urlopen(request, timeout=60) as response:
+        rows = json.loads(response.read())["results"]
+    return any(row["id"] == public_id and row["progress"] == progress for row in rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite")
+    load = parser.add_mutually_exclusive_group()
+    load.add_argument("--busy", action="store_true", help="one evaluation running beside the server")
+    load.add_argument("--both", action="store_true", help="quiet first, then busy")
     parser.add_argument("--submissions", type=int, default=1000)
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
-    parser.add_argument("--rounds", type=int, default=2,
-                        help="alternating runs: cached/uncached leaderboard, before/after with --baseline-tree")
-    parser.add_argument("--workers", type=int, default=3, help="gunicorn worker processes per server")
+    parser.add_argument("--workers", type=int, default=3, help="gunicorn worker processes")
     parser.add_argument("--threads", type=int, default=1, help="gunicorn threads per worker (>1: gthread)")
     parser.add_argument("--wrk-threads", type=int, default=2)
     parser.add_argument("--tool", choices=["auto", "wrk", "python"], default="auto")
-    parser.add_argument("--baseline-tree", type=Path, default=None,
-                        help="another copy of the code (same database schema) to measure against, alternately")
+    parser.add_argument("--cache-seconds", type=int, default=600, help="ARENA_LEADERBOARD_CACHE_SECONDS; 0: no cache")
+    parser.add_argument("--progress-interval", type=float, default=0.5,
+                        help="how often the running submission reports progress (the worker's PROGRESS_INTERVAL)")
+    parser.add_argument("--target-ms", type=float, default=100.0)
+    parser.add_argument("--only", default="", help="comma-separated endpoint names to measure (default: all)")
     args = parser.parse_args()
-    if args.baseline_tree is not None and not (args.baseline_tree / "platform" / "arena" / "wsgi.py").is_file():
-        parser.error(f"--baseline-tree {args.baseline_tree}: no platform/arena/wsgi.py there")
 
+    _use_database(args.database)
     populate = _load_populate()
+    from django.contrib.auth import get_user_model
     from django.db import connection, connections
+    from django.test import Client
     from django.test.utils import setup_test_environment
+    from rest_framework.authtoken.models import Token
 
     from arena.database import database_url
+    from submissions.models import Submission
 
     setup_test_environment()
     old_name = connection.creation.create_test_db(verbosity=0, autoclobber=True)
     servers: list[subprocess.Popen] = []
+    busy: subprocess.Popen | None = None
+    busy_log = Path(VAR_DIR) / "busy.log"
     try:
         started = time.perf_counter()
-        track, submission, _ = populate(args.submissions)
-        print(f"populated {args.submissions} submissions in {time.perf_counter() - started:.1f} s "
-              f"({connection.vendor})", flush=True)
+        track, _, user = populate(args.submissions)
+        other = get_user_model().objects.exclude(pk=user.pk).order_by("pk").first()
+        template = Submission.objects.filter(owner=other).order_by("pk").first()
+        assert template is not None
+        running = Submission.objects.create(track=track, owner=other, name="running model", artifact="artifacts/r.pt2",
+                                            artifact_format="pt2", artifact_sha256="r" * 64, state="running",
+                                            progress=0.0, progress_stage="clean")
+        Submission.objects.create(track=track, owner=user, name="my private queued model", artifact="artifacts/q.pt2",
+                                  artifact_format="pt2", artifact_sha256="q" * 64, state="queued", is_public=False)
+        model_page = Submission.objects.filter(track=track, owner=other, state="finished").order_by("pk")[
+            args.submissions // 40].get_absolute_url()
+        print(f"populated {args.submissions} submissions (+1 running, +1 queued) in "
+              f"{time.perf_counter() - started:.1f} s ({connection.vendor})", flush=True)
         with connection.cursor() as cursor:  # planner statistics, as a live database has them (autovacuum)
             cursor.execute("ANALYZE")
+        client = Client()
+        client.force_login(user)
+        from django.conf import settings
+
+        session = {"Cookie": f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"}
+        token = {"Authorization": f"Token {Token.objects.create(user=user).key}"}
         db_url = database_url(connection.settings_dict)
+        writer = ProgressWriter(running.pk, args.progress_interval)
         connections.close_all()
 
         wrk = None if args.tool == "python" else _find_wrk()
@@ -242,102 +336,75 @@ def main() -> None:
         script = Path(VAR_DIR) / "report.lua"
         script.write_text(WRK_SCRIPT)
 
-        def load(url: str, connections_: int, duration: float) -> Measurement:
+        def load(url: str, connections_: int, duration: float, headers: dict[str, str]) -> Measurement:
             if wrk is not None:
-                measured = _wrk(url, connections_, duration, args.wrk_threads, script)
+                measured = _wrk(url, connections_, duration, args.wrk_threads, script, headers)
             else:
-                measured = asyncio.run(_python_load(url, connections_, duration))
+                measured = asyncio.run(_python_load(url, connections_, duration, headers))
             _drain(url.split("/", 3)[0] + "//" + url.split("/", 3)[2])
             return measured
 
-        cached_proc, cached = _start_server(db_url, 600, args.workers, args.threads)
-        servers.append(cached_proc)
-        uncached_proc, uncached = _start_server(db_url, 0, args.workers, args.threads)
-        servers.append(uncached_proc)
-        baseline = None
-        if args.baseline_tree is not None:
-            baseline_proc, baseline = _start_server(db_url, 600, args.workers, args.threads,
-                                                    args.baseline_tree.resolve())
-            servers.append(baseline_proc)
-        pages = {
-            "leaderboard page": f"/tracks/{track.slug}/",
-            "model page": submission.get_absolute_url(),
-            "API list (100 per page)": f"/api/v1/submissions/?track={track.slug}&limit=100",
-        }
-        # Warm up: every worker builds its own local-memory cache entry and imports its code.
-        for path in pages.values():
-            load(cached + path, args.workers * 2, 3.0)
-        load(uncached + pages["leaderboard page"], args.workers, 3.0)
-        if baseline is not None:
-            for path in pages.values():
-                load(baseline + path, args.workers * 2, 3.0)
+        server_proc, server = _start_server(db_url, args.cache_seconds, args.workers, args.threads)
+        servers.append(server_proc)
+        api = f"/api/v1/submissions/?track={track.slug}"
+        endpoints = {"leaderboard": f"/tracks/{track.slug}/", "model page": model_page, "API list": api}
+        if args.only:
+            endpoints = {k: v for k, v in endpoints.items() if k in {x.strip() for x in args.only.split(",")}}
+        readers = {"anonymous": {}, "session": session}
+        cases = [(name, path, who, headers) for name, path in endpoints.items() for who, headers in
+                 [*readers.items(), *([("token", token)] if name == "API list" else [])]]
+        for _name, path, _who, headers in cases:  # warm up: every worker imports its code and fills its cache
+            load(server + path, args.workers * 2, 2.0, headers)
 
+        modes = ["quiet", "busy"] if args.both else ["busy"] if args.busy else ["quiet"]
+        rows: list[tuple[str, str, str, Measurement]] = []
+        fresh: list[str] = []
+        described = ""
         tool = f"wrk ({wrk})" if wrk else "Python asyncio load generator"
-        print(f"\n{tool}; {args.connections} connections, {args.duration:g} s per run; gunicorn "
-              f"{args.workers} workers x {args.threads} threads per server; {os.cpu_count()} CPUs; "
-              f"database {connection.vendor}\n", flush=True)
-        results: dict[str, Measurement] = {}
-        for label, path in pages.items():
-            results[label] = load(cached + path, args.connections, args.duration)
-        rounds: dict[str, list[Measurement]] = {"cached": [], "uncached": []}
-        for _ in range(args.rounds):
-            rounds["cached"].append(load(cached + pages["leaderboard page"], args.connections, args.duration))
-            rounds["uncached"].append(load(uncached + pages["leaderboard page"], args.connections, args.duration))
-        single = {name: load(base + pages["leaderboard page"], 1, args.duration)
-                  for name, base in (("cached", cached), ("uncached", uncached))}
-        compared: dict[str, dict[str, list[Measurement]]] = {}
-        if baseline is not None:
-            for label, path in pages.items():
-                compared[label] = {"before": [], "after": []}
-                for _ in range(args.rounds):
-                    compared[label]["before"].append(load(baseline + path, args.connections, args.duration))
-                    compared[label]["after"].append(load(cached + path, args.connections, args.duration))
+        for mode in modes:
+            if mode == "busy":
+                busy = subprocess.Popen([sys.executable, str(ROOT / "measurements" / "busy_evaluation.py")],
+                                        stdout=busy_log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT)
+                deadline = time.monotonic() + 120
+                while "evaluation 1:" not in busy_log.read_text() and time.monotonic() < deadline:
+                    time.sleep(1)  # until its first evaluation has run: the model and data are loaded
+                described = busy_log.read_text().splitlines()[0] if busy_log.read_text() else "(no output)"
+            print(f"\n{mode}: load average {_load_average()}", flush=True)
+            with writer:
+                for name, path, who, headers in cases:
+                    measured = load(server + path, args.connections, args.duration, headers)
+                    rows.append((name, who, mode, measured))
+                    print(f"  {name:12s} {who:10s} {measured.rps:8.1f} req/s  p99 {measured.p99_ms:7.1f} ms  "
+                          f"(load {_load_average()})", flush=True)
+            for who, headers in (("anonymous", {}), ("token", token)):
+                value = writer.write()
+                ok = _api_shows(server + api, headers, str(running.public_id), value)
+                fresh.append(f"{mode}/{who}: {'fresh' if ok else 'STALE'}")
+            if busy is not None:
+                busy.terminate()
+                busy.wait(timeout=60)
+                finished = busy_log.read_text().count("evaluation ")
+                described += f"; {finished} evaluation(s) finished during the busy runs"
+                busy = None
 
-        def row(label: str, m: Measurement) -> str:
-            return (f"{label:44s} {m.rps:9.1f} {m.p50_ms:9.1f} {m.p99_ms:9.1f} {m.requests:9d} "
-                    f"{m.errors + m.non2xx:7d}")
-
-        print(f"{'endpoint':44s} {'req/s':>9s} {'p50 ms':>9s} {'p99 ms':>9s} {'requests':>9s} {'errors':>7s}")
+        print(f"\n{tool}; {args.connections} connections, {args.duration:g} s per run; gunicorn {args.workers} "
+              f"workers x {args.threads} threads; {os.cpu_count()} CPUs; cache {args.cache_seconds} s; "
+              f"{args.submissions} submissions")
+        if described:
+            print(f"busy: {described}")
+        print(f"progress written every {args.progress_interval:g} s during the runs; API list right after a "
+              f"write: {', '.join(fresh)}\n")
+        print(f"{'endpoint':12s} {'who':10s} {'database':9s} {'load':6s} {'req/s':>8s} {'p50 ms':>8s} "
+              f"{'p99 ms':>8s} {'errors':>7s}  p99 < {args.target_ms:g} ms")
         print("-" * 92)
-        for label, m in results.items():
-            print(row(f"{label} ({args.connections} conn)", m))
-        for name in ("cached", "uncached"):
-            for i, m in enumerate(rounds[name], 1):
-                print(row(f"leaderboard, {name}, round {i} ({args.connections} conn)", m))
-        for name, m in single.items():
-            print(row(f"leaderboard, {name} (1 connection)", m))
-
-        def median(name: str, attribute: str) -> float:
-            return statistics.median(getattr(m, attribute) for m in rounds[name])
-
-        if compared:
-            print(f"\nbefore: {args.baseline_tree}; after: {ROOT} (alternating, {args.rounds} rounds each)")
-            print(f"{'endpoint':44s} {'req/s':>9s} {'p50 ms':>9s} {'p99 ms':>9s} {'requests':>9s} {'errors':>7s}")
-            print("-" * 92)
-            for label, runs in compared.items():
-                for name in ("before", "after"):
-                    for i, m in enumerate(runs[name], 1):
-                        print(row(f"{label}, {name}, round {i}", m))
-            print()
-            for label, runs in compared.items():
-                def mid(name: str, attribute: str, runs: dict[str, list[Measurement]] = runs) -> float:
-                    return statistics.median(getattr(m, attribute) for m in runs[name])
-
-                print(f"{label}: {mid('before', 'rps'):.1f} -> {mid('after', 'rps'):.1f} req/s "
-                      f"({mid('after', 'rps') / max(mid('before', 'rps'), 1e-9):.1f}x), p99 "
-                      f"{mid('before', 'p99_ms'):.0f} -> {mid('after', 'p99_ms'):.0f} ms (medians)")
-
-        print()
-        print(f"cached / uncached throughput at {args.connections} connections: "
-              f"{median('cached', 'rps') / max(median('uncached', 'rps'), 1e-9):.0f}x "
-              f"({median('cached', 'rps'):.1f} vs {median('uncached', 'rps'):.2f} req/s, median of {args.rounds})")
-        print(f"uncached / cached p50 latency with 1 connection: "
-              f"{single['uncached'].p50_ms / max(single['cached'].p50_ms, 1e-9):.0f}x "
-              f"({single['cached'].p50_ms:.1f} ms vs {single['uncached'].p50_ms:.1f} ms)")
-        p99 = results["leaderboard page"].p99_ms
-        print(f"target: leaderboard page p99 < 100 ms at {args.connections} connections: "
-              f"{'MET' if p99 < 100 else 'NOT MET'} ({p99:.1f} ms)")
+        for name, who, mode, m in rows:
+            verdict = "PASS" if m.p99_ms < args.target_ms and not (m.errors + m.non2xx) else "FAIL"
+            print(f"{name:12s} {who:10s} {connection.vendor:9s} {mode:6s} {m.rps:8.1f} {m.p50_ms:8.1f} "
+                  f"{m.p99_ms:8.1f} {m.errors + m.non2xx:7d}  {verdict}")
+        print(f"\nload average at the end: {_load_average()}")
     finally:
+        if busy is not None:
+            busy.terminate()
         for process in servers:
             process.terminate()
         for process in servers:
@@ -345,6 +412,7 @@ def main() -> None:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 process.kill()
+        connections.close_all()
         connection.creation.destroy_test_db(old_name, verbosity=0)
         shutil.rmtree(VAR_DIR, ignore_errors=True)
 

@@ -53,6 +53,7 @@ from django.core.cache import cache
 from django.db import connection, transaction
 from django.db.models.signals import post_delete, post_save
 from django.http import HttpRequest, HttpResponse
+from django.template.loader import render_to_string
 from django.urls import Resolver404, resolve
 from django.utils.cache import patch_vary_headers
 
@@ -179,6 +180,7 @@ class Lookup:
     track_id: int
     suite_version: str
     stamp: str
+    owner_id: int | None = None  # a model page's: its owner (who may see more than others)
 
 
 def _current_fits_sql(track: str) -> str:
@@ -243,7 +245,8 @@ def _submission_stamp_sql() -> str:
     bench = Track._meta.get_field("benchmark").related_model._meta.db_table
     fits = _current_fits_sql("s.track_id")
     return (f"SELECT s.track_id AS arena_track, t.suite_version AS arena_suite, s.is_public AS arena_public, "
-            f"s.state AS arena_state, s.*, u.username, t.*, b.name, w.id, r.name, r.finished_at, ({fits}) "
+            f"s.state AS arena_state, s.owner_id AS arena_owner, "
+            f"s.*, u.username, t.*, b.name, w.id, r.name, r.finished_at, ({fits}) "
             f"FROM {sub} s JOIN {user} u ON u.id = s.owner_id JOIN {track} t ON t.id = s.track_id "
             f"JOIN {bench} b ON b.id = t.benchmark_id "
             f"LEFT JOIN {wd} w ON w.submission_id = s.id LEFT JOIN {sub} r ON r.id = s.relative_to_id "
@@ -263,10 +266,10 @@ def lookup_submission(public_id: uuid.UUID) -> Lookup | None:
         row = cursor.fetchone()
     if row is None:
         return None
-    track_id, suite_version, is_public, state = row[:4]
+    track_id, suite_version, is_public, state, owner_id = row[:5]
     if not is_public or state not in _SETTLED_STATES:
         return None
-    return Lookup(track_id, suite_version, f"{public_id}:{hashlib.sha256(repr(row).encode()).hexdigest()}")
+    return Lookup(track_id, suite_version, f"{public_id}:{hashlib.sha256(repr(row).encode()).hexdigest()}", owner_id)
 
 
 def _normalized(kind: str, params: Any) -> list[tuple[str, str]]:
@@ -352,7 +355,8 @@ class LeaderboardCacheMiddleware:
             return self.get_response(request)
         if not shareable(request):
             response = self.get_response(request)
-            response[CACHE_HEADER] = "bypass"
+            if not response.has_header(CACHE_HEADER):  # the view may have used a shared body (page_for_reader)
+                response[CACHE_HEADER] = "bypass"
             return response
         found = lookup_submission(target) if kind == MODEL_PAGE else lookup(target)
         if found is None:  # no such public track, or a model page not to share: the view answers
@@ -417,3 +421,107 @@ def cached_data(request: Any, kind: str, track: Track, params: Any, build: Calla
     data = build()
     cache.set(key, data, timeout=cache_seconds())
     return data, "miss"
+
+
+# --- Pages for signed-in readers: a shared body, the reader's header filled in. -----------------------
+
+#: Where base.html leaves the reader's own parts (the header's links and form, the messages) in a shared body.
+NAV_MARKER = "<!--arena:nav-->"
+MESSAGES_MARKER = "<!--arena:messages-->"
+#: A body holding a form's CSRF token belongs to one session: it is never stored.
+_CSRF_FIELD = 'name="csrfmiddlewaretoken"'
+
+
+def _own_listed_sql() -> str:
+    """The reader's own models a leaderboard lists (``queries._visible_submissions``), private ones included."""
+    sub, wd = Submission._meta.db_table, Withdrawal._meta.db_table
+    return (f"SELECT COUNT(s.id), SUM(s.id), MAX(s.finished_at), "
+            f"SUM(CASE WHEN s.is_public = %(true)s THEN 1 ELSE 0 END) FROM {sub} s "
+            f"LEFT JOIN {wd} w ON w.submission_id = s.id WHERE s.track_id = %(track)s AND s.owner_id = %(owner)s "
+            f"AND s.state = %(finished)s AND s.released = %(true)s AND w.id IS NULL")
+
+
+def reader_scope(kind: str, request: HttpRequest, found: Lookup) -> str | None:
+    """Which readers see the same page body as this one (their header aside); None: build it for them alone.
+
+    * a leaderboard: every anonymous reader; every signed-in reader with no model of their own on
+      it (what they see differs from the anonymous page only by a sentence); a reader with models
+      on it (ringed, and their private ones listed) shares only with themselves, under a stamp of
+      those models (which, how many public, the latest ``finished_at``) read now;
+    * a model page (of a public, settled submission: ``found`` says so): every anonymous reader,
+      every signed-in reader other than its owner and staff; the owner and staff (forms, withheld
+      scores) get a page built for them.
+    """
+    user = getattr(request, "user", None)
+    if user is None or not user.is_authenticated:
+        return "anonymous"
+    if kind == MODEL_PAGE:
+        return None if user.is_staff or user.pk == found.owner_id else "signed-in"
+    with connection.cursor() as cursor:
+        cursor.execute(_own_listed_sql(), {"track": found.track_id, "owner": user.pk, "true": True,
+                                           "finished": Submission.State.FINISHED})
+        own = cursor.fetchone()
+    if not own or not own[0]:
+        return "signed-in"
+    return f"user:{user.pk}:" + ".".join("" if v is None else str(v) for v in own)
+
+
+def _split(body: str) -> tuple[bytes, bytes, bytes] | None:
+    """The body as encoded parts around its two markers (None without them), so that a hit only joins bytes."""
+    head, nav, rest = body.partition(NAV_MARKER)
+    middle, messages, tail = rest.partition(MESSAGES_MARKER)
+    if not nav or not messages:
+        return None
+    return head.encode(), middle.encode(), tail.encode()
+
+
+def _fill(request: HttpRequest, parts: tuple[bytes, bytes, bytes]) -> HttpResponse:
+    """The shared body with this reader's header and messages (rendered now, with their CSRF token)."""
+    nav = render_to_string("_site_nav.html", request=request).encode()
+    messages = render_to_string("_messages.html", request=request).encode()
+    return HttpResponse(b"".join((parts[0], nav, parts[1], messages, parts[2])))
+
+
+def page_for_reader(request: HttpRequest, kind: str, target: Any,
+                    render_page: Callable[[bool], HttpResponse]) -> HttpResponse:
+    """A leaderboard or model page for any reader, its body shared through the cache where it may be.
+
+    The middleware above serves whole responses to readers without a session; this serves everyone
+    else (signed in, or with a message to show) from a **body** cached under the same track version
+    and data stamp as the middleware's entries, plus :func:`reader_scope`, rendered without the
+    reader's header (``render_page(True)``: base.html leaves :data:`NAV_MARKER` and
+    :data:`MESSAGES_MARKER`), which is rendered for the reader and filled in. So a signed-in reload
+    of a 1,000-model leaderboard costs the stamps, a cache read and the header, not the board.
+    ``render_page(False)`` builds the page whole, for readers who share it with nobody.
+    """
+    if cache_seconds() <= 0 or request.method != "GET":
+        return render_page(False)
+    found = lookup_submission(target) if kind == MODEL_PAGE else lookup(target)
+    if found is None:  # no such public track, or a model page not to share: the view answers as it would
+        return render_page(False)
+    scope = reader_scope(kind, request, found)
+    if scope is None:
+        return render_page(False)
+    try:
+        key = f"{cache_key(kind, found, request, request.GET)}:body:{hashlib.sha256(scope.encode()).hexdigest()[:32]}"
+        parts = cache.get(key)
+    except Exception:
+        logger.warning("leaderboard cache unavailable; building the page", exc_info=True)
+        return render_page(False)
+    how = "body-hit"
+    if parts is None:
+        how = "body-miss"
+        response = render_page(True)
+        if response.status_code != 200 or getattr(response, "streaming", False):
+            return render_page(False)
+        body = response.content.decode(response.charset)
+        parts = None if _CSRF_FIELD in body else _split(body)
+        if parts is None:  # belongs to one session, or not a layout with the markers
+            return render_page(False)
+        try:
+            cache.set(key, parts, timeout=cache_seconds())
+        except Exception:
+            logger.warning("leaderboard cache unavailable; page body not stored", exc_info=True)
+    response = _fill(request, parts)
+    response[CACHE_HEADER] = how
+    return response

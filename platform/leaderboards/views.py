@@ -10,6 +10,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, render
 
 from benchmarks.models import Benchmark, EvaluationSet, Track
+from leaderboards import cache as lb_cache
 from leaderboards import exports
 from leaderboards.model_page import MODEL_PAGE_RELATED, model_page_context
 from leaderboards.plots import (
@@ -85,6 +86,12 @@ def _widest_half_width(points: int) -> float:
 
 
 def track_leaderboard(request: HttpRequest, slug: str) -> HttpResponse:
+    """A track's leaderboard; its body comes from the cache when this reader shares it (cache.page_for_reader)."""
+    return lb_cache.page_for_reader(request, "page", slug, lambda shell: _track_page(request, slug, shell))
+
+
+def _track_page(request: HttpRequest, slug: str, shell: bool = False) -> HttpResponse:
+    """The leaderboard page built now; ``shell``: without the reader's header (markers for cache._fill)."""
     board = _board(request, slug)
     params = board.filters.as_params()
     table_params = {k: v for k, v in params.items() if k not in {"sort", "order"}}
@@ -133,6 +140,7 @@ def track_leaderboard(request: HttpRequest, slug: str) -> HttpResponse:
         "attack_plan": attack_plan(board.track, board.clean_set.num_examples if board.clean_set else None),
         "evaluation_sets": [set_documentation(s) for s in
                             ([board.clean_set, *board.shift_sets] if board.clean_set else board.shift_sets)],
+        "arena_shell": shell,
     }
     return render(request, "leaderboards/track.html", context)
 
@@ -152,7 +160,13 @@ def export_csv(request: HttpRequest, slug: str) -> HttpResponse:
 
 
 def model_page(request: HttpRequest, public_id) -> HttpResponse:
-    """A submission's model page (leaderboards.model_page builds it; leaderboards.cache keeps anonymous renders)."""
+    """A submission's model page (leaderboards.model_page builds it; leaderboards.cache keeps anonymous renders
+    whole, and the body of others' public settled models for signed-in readers)."""
+    return lb_cache.page_for_reader(request, lb_cache.MODEL_PAGE, public_id,
+                                    lambda shell: _model_page(request, public_id, shell))
+
+
+def _model_page(request: HttpRequest, public_id, shell: bool = False) -> HttpResponse:
     submission = visible_submission(request, public_id, MODEL_PAGE_RELATED)
     is_owner = request.user.is_authenticated and (request.user.is_staff or request.user.pk == submission.owner_id)
     return render(
@@ -160,5 +174,5 @@ def model_page(request: HttpRequest, public_id) -> HttpResponse:
         "submissions/detail.html",
         {"submission": submission, "track": submission.track, "is_owner": is_owner,
          "status": status_payload(submission),
-         **model_page_context(submission, request.user, request.GET.get("transform"))},
+         **model_page_context(submission, request.user, request.GET.get("transform")), "arena_shell": shell},
     )
