@@ -139,10 +139,18 @@ def square_attack(
     rescale_schedule: bool = False,
     batch_size: int = 256,
     progress: Callable[[float], None] = _ignore,
+    stall_checks: tuple[int, ...] = (),
+    stall_slack: float = 2.0,
 ) -> AttackResult:
     """Untargeted Square attack on images (N, C, H, W) in [0, 1]; see the module docstring.
 
     ``progress`` is called with the fraction of the query budget spent, every 100 queries.
+
+    ``stall_checks`` (``attacks-3``; empty in ``attacks-1`` and ``attacks-2``, which then run exactly as
+    before): at each of these query counts, a surviving point stops costing queries when its margin,
+    falling for the rest of the budget ``stall_slack`` times as fast as it fell since the previous check,
+    would still not reach zero. Square's windows shrink on a fixed schedule, so its progress per query
+    tends to slow down; the rule is a heuristic, and the suite using it is measured against AutoAttack.
     """
     if x.dim() != 4:
         raise ValueError(f"the Square attack needs (N, C, H, W) images, got shape {tuple(x.shape)}")
@@ -160,9 +168,18 @@ def square_attack(
     logits = predict_logits(model, x_best, batch_size)
     margin_best = margin(logits, y)
     fooled = logits.argmax(dim=1) != y
+    checks = sorted({int(q) for q in stall_checks if 0 < int(q) < n_queries})
+    stalled = torch.zeros_like(fooled)
+    margin_at_check, last_check, any_stalled = margin_best.clone(), 1, False
 
     for iteration in range(1, n_queries):
-        active = (~fooled).nonzero().squeeze(1)
+        if checks and iteration == checks[0]:
+            # Queries spent so far: ``iteration`` (the first one counted); left: n_queries - iteration.
+            rate = (margin_at_check - margin_best).clamp_min(0.0) / (iteration - last_check)
+            stalled |= ~fooled & (margin_best - stall_slack * rate * (n_queries - iteration) > 0)
+            margin_at_check, last_check, any_stalled = margin_best.clone(), iteration, bool(stalled.any())
+            checks.pop(0)
+        active = ((~fooled & ~stalled) if any_stalled else ~fooled).nonzero().squeeze(1)
         if active.numel() == 0:
             break
         if iteration % _REPORT_EVERY == 0:

@@ -66,7 +66,8 @@ def _fmn(model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, generator:
 def _square(model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, generator: torch.Generator,
             suite: SuiteConfig, batch_size: int, progress: Callable[[float], None]) -> AttackResult:
     return square_attack(model, x, y, threat, generator, n_queries=suite.square_queries, p_init=suite.square_p_init,
-                         batch_size=batch_size, progress=progress)
+                         batch_size=batch_size, progress=progress, stall_checks=suite.square_stall_checks,
+                         stall_slack=suite.square_stall_slack)
 
 
 # The escalation stages: the same attacks with more of the budget that decides them.
@@ -106,7 +107,8 @@ def _esc_square(model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, gen
     # Fresh random streams (the generator moves on) on the points each earlier restart left.
     def run(todo: Tensor, inner: Callable[[float], None]) -> AttackResult:
         return square_attack(model, x[todo], y[todo], threat, generator, n_queries=suite.square_queries,
-                             p_init=suite.square_p_init, batch_size=batch_size, progress=inner)
+                             p_init=suite.square_p_init, batch_size=batch_size, progress=inner,
+                             stall_checks=suite.square_stall_checks, stall_slack=suite.square_stall_slack)
 
     return with_restarts(x, suite.escalation_square_restarts, progress, run)
 

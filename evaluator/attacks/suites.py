@@ -39,6 +39,11 @@ class SuiteConfig:
     #: Square's query budget per point (AutoAttack standard: 5,000).
     square_queries: int = 5000
     square_p_init: float = 0.8
+    #: Square's early stop (``attacks-3``): at these query counts a survivor whose margin, falling
+    #: ``square_stall_slack`` times as fast as since the previous count, would not reach zero in the rest of
+    #: the budget stops costing queries (:func:`evaluator.attacks.square.square_attack`). Empty: no early stop.
+    square_stall_checks: tuple[int, ...] = ()
+    square_stall_slack: float = 2.0
     #: Stages run on the survivors when a reliability check fires (none: flag only, as ``attacks-1``).
     escalation: tuple[str, ...] = ("esc-apgd-ce", "esc-apgd-dlr", "esc-fmn", "esc-fab-t", "esc-square")
     #: Escalation budget: random restarts of APGD-CE and APGD-DLR (AutoAttack's "plus" version: 5), FMN's and
@@ -77,7 +82,19 @@ SUITES: dict[str, SuiteConfig] = {
     "attacks-2": SuiteConfig(
         "attacks-2", stages=("apgd-ce", "apgd-t", "fmn", "fab-t", "square"), apgd_iterations=100, apgd_restarts=1,
         target_classes=9, apgd_reference_schedule=True, fmn_steps=100, min_norm_iterations=100, min_norm_targets=9,
-        min_norm_restarts=1, square_queries=5000, square_p_init=0.8,
+        min_norm_restarts=1, square_queries=5000, square_p_init=0.8, square_stall_checks=(), square_stall_slack=2.0,
+        escalation=("esc-apgd-ce", "esc-apgd-dlr", "esc-fmn", "esc-fab-t", "esc-square"), escalation_restarts=5,
+        escalation_min_norm_restarts=3, escalation_iteration_factor=2, escalation_square_restarts=2,
+        escalation_triggers=("black_box", "eps_monotonic", "gradients", "random_noise"), chunk_size=500,
+    ),
+    # Issue 19 (cost): attacks-2 with three targets instead of nine for APGD-T and FAB-T, and Square stopping
+    # on survivors whose margin stalls (checked at 500, 1,000, 2,000, 3,000 and 4,000 queries). NOT adopted by
+    # any track: docs/evaluation.md gives its side-by-side measurement against AutoAttack.
+    "attacks-3": SuiteConfig(
+        "attacks-3", stages=("apgd-ce", "apgd-t", "fmn", "fab-t", "square"), apgd_iterations=100, apgd_restarts=1,
+        target_classes=3, apgd_reference_schedule=True, fmn_steps=100, min_norm_iterations=100, min_norm_targets=3,
+        min_norm_restarts=1, square_queries=5000, square_p_init=0.8, square_stall_checks=(500, 1000, 2000, 3000, 4000),
+        square_stall_slack=2.0,
         escalation=("esc-apgd-ce", "esc-apgd-dlr", "esc-fmn", "esc-fab-t", "esc-square"), escalation_restarts=5,
         escalation_min_norm_restarts=3, escalation_iteration_factor=2, escalation_square_restarts=2,
         escalation_triggers=("black_box", "eps_monotonic", "gradients", "random_noise"), chunk_size=500,

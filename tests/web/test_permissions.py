@@ -133,6 +133,10 @@ PERMISSIONS: dict[str, list[Check]] = {
         Check(lambda w: _detail(w) + "cancel/", OWNER_ONLY, "post"),
         Check(lambda w: _detail(w) + "cancel/", logged_in(405)),
     ],
+    "submissions/<uuid:public_id>/resume/": [
+        Check(lambda w: f"/submissions/{w.private('incomplete').public_id}/resume/", OWNER_ONLY, "post"),
+        Check(lambda w: _detail(w) + "resume/", logged_in(405)),
+    ],
     "submissions/<uuid:public_id>/rerun/": [
         Check(lambda w: f"/submissions/{w.private('failed').public_id}/rerun/", OWNER_ONLY, "post"),
         Check(lambda w: _detail(w) + "rerun/", logged_in(405)),
@@ -171,6 +175,12 @@ PERMISSIONS: dict[str, list[Check]] = {
         Check(lambda w: _api_detail(w) + "cancel/", {"anon": 401, "owner": 200, "other": 404, "staff": 200}, "post"),
         Check(lambda w: _api_detail(w).rstrip("/") + "/cancel.json", {"anon": 401, "owner": 200, "other": 404,
                                                                       "staff": 200}, "post"),
+    ],
+    "api/v1/submissions/<id>/resume/": [
+        # A queued submission cannot be resumed (409); only its owner and staff learn that much.
+        Check(lambda w: _api_detail(w) + "resume/", {"anon": 401, "owner": 409, "other": 404, "staff": 409}, "post"),
+        Check(lambda w: f"/api/v1/submissions/{w.private('incomplete').public_id}/resume/",
+              {"anon": 401, "owner": 200, "other": 404, "staff": 200}, "post"),
     ],
     "api/v1/tracks/": [Check(lambda w: "/api/v1/tracks/", same(200))],
     "api/v1/tracks/<slug>/": [Check(lambda w: f"/api/v1/tracks/{w.track.slug}/", same(200)),

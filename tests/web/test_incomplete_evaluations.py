@@ -1,0 +1,88 @@
+"""An evaluation that runs out of time (issue 19): its finished stages are kept and shown, it is not charged,
+and its owner's resume runs only the rest.
+
+Real sandboxed evaluations of the shared LeNet-5 on a digits track with two threat models; the worker's
+wall-clock limit is set low enough that the attacks cannot finish in it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from django.core.files import File
+from django.test import Client
+from rest_framework.test import APIClient
+
+from accounts.models import QuotaEntry
+from submissions.models import Result, StageCheckpoint, Submission
+from submissions.services import create_submission
+from submissions.tasks import evaluate_submission
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+
+#: The scorer's budget is capped at 98% of the limit minus 30 s: about 14 s for the whole job, enough for
+#: the model to start and the 2,000 clean images, not for two threat models' cascades and checks.
+SHORT_WALL_SECONDS = 45.0
+
+
+@pytest.fixture
+def attacked_track(digits_track):
+    digits_track.threat_models = [{"norm": "Linf", "eps": 0.3, "label": "Linf-0.3"},
+                                  {"norm": "L2", "eps": 2.0, "label": "L2-2.0"}]
+    digits_track.attack_points, digits_track.reliability_points = 16, 8
+    digits_track.save()
+    return digits_track
+
+
+def _submit(user, track, path: Path) -> Submission:
+    with path.open("rb") as handle:
+        return create_submission(user, track, File(handle, name=path.name), name="LeNet-5",
+                                 zoo_architecture="mnist_lenet5")
+
+
+def test_out_of_time_keeps_the_finished_stages_and_a_resume_runs_the_rest(
+        attacked_track, researcher, lenet5_safetensors, settings, monkeypatch):
+    sent: list[int] = []
+    monkeypatch.setattr("submissions.dispatch.enqueue", lambda submission: sent.append(submission.pk))
+    submission = _submit(researcher, attacked_track, lenet5_safetensors)
+    settings.ARENA_EVAL_WALL_SECONDS = SHORT_WALL_SECONDS
+    assert evaluate_submission(submission.pk) == "incomplete"
+    submission.refresh_from_db()
+    assert submission.failure_code == "out_of_time" and "time budget" in submission.failure_reason
+    run = submission.runs.get()
+    assert not run.ok and "sets" in run.provenance["incomplete"]["finished"]
+    assert len(run.provenance["incomplete"]["finished"]) < 3
+    kept = dict(Result.objects.filter(submission=submission).values_list("metric", "value"))
+    assert "accuracy" in kept and not any(m.startswith("robust_accuracy@L2-2.0") for m in kept)
+    assert set(StageCheckpoint.objects.filter(submission=submission).values_list("stage", flat=True)) == set(
+        run.provenance["incomplete"]["finished"])
+    # Not charged: the budget is the platform's estimate of its own work.
+    assert QuotaEntry.objects.filter(submission=submission, kind=QuotaEntry.Kind.REFUND).count() == 1
+    # Not on the leaderboard, but its page shows the finished stages, where it stopped, and a way on.
+    assert not Submission.objects.filter(track=attacked_track, state=Submission.State.FINISHED).exists()
+    owner = Client()
+    owner.force_login(researcher)
+    page = owner.get(submission.get_absolute_url()).content.decode()
+    assert "Incomplete: stopped while" in page and "the evaluation sets" in page
+    assert "Resume evaluation" in page and "mnist-hidden" in page
+    assert "Resume evaluation" not in Client().get(submission.get_absolute_url()).content.decode()
+
+    sent.clear()
+    api = APIClient()
+    api.force_authenticate(researcher)
+    response = api.post(f"/api/v1/submissions/{submission.public_id}/resume/")
+    assert response.status_code == 200 and response.json()["state"] == "queued" and sent == [submission.pk]
+    assert api.post(f"/api/v1/submissions/{submission.public_id}/resume/").status_code == 409
+    settings.ARENA_EVAL_WALL_SECONDS = 3600.0
+    assert evaluate_submission(submission.pk) == "finished"
+    submission.refresh_from_db()
+    run = submission.runs.get()
+    assert run.ok and "sets" in run.provenance["resumed_stages"]
+    final = dict(Result.objects.filter(submission=submission).values_list("metric", "value"))
+    assert {"robust_accuracy@Linf-0.3", "robust_accuracy@L2-2.0", "attacked_clean_accuracy"} <= set(final)
+    # The resumed stages' numbers are the kept ones.
+    assert {m: final[m] for m in kept} == kept
+    assert not StageCheckpoint.objects.filter(submission=submission).exists()
+    # Still one charge and one refund: a resume costs nothing and refunds nothing more.
+    assert QuotaEntry.objects.filter(submission=submission).count() == 2
