@@ -71,6 +71,10 @@ def page_key(request: Any, queryset: QuerySet[Submission], offset: int, limit: i
     The page's ids come from the view's own queryset (the same filters, visibility and order as
     the page it serves), so the digest covers exactly the rows served.
     """
+    if count == 0 or offset >= count:  # an empty page (DRF reads no rows either; a huge offset overflows SQL)
+        return f"{_PREFIX}:" + hashlib.sha256(repr((count, offset, limit, request.get_host(), request.scheme,
+                                                    sorted(request.query_params.lists()),
+                                                    request.accepted_media_type)).encode()).hexdigest()
     ids = queryset.prefetch_related(None).order_by(*queryset.query.order_by).values("id")[offset:offset + limit]
     ids_sql, params = ids.query.sql_with_params()
     database = connections[queryset.db]

@@ -1,0 +1,210 @@
+"""Signed-in pages and the API list from the cache (issue 19): shared only where identical, never stale.
+
+``leaderboards.cache.page_for_reader`` shares the body of a leaderboard or a model page between
+readers (the header filled in for each), and ``submissions.list_cache`` keeps API list pages under a
+digest of their rows. These tests read as one user, then as others, and check that nobody ever
+gets what belongs to someone else (a private model, a username, an owner's forms), that what is
+shared is what the view would build for the reader, and that a change (progress, state, visibility
+through ``QuerySet.update()``) shows on the very next read.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.core.files.base import ContentFile
+from django.test import Client, override_settings
+from django.urls import reverse
+from rest_framework.authtoken.models import Token
+
+from benchmarks.models import Benchmark, EvaluationSet, Track
+from evaluator.spec import JobResult, MetricValue
+from leaderboards import cache as lb_cache
+from submissions.arrival import record_result
+from submissions.models import Submission
+
+pytestmark = pytest.mark.django_db
+BOARD = "/tracks/board/"
+LIST = "/api/v1/submissions/?track=board"
+_CSRF = re.compile(r'name="csrfmiddlewaretoken" value="[^"]*"')
+
+
+@pytest.fixture
+def track(db) -> Track:
+    track = Track.objects.create(benchmark=Benchmark.objects.create(slug="b", name="B"), slug="board", name="Board",
+                                 task_kind="classifier", input_channels=1, input_height=28, input_width=28)
+    EvaluationSet.objects.create(track=track, name="hidden", role="clean", relative_path="x", sha256="0" * 64,
+                                 num_examples=1000)
+    return track
+
+
+@pytest.fixture
+def people(db) -> dict[str, Client]:
+    """Three signed-in readers (by session) and an anonymous one."""
+    clients = {"anonymous": Client()}
+    for name in ("alice", "bob", "carol"):
+        user = get_user_model().objects.create_user(name, password=f"{name}-long-password-1")
+        clients[name] = Client()
+        clients[name].force_login(user)
+    return clients
+
+
+def _user(name: str):
+    return get_user_model().objects.get(username=name)
+
+
+def _submission(track: Track, owner, name: str, **kw) -> Submission:
+    s = Submission(track=track, owner=owner, name=name, artifact_format="pt2", artifact_sha256=name.ljust(64, "0"),
+                   **kw)
+    s.artifact.save("x", ContentFile(b"PK"), save=False)
+    s.save()
+    return s
+
+
+def _finish(submission: Submission, accuracy: float) -> Submission:
+    submission.transition("running")
+    record_result(submission, JobResult(
+        job_id=str(submission.public_id), ok=True, suite_version=submission.track.suite_version, seed=0,
+        metrics=[MetricValue("hidden", "accuracy", accuracy, 1000, accuracy - 0.01, accuracy + 0.01,
+                             "clopper-pearson-95")]))
+    submission.refresh_from_db()
+    return submission
+
+
+def _get(client: Client, url: str) -> tuple[int, str, str | None]:
+    response = client.get(url)
+    return response.status_code, response.content.decode(), response.get(lb_cache.CACHE_HEADER)
+
+
+def _uncached(client: Client, url: str) -> str:
+    with override_settings(ARENA_LEADERBOARD_CACHE_SECONDS=0):
+        status, body, _ = _get(client, url)
+    assert status == 200
+    return body
+
+
+def _same_page(a: str, b: str) -> bool:
+    """Equal but for the CSRF token of the header's log-out form (masked anew on every render)."""
+    return _CSRF.sub("", a) == _CSRF.sub("", b)
+
+
+def test_a_signed_in_leaderboard_never_shows_anyone_else_s_private_model_or_name(track, people):
+    _finish(_submission(track, _user("bob"), "Public model"), 0.90)
+    _finish(_submission(track, _user("alice"), "Alice secret", is_public=False), 0.99)
+
+    status, body, how = _get(people["alice"], BOARD)  # the owner reads first: her body is hers alone
+    assert (status, how) == (200, "body-miss") and "Alice secret" in body and "Log out alice" in body
+    assert _get(people["alice"], BOARD)[2] == "body-hit"
+    for name in ("bob", "carol", "anonymous"):
+        for _ in range(2):
+            status, body, how = _get(people[name], BOARD)
+            assert status == 200 and "Alice secret" not in body and "Public model" in body, name
+            assert "Log out alice" not in body, name
+            assert name == "anonymous" or f"Log out {name}" in body
+    # Bob (a model on the board: ringed) and Carol (none) each get exactly the page built for them now.
+    for name in ("bob", "carol", "alice"):
+        status, body, how = _get(people[name], BOARD)
+        assert how == "body-hit" and _same_page(body, _uncached(people[name], BOARD)), name
+    # Carol's body is the one any signed-in reader without a model there shares: a new reader hits it.
+    dave = Client()
+    dave.force_login(get_user_model().objects.create_user("dave", password="dave-long-password-1"))
+    status, body, how = _get(dave, BOARD)
+    assert how == "body-hit" and "Log out dave" in body and "Log out carol" not in body
+
+
+def test_a_signed_in_reader_sees_their_own_change_at_once(track, people):
+    mine = _finish(_submission(track, _user("alice"), "Alice model"), 0.90)
+    _get(people["alice"], BOARD)
+    assert _get(people["alice"], BOARD)[2] == "body-hit"
+    # Made private with QuerySet.update() (no signal): still hers, gone for everyone else at once.
+    people["alice"].post(reverse("submission-visibility", args=[mine.public_id]), {"public": "0"})
+    status, body, how = _get(people["alice"], BOARD)  # with her message, filled in like her header
+    assert how == "body-miss" and "Alice model" in body and "The model is now private." in body
+    status, body, how = _get(people["alice"], BOARD)
+    assert how == "body-hit" and _same_page(body, _uncached(people["alice"], BOARD))
+    assert "The model is now private." not in body
+    for name in ("bob", "anonymous"):
+        assert "Alice model" not in _get(people[name], BOARD)[1], name
+    # A private model of hers finishing shows on her next read.
+    _finish(_submission(track, _user("alice"), "Alice second", is_public=False), 0.95)
+    status, body, how = _get(people["alice"], BOARD)
+    assert how == "body-miss" and "Alice second" in body
+    assert "Alice second" not in _get(people["bob"], BOARD)[1]
+
+
+def test_model_page_body_is_shared_with_readers_but_never_the_owner_s_forms(track, people):
+    model = _finish(_submission(track, _user("alice"), "Alice model"), 0.90)
+    url = model.get_absolute_url()
+    status, body, how = _get(people["alice"], url)  # the owner: built for her, with her forms, never stored
+    assert status == 200 and how == "bypass" and "Withdraw from leaderboards" in body
+    for name in ("bob", "carol", "anonymous"):
+        status, body, how = _get(people[name], url)
+        assert status == 200 and "Withdraw from leaderboards" not in body and "Log out alice" not in body, name
+    status, body, how = _get(people["carol"], url)
+    assert how == "body-hit" and "Log out carol" in body and _same_page(body, _uncached(people["carol"], url))
+    # Made private with QuerySet.update(): others get a 404 on their next read, the owner still her page.
+    people["alice"].post(reverse("submission-visibility", args=[model.public_id]), {"public": "0"})
+    for name in ("bob", "carol", "anonymous"):
+        assert _get(people[name], url)[0] == 404, name
+    assert _get(people["alice"], url)[0] == 200
+
+
+def test_a_body_with_a_csrf_token_is_never_stored(track, people, monkeypatch):
+    """A page whose body (not the header) holds a form is one session's: built every time."""
+    model = _finish(_submission(track, _user("alice"), "Alice model"), 0.90)
+    url = model.get_absolute_url()
+    monkeypatch.setattr(lb_cache, "reader_scope", lambda kind, request, found: "signed-in")  # as if shareable
+    for _ in range(2):
+        status, body, how = _get(people["alice"], url)  # her page has her forms in its body
+        assert status == 200 and how == "bypass" and "Withdraw from leaderboards" in body
+    assert "Withdraw from leaderboards" not in _get(people["bob"], url)[1]
+
+
+def _list(client: Client, **headers: str) -> tuple[dict, str]:
+    response = client.get(LIST, **headers)
+    assert response.status_code == 200
+    return response.json(), response.get(lb_cache.CACHE_HEADER, "bypass")
+
+
+def test_api_list_pages_are_shared_only_between_readers_who_see_the_same_rows(track, people):
+    _finish(_submission(track, _user("bob"), "Public model"), 0.90)
+    _finish(_submission(track, _user("alice"), "Alice secret", is_public=False), 0.99)
+    token = {"HTTP_AUTHORIZATION": f"Token {Token.objects.create(user=_user('alice')).key}"}
+
+    for client, headers in ((people["alice"], {}), (Client(), token)):  # by session, then by token
+        data, how = _list(client, **headers)
+        assert {r["name"] for r in data["results"]} == {"Public model", "Alice secret"} and data["count"] == 2
+    assert _list(people["alice"])[1] == "hit"
+    for name in ("bob", "carol", "anonymous"):
+        data, how = _list(people[name])
+        assert {r["name"] for r in data["results"]} == {"Public model"} and data["count"] == 1, name
+    # Bob, Carol and the anonymous reader see the same rows: one entry, and each gets what the view builds.
+    assert _list(people["carol"])[1] == "hit"
+    with override_settings(ARENA_LEADERBOARD_CACHE_SECONDS=0):
+        assert _list(people["carol"]) == (_list(people["carol"])[0], "bypass")
+        built = _list(people["carol"])[0]
+    assert _list(people["carol"])[0] == built
+
+
+def test_api_list_shows_progress_state_and_visibility_changes_at_once(track, people):
+    running = _submission(track, _user("bob"), "Running model")
+    running.transition("running")
+    _list(people["anonymous"])
+    data, how = _list(people["anonymous"])
+    assert how == "hit" and data["results"][0]["state"] == "running"
+    # A progress report, as the worker writes it (QuerySet.update(), another process: no signal).
+    Submission.objects.filter(pk=running.pk).update(progress=0.42, progress_stage="attacks")
+    for name in ("anonymous", "carol"):
+        data, _ = _list(people[name])
+        assert (data["results"][0]["progress"], data["results"][0]["progress_stage"]) == (0.42, "attacks"), name
+    running.refresh_from_db()
+    running.transition("failed", failure_code="crashed")
+    data, how = _list(people["anonymous"])
+    assert how == "miss" and data["results"][0]["state"] == "failed"
+    Submission.objects.filter(pk=running.pk).update(is_public=False)
+    data, how = _list(people["anonymous"])
+    assert data["count"] == 0 and data["results"] == []
+    data, _ = _list(people["bob"])  # still listed for its owner
+    assert [r["name"] for r in data["results"]] == ["Running model"]
