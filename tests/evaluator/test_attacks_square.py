@@ -99,3 +99,32 @@ def test_schedule_and_l2_patterns() -> None:
     pattern = _l2_update_pattern(7, torch.device("cpu"))
     assert pattern.norm().item() == pytest.approx(1.0)
     assert pattern[:3].min() > 0 and pattern[3:].max() < 0
+
+
+def test_stall_checks_stop_hopeless_points_and_keep_easy_ones() -> None:
+    """attacks-3's early stop: survivors whose margin cannot reach zero stop costing queries; easy points still
+    break; without checks (attacks-1, attacks-2) the attack is exactly as before."""
+    model, x, y, distance = problem("Linf", seed=5, n=40)
+    threat = ThreatModel("Linf", float(distance.quantile(0.5)))
+    plain = square_attack(model, x, y, threat, make_generator(3), n_queries=400)
+    unchecked = square_attack(model, x, y, threat, make_generator(3), n_queries=400, stall_checks=())
+    assert torch.equal(plain.x_adv, unchecked.x_adv) and torch.equal(plain.fooled, unchecked.fooled)
+
+    counted = CountingModel(model)
+    checked = square_attack(counted, x, y, threat, make_generator(3), n_queries=400, stall_checks=(50, 100, 200))
+    far = distance > threat.eps * 1.001  # no valid attack breaks these
+    assert far.sum() >= 10 and not checked.fooled[far].any()
+    assert checked.fooled[distance < 0.5 * threat.eps].all()
+    # Fewer queries than the plain run's, which spends all 400 on every unbroken point.
+    plain_counted = CountingModel(model)
+    square_attack(plain_counted, x, y, threat, make_generator(3), n_queries=400)
+    assert counted.count.forward < plain_counted.count.forward
+
+
+def test_attacks_3_is_registered_beside_attacks_2() -> None:
+    from evaluator.attacks.suites import get_suite
+
+    second, third = get_suite("attacks-2"), get_suite("attacks-3")
+    assert second.square_stall_checks == () and second.target_classes == 9 and second.min_norm_targets == 9
+    assert third.square_stall_checks == (500, 1000, 2000, 3000, 4000) and third.square_stall_slack == 2.0
+    assert third.target_classes == 3 and third.min_norm_targets == 3 and third.square_queries == 5000
