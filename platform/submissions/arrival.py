@@ -10,7 +10,8 @@
    ``incomplete``;
 3. applies the Ladder (:func:`submissions.ladder.apply_ladder`), which decides whether the scores are
    released;
-4. refunds the quota charge when the failure was the platform's fault (:mod:`submissions.failures`);
+4. refunds the quota charge when the failure was the platform's fault (:mod:`submissions.failures`), and
+   queues an evaluation cut by the per-attempt limit for its next slice (:func:`continues`);
 5. announces the result (:data:`result_recorded`), on which the leaderboards refit their baseline
    lines when a baseline finished (:mod:`leaderboards.fits`): a signal, because the leaderboards sit
    above submissions and are not imported from here.
@@ -51,7 +52,31 @@ def receive_result(submission_id: int, attempt: int, result: JobResult) -> Submi
         refund_platform_failure(recorded)  # the platform's own faults do not cost the researcher quota
         logger.info("submission %s failed: %s", recorded.public_id, failure_message(result.error_code, result.error))
     result_recorded.send(sender=Submission, submission=recorded, result=result)
+    if continues(recorded, result):
+        # Imported here: services sits above arrival (it creates and queues submissions).
+        from submissions import services
+
+        services.resume(recorded)
+        logger.info("submission %s continues in a new attempt after its finished stages", recorded.public_id)
     return recorded
+
+
+def continues(submission: Submission, result: JobResult) -> bool:
+    """Whether an incomplete evaluation goes straight back to the queue for its next slice.
+
+    When the job's budget was cut by the operator's per-attempt limit (``ARENA_EVAL_WALL_SECONDS``)
+    rather than spent, the job was not out of time, only out of its slice: it continues in a new
+    attempt, as long as each slice finishes at least one more stage (there are finitely many, so
+    this ends). A job whose own budget ran out, or whose slice finished nothing, stays ``incomplete``
+    for its owner to resume.
+    """
+    if submission.state != Submission.State.INCOMPLETE:
+        return False
+    provenance = result.provenance
+    capped = (provenance.get("time_budget") or {}).get("capped_at") is not None
+    finished = set((provenance.get("incomplete") or {}).get("finished") or [])
+    before = set(provenance.get("resumed_stages") or [])
+    return capped and bool(finished - before) and bool(submission.artifact)
 
 
 def _record_if_owner(submission_id: int, attempt: int, result: JobResult) -> Submission | None:

@@ -41,24 +41,35 @@ def _submit(user, track, path: Path) -> Submission:
                                  zoo_architecture="mnist_lenet5")
 
 
-def test_out_of_time_keeps_the_finished_stages_and_a_resume_runs_the_rest(
+def test_a_job_cut_by_the_attempt_limit_continues_then_stays_incomplete_until_its_owner_resumes_it(
         attacked_track, researcher, lenet5_safetensors, settings, monkeypatch):
     sent: list[int] = []
     monkeypatch.setattr("submissions.dispatch.enqueue", lambda submission: sent.append(submission.pk))
     submission = _submit(researcher, attacked_track, lenet5_safetensors)
+    sent.clear()
+    # Slice 1: the per-attempt limit cuts the job's budget; it finished stages, so it goes on in a new attempt.
     settings.ARENA_EVAL_WALL_SECONDS = SHORT_WALL_SECONDS
-    assert evaluate_submission(submission.pk) == "incomplete"
+    assert evaluate_submission(submission.pk) == "queued" and sent == [submission.pk]
     submission.refresh_from_db()
-    assert submission.failure_code == "out_of_time" and "time budget" in submission.failure_reason
     run = submission.runs.get()
-    assert not run.ok and "sets" in run.provenance["incomplete"]["finished"]
-    assert len(run.provenance["incomplete"]["finished"]) < 3
+    assert not run.ok and run.error_code == "out_of_time" and run.provenance["time_budget"]["capped_at"]
+    first = run.provenance["incomplete"]["finished"]
+    assert "sets" in first and len(first) < 3
     kept = dict(Result.objects.filter(submission=submission).values_list("metric", "value"))
     assert "accuracy" in kept and not any(m.startswith("robust_accuracy@L2-2.0") for m in kept)
-    assert set(StageCheckpoint.objects.filter(submission=submission).values_list("stage", flat=True)) == set(
-        run.provenance["incomplete"]["finished"])
+    assert set(StageCheckpoint.objects.filter(submission=submission).values_list("stage", flat=True)) == set(first)
     # Not charged: the budget is the platform's estimate of its own work.
     assert QuotaEntry.objects.filter(submission=submission, kind=QuotaEntry.Kind.REFUND).count() == 1
+
+    # Slice 2: a limit too short to finish anything more; no progress, so it stays incomplete.
+    sent.clear()
+    settings.ARENA_EVAL_WALL_SECONDS = 31.0
+    assert evaluate_submission(submission.pk) == "incomplete" and sent == []
+    submission.refresh_from_db()
+    run = submission.runs.get()
+    assert run.provenance["incomplete"]["finished"] == first and run.provenance["resumed_stages"] == first
+    assert submission.failure_code == "out_of_time" and "time budget" in submission.failure_reason
+    assert dict(Result.objects.filter(submission=submission).values_list("metric", "value")) == kept
     # Not on the leaderboard, but its page shows the finished stages, where it stopped, and a way on.
     assert not Submission.objects.filter(track=attacked_track, state=Submission.State.FINISHED).exists()
     owner = Client()
@@ -68,7 +79,6 @@ def test_out_of_time_keeps_the_finished_stages_and_a_resume_runs_the_rest(
     assert "Resume evaluation" in page and "mnist-hidden" in page
     assert "Resume evaluation" not in Client().get(submission.get_absolute_url()).content.decode()
 
-    sent.clear()
     api = APIClient()
     api.force_authenticate(researcher)
     response = api.post(f"/api/v1/submissions/{submission.public_id}/resume/")
@@ -78,11 +88,33 @@ def test_out_of_time_keeps_the_finished_stages_and_a_resume_runs_the_rest(
     assert evaluate_submission(submission.pk) == "finished"
     submission.refresh_from_db()
     run = submission.runs.get()
-    assert run.ok and "sets" in run.provenance["resumed_stages"]
+    assert run.ok and run.provenance["resumed_stages"] == first
     final = dict(Result.objects.filter(submission=submission).values_list("metric", "value"))
     assert {"robust_accuracy@Linf-0.3", "robust_accuracy@L2-2.0", "attacked_clean_accuracy"} <= set(final)
     # The resumed stages' numbers are the kept ones.
     assert {m: final[m] for m in kept} == kept
     assert not StageCheckpoint.objects.filter(submission=submission).exists()
-    # Still one charge and one refund: a resume costs nothing and refunds nothing more.
+    # Still one charge and one refund: neither the slices nor the resume cost or refund anything more.
     assert QuotaEntry.objects.filter(submission=submission).count() == 2
+
+
+@pytest.mark.parametrize(
+    ("capped_at", "resumed", "finished", "goes_on"),
+    [
+        (3000.0, [], ["sets"], True),  # cut by the attempt limit, and it got further: next slice
+        (3000.0, ["sets"], ["sets"], False),  # cut, but this slice finished nothing: its owner decides
+        (None, [], ["sets"], False),  # its own budget ran out: the platform's estimate was wrong, owner decides
+    ],
+)
+def test_which_incomplete_evaluations_continue_by_themselves(digits_track, researcher, capped_at, resumed, finished,
+                                                             goes_on):
+    from evaluator.spec import JobResult
+    from submissions.arrival import continues
+
+    submission = Submission(track=digits_track, owner=researcher, name="m", artifact_format="pt2",
+                            state=Submission.State.INCOMPLETE, artifact="artifacts/m.pt2")
+    result = JobResult("j", False, "v", 0, error_code="out_of_time", provenance={
+        "time_budget": {"capped_at": capped_at}, "incomplete": {"finished": finished}, "resumed_stages": resumed})
+    assert continues(submission, result) is goes_on
+    submission.artifact = ""
+    assert continues(submission, result) is False  # nothing to evaluate any more
