@@ -150,6 +150,9 @@ class Provenance:
     torch: str | None
     evaluator: str | None
     sandbox: str | None
+    #: The job's time budget (evaluator.scoring.budget) and the part of its time the model's answers took.
+    budget_seconds: float | None = None
+    model_seconds: float | None = None
 
 
 def provenance_view(run: EvaluationRun | None) -> Provenance | None:
@@ -170,7 +173,16 @@ def provenance_view(run: EvaluationRun | None) -> Provenance | None:
         torch=_known(stored.get("torch"), _VERSION),
         evaluator=_known(stored.get("evaluator"), _VERSION),
         sandbox=SANDBOX_MODES[mode] if mode else None,
+        budget_seconds=_seconds((stored.get("time_budget") or {}).get("seconds")
+                                if isinstance(stored.get("time_budget"), dict) else None),
+        model_seconds=_seconds(stored.get("model_seconds")),
     )
+
+
+def _seconds(value: Any) -> float | None:
+    """A stored duration, if it is a non-negative number."""
+    number = _number(value)
+    return number if number is not None and number >= 0 else None
 
 
 @dataclass

@@ -36,6 +36,7 @@ def _forged_provenance() -> dict:
         "device": f"cpu {LABELS}", "processor": f"x86_64 <script>alert('{LABELS}')</script>",
         "torch": f"2.13.0+{LABELS}", "evaluator": f"0.1.0 smuggled {LABELS}", "sandbox": f"bubblewrap {LABELS}",
         "seconds": LABELS, "hidden_labels": LABELS, f"exfil {LABELS}": [LABELS],
+        "time_budget": {"seconds": LABELS, "work": LABELS}, "model_seconds": f"{LABELS}",
         "attacks": {THREAT: {"forward_passes": LABELS, "backward_passes": -3, "seconds": "soon",
                              "flags": flags},
                     f"exfil {LABELS}": {"flags": flags}},
@@ -112,11 +113,13 @@ def test_known_provenance_is_shown_as_the_platform_formats_it(digits_track, rese
     model = finish(new_submission(digits_track, researcher, "Honest"), 0.97)
     run = EvaluationRun.objects.get(submission=model)
     run.provenance |= {"device": "cuda:0", "processor": "aarch64", "torch": "2.5.1+cu124", "evaluator": "0.1.0",
-                       "sandbox": "unsandboxed", "seconds": 3725}
+                       "sandbox": "unsandboxed", "seconds": 3725, "time_budget": {"seconds": 7320.5},
+                       "model_seconds": 1250}
     run.save()
     html = Client().get(model.get_absolute_url()).content.decode()
     for text in ("cuda:0 (aarch64)", "torch 2.5.1+cu124, evaluator 0.1.0, no sandbox (development only)",
-                 "1 h 02 min"):
+                 "1 h 02 min", "Time budget</dt><dd>2 h 02 min, from the track's work at the model's measured speed; "
+                 "the model's own answers took 20 min 50 s"):
         assert text in html
 
 
