@@ -129,9 +129,10 @@ def work_for(spec: JobSpec, set_images: int, threat_models_left: int | None = No
     elif spec.task == "detector" and spec.detector_attacks is not None and detector_left:
         attacks = spec.detector_attacks
         points = int(attacks.points)
-        # PGD at each budget, the minimum-distortion search (about ten PGD runs per norm), the universal
-        # attacks' training steps over their public images, and scoring the attacked fakes.
-        per_point = attacks.pgd_steps * (len(attacks.pgd_budgets) + 10 * len(attacks.min_norms))
+        # PGD (two step rules) at each budget, the minimum-distortion search (a growth and a bisection of
+        # about a dozen PGD runs per norm), the universal attacks' training steps over their public images,
+        # and scoring the attacked fakes.
+        per_point = 2 * (attacks.pgd_steps + 1) * (len(attacks.pgd_budgets) + 12 * len(attacks.min_norms))
         universal = 2 * attacks.universal_steps * attacks.universal_train_images
         attacked = points
         gradient = per_point * points + universal

@@ -100,6 +100,16 @@ def test_detector_job_metrics(detector_job, mnist_test):
     assert ("gan", "fpr@5%fpr") not in got  # the clean set sets the thresholds: no fixed-threshold FPR there
 
 
+def _gradient_passes(record) -> int:
+    """Every ``gradient_passes`` count in a provenance record, summed."""
+    if isinstance(record, dict):
+        return sum(v if k == "gradient_passes" and isinstance(v, int) else _gradient_passes(v)
+                   for k, v in record.items())
+    if isinstance(record, list):
+        return sum(_gradient_passes(v) for v in record)
+    return 0
+
+
 @pytest.mark.slow
 def test_detector_job_runs_the_attack_suite(detector_job):
     spec, _ = detector_job
@@ -114,6 +124,10 @@ def test_detector_job_runs_the_attack_suite(detector_job):
     assert got["auc@Linf-8/255"] < got["auc@clean-subset"] - 0.2
     assert got["auc@Linf-1/255"] <= got["auc@clean-subset"]
     assert "detector_attacks" in result.provenance
+    # The work bound of the detector suite (evaluator.scoring.budget) covers what the suite really spent.
+    budget = result.provenance["time_budget"]
+    assert budget["seconds"] > result.provenance["seconds"]
+    assert 0 < _gradient_passes(result.provenance["detector_attacks"]) <= budget["work"]["gradient_passes"]
     fractions = [f for f, _ in events]
     assert fractions == sorted(fractions)
 
