@@ -130,11 +130,27 @@ class SubmissionViewSet(
         count = paginator.get_count(queryset)
         key = list_cache.page_key(request, queryset, offset, limit, count)
 
+        context = self.get_renderer_context()
+
+        def render(data: Any) -> bytes:
+            body = renderer.render(data, request.accepted_media_type, context)
+            return body.encode() if isinstance(body, str) else body
+
+        def envelope() -> bytes:
+            paginator.request, paginator.limit, paginator.offset, paginator.count = request, limit, offset, count
+            return render(paginator.get_paginated_response([]).data)
+
         def build() -> tuple[bytes, str]:
-            page = self.paginate_queryset(queryset)
-            data = self.get_paginated_response(self.get_serializer(page, many=True).data).data
-            body = renderer.render(data, request.accepted_media_type, self.get_renderer_context())
-            return (body.encode() if isinstance(body, str) else body), request.accepted_media_type
+            body = None
+            compact = getattr(renderer, "compact", False) and renderer.get_indent(request.accepted_media_type,
+                                                                                  context) is None
+            if compact and offset < count:
+                body = list_cache.assemble(request, queryset, offset, limit, envelope,
+                                           lambda submission: render(self.get_serializer(submission).data))
+            if body is None:
+                page = self.paginate_queryset(queryset)
+                body = render(self.get_paginated_response(self.get_serializer(page, many=True).data).data)
+            return body, request.accepted_media_type
 
         return list_cache.cached_page(request, key, build)
 

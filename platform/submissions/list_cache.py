@@ -40,14 +40,11 @@ logger = logging.getLogger(__name__)
 _PREFIX = "arena:api-list"
 
 
-def _fingerprint_sql(database: Any, ids_sql: str) -> str:
-    """One row: a digest of the whole rows of the submissions ``ids_sql`` selects, with what the list shows of
-    their owner and track (name, slug, suite version), computed in the database.
+def _rows_sql(database: Any, ids_sql: str) -> str:
+    """The submissions ``ids_sql`` selects, each as its id, its track and one text holding its whole row with
+    what the list shows of its owner and track (name, slug, suite version).
 
     Each value is written as ``length:text`` (``N`` for NULL), so the concatenation is unambiguous.
-    Rows are joined in id order (PostgreSQL orders the aggregate; SQLite keeps its subquery's order):
-    an order that differed would only cost a cache miss, since the same rows always read the same.
-    SQLite's MD5 is the one Django registers on its connections.
     """
     sub = Submission._meta.db_table
     user = Submission._meta.get_field("owner").related_model._meta.db_table
@@ -56,9 +53,20 @@ def _fingerprint_sql(database: Any, ids_sql: str) -> str:
     columns += ["u.username", "t.slug", "t.suite_version"]
     pieces = " || ',' || ".join(f"COALESCE(LENGTH(CAST({c} AS TEXT)) || ':' || CAST({c} AS TEXT), 'N')"
                                 for c in columns)
-    rows = (f"SELECT s.id AS arena_id, s.track_id AS arena_track, {pieces} AS arena_row "
+    return (f"SELECT s.id AS arena_id, s.track_id AS arena_track, {pieces} AS arena_row "
             f"FROM {sub} s JOIN {user} u ON u.id = s.owner_id JOIN {track} t ON t.id = s.track_id "
             f"WHERE s.id IN ({ids_sql})")
+
+
+def _fingerprint_sql(database: Any, ids_sql: str) -> str:
+    """One row: a digest of the rows of :func:`_rows_sql`, and their least and greatest track, computed in the
+    database.
+
+    Rows are joined in id order (PostgreSQL orders the aggregate; SQLite keeps its subquery's order):
+    an order that differed would only cost a cache miss, since the same rows always read the same.
+    SQLite's MD5 is the one Django registers on its connections.
+    """
+    rows = _rows_sql(database, ids_sql)
     tracks = "MIN(p.arena_track), MAX(p.arena_track)"
     if database.vendor == "postgresql":
         return f"SELECT md5(string_agg(p.arena_row, '|' ORDER BY p.arena_id)), {tracks} FROM ({rows}) p"
@@ -91,6 +99,53 @@ def page_key(request: Any, queryset: QuerySet[Submission], offset: int, limit: i
                 bool(user.is_authenticated and user.is_staff), request.scheme, request.get_host(),
                 sorted(request.query_params.lists()), request.accepted_media_type))
     return f"{_PREFIX}:{hashlib.sha256(raw.encode()).hexdigest()}"
+
+
+def _row_key(request: Any, digest: str, track_id: int) -> str:
+    """One serialized submission: its row's digest, its track's version, and what else its JSON depends on."""
+    user = request.user
+    raw = repr((digest, track_id, lb_cache.track_version(track_id), bool(user.is_authenticated and user.is_staff),
+                request.scheme, request.get_host()))
+    return f"{_PREFIX}:row:{hashlib.sha256(raw.encode()).hexdigest()}"
+
+
+def assemble(request: Any, queryset: QuerySet[Submission], offset: int, limit: int,
+             envelope: Callable[[], bytes], serialize: Callable[[Submission], bytes]) -> bytes | None:
+    """A compact JSON page built from cached rows: only the submissions whose row changed are serialized again.
+
+    A running job's progress report changes one row of a page; building the page anew (every row's
+    results, serialization) cost tens of milliseconds per report and web process. Here each row's
+    JSON is kept under its own digest (:func:`_row_key`), and the page is the envelope
+    (``envelope()``: count, links and an empty ``results``) with the rows spliced in, byte for byte
+    what DRF's compact JSON renderer writes for the whole (tests/web/test_page_cache_privacy.py
+    compares them). None when a row left the reader's view while this ran: the caller builds it whole.
+    """
+    ids = list(queryset.prefetch_related(None).values_list("id", flat=True)[offset:offset + limit])
+    if not ids:
+        return None
+    database = connections[queryset.db]
+    ids_sql = ", ".join(["%s"] * len(ids))
+    with database.cursor() as cursor:
+        md5 = "md5" if database.vendor == "postgresql" else "MD5"
+        cursor.execute(f"SELECT p.arena_id, p.arena_track, {md5}(p.arena_row) FROM ({_rows_sql(database, ids_sql)}) p",
+                       ids)
+        digests = {pk: (track_id, digest) for pk, track_id, digest in cursor.fetchall()}
+    if set(digests) != set(ids):
+        return None
+    keys = {pk: _row_key(request, digests[pk][1], digests[pk][0]) for pk in ids}
+    rows: dict[str, bytes] = cache.get_many(list(keys.values()))
+    missing = [pk for pk in ids if keys[pk] not in rows]
+    if missing:
+        fresh = {s.pk: s for s in queryset.filter(pk__in=missing)}
+        if set(fresh) != set(missing):
+            return None
+        built = {keys[pk]: serialize(fresh[pk]) for pk in missing}
+        cache.set_many(built, timeout=lb_cache.cache_seconds())
+        rows.update(built)
+    head = envelope()
+    if not head.endswith(b'"results":[]}'):
+        return None
+    return head[:-2] + b",".join(rows[keys[pk]] for pk in ids) + b"]}"
 
 
 def cached_page(request: Any, key: str | None, build: Callable[[], tuple[bytes, str]]) -> HttpResponse:

@@ -208,3 +208,42 @@ def test_api_list_shows_progress_state_and_visibility_changes_at_once(track, peo
     assert data["count"] == 0 and data["results"] == []
     data, _ = _list(people["bob"])  # still listed for its owner
     assert [r["name"] for r in data["results"]] == ["Running model"]
+
+
+def test_an_api_page_assembled_from_cached_rows_is_byte_for_byte_the_built_one(track, people, monkeypatch):
+    """A progress report rebuilds one row of the page; the page equals what DRF renders whole, cache off."""
+    from django.core.cache import cache
+
+    from submissions.serializers import SubmissionSerializer
+
+    for i in range(3):
+        _finish(_submission(track, _user("bob"), f"Model {i}"), 0.8 + i / 100)
+    running = _submission(track, _user("carol"), "Running model")
+    running.transition("running")
+    reader = people["alice"]
+    token = {"HTTP_AUTHORIZATION": f"Token {Token.objects.create(user=_user('alice')).key}"}
+    serialized: list[str] = []
+    original = SubmissionSerializer.to_representation
+
+    def counting(self, instance):
+        serialized.append(instance.name)
+        return original(self, instance)
+
+    monkeypatch.setattr(SubmissionSerializer, "to_representation", counting)
+
+    def body(**headers: str) -> bytes:
+        return reader.get(LIST, **headers).content
+
+    def built(**headers: str) -> bytes:
+        with override_settings(ARENA_LEADERBOARD_CACHE_SECONDS=0):
+            return body(**headers)
+
+    cache.clear()
+    indented = {"HTTP_ACCEPT": "application/json; indent=2"}
+    assert body() == built() and body(**indented) == built(**indented)
+    Submission.objects.filter(pk=running.pk).update(progress=0.5, progress_stage="attacks")
+    serialized.clear()
+    fresh = body()
+    assert serialized == ["Running model"]  # only the row that changed was serialized again
+    assert fresh == built() and b'"progress":0.5' in fresh
+    assert body(**token) == built(**token)
