@@ -247,3 +247,21 @@ def test_an_api_page_assembled_from_cached_rows_is_byte_for_byte_the_built_one(t
     assert serialized == ["Running model"]  # only the row that changed was serialized again
     assert fresh == built() and b'"progress":0.5' in fresh
     assert body(**token) == built(**token)
+
+
+def test_a_shared_body_goes_out_as_one_valid_gzip_stream_with_the_reader_s_header(track, people):
+    """Browsers get the stored compressed segments joined around their header: gzip checks its CRC and size."""
+    import gzip
+
+    _finish(_submission(track, _user("bob"), "Model é ✓"), 0.9)  # non-ASCII: lengths are bytes, not characters
+    plain = _get(people["carol"], BOARD)[1]
+    for _ in range(2):
+        response = people["carol"].get(BOARD, HTTP_ACCEPT_ENCODING="gzip, deflate, br")
+        assert response["Content-Encoding"] == "gzip" and "Accept-Encoding" in response["Vary"]
+        assert response[lb_cache.CACHE_HEADER] == "body-hit"
+        body = gzip.decompress(response.content).decode()  # raises on a wrong CRC or length
+        assert _same_page(body, plain) and "Log out carol" in body and "Model é ✓" in body
+    model_page = Submission.objects.get(name="Model é ✓").get_absolute_url()
+    _get(people["carol"], model_page)
+    response = people["carol"].get(model_page, HTTP_ACCEPT_ENCODING="gzip")
+    assert _same_page(gzip.decompress(response.content).decode(), _uncached(people["carol"], model_page))
