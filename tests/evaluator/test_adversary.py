@@ -1,0 +1,171 @@
+"""Attack submissions (issue 20): the interface loses nothing, and hostile attacks are contained with a reason.
+
+Every attack here runs as a submitted one would: its source in a bubblewrap sandbox of its own
+(a plain process where bubblewrap is missing, as the model process does), its model calls answered
+by the scorer, its images checked by the scorer.
+"""
+
+from __future__ import annotations
+
+import gzip
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from evaluator.adversary.runner import run_attack
+from evaluator.attacks.cascade import attack_threat_model, get_suite
+from evaluator.attacks.common import predict_logits
+from evaluator.attacks.counting import as_counting
+from evaluator.attacks.suites import SuiteConfig
+from evaluator.models.convert import convert_checkpoint
+from evaluator.models.zoo import build_model
+from evaluator.spec import ThreatModel
+
+SHARED = Path(__file__).resolve().parents[2].parent / "shared"
+EXAMPLES = Path(__file__).resolve().parents[2] / "evaluator" / "adversary" / "examples"
+LINF = ThreatModel("Linf", 0.1)
+
+
+def _mnist(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    raw = gzip.decompress((SHARED / "data/mnist/t10k-images-idx3-ubyte.gz").read_bytes())
+    images = np.frombuffer(raw, np.uint8, offset=16).reshape(-1, 1, 28, 28)[:n].copy()
+    labels = np.frombuffer(gzip.decompress((SHARED / "data/mnist/t10k-labels-idx1-ubyte.gz").read_bytes()),
+                           np.uint8, offset=8)[:n].astype(np.int64)
+    return torch.from_numpy(images).float() / 255, torch.from_numpy(labels)
+
+
+@pytest.fixture(scope="module")
+def lenet(tmp_path_factory) -> tuple[torch.nn.Module, Path]:
+    path = tmp_path_factory.mktemp("lenet") / "lenet.safetensors"
+    convert_checkpoint("mnist_lenet5", SHARED / "models/mnist/mnist_lenet5_clntrained.pt", path)
+    model = build_model("mnist_lenet5")
+    model.load_state_dict(load_file(path))
+    return model.eval(), path
+
+
+def _source(tmp_path: Path, body: str) -> str:
+    path = tmp_path / "attack.py"
+    path.write_text(textwrap.dedent(body))
+    return str(path)
+
+
+@pytest.mark.slow
+def test_the_suites_apgd_ce_as_a_submission_matches_the_built_in_stage(lenet):
+    """Same points, same seed: the same points broken, and the same passes as the built-in counter counts."""
+    model, _ = lenet
+    x, y = _mnist(40)
+    seed = 7
+    run = run_attack(str(EXAMPLES / "apgd_ce.py"), model, x, y, LINF, passes_per_point=200, seed=seed)
+    assert run.ok, (run.error, run.details)
+
+    only_apgd = SuiteConfig("attacks-2", stages=("apgd-ce",), escalation=())
+    reference = get_suite("attacks-2")
+    assert (only_apgd.apgd_iterations, only_apgd.chunk_size) == (reference.apgd_iterations, reference.chunk_size)
+    counter = as_counting(model)
+    clean = predict_logits(counter, x, 256).argmax(1) == y
+    outcome = attack_threat_model(counter, x, y, clean, LINF, suite=only_apgd, seed=seed, batch_size=256)
+    stage = outcome.report.stages[0]
+    assert 0.0 < stage.robust_accuracy < float(clean.float().mean())  # a real fight: some points fall, some hold
+    assert run.robust_accuracy == pytest.approx(stage.robust_accuracy, abs=1e-12)
+    assert torch.equal(run.robust, outcome.robust)
+    # The built-in stage also confirms each point it claims with one forward pass; the submission's clean pass
+    # is its own (the built-in cascade's is outside the stage). Gradient passes agree exactly.
+    assert run.backward_passes == stage.backward_passes
+    assert run.forward_passes - len(y) == stage.forward_passes - stage.broken
+
+
+HONEST_RETURN = "return x"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("label", "body", "code"),
+    [
+        ("reads the model's file", """
+            def attack(model, x, y, threat, budget, generator):
+                try:
+                    open({model_path!r}, "rb").read(16)
+                except OSError:
+                    return x
+                return x * float("nan")  # reaching here would fail the run: the test wants it to succeed
+            """, ""),
+        ("reads the hidden labels' file", """
+            def attack(model, x, y, threat, budget, generator):
+                try:
+                    open({labels_path!r}, "rb").read(16)
+                except OSError:
+                    return x
+                return x * float("nan")
+            """, ""),
+        ("opens a socket to the database", """
+            import socket
+            def attack(model, x, y, threat, budget, generator):
+                try:
+                    socket.create_connection(("127.0.0.1", 5432), timeout=2)
+                except OSError:
+                    return x
+                return x * float("nan")
+            """, ""),
+        ("exceeds the pass budget", """
+            def attack(model, x, y, threat, budget, generator):
+                for _ in range(budget + 1):
+                    model(x)
+                return x
+            """, "over_budget"),
+        ("returns out-of-ball images", """
+            def attack(model, x, y, threat, budget, generator):
+                return (x + 2 * threat.eps).clamp(0, 1)
+            """, "out_of_ball"),
+        ("returns NaN", """
+            def attack(model, x, y, threat, budget, generator):
+                return x * float("nan")
+            """, "non_finite"),
+        ("returns images outside [0, 1]", """
+            def attack(model, x, y, threat, budget, generator):
+                return x - 0.05
+            """, "out_of_box"),
+        ("returns the wrong shape", """
+            def attack(model, x, y, threat, budget, generator):
+                return x[:1]
+            """, "wrong_shape"),
+        ("forks without end", """
+            import os
+            def attack(model, x, y, threat, budget, generator):
+                while True:
+                    os.fork()
+            """, "attack_error|attack_crashed|attack_timeout"),
+        ("sleeps", """
+            import time
+            def attack(model, x, y, threat, budget, generator):
+                time.sleep(600)
+                return x
+            """, "attack_timeout"),
+        ("raises", """
+            def attack(model, x, y, threat, budget, generator):
+                raise RuntimeError("the labels are 7 2 1 0")
+            """, "attack_error"),
+        ("queries images outside [0, 1]", """
+            def attack(model, x, y, threat, budget, generator):
+                model(x + 5)
+                return x
+            """, "bad_query"),
+    ],
+)
+def test_hostile_attacks_are_contained_with_a_reason(lenet, tmp_path, label, body, code):
+    model, model_path = lenet
+    x, y = _mnist(8)
+    labels_path = SHARED / "data/mnist/t10k-labels-idx1-ubyte.gz"
+    source = _source(tmp_path, body.format(model_path=str(model_path), labels_path=str(labels_path)))
+    run = run_attack(source, model, x, y, LINF, passes_per_point=3, seed=0, seconds=20)
+    if not code:
+        assert run.ok, (label, run.error, run.details)
+        assert run.robust_accuracy == int((model(x).argmax(1) == y).sum()) / len(y)  # nothing broken: x itself
+    else:
+        assert run.error_code in code.split("|"), (label, run.error_code, run.error)
+        assert run.robust is None and run.error
+        assert "7 2 1 0" not in run.error  # the attack's own words never reach the result
+    assert run.forward_passes <= 3 * len(y)
