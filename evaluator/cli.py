@@ -15,7 +15,9 @@ from pathlib import Path
 
 def _cmd_run(args: argparse.Namespace) -> int:
     """The scorer: runs ``{"spec": ..., "host": ..., "resume": ...}`` (or a bare JobSpec), the model in a process of
-    its own; prints every finished stage as a ``checkpoint`` line before the ``result`` line."""
+    its own; prints every finished stage as a ``checkpoint`` line before the ``result`` line. With
+    ``{"attack_job": ..., "host": ...}`` it runs a submitted attack against a model instead
+    (:mod:`evaluator.adversary.job`)."""
     # Per command: each loads only what it uses (torch alone takes about a second).
     from evaluator.checkpoints import Checkpoint
     from evaluator.progress import JsonLineProgress
@@ -28,12 +30,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
     payload = json.loads(text)
     host = HostOptions.default()
     resume = None
-    if isinstance(payload, dict) and "spec" in payload:
+    attack_job = None
+    if isinstance(payload, dict) and ("spec" in payload or "attack_job" in payload):
         resume = payload.get("resume")
+        attack_job = payload.get("attack_job")
         raw_host = payload.get("host") or {}
         limits = SandboxLimits(**raw_host["limits"]) if raw_host.get("limits") else None
         host = HostOptions(sandbox=raw_host.get("sandbox", host.sandbox), limits=limits, uid=raw_host.get("uid"))
-        payload = payload["spec"]
+        payload = payload.get("spec")
+    if attack_job is not None:
+        from evaluator.adversary.job import AttackJob, run_attack_job
+
+        protocol = open(sys.stdout.fileno(), "w", buffering=1, closefd=False)  # noqa: SIM115
+        sys.stdout = sys.stderr
+        result = run_attack_job(AttackJob.from_dict(attack_job), JsonLineProgress(protocol), host=host)
+        protocol.write(json.dumps({"event": "result", "result": json.loads(result.to_json())}) + "\n")
+        protocol.flush()
+        return 0 if result.ok else 3
     spec = JobSpec.from_dict(payload)
     # The protocol stream is a private duplicate of stdout, and anything else printed goes to
     # stderr, so no stray print can be mistaken for a progress or result line.

@@ -42,6 +42,10 @@ def failure_table(*rows: Failure) -> Mapping[str, Failure]:
 
 _PLATFORM_FAULT = "(a platform fault; it does not count)"
 
+#: The codes an attack submission's run can end with (evaluator.adversary.runner).
+ATTACK_CODES = ("attack_error", "attack_crashed", "attack_timeout", "over_budget", "protocol", "wrong_output",
+                "wrong_shape", "non_finite", "out_of_box", "out_of_ball", "bad_query")
+
 #: Codes the evaluator (the scorer, the model process and the sandbox around them) can end a job with.
 FAILURES: Mapping[str, Failure] = failure_table(
     # The uploaded file.
@@ -77,6 +81,18 @@ FAILURES: Mapping[str, Failure] = failure_table(
     Failure("crashed", "The evaluation process died from a signal."),
     Failure("killed", "The evaluation process was killed."),
     Failure("cancelled", "The evaluation was cancelled."),
+    # An attack submission's run (evaluator.adversary): the attack's faults, never the target model's.
+    Failure("attack_error", "The attack raised an exception."),
+    Failure("attack_crashed", "The attack's process ended before it returned its images (a crash or a sandbox limit)."),
+    Failure("attack_timeout", "The attack did not return its images within its time limit."),
+    Failure("over_budget", "The attack asked for more model passes than its budget allows."),
+    Failure("protocol", "The attack's process broke the protocol with the platform."),
+    Failure("wrong_output", "The attack did not return a tensor of images."),
+    Failure("wrong_shape", "The attack returned images of the wrong shape."),
+    Failure("non_finite", "The attack returned images with NaN or infinite values."),
+    Failure("out_of_box", "The attack returned images outside the [0, 1] pixel range."),
+    Failure("out_of_ball", "The attack returned images outside the threat model's ball around the originals."),
+    Failure("bad_query", "The attack asked the model about images outside the [0, 1] pixel range or of a wrong shape."),
     # The platform's own faults.
     Failure("data_integrity", f"A hidden evaluation set failed its integrity check {_PLATFORM_FAULT}.", True),
     Failure("data_unavailable", f"A hidden evaluation set could not be found {_PLATFORM_FAULT}.", True),

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from evaluator.attacks.threat import lp_norm
+from evaluator.failures import ATTACK_CODES, FAILURES
 from evaluator.remote.client import HostOptions
 from evaluator.remote.wire import Deadline, DeadlineChannel, PeerGone, WireError, tensor_bytes, tensor_from
 from evaluator.sandbox.bubblewrap import JOB_DIR, sandbox_prefix
@@ -39,20 +40,9 @@ from evaluator.spec import ThreatModel
 
 __all__ = ["ATTACK_FAILURES", "AttackRun", "run_attack"]
 
-#: Every way an attack run can end without a verified result: the code and the sentence shown.
-ATTACK_FAILURES: dict[str, str] = {
-    "attack_error": "The attack raised an exception.",
-    "attack_crashed": "The attack's process ended before it returned its images (a crash or a sandbox limit).",
-    "attack_timeout": "The attack did not return its images within its time limit.",
-    "over_budget": "The attack asked for more model passes than its budget allows.",
-    "protocol": "The attack's process broke the protocol with the platform.",
-    "wrong_output": "The attack did not return a tensor of images.",
-    "wrong_shape": "The attack returned images of the wrong shape.",
-    "non_finite": "The attack returned images with NaN or infinite values.",
-    "out_of_box": "The attack returned images outside the [0, 1] pixel range.",
-    "out_of_ball": "The attack returned images outside the threat model's ball around the originals.",
-    "bad_query": "The attack asked the model about images outside the [0, 1] pixel range or of the wrong shape.",
-}
+#: Every way an attack run can end without a verified result: the code and the sentence shown (one table
+#: with the model failures', evaluator.failures).
+ATTACK_FAILURES: dict[str, str] = {code: FAILURES[code].headline for code in ATTACK_CODES}
 #: Float32 rounding the threat-model check forgives (an image exactly on the sphere may land a hair outside).
 BALL_TOLERANCE = 1e-5
 #: Autograd graphs kept for the attack's backward calls (most attacks need one at a time).

@@ -27,8 +27,8 @@ import sys
 import tempfile
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import asdict
-from typing import Any
+from dataclasses import asdict, replace
+from typing import TYPE_CHECKING, Any
 
 from evaluator.checkpoints import (
     Checkpoint,
@@ -44,8 +44,11 @@ from evaluator.sandbox.environment import child_env, project_root
 from evaluator.sandbox.exit_reasons import describe_exit, describe_stop
 from evaluator.sandbox.identity import IdentityUnavailable, claim_identity, wait_until_gone
 from evaluator.sandbox.limits import SandboxLimits
-from evaluator.sandbox.supervision import supervise
+from evaluator.sandbox.supervision import ChildExit, supervise
 from evaluator.spec import JobResult, JobSpec
+
+if TYPE_CHECKING:  # the attack job imports torch; the worker and the web processes never need it
+    from evaluator.adversary.job import AttackJob
 
 
 def _parse_result(line: str, progress: ProgressCallback,
@@ -109,6 +112,62 @@ def run_sandboxed(
     allowed.
     """
     limits = limits or SandboxLimits()
+    finished: dict[str, Checkpoint] = {}
+
+    def keep(checkpoint: Checkpoint) -> None:
+        finished[checkpoint.stage] = checkpoint
+        on_checkpoint(checkpoint)
+
+    found, outcome, mode = _run_scorer({"spec": json.loads(spec.to_json()), "resume": resume}, progress, limits,
+                                       allow_unsandboxed, should_cancel, keep)
+    result = found
+    if outcome.stopped == "timeout":
+        kept = [*resumed_stages(spec, resume).values(), *finished.values()]
+        result = incomplete_result(spec, list({c.stage: c for c in kept}.values()), "",
+                                   describe_stop("timeout", limits)[1], {})
+    elif outcome.stopped:
+        result = JobResult.failure(spec, *describe_stop(outcome.stopped, limits))
+    elif result is None:
+        result = JobResult.failure(spec, *describe_exit(outcome.returncode, limits, outcome.stderr_tail, False))
+    if result.job_id != spec.job_id:
+        result = JobResult.failure(spec, "internal", "The evaluation returned a result for another job.")
+    result.provenance.update(
+        sandbox=mode, wall_seconds=outcome.wall_seconds, peak_tasks=outcome.peak.tasks,
+        peak_memory_bytes=outcome.peak.memory_bytes,
+    )
+    return result
+
+
+def run_attack_sandboxed(
+    job: AttackJob,
+    progress: ProgressCallback = ignore_progress,
+    limits: SandboxLimits | None = None,
+    allow_unsandboxed: bool = False,
+    should_cancel: Callable[[], bool] | None = None,
+) -> JobResult:
+    """Run an attack job (:mod:`evaluator.adversary.job`) in the scorer process, as :func:`run_sandboxed`
+    runs a model's evaluation: the scorer starts the target model's sandbox and the attack's own."""
+    limits = limits or SandboxLimits()
+    found, outcome, mode = _run_scorer({"attack_job": json.loads(job.to_json())}, progress, limits,
+                                       allow_unsandboxed, should_cancel, ignore_checkpoint)
+    spec = replace(job.target, job_id=job.job_id)
+    result = found
+    if outcome.stopped:
+        result = JobResult.failure(spec, *describe_stop(outcome.stopped, limits))
+    elif result is None:
+        result = JobResult.failure(spec, *describe_exit(outcome.returncode, limits, outcome.stderr_tail, False))
+    if result.job_id != job.job_id:
+        result = JobResult.failure(spec, "internal", "The evaluation returned a result for another job.")
+    result.provenance.update(sandbox=mode, wall_seconds=outcome.wall_seconds,
+                             peak_memory_bytes=outcome.peak.memory_bytes)
+    return result
+
+
+def _run_scorer(payload: dict[str, Any], progress: ProgressCallback, limits: SandboxLimits, allow_unsandboxed: bool,
+                should_cancel: Callable[[], bool] | None,
+                keep: CheckpointCallback) -> tuple[JobResult | None, ChildExit, str]:
+    """The scorer process for one job (``payload`` is what it reads on stdin, the host part added here):
+    its result line, how it ended, and the sandbox mode."""
     use_bwrap = bubblewrap_path() is not None
     if use_bwrap:
         check_sandbox_available()
@@ -118,11 +177,6 @@ def run_sandboxed(
         )
     mode = "bubblewrap" if use_bwrap else "unsandboxed"
     found: list[JobResult] = []
-    finished: dict[str, Checkpoint] = {}
-
-    def keep(checkpoint: Checkpoint) -> None:
-        finished[checkpoint.stage] = checkpoint
-        on_checkpoint(checkpoint)
 
     def on_line(line: str) -> None:
         result = _parse_result(line, progress, keep)
@@ -144,25 +198,8 @@ def run_sandboxed(
                 raise SandboxUnavailable(str(exc)) from None
             stack.callback(wait_until_gone, identity.uid)
             host["uid"] = identity.uid
-        job = json.dumps({"spec": json.loads(spec.to_json()), "host": host, "resume": resume})
         outcome = supervise(
-            scorer_command(), stdin_text=job, limits=limits, on_stdout_line=on_line, env=env, cwd=cwd,
-            should_cancel=should_cancel,
+            scorer_command(), stdin_text=json.dumps({**payload, "host": host}), limits=limits, on_stdout_line=on_line,
+            env=env, cwd=cwd, should_cancel=should_cancel,
         )
-
-    result = found[0] if found else None
-    if outcome.stopped == "timeout":
-        kept = [*resumed_stages(spec, resume).values(), *finished.values()]
-        result = incomplete_result(spec, list({c.stage: c for c in kept}.values()), "",
-                                   describe_stop("timeout", limits)[1], {})
-    elif outcome.stopped:
-        result = JobResult.failure(spec, *describe_stop(outcome.stopped, limits))
-    elif result is None:
-        result = JobResult.failure(spec, *describe_exit(outcome.returncode, limits, outcome.stderr_tail, False))
-    if result.job_id != spec.job_id:
-        result = JobResult.failure(spec, "internal", "The evaluation returned a result for another job.")
-    result.provenance.update(
-        sandbox=mode, wall_seconds=outcome.wall_seconds, peak_tasks=outcome.peak.tasks,
-        peak_memory_bytes=outcome.peak.memory_bytes,
-    )
-    return result
+    return (found[0] if found else None), outcome, mode

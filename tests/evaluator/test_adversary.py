@@ -169,3 +169,45 @@ def test_hostile_attacks_are_contained_with_a_reason(lenet, tmp_path, label, bod
         assert run.robust is None and run.error
         assert "7 2 1 0" not in run.error  # the attack's own words never reach the result
     assert run.forward_passes <= 3 * len(y)
+
+
+@pytest.mark.slow
+def test_an_attack_job_runs_through_the_scorer_process_against_the_hosted_model(lenet, tmp_path):
+    """The worker's path: the scorer process hosts the model in one sandbox and the attack in another."""
+    from evaluator.adversary.job import AttackJob, AttackSource
+    from evaluator.data.evalsets import write_evaluation_set
+    from evaluator.sandbox.launch import run_attack_sandboxed
+    from evaluator.spec import ArtifactSpec, EvaluationSetSpec, InputSpec, JobSpec
+
+    _, model_path = lenet
+    x, y = _mnist(60)
+    digest = write_evaluation_set(tmp_path / "clean.safetensors", (x * 255).round().to(torch.uint8).numpy(),
+                                  y.numpy())
+    target = JobSpec("model-job", "classifier", InputSpec(1, 28, 28),
+                     ArtifactSpec(str(model_path), "safetensors", architecture="mnist_lenet5"),
+                     (EvaluationSetSpec("mnist", str(tmp_path / "clean.safetensors"), digest, "clean"),),
+                     threat_models=(ThreatModel("Linf", 0.3, "Linf-0.3"), ThreatModel("Linf", 0.01, "Linf-0.01")),
+                     attack_points=20, seed=4)
+    fgsm = _source(tmp_path, """
+        import torch.nn.functional as F
+        def attack(model, x, y, threat, budget, generator):
+            x_adv = x.clone().requires_grad_(True)
+            F.cross_entropy(model(x_adv), y).backward()
+            return (x + threat.eps * x_adv.grad.sign()).clamp(0, 1)
+        """)
+    job = AttackJob("attack-job", AttackSource(fgsm, "0" * 64, "FGSM"), target, passes_per_point=2)
+    result = run_attack_sandboxed(job)
+    assert result.ok and result.job_id == "attack-job", result.error
+    robust = {m.metric: m for m in result.metrics}
+    assert robust["robust_accuracy@Linf-0.3"].num_examples == 20
+    assert robust["robust_accuracy@Linf-0.3"].value < 0.2 < robust["robust_accuracy@Linf-0.01"].value
+    assert result.provenance["attack"]["name"] == "FGSM" and result.provenance["sandbox"] == "bubblewrap"
+    assert result.provenance["threat_models"]["Linf-0.3"]["forward_passes"] == 20
+
+    cheat = _source(tmp_path, """
+        def attack(model, x, y, threat, budget, generator):
+            return (x + 0.5).clamp(0, 1)
+        """)
+    failed = run_attack_sandboxed(AttackJob("attack-job-2", AttackSource(cheat, "1" * 64), target))
+    assert not failed.ok and failed.error_code == "out_of_ball" and failed.job_id == "attack-job-2"
+    assert failed.metrics == []

@@ -1,0 +1,136 @@
+"""One attack job: a submitted attack against one hosted model, on the track's hidden attack points.
+
+The platform's seam for attack submissions, as :func:`evaluator.scoring.run_job` is for models: an
+:class:`AttackJob` in, a :class:`evaluator.spec.JobResult` out. The target is described by the
+model's own :class:`evaluator.spec.JobSpec` (its artifact, its track's clean set, threat models,
+attacked points and seed), so the attack meets exactly the points the built-in suite attacked. The
+model runs in its sandbox (:mod:`evaluator.remote`), the attack in another
+(:mod:`evaluator.adversary.runner`); the scorer, holding the labels, counts and checks.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import torch
+
+from evaluator.adversary.runner import run_attack
+from evaluator.data.evalsets import read_evaluation_set
+from evaluator.errors import EvaluationError
+from evaluator.metrics.classification import accuracy_with_interval
+from evaluator.models.contract import check_contract, pixels_to_unit
+from evaluator.progress import ProgressCallback, ignore_progress
+from evaluator.remote.client import HostOptions, host_model
+from evaluator.sandbox import SandboxUnavailable
+from evaluator.scoring.classifier import attack_subset
+from evaluator.scoring.feeding import in_pixel_space
+from evaluator.scoring.task import clean_set_index
+from evaluator.spec import JobResult, JobSpec, MetricValue
+
+__all__ = ["AttackJob", "AttackSource", "run_attack_job"]
+
+
+@dataclass(frozen=True)
+class AttackSource:
+    """The submitted attack: one Python source file defining ``attack(model, x, y, threat, budget, generator)``."""
+
+    path: str
+    sha256: str
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class AttackJob:
+    job_id: str
+    attack: AttackSource
+    #: The target model's job on its track: the artifact, the clean set, threat models, points and seed.
+    target: JobSpec
+    #: Model passes the attack may spend per attacked point (all points' passes pooled).
+    passes_per_point: int = 10_000
+    #: Seconds each threat model's run may take.
+    seconds_per_threat: float = 1800.0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AttackJob:
+        return cls(job_id=str(data["job_id"]), attack=AttackSource(**data["attack"]),
+                   target=JobSpec.from_dict(data["target"]), passes_per_point=int(data["passes_per_point"]),
+                   seconds_per_threat=float(data["seconds_per_threat"]))
+
+
+def run_attack_job(job: AttackJob, progress: ProgressCallback = ignore_progress,
+                   host: HostOptions | None = None) -> JobResult:
+    """Run the attack under each of the target track's threat models; failures come back as a JobResult.
+
+    Metrics: ``robust_accuracy@<threat label>`` on the clean set's attacked points, with its
+    Clopper-Pearson interval; the provenance keeps the attack's sha256 and, per threat model, the
+    passes it spent and its seconds. An attack that breaks a promise (a wrong shape, an image out of
+    the ball, NaN, over budget, a crash, a timeout) fails the job with its code and the platform's
+    sentence, like a model failure.
+    """
+    spec = job.target
+    started = time.perf_counter()
+    provenance: dict[str, Any] = {"attack": {"sha256": job.attack.sha256, "name": job.attack.name},
+                                  "passes_per_point": job.passes_per_point, "threat_models": {}}
+    result = JobResult(job_id=job.job_id, ok=True, suite_version=spec.suite_version, seed=spec.seed)
+    host = host or HostOptions.default()
+    try:
+        clean = clean_set_index(spec)
+        set_spec = spec.evaluation_sets[clean]
+        data = read_evaluation_set(set_spec.path, set_spec.sha256 or None)
+        subset = attack_subset(int(data.labels.shape[0]), spec.attack_points, spec.seed)
+        x = pixels_to_unit(data.images[subset], torch.device("cpu"))
+        y = data.labels[subset]
+        progress(0.0, "loading the target model")
+        with host_model(spec.artifact, spec.input, task=spec.task, num_classes=spec.num_classes, device=spec.device,
+                        time_budget_s=spec.time_budget_s, batch_size=spec.batch_size, options=host) as hosted:
+            model = hosted.model
+            check_contract(model, spec.input, spec.task, spec.num_classes, spec.batch_size, spec.time_budget_s, "cpu")
+            model.strict = True
+            model.hidden = True
+            target = in_pixel_space(model, spec.input)
+            for index, threat in enumerate(spec.threat_models):
+                progress(index / len(spec.threat_models), f"attack under {threat.label}")
+                # The attack gets a sandbox uid of its own, not the model process's.
+                run = run_attack(job.attack.path, target, x, y, threat, job.passes_per_point, spec.seed,
+                                 options=replace(host, uid=None), seconds=job.seconds_per_threat,
+                                 batch_size=spec.batch_size)
+                provenance["threat_models"][threat.label] = {
+                    "forward_passes": run.forward_passes, "backward_passes": run.backward_passes,
+                    "seconds": run.seconds, "error_code": run.error_code, "points": run.points,
+                }
+                if not run.ok:
+                    # The operator's log keeps the attack's stderr tail; the result keeps the platform's sentence.
+                    print(run.details.get("stderr_tail", ""), file=sys.stderr)
+                    provenance["seconds"] = round(time.perf_counter() - started, 3)
+                    return _failure(job, run.error_code, run.error, **provenance)
+                robust = int(run.robust.sum()) if run.robust is not None else 0
+                value, low, high = accuracy_with_interval(robust, run.points)
+                result.metrics.append(MetricValue(set_spec.name, f"robust_accuracy@{threat.label}", value,
+                                                  run.points, low, high, "clopper-pearson-95"))
+    except EvaluationError as exc:  # the target model failed (it passed its own evaluation: rare)
+        provenance["seconds"] = round(time.perf_counter() - started, 3)
+        return _failure(job, exc.code, exc.message, **provenance)
+    except SandboxUnavailable as exc:
+        return _failure(job, "sandbox_unavailable", str(exc), **provenance)
+    except Exception as exc:  # the platform's own fault
+        traceback.print_exc(file=sys.stderr)
+        return _failure(job, "internal", f"The evaluator failed ({type(exc).__name__}).", **provenance)
+    provenance["seconds"] = round(time.perf_counter() - started, 3)
+    result.provenance = provenance
+    progress(1.0, "done")
+    return result
+
+
+def _failure(job: AttackJob, code: str, message: str, **provenance: Any) -> JobResult:
+    """A failed result under the attack job's own id (the target spec carries the model's job id)."""
+    result = JobResult.failure(job.target, code, message, **provenance)
+    result.job_id = job.job_id
+    return result
