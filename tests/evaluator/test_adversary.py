@@ -211,3 +211,18 @@ def test_an_attack_job_runs_through_the_scorer_process_against_the_hosted_model(
     failed = run_attack_sandboxed(AttackJob("attack-job-2", AttackSource(cheat, "1" * 64), target))
     assert not failed.ok and failed.error_code == "out_of_ball" and failed.job_id == "attack-job-2"
     assert failed.metrics == []
+
+
+@pytest.mark.slow
+def test_the_documented_example_attack_runs_as_a_submission(lenet, tmp_path):
+    """docs/attacks.md's complete example, taken from the page as it is, breaks a clean model within its budget."""
+    page = (Path(__file__).resolve().parents[2] / "docs" / "attacks.md").read_text()
+    example = page.split("## A complete example", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    source = tmp_path / "example.py"
+    source.write_text(example)
+    model, _ = lenet
+    x, y = _mnist(16)
+    for threat in (ThreatModel("Linf", 0.3), ThreatModel("L2", 3.0)):
+        run = run_attack(str(source), model, x, y, threat, passes_per_point=20, seed=1)
+        assert run.ok, (threat, run.error, run.details)
+        assert run.robust_accuracy < 0.2 and run.forward_passes <= 20 * len(y)
