@@ -549,8 +549,8 @@ def page_for_reader(request: HttpRequest, kind: str, target: Any,
     of a 1,000-model leaderboard costs the stamps, a cache read and the header, not the board.
     ``render_page(False)`` builds the page whole, for readers who share it with nobody.
     """
-    if cache_seconds() <= 0 or request.method != "GET":
-        return render_page(False)
+    if cache_seconds() <= 0 or request.method != "GET" or shareable(request):
+        return render_page(False)  # (shareable: the middleware keeps the whole response, for every such reader)
     found = lookup_submission(target) if kind == MODEL_PAGE else lookup(target)
     if found is None:  # no such public track, or a model page not to share: the view answers as it would
         return render_page(False)

@@ -265,3 +265,10 @@ def test_a_shared_body_goes_out_as_one_valid_gzip_stream_with_the_reader_s_heade
     _get(people["carol"], model_page)
     response = people["carol"].get(model_page, HTTP_ACCEPT_ENCODING="gzip")
     assert _same_page(gzip.decompress(response.content).decode(), _uncached(people["carol"], model_page))
+
+
+def test_anonymous_readers_without_a_session_still_get_the_whole_cached_response(track, people):
+    """The shared-body path is for readers the middleware cannot serve whole; it must not take those it can."""
+    _finish(_submission(track, _user("bob"), "Model"), 0.9)
+    reader = Client(HTTP_ACCEPT_ENCODING="gzip")
+    assert [reader.get(BOARD)[lb_cache.CACHE_HEADER] for _ in range(2)] == ["miss", "hit"]
