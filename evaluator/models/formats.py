@@ -74,15 +74,18 @@ def detect_format(path: str | os.PathLike[str]) -> DetectedFormat:
 
     if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
         return _classify_zip(file_path)
+    # Safetensors first: its header length is little-endian, so a valid file whose header is 0x80 bytes long
+    # modulo 256 (640, 896, ...) starts with the byte that opens a pickle. Nothing is unpickled either way:
+    # a file that looks like safetensors is parsed as JSON and checked, a pickle is refused unread.
+    if _looks_like_safetensors(head, size):
+        _validate_safetensors(file_path, size)
+        return "safetensors"
     if head[:1] == b"\x80":
         raise EvaluationError(
             "unsafe_format",
             "The file is a Python pickle (for example from torch.save with the legacy format). Pickles "
             "execute code when loaded, so the platform never opens them. " + _CONVERT_HINT,
         )
-    if _looks_like_safetensors(head, size):
-        _validate_safetensors(file_path, size)
-        return "safetensors"
     for magic, description in _OTHER_MAGIC:
         if head.startswith(magic):
             raise EvaluationError(
