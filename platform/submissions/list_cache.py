@@ -45,8 +45,8 @@ def _rows_sql(database: Any, ids_sql: str) -> str:
     what the list shows of its owner and track (name, slug, suite version).
 
     The text is unambiguous: PostgreSQL writes a row as a row literal (``(s.*)::text``, values quoted
-    where they need it); on SQLite each value is ``quote()``d (strings in quotes, inner quotes doubled,
-    NULL as ``NULL``). One function per value: the length-prefixed form cost SQLite twice as long.
+    where they need it); on SQLite one ``printf`` writes each value as ``%Q`` (in quotes, inner quotes
+    doubled, NULL as ``NULL``): chaining ``||`` over 40 values copied each row's text 80 times.
     """
     sub = Submission._meta.db_table
     user = Submission._meta.get_field("owner").related_model._meta.db_table
@@ -55,7 +55,8 @@ def _rows_sql(database: Any, ids_sql: str) -> str:
         text = "(s.*)::text || quote_nullable(u.username) || quote_nullable(t.slug) || quote_nullable(t.suite_version)"
     else:
         columns = [f"s.{database.ops.quote_name(f.column)}" for f in Submission._meta.concrete_fields]
-        text = " || ',' || ".join(f"quote({c})" for c in [*columns, "u.username", "t.slug", "t.suite_version"])
+        columns += ["u.username", "t.slug", "t.suite_version"]
+        text = f"printf('{','.join(['%Q'] * len(columns))}', {', '.join(columns)})"
     return (f"SELECT s.id AS arena_id, s.track_id AS arena_track, {text} AS arena_row "
             f"FROM {sub} s JOIN {user} u ON u.id = s.owner_id JOIN {track} t ON t.id = s.track_id "
             f"WHERE s.id IN ({ids_sql})")
