@@ -33,6 +33,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import sys
 import tempfile
 import time
@@ -115,7 +116,11 @@ def export_model(state_dict: Path, target: Path) -> Path:
 def stage_table(result: JobResult) -> list[dict[str, Any]]:
     """Per threat model: its stages, reliability checks and escalation, as rows."""
     rows = []
-    for label, record in result.provenance.get("attacks", {}).items():
+    attacks = result.provenance.get("attacks", {})
+    # In the track's order (the provenance's keys come back sorted).
+    order = [t.label for t in read_track(BUNDLE, TRACK).threat_models]
+    for label in sorted(attacks, key=lambda k: order.index(k) if k in order else len(order)):
+        record = attacks[label]
         stage_seconds = 0.0
         for stage in record["stages"]:
             stage_seconds += stage["seconds"]
@@ -234,11 +239,16 @@ def main(argv: list[str] | None = None) -> int:
               f"reliability points, seed {spec.seed}; sets {', '.join(s.name for s in sets)} "
               f"(prepared in {record['prepare_seconds']:.0f} s); model {weights.name} as .pt2; torch "
               f"{torch.__version__}, {args.threads} thread(s); load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         try:
             result = run(spec, "robust-digits", limits, args.allow_unsandboxed)
         except SandboxUnavailable as exc:
             print(f"robust_digits_eval: the sandbox is unavailable ({exc}); pass --allow-unsandboxed", file=sys.stderr)
             return 2
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # CPU seconds of the job's processes (scorer and model process: each waits for its children): on a busy
+    # machine the wall clock also counts other people's work, the CPU seconds much less so.
+    record["job_cpu_seconds"] = round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 1)
     record["ok"] = result.ok
     record["metrics"] = [m.__dict__ for m in result.metrics]
     record["provenance"] = result.provenance
@@ -248,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
         status = 1
     else:
         record.update(report(result, args.threads, load))
+        print(f"CPU seconds of the job's processes: {record['job_cpu_seconds']:.0f} "
+              f"({record['job_cpu_seconds'] / max(record['job_seconds'], 1e-9):.2f} cores busy on average)")
     record["load_average_after"] = os.getloadavg()
     print(f"load average at the end {record['load_average_after'][0]:.2f}")
     if args.json:
