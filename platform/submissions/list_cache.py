@@ -56,7 +56,7 @@ def _rows_sql(database: Any, ids_sql: str) -> str:
     else:
         columns = [f"s.{database.ops.quote_name(f.column)}" for f in Submission._meta.concrete_fields]
         columns += ["u.username", "t.slug", "t.suite_version"]
-        text = f"printf('{','.join(['%Q'] * len(columns))}', {', '.join(columns)})"
+        text = f"printf('{','.join(['%%Q'] * len(columns))}', {', '.join(columns)})"  # %% : the query has params
     return (f"SELECT s.id AS arena_id, s.track_id AS arena_track, {text} AS arena_row "
             f"FROM {sub} s JOIN {user} u ON u.id = s.owner_id JOIN {track} t ON t.id = s.track_id "
             f"WHERE s.id IN ({ids_sql})")
