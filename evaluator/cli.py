@@ -39,7 +39,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         host = HostOptions(sandbox=raw_host.get("sandbox", host.sandbox), limits=limits, uid=raw_host.get("uid"))
         payload = payload.get("spec")
     if attack_job is not None:
-        from evaluator.adversary.job import AttackJob, run_attack_job
+        # Per command: only an attack job needs these.
+        from evaluator.adversary.job import run_attack_job
+        from evaluator.adversary.spec import AttackJob
 
         protocol = open(sys.stdout.fileno(), "w", buffering=1, closefd=False)  # noqa: SIM115
         sys.stdout = sys.stderr

@@ -1,8 +1,9 @@
 """The layers point one way: each Django app imports only the apps listed before it in INSTALLED_APPS,
 the evaluator imports nothing of the platform, and an import inside a function says why it is there.
 
-The order (accounts, benchmarks, submissions, leaderboards, bundles, builders; the project package ``arena``
-above them all) is written once, in ``platform/arena/settings.py``, and described in docs/architecture.md.
+The order (accounts, benchmarks, submissions, adversaries, leaderboards, bundles, builders; the project
+package ``arena`` above them all) is written once, in ``platform/arena/settings.py``, and described in
+docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def _imports(path: Path) -> Iterator[tuple[int, str, bool]]:
 
 
 def test_the_layer_order_is_the_documented_one():
-    assert LAYERS == ["accounts", "benchmarks", "submissions", "leaderboards", "bundles", "builders"]
+    assert LAYERS == ["accounts", "benchmarks", "submissions", "adversaries", "leaderboards", "bundles", "builders"]
     doc = (ROOT / "docs" / "architecture.md").read_text()
     assert " -> ".join(LAYERS) in doc
 

@@ -10,16 +10,16 @@ model runs in its sandbox (:mod:`evaluator.remote`), the attack in another
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import torch
 
 from evaluator.adversary.runner import run_attack
+from evaluator.adversary.spec import AttackJob
 from evaluator.data.evalsets import read_evaluation_set
 from evaluator.errors import EvaluationError
 from evaluator.metrics.classification import accuracy_with_interval
@@ -30,39 +30,9 @@ from evaluator.sandbox import SandboxUnavailable
 from evaluator.scoring.classifier import attack_subset
 from evaluator.scoring.feeding import in_pixel_space
 from evaluator.scoring.task import clean_set_index
-from evaluator.spec import JobResult, JobSpec, MetricValue
+from evaluator.spec import JobResult, MetricValue
 
-__all__ = ["AttackJob", "AttackSource", "run_attack_job"]
-
-
-@dataclass(frozen=True)
-class AttackSource:
-    """The submitted attack: one Python source file defining ``attack(model, x, y, threat, budget, generator)``."""
-
-    path: str
-    sha256: str
-    name: str = ""
-
-
-@dataclass(frozen=True)
-class AttackJob:
-    job_id: str
-    attack: AttackSource
-    #: The target model's job on its track: the artifact, the clean set, threat models, points and seed.
-    target: JobSpec
-    #: Model passes the attack may spend per attacked point (all points' passes pooled).
-    passes_per_point: int = 10_000
-    #: Seconds each threat model's run may take.
-    seconds_per_threat: float = 1800.0
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> AttackJob:
-        return cls(job_id=str(data["job_id"]), attack=AttackSource(**data["attack"]),
-                   target=JobSpec.from_dict(data["target"]), passes_per_point=int(data["passes_per_point"]),
-                   seconds_per_threat=float(data["seconds_per_threat"]))
+__all__ = ["run_attack_job"]
 
 
 def run_attack_job(job: AttackJob, progress: ProgressCallback = ignore_progress,

@@ -47,8 +47,8 @@ from evaluator.sandbox.limits import SandboxLimits
 from evaluator.sandbox.supervision import ChildExit, supervise
 from evaluator.spec import JobResult, JobSpec
 
-if TYPE_CHECKING:  # the attack job imports torch; the worker and the web processes never need it
-    from evaluator.adversary.job import AttackJob
+if TYPE_CHECKING:
+    from evaluator.adversary.spec import AttackJob
 
 
 def _parse_result(line: str, progress: ProgressCallback,

@@ -86,6 +86,7 @@ INSTALLED_APPS = [
     "accounts",
     "benchmarks",
     "submissions",
+    "adversaries",
     "leaderboards",
     "bundles",
     "builders",
@@ -306,6 +307,13 @@ CELERY_TASK_DEFAULT_QUEUE = os.environ.get("ARENA_EVAL_QUEUE", "evaluations")
 # The queue of the admin page's bundle checks and imports (bundles/dispatch.py): consumed by a worker that may
 # write ARENA_DATA_DIR and the media, which the evaluation workers of the shipped deployments may not.
 ARENA_BUNDLE_QUEUE = os.environ.get("ARENA_BUNDLE_QUEUE") or "bundles"
+# --- Attack submissions (added with adversaries/, issue 20): their runs wait on a queue of their own and step
+# aside while model evaluations wait; the budget and the limits of each run; the daily limit per user and track.
+ARENA_ATTACK_QUEUE = os.environ.get("ARENA_ATTACK_QUEUE") or "attacks"
+ARENA_ATTACK_PASSES_PER_POINT = int(os.environ.get("ARENA_ATTACK_PASSES_PER_POINT", 10_000))
+ARENA_ATTACK_SECONDS_PER_THREAT = float(os.environ.get("ARENA_ATTACK_SECONDS_PER_THREAT", 1800))
+ARENA_ATTACK_MAX_SOURCE_BYTES = int(os.environ.get("ARENA_ATTACK_MAX_SOURCE_BYTES", 256 * 1024))
+ARENA_ATTACK_DAILY_LIMIT = int(os.environ.get("ARENA_ATTACK_DAILY_LIMIT", 3))
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

@@ -8,6 +8,8 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, Spec
 from rest_framework.routers import DefaultRouter
 
 from accounts.api import ObtainTokenView
+from adversaries import views as attack_views
+from adversaries.api import AttackViewSet
 from leaderboards import views as leaderboard_views
 from leaderboards.api import TrackViewSet
 from submissions.api import QuotaView, SubmissionViewSet
@@ -15,13 +17,16 @@ from submissions.api import QuotaView, SubmissionViewSet
 router = DefaultRouter()
 router.register("submissions", SubmissionViewSet, basename="api-submission")
 router.register("tracks", TrackViewSet, basename="api-track")
+router.register("attacks", AttackViewSet, basename="api-attack")
 
 urlpatterns = [
     path("", leaderboard_views.home, name="home"),
     path("tracks/<slug:slug>/", leaderboard_views.track_leaderboard, name="leaderboard"),
     path("tracks/<slug:slug>/leaderboard.csv", leaderboard_views.export_csv, name="leaderboard-csv"),
     path("tracks/<slug:slug>/leaderboard.json", leaderboard_views.export_json, name="leaderboard-json"),
+    path("tracks/<slug:slug>/attacks/", attack_views.track_attacks, name="track-attacks"),
     path("submissions/<uuid:public_id>/", leaderboard_views.model_page, name="submission-detail"),
+    path("attacks/", include("adversaries.urls")),
     path("submissions/", include("submissions.urls")),
     path("accounts/", include("accounts.urls")),
     path("admin/", admin.site.urls),

@@ -174,7 +174,7 @@ def test_hostile_attacks_are_contained_with_a_reason(lenet, tmp_path, label, bod
 @pytest.mark.slow
 def test_an_attack_job_runs_through_the_scorer_process_against_the_hosted_model(lenet, tmp_path):
     """The worker's path: the scorer process hosts the model in one sandbox and the attack in another."""
-    from evaluator.adversary.job import AttackJob, AttackSource
+    from evaluator.adversary.spec import AttackJob, AttackSource
     from evaluator.data.evalsets import write_evaluation_set
     from evaluator.sandbox.launch import run_attack_sandboxed
     from evaluator.spec import ArtifactSpec, EvaluationSetSpec, InputSpec, JobSpec

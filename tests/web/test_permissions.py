@@ -24,6 +24,7 @@ from django.urls import URLPattern, URLResolver, get_resolver, resolve
 from django.urls.exceptions import Resolver404
 from rest_framework.authtoken.models import Token
 
+from adversaries.models import Attack
 from benchmarks.models import Benchmark, EvaluationSet, Track
 from submissions.models import Submission
 
@@ -43,7 +44,17 @@ class World:
     hidden_track: Track
     evaluation_set: EvaluationSet
     public: Submission
-    made: list[Submission] = field(default_factory=list)
+    made: list[Submission | Attack] = field(default_factory=list)
+
+    def attack(self, hidden: bool = False) -> Attack:
+        track = self.hidden_track if hidden else self.track
+        attack = Attack(owner=self.users["owner"], track=track, name=f"attack-{len(self.made)}",
+                        source_sha256=f"{len(self.made):064x}", passes_per_point=10)
+        source = b"def attack(model, x, y, threat, budget, generator):\n    return x\n"
+        attack.source.save("attack.py", ContentFile(source), save=False)
+        attack.save()
+        self.made.append(attack)
+        return attack
 
     def private(self, state: str = "queued") -> Submission:
         submission = _submission(self.track, self.users["owner"], f"private-{len(self.made)}", is_public=False)
@@ -182,6 +193,20 @@ PERMISSIONS: dict[str, list[Check]] = {
         Check(lambda w: f"/api/v1/submissions/{w.private('incomplete').public_id}/resume/",
               {"anon": 401, "owner": 200, "other": 404, "staff": 200}, "post"),
     ],
+    "api/v1/attacks/": [Check(lambda w: "/api/v1/attacks/", same(200)),
+                        Check(lambda w: "/api/v1/attacks/", logged_in(400, anon=401), "post", {})],
+    "api/v1/attacks/<public_id>/": [
+        Check(lambda w: f"/api/v1/attacks/{w.attack().public_id}/", same(200)),
+        Check(lambda w: f"/api/v1/attacks/{w.attack().public_id}/", logged_in(405, anon=401), "delete"),
+        # An attack on a track that is not public is nobody's to see through the API.
+        Check(lambda w: f"/api/v1/attacks/{w.attack(hidden=True).public_id}/", same(404)),
+    ],
+    "attacks/submit/": [Check(lambda w: "/attacks/submit/", logged_in(200, anon=302)),
+                        Check(lambda w: "/attacks/submit/", logged_in(200, anon=302), "post", {})],
+    "attacks/<uuid:public_id>/": [Check(lambda w: f"/attacks/{w.attack().public_id}/", same(200)),
+                                  Check(lambda w: f"/attacks/{w.attack(hidden=True).public_id}/", same(404))],
+    "tracks/<slug:slug>/attacks/": [Check(lambda w: f"/tracks/{w.track.slug}/attacks/", same(200)),
+                                    Check(lambda w: f"/tracks/{w.hidden_track.slug}/attacks/", same(404))],
     "api/v1/tracks/": [Check(lambda w: "/api/v1/tracks/", same(200))],
     "api/v1/tracks/<slug>/": [Check(lambda w: f"/api/v1/tracks/{w.track.slug}/", same(200)),
                               Check(lambda w: f"/api/v1/tracks/{w.hidden_track.slug}/", same(404)),
@@ -265,8 +290,9 @@ def _assert_nothing_leaks(world: World, response: Any, where: str, staff_tools: 
     if not staff_tools:
         assert world.evaluation_set.relative_path not in body, where
         assert "secret-0123" not in body, where
-        for submission in [world.public, *world.made]:
-            assert submission.artifact.name not in body, where  # the stored file's name never leaves the site
+        for made in [world.public, *world.made]:
+            stored = made.artifact if isinstance(made, Submission) else made.source
+            assert stored.name not in body, where  # the stored file's name never leaves the site
     if response.status_code == 200 and response["Content-Type"].startswith("text/html"):
         assert "script-src 'self'" in response["Content-Security-Policy"], where
         assert not INLINE_SCRIPT.search(body), (where, INLINE_SCRIPT.search(body))

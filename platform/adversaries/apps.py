@@ -1,0 +1,13 @@
+from django.apps import AppConfig
+
+
+class AdversariesConfig(AppConfig):
+    """Attack submissions (issue 20): researchers' attacks, run against every public model of their track."""
+
+    name = "adversaries"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        """Register the attack task in every process (dispatch sends it by name; eager mode runs it in place),
+        and listen for finished models, which every active attack of their track then faces."""
+        from adversaries import scheduling, tasks  # noqa: F401  (imported for their registrations)

@@ -1,0 +1,27 @@
+"""The attack upload form (the web side of :func:`adversaries.services.create_attack`)."""
+
+from __future__ import annotations
+
+from django import forms
+from django.conf import settings
+
+from benchmarks.models import Track
+
+
+class AttackForm(forms.Form):
+    track = forms.ModelChoiceField(queryset=Track.objects.filter(is_public=True, task_kind="classifier")
+                                   .exclude(threat_models=[]).select_related("benchmark"))
+    name = forms.CharField(max_length=200)
+    source = forms.FileField(help_text="One Python file defining attack(model, x, y, threat, budget, generator); "
+                                       "see the documentation.")
+    description = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False)
+    paper_url = forms.URLField(required=False, assume_scheme="https", label="Paper URL")
+    code_url = forms.URLField(required=False, assume_scheme="https", label="Code URL")
+
+    def clean_source(self) -> bytes:
+        upload = self.cleaned_data["source"]
+        limit = settings.ARENA_ATTACK_MAX_SOURCE_BYTES
+        if upload.size > limit:
+            raise forms.ValidationError(
+                f"The attack's source is {upload.size:,} bytes; at most {limit:,} are accepted.")
+        return upload.read()

@@ -1,0 +1,60 @@
+"""The lowest robust accuracy any accepted attack found, per model and threat model.
+
+A model's robust accuracy on the leaderboard is the minimum over the built-in suite and every
+finished run of an active attack at the track's current suite version, with the attack named:
+the number can only go down as attacks arrive, and it says who brought it down.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from adversaries.models import Attack, AttackRun
+
+
+@dataclass(frozen=True)
+class Found:
+    """One attack's robust accuracy on one model under one threat model."""
+
+    value: float
+    num_examples: int
+    ci_low: float | None
+    ci_high: float | None
+    attack_name: str
+    attack_id: str
+
+    @property
+    def attack_url(self) -> str:
+        return f"/attacks/{self.attack_id}/"
+
+
+def lowest_found(submission_ids: Iterable[int], suite_version: str) -> dict[int, dict[str, Found]]:
+    """Per submission and threat-model label, the lowest robust accuracy a submitted attack found (one query)."""
+    ids = list(submission_ids)
+    if not ids:
+        return {}
+    rows = (AttackRun.objects.filter(submission_id__in=ids, suite_version=suite_version,
+                                     state=AttackRun.State.FINISHED, attack__state=Attack.State.ACTIVE)
+            .values_list("submission_id", "robust", "attack__name", "attack__public_id", "attack__created_at")
+            .order_by("attack__created_at", "attack_id"))
+    lowest: dict[int, dict[str, Found]] = {}
+    for submission_id, robust, name, public_id, _created in rows:
+        for label, number in (robust or {}).items():
+            try:
+                found = Found(float(number["value"]), int(number["num_examples"]), number.get("ci_low"),
+                              number.get("ci_high"), name, str(public_id))
+            except (KeyError, TypeError, ValueError):
+                continue
+            current = lowest.setdefault(submission_id, {}).get(label)
+            # Ties go to the earlier attack: it found the number first.
+            if current is None or found.value < current.value:
+                lowest[submission_id][label] = found
+    return lowest
+
+
+def runs_of(submission_id: int, suite_version: str) -> list[AttackRun]:
+    """Every attack run against a model at a suite version, for its page (finished and failed alike)."""
+    return list(AttackRun.objects.filter(submission_id=submission_id, suite_version=suite_version,
+                                         attack__state=Attack.State.ACTIVE).select_related("attack")
+                .order_by("attack__created_at"))

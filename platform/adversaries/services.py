@@ -1,0 +1,71 @@
+"""Creating and withdrawing attacks: shared by the web form and the API."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from typing import Any
+
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.db import transaction
+from django.utils import timezone
+
+from adversaries.checks import AttackRefused, check_source
+from adversaries.models import Attack
+from adversaries.scheduling import schedule_attack
+from benchmarks.models import Track
+from submissions.quota import is_exempt
+
+__all__ = ["AttackRefused", "DuplicateAttack", "create_attack", "withdraw_attack"]
+
+
+class DuplicateAttack(AttackRefused):
+    """The same source was already submitted to the track."""
+
+    def __init__(self, message: str, existing: Attack) -> None:
+        super().__init__(message)
+        self.existing = existing
+
+
+def _attacks_today(user: Any, track: Track) -> int:
+    start = timezone.now().replace(hour=0, minute=0, second=0, microsecond=0)
+    return Attack.objects.filter(owner=user, track=track, created_at__gte=start).count()
+
+
+def create_attack(user: Any, track: Track, raw: bytes, *, name: str, description: str = "", paper_url: str = "",
+                  code_url: str = "") -> Attack:
+    """Check, store and schedule an attack; :class:`AttackRefused` says why one is not accepted.
+
+    Only classifier tracks with threat models take attacks (a detector track's attacks, which lower
+    fake scores, are not built yet). The daily limit per user and track (``ARENA_ATTACK_DAILY_LIMIT``)
+    applies as the model quota does, staff and the quota-exempt group aside.
+    """
+    if track.task_kind != "classifier" or not track.threat_models or not track.is_public:
+        raise AttackRefused(f"{track.name} does not take attack submissions (classifier tracks with threat models do).")
+    check_source(raw)
+    digest = hashlib.sha256(raw).hexdigest()
+    with transaction.atomic():
+        if not is_exempt(user):
+            limit = settings.ARENA_ATTACK_DAILY_LIMIT
+            if _attacks_today(user, track) >= limit:
+                now = timezone.now()
+                reset = (now + dt.timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+                hours = int((reset - now).total_seconds() // 3600)
+                raise AttackRefused(f"You have submitted today's {limit} attacks on {track.name}; the limit resets "
+                                    f"at midnight UTC (in {hours} h).")
+        existing = Attack.objects.filter(track=track, source_sha256=digest).first()
+        if existing is not None:
+            raise DuplicateAttack("This attack's source was already submitted to this track.", existing)
+        attack = Attack(owner=user, track=track, name=name, description=description, paper_url=paper_url,
+                        code_url=code_url, source_sha256=digest, source_size=len(raw),
+                        passes_per_point=settings.ARENA_ATTACK_PASSES_PER_POINT)
+        attack.source.save("attack.py", ContentFile(raw), save=False)
+        attack.save()
+        schedule_attack(attack)
+    return attack
+
+
+def withdraw_attack(attack: Attack) -> None:
+    """Withdraw an attack: no new runs, and its results no longer lower any model's score."""
+    Attack.objects.filter(pk=attack.pk).update(state=Attack.State.WITHDRAWN)

@@ -1,0 +1,113 @@
+"""The attack task: one attack against one model through the sandboxed evaluator, recorded per threat model."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import uuid
+
+from celery import Task, shared_task
+from django.conf import settings
+from django.utils import timezone
+
+from adversaries import dispatch
+from adversaries.models import AttackRun
+from evaluator.adversary.spec import AttackJob, AttackSource
+from evaluator.sandbox import SandboxUnavailable
+from evaluator.sandbox.launch import run_attack_sandboxed
+from evaluator.spec import JobResult
+from submissions.artifacts import ArtifactUnavailable, local_artifact
+from submissions.failures import failure_message
+from submissions.job_spec import build_job_spec
+from submissions.models import Submission
+from submissions.tasks import evaluation_limits
+
+logger = logging.getLogger(__name__)
+
+#: Seconds an attack run waits before looking again when model evaluations are queued.
+STEP_ASIDE_SECONDS = 30.0
+
+
+def _evaluations_waiting() -> bool:
+    return Submission.objects.filter(state=Submission.State.QUEUED).exists()
+
+
+@shared_task(name=dispatch.RUN_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
+def run_attack(self: Task, run_id: int) -> str:
+    """Run one attack against one model; returns what became of the run."""
+    run = AttackRun.objects.select_related("attack", "submission__track").filter(pk=run_id).first()
+    if run is None:
+        return "missing"
+    if run.state in (AttackRun.State.FINISHED, AttackRun.State.FAILED):
+        return run.state
+    # Lower priority than model evaluations: while one waits, this run steps aside (never in eager mode,
+    # where the caller asked for this run now).
+    if not settings.CELERY_TASK_ALWAYS_EAGER and _evaluations_waiting():
+        dispatch.enqueue(run, countdown=STEP_ASIDE_SECONDS)
+        return "deferred"
+    attempt = run.claim()
+    if attempt is None:
+        return run.state
+    attack, submission = run.attack, run.submission
+    try:
+        with local_artifact(submission) as artifact_path, _local_source(run) as source_path:
+            job = AttackJob(
+                job_id=str(uuid.uuid4()), attack=AttackSource(source_path, attack.source_sha256, attack.name),
+                target=build_job_spec(submission, artifact_path), passes_per_point=attack.passes_per_point,
+                seconds_per_threat=settings.ARENA_ATTACK_SECONDS_PER_THREAT,
+            )
+            result = run_attack_sandboxed(job, limits=evaluation_limits(),
+                                          allow_unsandboxed=settings.ARENA_ALLOW_UNSANDBOXED)
+    except ArtifactUnavailable as exc:
+        result = _platform_failure(run, "internal", f"A file could not be fetched: {exc}.")
+    except SandboxUnavailable as exc:
+        result = _platform_failure(run, "sandbox_unavailable", str(exc))
+    except Exception as exc:  # the platform's own fault: recorded, never left running
+        logger.exception("attack run %s failed inside the platform", run.pk)
+        result = _platform_failure(run, "internal", f"{type(exc).__name__}: {exc}")
+    return record(run, attempt, result)
+
+
+class _local_source:  # noqa: N801 - used as a context manager like local_artifact
+    """The attack's source as a local file (the media storage may be an object store)."""
+
+    def __init__(self, run: AttackRun) -> None:
+        self.run = run
+        self.path = ""
+
+    def __enter__(self) -> str:
+        handle, self.path = tempfile.mkstemp(prefix="arena-attack-", suffix=".py")
+        with os.fdopen(handle, "wb") as out, self.run.attack.source.open("rb") as source:
+            out.write(source.read())
+        return self.path
+
+    def __exit__(self, *exc: object) -> None:
+        if self.path:
+            os.unlink(self.path)
+
+
+def _platform_failure(run: AttackRun, code: str, message: str) -> JobResult:
+    track = run.submission.track
+    return JobResult(job_id="", ok=False, suite_version=track.suite_version, seed=track.seed, error_code=code,
+                     error=message)
+
+
+def record(run: AttackRun, attempt: int, result: JobResult) -> str:
+    """Write the run's outcome if ``attempt`` still owns it (a duplicate delivery that finished late writes nothing)."""
+    robust = {m.metric.removeprefix("robust_accuracy@"): {"value": m.value, "num_examples": m.num_examples,
+                                                           "ci_low": m.ci_low, "ci_high": m.ci_high}
+              for m in result.metrics if m.metric.startswith("robust_accuracy@")}
+    state = AttackRun.State.FINISHED if result.ok else AttackRun.State.FAILED
+    written = AttackRun.objects.filter(pk=run.pk, state=AttackRun.State.RUNNING, attempts=attempt).update(
+        state=state, robust=robust, provenance=result.provenance, failure_code=result.error_code,
+        failure_reason=failure_message(result.error_code, result.error) if not result.ok else "",
+        finished_at=timezone.now(),
+    )
+    if not written:
+        return "superseded"
+    # The leaderboards show the lowest robust accuracy any attack found: their cached tables are stale now.
+    from adversaries.signals import attack_run_recorded
+
+    attack_run_recorded.send(sender=AttackRun, run=AttackRun.objects.get(pk=run.pk))
+    return state

@@ -1,0 +1,103 @@
+"""Attack pages: the upload form, an attack's page (its runs), a track's attack leaderboard."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+
+from adversaries import services
+from adversaries.forms import AttackForm
+from adversaries.models import Attack, AttackRun
+from benchmarks.models import Track
+from submissions.models import Result
+
+
+@login_required
+def submit(request: HttpRequest) -> HttpResponse:
+    form = AttackForm(request.POST or None, request.FILES or None)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        try:
+            attack = services.create_attack(request.user, data["track"], data["source"], name=data["name"],
+                                            description=data["description"], paper_url=data["paper_url"],
+                                            code_url=data["code_url"])
+        except services.AttackRefused as exc:
+            form.add_error("source", str(exc))
+        else:
+            messages.success(request, "Your attack was accepted and queued against the track's public models.")
+            return redirect(attack)
+    return render(request, "adversaries/submit.html", {"form": form})
+
+
+def detail(request: HttpRequest, public_id) -> HttpResponse:
+    attack = get_object_or_404(Attack.objects.select_related("track", "owner"), public_id=public_id,
+                               track__is_public=True)
+    runs = list(attack.runs.filter(submission__is_public=True).select_related("submission"))
+    is_owner = request.user.is_authenticated and (request.user.is_staff or request.user.pk == attack.owner_id)
+    suite = suite_numbers(runs)
+    rows = []
+    for run in runs:
+        if run.state == AttackRun.State.FINISHED:
+            for label, number in (run.robust or {}).items():
+                rows.append((run, label, suite.get((run.submission_id, label)), number))
+        else:
+            rows.append((run, "", None, None))
+    return render(request, "adversaries/detail.html", {"attack": attack, "rows": rows, "is_owner": is_owner})
+
+
+def suite_numbers(runs: list[AttackRun]) -> dict[tuple[int, str], float]:
+    """The built-in suite's robust accuracy for each (model, threat label) the runs touch (one query)."""
+    ids = {r.submission_id for r in runs}
+    rows = Result.objects.filter(submission_id__in=ids, metric__startswith="robust_accuracy@").exclude(
+        metric__contains=">").values_list("submission_id", "metric", "value", "suite_version")
+    versions = {r.submission_id: r.suite_version for r in runs}
+    return {(sid, metric.removeprefix("robust_accuracy@")): value for sid, metric, value, version in rows
+            if versions.get(sid) == version}
+
+
+@dataclass
+class AttackStanding:
+    """One attack on the track's attack leaderboard."""
+
+    attack: Attack
+    models: int = 0
+    beaten: int = 0
+    #: Summed over the models it beat the suite on: how many points of robust accuracy it took off.
+    points_taken: float = 0.0
+    failed: int = 0
+    rows: list[tuple[str, str, float, float]] = field(default_factory=list)
+
+
+def track_attacks(request: HttpRequest, slug: str) -> HttpResponse:
+    """Attacks ranked by the models on which they beat the built-in suite, then by how much."""
+    track = get_object_or_404(Track, slug=slug, is_public=True)
+    attacks = list(Attack.objects.filter(track=track, state=Attack.State.ACTIVE).select_related("owner"))
+    runs = list(AttackRun.objects.filter(attack__in=attacks, suite_version=track.suite_version,
+                                         submission__is_public=True).select_related("submission"))
+    suite = suite_numbers(runs)
+    standings = {a.pk: AttackStanding(a) for a in attacks}
+    for run in runs:
+        standing = standings[run.attack_id]
+        if run.state == AttackRun.State.FAILED:
+            standing.failed += 1
+            continue
+        if run.state != AttackRun.State.FINISHED:
+            continue
+        standing.models += 1
+        beat = False
+        for label, number in (run.robust or {}).items():
+            ours = suite.get((run.submission_id, label))
+            if ours is None or not isinstance(number, dict):
+                continue
+            gap = ours - float(number.get("value", ours))
+            if gap > 0:
+                beat = True
+                standing.points_taken += 100 * gap
+                standing.rows.append((run.submission.name, label, ours, float(number["value"])))
+        standing.beaten += int(beat)
+    ranked = sorted(standings.values(), key=lambda s: (-s.beaten, -s.points_taken, s.attack.created_at))
+    return render(request, "adversaries/track.html", {"track": track, "standings": ranked})

@@ -1,0 +1,188 @@
+"""Attack submissions through the platform (issue 20): uploaded by the API and the form, run against the track's
+public models (never private ones), recorded per threat model, shown on the attack's page and the track's
+attack leaderboard; a model finishing later faces every active attack.
+
+The runs are real: the shared LeNet-5 hosted in its sandbox, the attack in its own (the task is called in
+place, as the worker calls it).
+"""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+from django.core.files import File
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.test import Client
+from rest_framework.test import APIClient
+
+from adversaries.checks import AttackRefused, check_source
+from adversaries.models import Attack, AttackRun
+from adversaries.scores import lowest_found
+from adversaries.tasks import run_attack
+from submissions.models import Result, Submission
+from submissions.services import create_submission
+from submissions.tasks import evaluate_submission
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+FGSM = textwrap.dedent("""
+    import torch.nn.functional as F
+
+
+    def attack(model, x, y, threat, budget, generator):
+        x_adv = x.clone().requires_grad_(True)
+        F.cross_entropy(model(x_adv), y).backward()
+        return (x + threat.eps * x_adv.grad.sign()).clamp(0, 1)
+    """).encode()
+
+#: An attack that breaks nothing (it returns the originals): it never lowers a score.
+IDLE = b"def attack(model, x, y, threat, budget, generator):\n    return x\n"
+
+
+@pytest.fixture
+def sent(monkeypatch) -> list[int]:
+    ids: list[int] = []
+    monkeypatch.setattr("adversaries.dispatch.enqueue", lambda run, countdown=None: ids.append(run.pk))
+    monkeypatch.setattr("submissions.dispatch.enqueue", lambda submission: None)
+    return ids
+
+
+@pytest.fixture
+def attacked_track(digits_track):
+    # Linf 0.05: the built-in suite on 12 points leaves part of a clean LeNet-5 robust, FGSM at 0.3 none.
+    digits_track.threat_models = [{"norm": "Linf", "eps": 0.3, "label": "Linf-0.3"}]
+    digits_track.attack_points, digits_track.reliability_points = 12, 0
+    digits_track.attack_suite = "attacks-1"
+    digits_track.save()
+    return digits_track
+
+
+def _copy(path: Path, tag: str, folder: Path) -> Path:
+    """The same weights in another file (other metadata, another sha256): the platform evaluates each upload once."""
+    from safetensors.torch import load_file, save_file
+
+    out = folder / f"lenet-{tag}.safetensors"
+    save_file(load_file(path), out, metadata={"copy": tag})
+    return out
+
+
+def _model(user, track, path: Path, name: str, public: bool = True) -> Submission:
+    with path.open("rb") as handle:
+        return create_submission(user, track, File(handle, name=path.name), name=name,
+                                 zoo_architecture="mnist_lenet5", is_public=public)
+
+
+@pytest.mark.slow
+def test_an_attack_faces_the_public_models_and_can_only_lower_their_scores(
+        attacked_track, researcher, other_user, lenet5_safetensors, sent, tmp_path):
+    public = _model(researcher, attacked_track, lenet5_safetensors, "LeNet-5 public")
+    assert evaluate_submission(public.pk) == "finished"
+    suite_value = Result.objects.get(submission=public, metric="robust_accuracy@Linf-0.3").value
+
+    api = APIClient()
+    api.force_authenticate(other_user)
+    response = api.post("/api/v1/attacks/", {"track": attacked_track.slug, "name": "FGSM",
+                                             "source": SimpleUploadedFile("fgsm.py", FGSM)}, format="multipart")
+    assert response.status_code == 201, response.content
+    attack = Attack.objects.get(public_id=response.json()["id"])
+    run = AttackRun.objects.get(attack=attack)
+    assert run.submission == public and sent == [run.pk]
+    assert run_attack(run.pk) == "finished"
+    run.refresh_from_db()
+    found = run.robust["Linf-0.3"]
+    assert found["num_examples"] == 12 and 0.0 <= found["value"] <= 1.0
+    assert run.provenance["attack"]["sha256"] == attack.source_sha256
+    # The same source again is refused, with the attack it duplicates named.
+    again = api.post("/api/v1/attacks/", {"track": attacked_track.slug, "name": "FGSM again",
+                                          "source": SimpleUploadedFile("fgsm.py", FGSM)}, format="multipart")
+    assert again.status_code == 409 and again.json()["existing"] == str(attack.public_id)
+
+    # A second attack that breaks nothing: the lowest number is still FGSM's (or the suite's).
+    web = Client()
+    web.force_login(other_user)
+    page = web.post("/attacks/submit/", {"track": attacked_track.pk, "name": "Idle",
+                                         "source": SimpleUploadedFile("idle.py", IDLE)}, follow=True)
+    assert page.status_code == 200 and "Idle" in page.content.decode()
+    idle = Attack.objects.get(name="Idle")
+    idle_run = AttackRun.objects.get(attack=idle)
+    assert run_attack(idle_run.pk) == "finished"
+    idle_run.refresh_from_db()
+    assert idle_run.robust["Linf-0.3"]["value"] >= found["value"]
+    lowest = lowest_found([public.pk], attacked_track.suite_version)[public.pk]["Linf-0.3"]
+    assert lowest.value == found["value"] and lowest.attack_name == "FGSM"
+
+    # Pages: the attack's own, and the track's attack leaderboard.
+    detail = Client().get(f"/attacks/{attack.public_id}/").content.decode()
+    assert "LeNet-5 public" in detail and f"{found['value']:.3f}" in detail and f"{suite_value:.3f}" in detail
+    board = Client().get(f"/tracks/{attacked_track.slug}/attacks/").content.decode()
+    assert board.index("FGSM") < board.index("Idle") or found["value"] >= suite_value
+
+    # A model that finishes later faces every active attack; a private one faces none.
+    late = _model(researcher, attacked_track, _copy(lenet5_safetensors, "late", tmp_path), "LeNet-5 late")
+    sent.clear()
+    assert evaluate_submission(late.pk) == "finished"
+    assert sorted(AttackRun.objects.filter(submission=late).values_list("attack__name", flat=True)) == ["FGSM", "Idle"]
+    assert len(sent) == 2
+    hidden = _model(other_user, attacked_track, _copy(lenet5_safetensors, "private", tmp_path), "LeNet-5 private",
+                    public=False)
+    assert evaluate_submission(hidden.pk) == "finished"
+    assert not AttackRun.objects.filter(submission=hidden).exists()
+
+
+@pytest.mark.slow
+def test_a_hostile_attack_fails_its_run_with_the_platforms_sentence(attacked_track, researcher, other_user,
+                                                                      lenet5_safetensors, sent):
+    public = _model(researcher, attacked_track, lenet5_safetensors, "LeNet-5")
+    assert evaluate_submission(public.pk) == "finished"
+    api = APIClient()
+    api.force_authenticate(other_user)
+    cheat = b"def attack(model, x, y, threat, budget, generator):\n    print('labels', y.tolist())\n" \
+            b"    return (x + 0.9).clamp(0, 1)\n"
+    response = api.post("/api/v1/attacks/", {"track": attacked_track.slug, "name": "Cheat",
+                                             "source": SimpleUploadedFile("cheat.py", cheat)}, format="multipart")
+    assert response.status_code == 201
+    run = AttackRun.objects.get(attack__name="Cheat")
+    assert run_attack(run.pk) == "failed"
+    run.refresh_from_db()
+    assert run.failure_code == "out_of_ball" and run.robust == {}
+    assert "labels" not in run.failure_reason
+    assert lowest_found([public.pk], attacked_track.suite_version) == {}
+    owner_view = Client()
+    owner_view.force_login(other_user)
+    assert "outside the threat model" in owner_view.get(f"/attacks/{run.attack.public_id}/").content.decode()
+    assert "The attack run failed." in Client().get(f"/attacks/{run.attack.public_id}/").content.decode()
+
+
+@pytest.mark.parametrize(("source", "reason"), [
+    (b"", "empty"),
+    (b"\xff\xfe", "UTF-8"),
+    (b"def attack(:\n", "not valid Python"),
+    (b"def other(model):\n    return 1\n", "defines no top-level function attack"),
+    (b"def attack(model, x):\n    return x\n", "six arguments"),
+    (b"x = 1\n" * 60000, "at most"),
+])
+def test_the_upload_check_refuses_what_cannot_be_an_attack_without_running_it(settings, source, reason):
+    with pytest.raises(AttackRefused, match=reason):
+        check_source(source)
+
+
+def test_attacks_are_limited_per_day_and_only_on_attackable_tracks(attacked_track, other_user, sent, settings):
+    settings.ARENA_ATTACK_DAILY_LIMIT = 1
+    api = APIClient()
+    api.force_authenticate(other_user)
+    first = api.post("/api/v1/attacks/", {"track": attacked_track.slug, "name": "a",
+                                          "source": SimpleUploadedFile("a.py", IDLE)}, format="multipart")
+    assert first.status_code == 201
+    second = api.post("/api/v1/attacks/", {"track": attacked_track.slug, "name": "b",
+                                           "source": SimpleUploadedFile("b.py", IDLE + b"\n# another\n")},
+                      format="multipart")
+    assert second.status_code == 400 and "today's 1 attacks" in second.json()["detail"]
+    assert APIClient().post("/api/v1/attacks/", {}, format="multipart").status_code == 401
+    attacked_track.threat_models = []
+    attacked_track.save()
+    refused = api.post("/api/v1/attacks/", {"track": attacked_track.slug, "name": "c",
+                                            "source": SimpleUploadedFile("c.py", IDLE + b"\n# third\n")},
+                       format="multipart")
+    assert refused.status_code == 400 and "does not take attack submissions" in refused.json()["detail"]
