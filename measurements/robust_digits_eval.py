@@ -246,9 +246,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"robust_digits_eval: the sandbox is unavailable ({exc}); pass --allow-unsandboxed", file=sys.stderr)
             return 2
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    # CPU seconds of the job's processes (scorer and model process: each waits for its children): on a busy
-    # machine the wall clock also counts other people's work, the CPU seconds much less so.
-    record["job_cpu_seconds"] = round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 1)
+    # CPU seconds of the processes this one reaped: the scorer (and what it reaped). The model process is
+    # killed inside bubblewrap at the end and is not reaped into this count, so this is the scorer's side.
+    record["scorer_cpu_seconds"] = round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 1)
     record["ok"] = result.ok
     record["metrics"] = [m.__dict__ for m in result.metrics]
     record["provenance"] = result.provenance
@@ -258,8 +258,9 @@ def main(argv: list[str] | None = None) -> int:
         status = 1
     else:
         record.update(report(result, args.threads, load))
-        print(f"CPU seconds of the job's processes: {record['job_cpu_seconds']:.0f} "
-              f"({record['job_cpu_seconds'] / max(record['job_seconds'], 1e-9):.2f} cores busy on average)")
+        cpu = record["scorer_cpu_seconds"]
+        print(f"CPU seconds of the scorer's side (the model process inside bubblewrap not counted): {cpu:.0f}, "
+              f"{cpu / max(record['job_seconds'], 1e-9):.0%} of the job's wall time")
     record["load_average_after"] = os.getloadavg()
     print(f"load average at the end {record['load_average_after'][0]:.2f}")
     if args.json:
