@@ -14,6 +14,7 @@ from django.utils import timezone
 from adversaries.checks import AttackRefused, check_source
 from adversaries.models import Attack
 from adversaries.scheduling import schedule_attack
+from adversaries.signals import attack_scores_changed
 from benchmarks.models import Track
 from submissions.quota import is_exempt
 
@@ -69,3 +70,4 @@ def create_attack(user: Any, track: Track, raw: bytes, *, name: str, description
 def withdraw_attack(attack: Attack) -> None:
     """Withdraw an attack: no new runs, and its results no longer lower any model's score."""
     Attack.objects.filter(pk=attack.pk).update(state=Attack.State.WITHDRAWN)
+    attack_scores_changed.send(sender=Attack, track_id=attack.track_id)

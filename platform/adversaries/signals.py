@@ -1,5 +1,9 @@
-"""Sent when an attack run's outcome is written (``run``): the leaderboards, which sit above, refresh."""
+"""Sent when what attacks found changes for a track (``track_id``): a run recorded, an attack withdrawn.
+
+The leaderboards, which sit above and show the lowest robust accuracy any attack found, refresh their
+cached tables on it.
+"""
 
 from django.dispatch import Signal
 
-attack_run_recorded = Signal()
+attack_scores_changed = Signal()

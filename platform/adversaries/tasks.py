@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from adversaries import dispatch
 from adversaries.models import AttackRun
+from adversaries.signals import attack_scores_changed
 from evaluator.adversary.spec import AttackJob, AttackSource
 from evaluator.sandbox import SandboxUnavailable
 from evaluator.sandbox.launch import run_attack_sandboxed
@@ -107,7 +108,5 @@ def record(run: AttackRun, attempt: int, result: JobResult) -> str:
     if not written:
         return "superseded"
     # The leaderboards show the lowest robust accuracy any attack found: their cached tables are stale now.
-    from adversaries.signals import attack_run_recorded
-
-    attack_run_recorded.send(sender=AttackRun, run=AttackRun.objects.get(pk=run.pk))
+    attack_scores_changed.send(sender=AttackRun, track_id=run.submission.track_id)
     return state

@@ -60,6 +60,7 @@ from django.urls import Resolver404, resolve
 from django.utils.cache import patch_vary_headers
 
 from accounts.models import Withdrawal
+from adversaries.signals import attack_scores_changed
 from benchmarks.models import BaselineFit, EvaluationSet, Track
 from leaderboards.fits import TRANSFORMS
 from leaderboards.queries import Filters
@@ -171,6 +172,12 @@ def connect_signals() -> None:
         for signal in (post_save, post_delete):
             signal.connect(receiver, sender=model, weak=False,
                            dispatch_uid=f"leaderboard-cache-{model.__name__}-{id(signal)}")
+    # What submitted attacks found lowers robust accuracies on the tables (adversaries.scores).
+    attack_scores_changed.connect(_attacks_changed, weak=False, dispatch_uid="leaderboard-cache-attacks")
+
+
+def _attacks_changed(sender: type, track_id: int, **kwargs: Any) -> None:
+    invalidate(track_id=track_id)
 
 
 # --- Keys. ------------------------------------------------------------------------------------------

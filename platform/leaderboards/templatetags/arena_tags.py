@@ -45,6 +45,10 @@ def score(result: Any) -> str:
     if result.ci_low is not None and result.ci_high is not None:
         digits = decimals_for(result.metric, result.ci_low, result.ci_high)
         interval = f" [{_fmt(result.metric, result.ci_low, digits)}, {_fmt(result.metric, result.ci_high, digits)}]"
+    found_by = getattr(result, "found_by", "")
+    if found_by:  # the name is the attack author's text: escaped by format_html
+        return format_html('{}<span class="ci">{}</span><span class="found-by">lowest found by {}</span>',
+                           _fmt(result.metric, result.value, digits), interval, found_by)
     return format_html('{}<span class="ci">{}</span>', _fmt(result.metric, result.value, digits), interval)
 
 
