@@ -265,8 +265,9 @@ if os.environ.get("CACHE_URL"):
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
                           "LOCATION": os.environ["CACHE_URL"]}}
 # --- Leaderboard cache (added with leaderboards/cache.py): anonymous leaderboard pages, exports and API
-# tables live in the cache above, keyed by a per-track version and a data stamp. Seconds an entry may live
-# at most; 0 turns the cache off (measurements/load_test.py's uncached server).
+# tables, signed-in readers' page bodies and API list pages (submissions/list_cache.py) live in the cache
+# above, keyed by what they show. Seconds an entry may live at most; 0 turns the cache off
+# (measurements/load_test.py --cache-seconds 0).
 ARENA_LEADERBOARD_CACHE_SECONDS = int(os.environ.get("ARENA_LEADERBOARD_CACHE_SECONDS", 600))
 #: Reverse proxies in front of the web server that append to X-Forwarded-For. 0: none, use REMOTE_ADDR
 #: (never None: DRF would then key its throttles on the whole header, which a client can forge).
