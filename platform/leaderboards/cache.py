@@ -43,10 +43,9 @@ import hashlib
 import logging
 import struct
 import threading
-import time
 import uuid
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +60,9 @@ from django.utils.cache import patch_vary_headers
 
 from accounts.models import Withdrawal
 from adversaries.signals import attack_scores_changed
+
+# The per-track version lives with the tracks: the submissions API's list cache keys by it too.
+from benchmarks.cache_versions import _PREFIX, CACHE_HEADER, bump_tracks, cache_seconds, track_version
 from benchmarks.models import BaselineFit, EvaluationSet, Track
 from leaderboards.fits import TRANSFORMS
 from leaderboards.queries import Filters
@@ -69,42 +71,6 @@ from submissions.models import EvaluationRun, Result, Submission
 logger = logging.getLogger(__name__)
 
 #: Response header that says whether a leaderboard response came from the cache (for operators and tests).
-CACHE_HEADER = "X-Arena-Cache"
-_PREFIX = "arena:leaderboard"
-DEFAULT_SECONDS = 600
-
-
-def cache_seconds() -> int:
-    """How long an entry lives; 0 (or less) turns the leaderboard cache off."""
-    return int(getattr(settings, "ARENA_LEADERBOARD_CACHE_SECONDS", DEFAULT_SECONDS))
-
-
-def _version_key(track_id: int) -> str:
-    return f"{_PREFIX}:version:{track_id}"
-
-
-def track_version(track_id: int) -> int:
-    """The track's current version. A missing key (never set, or evicted) starts from the clock.
-
-    Starting from the clock, not 0, matters: were an evicted version to restart at a number used
-    before, entries cached under that older version would be served again.
-    """
-    key = _version_key(track_id)
-    version = cache.get(key)
-    if version is None:
-        cache.add(key, time.time_ns(), timeout=None)
-        version = cache.get(key)
-    return int(version) if version is not None else 0
-
-
-def bump_tracks(track_ids: Iterable[int]) -> None:
-    """Invalidate every cached leaderboard entry of these tracks (now, not at commit: see :func:`invalidate`)."""
-    for track_id in set(track_ids):
-        key = _version_key(track_id)
-        try:
-            cache.incr(key)
-        except ValueError:  # not in the cache: any fresh value differs from the versions in use
-            cache.set(key, time.time_ns(), timeout=None)
 
 
 # --- Signals: remember what changed, bump once the transaction commits. -------------------------------

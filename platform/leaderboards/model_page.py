@@ -27,6 +27,8 @@ from django.core.cache import cache
 from django.utils.safestring import SafeString, mark_safe
 
 from accounts.models import Withdrawal
+from adversaries.models import AttackRun
+from adversaries.scores import Found, runs_of
 from benchmarks.models import EvaluationSet
 from leaderboards.cache import cache_seconds
 from leaderboards.fits import TRANSFORMS, current_fits, robustness_rows
@@ -205,6 +207,9 @@ class Cascade:
     flags: list[Flag] = field(default_factory=list)
     #: The page's names of the checks that made the suite run its escalation stages (empty: none ran).
     escalated_for: list[str] = field(default_factory=list)
+    #: Submitted attacks' robust accuracies under this threat model (adversaries), and the lowest below the suite's.
+    attacks: list[Found] = field(default_factory=list)
+    lowest: Found | None = None
 
     @property
     def flagged(self) -> bool:
@@ -259,6 +264,26 @@ def cascades(submission: Submission, results: list[Result], run: EvaluationRun |
             escalated_for=escalation_reasons(info.get("escalated_for")),
         ))
     return out
+
+
+def _add_attacks(shown: list[Cascade], submission: Submission, suite_version: str) -> None:
+    """Each cascade's submitted attacks (one query), and the lowest one when it is below the suite's final number."""
+    found: dict[str, list[Found]] = {}
+    for run in runs_of(submission.pk, suite_version):
+        if run.state != AttackRun.State.FINISHED:
+            continue
+        for label, number in (run.robust or {}).items():
+            try:
+                found.setdefault(label, []).append(Found(float(number["value"]), int(number["num_examples"]),
+                                                         number.get("ci_low"), number.get("ci_high"),
+                                                         run.attack.name, str(run.attack.public_id)))
+            except (KeyError, TypeError, ValueError):
+                continue
+    for cascade in shown:
+        cascade.attacks = found.get(cascade.threat, [])
+        best = min(cascade.attacks, key=lambda f: f.value, default=None)
+        if best is not None and cascade.final is not None and best.value < cascade.final.value:
+            cascade.lowest = best
 
 
 def escalation_reasons(stored: Any) -> list[str]:
@@ -398,10 +423,13 @@ def model_page_context(submission: Submission, user: Any, transform: str | None 
                 r.evaluation_set = sets[r.evaluation_set_id]
     scores = [r for r in results if not r.metric.startswith(("accuracy@", ROBUST))]
     verified = bool(run and run.ok and not _flagged((run.provenance or {}).get("attacks")))
+    shown_cascades = [] if withheld else cascades(submission, results, run)
+    if shown_cascades:
+        _add_attacks(shown_cascades, submission, track.suite_version)
     return {
         "results": scores,
         "run": run,
-        "cascades": [] if withheld else cascades(submission, results, run),
+        "cascades": shown_cascades,
         "heatmaps": heatmaps(results),
         "per_class": None if withheld else per_class(track, run, {s.name for s in sets.values()}),
         # Withheld scores stay withheld here too: the table shows the clean and shifted accuracies.

@@ -14,8 +14,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from benchmarks import cache_versions as lb_cache
 from benchmarks.models import Track
-from leaderboards import cache as lb_cache
 from submissions import list_cache, services
 from submissions.models import Submission
 from submissions.quota import QuotaExceeded, usage_for

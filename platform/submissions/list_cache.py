@@ -8,7 +8,7 @@ submission on the page, with its owner's name and its track's slug and suite ver
 reads them now. Whatever changes a listed submission (a state transition, a progress report, a
 visibility or Ladder release made with ``QuerySet.update()`` in a worker, a rename) changes the
 fingerprint, so the next request builds the page again: there is no lag at all, not even the
-progress interval's. A track's cache version (``leaderboards.cache.track_version``, bumped by the
+progress interval's. A track's cache version (``benchmarks.cache_versions.track_version``, bumped by the
 signals of results, evaluation sets and tracks) is part of the key too, for what a submission's
 row does not show (a result or a set renamed in the admin).
 
@@ -32,7 +32,7 @@ from django.db import connections
 from django.db.models import QuerySet
 from django.http import HttpResponse
 
-from leaderboards import cache as lb_cache
+from benchmarks import cache_versions as lb_cache
 from submissions.models import Submission
 
 logger = logging.getLogger(__name__)

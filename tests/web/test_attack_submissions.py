@@ -131,6 +131,9 @@ def test_an_attack_faces_the_public_models_and_can_only_lower_their_scores(
     assert cell.value == found["value"] < 1.0 and cell.found_by == "FGSM"
     html = Client().get(f"/tracks/{attacked_track.slug}/").content.decode()
     assert "lowest found by FGSM" in html
+    model_page = Client().get(public.get_absolute_url()).content.decode()
+    assert "submitted attack <a" in model_page and "Idle" in model_page
+    assert "Lowest found (leaderboard)" in model_page and f"<strong>{found['value']:.3f}</strong> by" in model_page
     # Withdrawn, the attack no longer lowers anything.
     from adversaries.services import withdraw_attack
 

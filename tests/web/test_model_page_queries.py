@@ -23,8 +23,9 @@ from submissions.models import Result, Submission
 from tests.web.test_leaderboards_helpers import THREAT, finish, new_submission, populate
 
 pytestmark = pytest.mark.django_db
-#: Submission (joined with what it shows), evaluation sets, run, results, current fits.
-ANONYMOUS_QUERIES = 5
+#: Submission (joined with what it shows), evaluation sets, run, results, current fits, and (a model with attack
+#: results) the submitted attacks' runs against it.
+ANONYMOUS_QUERIES = 6
 
 
 @pytest.fixture
