@@ -200,17 +200,20 @@ def test_no_deployment_runs_beat_or_names_a_watchdog_queue():
 
 
 @pytest.mark.parametrize("env, expected", [
-    ({}, "evaluations,bundles"),
-    ({"ARENA_EVAL_QUEUE": "cpu-jobs", "ARENA_BUNDLE_QUEUE": "imports"}, "cpu-jobs,imports"),
-    ({"ARENA_BUNDLE_QUEUE": "evaluations"}, "evaluations"),
+    ({}, "evaluations,bundles,attacks"),
+    ({"ARENA_EVAL_QUEUE": "cpu-jobs", "ARENA_BUNDLE_QUEUE": "imports", "ARENA_ATTACK_QUEUE": "adaptive"},
+     "cpu-jobs,imports,adaptive"),
+    ({"ARENA_BUNDLE_QUEUE": "evaluations", "ARENA_ATTACK_QUEUE": "evaluations"}, "evaluations"),
 ])
-def test_the_demo_worker_consumes_the_evaluation_and_the_bundle_queues(env, expected):
-    """scripts/demo's one local worker takes the admin page's bundle tasks too, on the queues the settings name."""
+def test_the_demo_worker_consumes_the_evaluation_bundle_and_attack_queues(env, expected):
+    """scripts/demo's one local worker takes the admin page's bundle tasks and the submitted attacks' runs too, on
+    the queues the settings name."""
     script = (ROOT / "scripts" / "demo").read_text()
     [assignment] = re.findall(r"^QUEUES=.*$", script, re.M)
     [worker] = [line for line in script.splitlines() if line.startswith("celery -A arena worker")]
     assert '-Q "$QUEUES"' in worker and not _runs_beat(worker)
-    clean = {k: v for k, v in os.environ.items() if k not in {"ARENA_EVAL_QUEUE", "ARENA_BUNDLE_QUEUE"}}
+    clean = {k: v for k, v in os.environ.items()
+             if k not in {"ARENA_EVAL_QUEUE", "ARENA_BUNDLE_QUEUE", "ARENA_ATTACK_QUEUE"}}
     run = subprocess.run(["bash", "-c", f'{assignment}\necho "$QUEUES"'], capture_output=True, text=True, cwd=ROOT,
                          env={**clean, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
                               "PYTHONPATH": f"{ROOT / 'platform'}:{ROOT}", **env}, timeout=60)
