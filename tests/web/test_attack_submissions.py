@@ -9,6 +9,7 @@ place, as the worker calls it).
 from __future__ import annotations
 
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -210,3 +211,37 @@ def test_attacks_are_limited_per_day_and_only_on_attackable_tracks(attacked_trac
                                             "source": SimpleUploadedFile("c.py", IDLE + b"\n# third\n")},
                        format="multipart")
     assert refused.status_code == 400 and "does not take attack submissions" in refused.json()["detail"]
+
+
+@pytest.mark.slow
+def test_a_real_worker_evaluates_the_model_then_runs_the_uploaded_attack(
+        celery_worker, attacked_track, researcher, other_user, lenet5_safetensors, settings, wait_terminal):
+    """The whole way with a real Celery worker: a model through the API, then an attack through the API, run from
+    the attack queue, recorded, lowering nothing it did not beat."""
+    settings.ARENA_ATTACK_QUEUE = f"{celery_worker.queue}-attacks"
+    celery_worker("worker", [celery_worker.queue, settings.ARENA_ATTACK_QUEUE],
+                  env={"ARENA_ATTACK_QUEUE": settings.ARENA_ATTACK_QUEUE})
+    owner = APIClient()
+    owner.force_authenticate(researcher)
+    with lenet5_safetensors.open("rb") as handle:
+        created = owner.post("/api/v1/submissions/", {"track": attacked_track.slug, "name": "LeNet-5",
+                                                     "artifact": handle, "zoo_architecture": "mnist_lenet5"},
+                             format="multipart")
+    assert created.status_code == 201
+    model = wait_terminal(created.json()["id"])
+    assert model.state == "finished", model.failure_reason
+
+    attacker = APIClient()
+    attacker.force_authenticate(other_user)
+    response = attacker.post("/api/v1/attacks/", {"track": attacked_track.slug, "name": "FGSM",
+                                                  "source": SimpleUploadedFile("fgsm.py", FGSM)}, format="multipart")
+    assert response.status_code == 201
+    deadline = time.monotonic() + 240
+    run = AttackRun.objects.get(attack__public_id=response.json()["id"])
+    while run.state not in (AttackRun.State.FINISHED, AttackRun.State.FAILED) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        run.refresh_from_db()
+    assert run.state == AttackRun.State.FINISHED, (run.state, run.failure_reason)
+    assert run.robust["Linf-0.3"]["num_examples"] == 12 and run.provenance["sandbox"] == "bubblewrap"
+    listed = attacker.get(f"/api/v1/attacks/{response.json()['id']}/").json()
+    assert listed["runs"][0]["state"] == "finished" and listed["runs"][0]["model_name"] == "LeNet-5"
