@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from evaluator import __version__ as evaluator_version
 from evaluator.adversary.runner import run_attack
 from evaluator.adversary.spec import AttackJob
 from evaluator.data.evalsets import read_evaluation_set
@@ -48,6 +49,7 @@ def run_attack_job(job: AttackJob, progress: ProgressCallback = ignore_progress,
     spec = job.target
     started = time.perf_counter()
     provenance: dict[str, Any] = {"attack": {"sha256": job.attack.sha256, "name": job.attack.name},
+                                  "evaluator": evaluator_version,
                                   "passes_per_point": job.passes_per_point, "threat_models": {}}
     result = JobResult(job_id=job.job_id, ok=True, suite_version=spec.suite_version, seed=spec.seed)
     host = host or HostOptions.default()

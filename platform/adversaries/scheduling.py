@@ -1,5 +1,6 @@
 """Who faces whom: an arriving attack faces every public finished model of its track, and a model that
-finishes (public) faces every active attack of its track. Private models are never attacked.
+finishes public, or is made public once finished, faces every active attack of its track. Private models
+are never attacked.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from django.dispatch import receiver
 
 from adversaries import dispatch
 from adversaries.models import Attack, AttackRun
-from submissions.arrival import result_recorded
+from submissions.arrival import made_public, result_recorded
 from submissions.models import Submission
 
 
@@ -50,3 +51,8 @@ def _on_result(sender, submission: Submission, result, **kwargs) -> None:  # noq
     submission.refresh_from_db()
     if submission.state == Submission.State.FINISHED:
         schedule_model(submission)
+
+
+@receiver(made_public, dispatch_uid="adversaries.face_newly_public_model")
+def _on_made_public(sender, submission: Submission, **kwargs) -> None:  # noqa: ANN001, ARG001
+    schedule_model(submission)

@@ -35,6 +35,8 @@ logger = logging.getLogger(__name__)
 
 #: Sent after a result is recorded (and committed), with ``submission`` and ``result`` (the evaluator's).
 result_recorded = Signal()
+#: Sent after a submission was made public (``submission``): the layers above may act on a newly listed model.
+made_public = Signal()
 
 
 def receive_result(submission_id: int, attempt: int, result: JobResult) -> Submission | None:

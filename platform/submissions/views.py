@@ -11,6 +11,7 @@ from django.views.decorators.http import require_POST
 
 from accounts.models import Withdrawal
 from submissions import services
+from submissions.arrival import made_public
 from submissions.failures import failure_text
 from submissions.forms import SubmissionForm
 from submissions.models import Submission
@@ -148,6 +149,9 @@ def set_visibility(request: HttpRequest, public_id) -> HttpResponse:
         messages.error(request, "A withdrawn model stays private: restore it to the leaderboards first.")
     else:
         Submission.objects.filter(pk=submission.pk).update(is_public=public)
+        if public:
+            submission.refresh_from_db()
+            made_public.send(sender=Submission, submission=submission)
         messages.info(request, "The model is now public." if public else "The model is now private.")
     return redirect(submission)
 

@@ -94,7 +94,7 @@ def test_an_attack_faces_the_public_models_and_can_only_lower_their_scores(
     run.refresh_from_db()
     found = run.robust["Linf-0.3"]
     assert found["num_examples"] == 12 and 0.0 <= found["value"] <= 1.0
-    assert run.provenance["attack"]["sha256"] == attack.source_sha256
+    assert run.provenance["attack"]["sha256"] == attack.source_sha256 and run.provenance["evaluator"]
     # The same source again is refused, with the attack it duplicates named.
     again = api.post("/api/v1/attacks/", {"track": attacked_track.slug, "name": "FGSM again",
                                           "source": SimpleUploadedFile("fgsm.py", FGSM)}, format="multipart")
@@ -154,6 +154,14 @@ def test_an_attack_faces_the_public_models_and_can_only_lower_their_scores(
                     public=False)
     assert evaluate_submission(hidden.pk) == "finished"
     assert not AttackRun.objects.filter(submission=hidden).exists()
+    # Made public by its owner, it faces them too.
+    sent.clear()
+    owner = Client()
+    owner.force_login(other_user)
+    owner.post(f"/submissions/{hidden.public_id}/visibility/", {"public": "1"})
+    assert sorted(AttackRun.objects.filter(submission=hidden).values_list("attack__name", flat=True)) == [
+        "FGSM", "Idle"]
+    assert len(sent) == 2
 
 
 @pytest.mark.slow
