@@ -1,7 +1,8 @@
 """The attack process: runs one submitted attack inside the sandbox, its model calls answered by the scorer.
 
-Run as ``python -m evaluator.adversary.child`` under bubblewrap, where the only job file it can see
-is the attack's source (``/job/attack.py``). The scorer sends one ``start`` frame (the attacked
+Run as ``python -m evaluator.adversary.child`` under bubblewrap, where the only job files it can see
+are the attack's: its source (``/job/attack.py``), or a package's folder (``/job/attack/``, its entry
+point ``attack.py`` beside the modules it imports). The scorer sends one ``start`` frame (the attacked
 points, their labels, the threat model, the pass budget, a seed); the attack's entry point
 
     attack(model, x, y, threat, budget, generator) -> x_adv
@@ -103,6 +104,8 @@ class ModelHandle(nn.Module):
 
 
 def _load_attack(path: str) -> Any:
+    # A package's attack.py imports its sibling modules: its folder goes first on the path.
+    sys.path.insert(0, os.path.dirname(path))
     spec = importlib.util.spec_from_file_location("submitted_attack", path)
     if spec is None or spec.loader is None:
         raise ImportError("the attack's source could not be loaded")

@@ -100,21 +100,26 @@ class _Stderr:
 
 @contextmanager
 def _attack_process(attack_path: str, options: HostOptions) -> Iterator[subprocess.Popen[bytes]]:
-    """The attack's process: under bubblewrap it sees its own source and nothing else of the job."""
+    """The attack's process: under bubblewrap it sees its own source (a file, or a package's folder) and
+    nothing else of the job."""
     limits = options.limits or SandboxLimits()
     with ExitStack() as stack:
+        package = os.path.isdir(attack_path)  # a package: a folder with attack.py beside the modules it imports
         if options.sandbox == "bubblewrap":
             given = SandboxIdentity(options.uid) if options.uid is not None else None
+            inside = f"{JOB_DIR}/attack" if package else f"{JOB_DIR}/attack.py"
             prefix, fds, _identity = stack.enter_context(sandbox_prefix(
-                {os.path.realpath(attack_path): f"{JOB_DIR}/attack.py"}, limits, (), given))
-            command, env, cwd = [*prefix, *attack_command()], {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}, None
+                {os.path.realpath(attack_path): inside}, limits, (), given))
+            entry = f"{inside}/attack.py" if package else inside
+            command, env, cwd = ([*prefix, *attack_command(entry)], {"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+                                 None)
         else:
             fds = ()
             cwd = tempfile.mkdtemp(prefix="arena-attack-")
             stack.callback(shutil.rmtree, cwd, True)
             env = child_env(limits, str(project_root()))
             env["HOME"] = cwd
-            command = attack_command(attack_path)
+            command = attack_command(os.path.join(attack_path, "attack.py") if package else attack_path)
         proc = subprocess.Popen(  # noqa: S603 - a fixed program; the attack is data to it
             command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=cwd,
             pass_fds=tuple(fds), start_new_session=True,

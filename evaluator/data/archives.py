@@ -217,9 +217,10 @@ def _check_count(count: int, limits: ArchiveLimits) -> None:
         raise ArchiveError(f"the bundle has more than {limits.max_files} files and folders")
 
 
-def _bundle_root(entries: Iterable[tuple[tuple[str, ...], bool]]) -> tuple[str, ...]:
-    """The components of the folder holding the manifest: none when it sits at the top, or the one
-    top-level folder that wraps everything else (what zipping a folder in a file manager makes).
+def _bundle_root(entries: Iterable[tuple[tuple[str, ...], bool]], marker: str = MANIFEST) -> tuple[str, ...]:
+    """The components of the folder holding the manifest (``marker``: another file for other archives, e.g.
+    an attack package's ``attack.py``): none when it sits at the top, or the one top-level folder that
+    wraps everything else (what zipping a folder in a file manager makes).
 
     ``entries`` are (components, is folder) of everything that is kept."""
     files: set[tuple[str, ...]] = set()
@@ -228,13 +229,13 @@ def _bundle_root(entries: Iterable[tuple[tuple[str, ...], bool]]) -> tuple[str, 
         tops.add(parts[0])
         if not is_dir:
             files.add(parts)
-    if (MANIFEST,) in files:
+    if (marker,) in files:
         return ()
     if len(tops) == 1:
         (top,) = tops
-        if (top, MANIFEST) in files:
+        if (top, marker) in files:
             return (top,)
-    raise ArchiveError(f"no {MANIFEST} at the top of the bundle")
+    raise ArchiveError(f"no {marker} at the top of the bundle")
 
 
 def _check_zip_member(info: zipfile.ZipInfo, limits: ArchiveLimits) -> _Member:
@@ -281,7 +282,8 @@ def _check_overlaps(infos: list[zipfile.ZipInfo]) -> None:
             raise ArchiveError(f"{name!r} overlaps {previous!r} in the archive")
 
 
-def _plan_zip(zipped: zipfile.ZipFile, limits: ArchiveLimits) -> tuple[list[_Member], tuple[str, ...], int]:
+def _plan_zip(zipped: zipfile.ZipFile, limits: ArchiveLimits,
+              marker: str = MANIFEST) -> tuple[list[_Member], tuple[str, ...], int]:
     """All checks the central directory allows, before anything is written: the members, the
     bundle root's components and the declared uncompressed total (the cap while extracting)."""
     infos = zipped.infolist()
@@ -302,7 +304,7 @@ def _plan_zip(zipped: zipfile.ZipFile, limits: ArchiveLimits) -> tuple[list[_Mem
             f"more than the limit of {limits.max_ratio:g}"
         )
     _check_overlaps(infos)
-    root = _bundle_root((member.parts, member.is_dir) for member in members if not member.ignored)
+    root = _bundle_root(((member.parts, member.is_dir) for member in members if not member.ignored), marker)
     return members, root, total
 
 
@@ -399,9 +401,9 @@ def _remove(dest: Path) -> None:
         shutil.rmtree(dest)
 
 
-def extract_bundle(archive: Path, dest: Path, limits: ArchiveLimits = ArchiveLimits()) -> Path:
+def extract_bundle(archive: Path, dest: Path, limits: ArchiveLimits = ArchiveLimits(), marker: str = MANIFEST) -> Path:
     """Extract a zip into the empty or absent folder `dest`; return the bundle root (the folder
-    holding benchmark.yaml: `dest` itself, or its single top-level folder when the zip wraps
+    holding benchmark.yaml, or `marker`: `dest` itself, or its single top-level folder when the zip wraps
     everything in one folder). On any refusal, `dest` is removed again (nothing is left written)
     and ArchiveError raised.
 
@@ -417,7 +419,7 @@ def extract_bundle(archive: Path, dest: Path, limits: ArchiveLimits = ArchiveLim
         except (zipfile.BadZipFile, EOFError, ValueError, NotImplementedError) as exc:
             raise ArchiveError(f"{archive.name} is not a zip archive") from exc
         with zipped:
-            members, root, total = _plan_zip(zipped, limits)
+            members, root, total = _plan_zip(zipped, limits, marker)
             dest.mkdir(mode=_FOLDER_MODE, parents=True, exist_ok=True)
             os.chmod(dest, _FOLDER_MODE)
             _write_members(zipped, members, dest, total)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from django import forms
 from django.conf import settings
 
+from adversaries.checks import PACKAGE_LIMITS
 from benchmarks.models import Track
 
 
@@ -12,15 +13,16 @@ class AttackForm(forms.Form):
     track = forms.ModelChoiceField(queryset=Track.objects.filter(is_public=True, task_kind="classifier")
                                    .exclude(threat_models=[]).select_related("benchmark"))
     name = forms.CharField(max_length=200)
-    source = forms.FileField(help_text="One Python file defining attack(model, x, y, threat, budget, generator); "
-                                       "see the documentation.")
+    source = forms.FileField(help_text="One Python file defining attack(model, x, y, threat, budget, generator), or a "
+                                       "zip with that file as attack.py beside the modules it imports; see the "
+                                       "documentation.")
     description = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False)
     paper_url = forms.URLField(required=False, assume_scheme="https", label="Paper URL")
     code_url = forms.URLField(required=False, assume_scheme="https", label="Code URL")
 
     def clean_source(self) -> bytes:
         upload = self.cleaned_data["source"]
-        limit = settings.ARENA_ATTACK_MAX_SOURCE_BYTES
+        limit = max(settings.ARENA_ATTACK_MAX_SOURCE_BYTES, PACKAGE_LIMITS.max_total_bytes)
         if upload.size > limit:
             raise forms.ValidationError(
                 f"The attack's source is {upload.size:,} bytes; at most {limit:,} are accepted.")

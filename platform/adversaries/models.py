@@ -1,7 +1,8 @@
 """Attack submissions and their runs against models.
 
 An :class:`Attack` is one researcher's attack on one classifier track: a Python source file with the
-entry point of docs/attacks.md. Each public finished model of the track faces it in an
+entry point of docs/attacks.md, or a zip package with that file (``attack.py``) and the modules it
+imports. Each public finished model of the track faces it in an
 :class:`AttackRun`, queued when the attack arrives or when the model finishes, evaluated by the
 sandboxed evaluator (:mod:`evaluator.adversary`), and recorded per threat model. A model's robust
 accuracy on the leaderboard is then the lowest of the built-in suite's and every finished run's
@@ -22,8 +23,9 @@ from submissions.models import Submission
 
 
 def source_upload_path(instance: Attack, filename: str) -> str:
-    """Stored names never derive from the uploaded name."""
-    return f"attacks/{instance.track.slug}/{instance.public_id}.py"
+    """Stored names never derive from the uploaded name (only the kind: one source file, or a zip package)."""
+    suffix = ".zip" if filename.endswith(".zip") else ".py"
+    return f"attacks/{instance.track.slug}/{instance.public_id}{suffix}"
 
 
 class Attack(models.Model):

@@ -11,7 +11,7 @@ from django.core.files.base import ContentFile
 from django.db import transaction
 from django.utils import timezone
 
-from adversaries.checks import AttackRefused, check_source
+from adversaries.checks import AttackRefused, check_upload, is_package
 from adversaries.models import Attack
 from adversaries.scheduling import schedule_attack
 from adversaries.signals import attack_scores_changed
@@ -44,7 +44,7 @@ def create_attack(user: Any, track: Track, raw: bytes, *, name: str, description
     """
     if track.task_kind != "classifier" or not track.threat_models or not track.is_public:
         raise AttackRefused(f"{track.name} does not take attack submissions (classifier tracks with threat models do).")
-    check_source(raw)
+    check_upload(raw)
     digest = hashlib.sha256(raw).hexdigest()
     with transaction.atomic():
         if not is_exempt(user):
@@ -61,7 +61,7 @@ def create_attack(user: Any, track: Track, raw: bytes, *, name: str, description
         attack = Attack(owner=user, track=track, name=name, description=description, paper_url=paper_url,
                         code_url=code_url, source_sha256=digest, source_size=len(raw),
                         passes_per_point=settings.ARENA_ATTACK_PASSES_PER_POINT)
-        attack.source.save("attack.py", ContentFile(raw), save=False)
+        attack.source.save("attack.zip" if is_package(raw) else "attack.py", ContentFile(raw), save=False)
         attack.save()
         schedule_attack(attack)
     return attack

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 import uuid
+from pathlib import Path
 
 from celery import Task, shared_task
 from django.conf import settings
 from django.utils import timezone
 
 from adversaries import dispatch
+from adversaries.checks import ENTRY_FILE, PACKAGE_LIMITS, is_package
 from adversaries.models import AttackRun
 from adversaries.signals import attack_scores_changed
 from evaluator.adversary.spec import AttackJob, AttackSource
+from evaluator.data.archives import extract_bundle
 from evaluator.sandbox import SandboxUnavailable
 from evaluator.sandbox.launch import run_attack_sandboxed
 from evaluator.spec import JobResult
@@ -71,21 +75,33 @@ def run_attack(self: Task, run_id: int) -> str:
 
 
 class _local_source:  # noqa: N801 - used as a context manager like local_artifact
-    """The attack's source as a local file (the media storage may be an object store)."""
+    """The attack as local files (the media storage may be an object store): its source file, or its package
+    unpacked (with the checks it passed at upload) into a folder whose ``attack.py`` is the entry point."""
 
     def __init__(self, run: AttackRun) -> None:
         self.run = run
-        self.path = ""
+        self.folder = ""
 
     def __enter__(self) -> str:
-        handle, self.path = tempfile.mkstemp(prefix="arena-attack-", suffix=".py")
-        with os.fdopen(handle, "wb") as out, self.run.attack.source.open("rb") as source:
-            out.write(source.read())
-        return self.path
+        self.folder = tempfile.mkdtemp(prefix="arena-attack-")
+        os.chmod(self.folder, 0o755)  # the sandbox uid reads what is bound in from here
+        with self.run.attack.source.open("rb") as source:
+            raw = source.read()
+        if not is_package(raw):
+            path = os.path.join(self.folder, ENTRY_FILE)
+            with open(path, "wb") as out:
+                out.write(raw)
+            os.chmod(path, 0o644)
+            return path
+        archive = os.path.join(self.folder, "attack.zip")
+        with open(archive, "wb") as out:
+            out.write(raw)
+        root = extract_bundle(Path(archive), Path(self.folder) / "package", PACKAGE_LIMITS, marker=ENTRY_FILE)
+        return str(root)
 
     def __exit__(self, *exc: object) -> None:
-        if self.path:
-            os.unlink(self.path)
+        if self.folder:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def _platform_failure(run: AttackRun, code: str, message: str) -> JobResult:

@@ -226,3 +226,31 @@ def test_the_documented_example_attack_runs_as_a_submission(lenet, tmp_path):
         run = run_attack(str(source), model, x, y, threat, passes_per_point=20, seed=1)
         assert run.ok, (threat, run.error, run.details)
         assert run.robust_accuracy < 0.2 and run.forward_passes <= 20 * len(y)
+
+
+@pytest.mark.slow
+def test_an_attack_package_imports_its_own_modules_and_nothing_else_of_the_job(lenet, tmp_path):
+    """A package (a folder: attack.py and the modules it imports) is bound into the sandbox whole."""
+    model, model_path = lenet
+    package = tmp_path / "package"
+    package.mkdir()
+    (package / "steps.py").write_text("def signed(grad, eps):\n    return eps * grad.sign()\n")
+    (package / "attack.py").write_text(textwrap.dedent(f"""
+        import torch.nn.functional as F
+        from steps import signed
+
+        def attack(model, x, y, threat, budget, generator):
+            try:
+                open({str(model_path)!r}, "rb")
+            except OSError:
+                pass
+            else:
+                return x * float("nan")
+            x_adv = x.clone().requires_grad_(True)
+            F.cross_entropy(model(x_adv), y).backward()
+            return (x + signed(x_adv.grad, threat.eps)).clamp(0, 1)
+        """))
+    x, y = _mnist(16)
+    run = run_attack(str(package), model, x, y, ThreatModel("Linf", 0.3), passes_per_point=2, seed=0)
+    assert run.ok, (run.error, run.details)
+    assert run.robust_accuracy < 0.2 and run.forward_passes == 16

@@ -253,3 +253,49 @@ def test_a_real_worker_evaluates_the_model_then_runs_the_uploaded_attack(
     assert run.robust["Linf-0.3"]["num_examples"] == 12 and run.provenance["sandbox"] == "bubblewrap"
     listed = attacker.get(f"/api/v1/attacks/{response.json()['id']}/").json()
     assert listed["runs"][0]["state"] == "finished" and listed["runs"][0]["model_name"] == "LeNet-5"
+
+
+def _zip(members: dict[str, bytes]) -> bytes:
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+@pytest.mark.slow
+def test_an_attack_package_is_checked_at_upload_and_runs_from_its_folder(
+        attacked_track, researcher, other_user, lenet5_safetensors, sent):
+    public = _model(researcher, attacked_track, lenet5_safetensors, "LeNet-5")
+    assert evaluate_submission(public.pk) == "finished"
+    entry = b"from steps import fgsm\n\ndef attack(model, x, y, threat, budget, generator):\n" \
+            b"    return fgsm(model, x, y, threat.eps)\n"
+    steps = b"import torch.nn.functional as F\n\ndef fgsm(model, x, y, eps):\n" \
+            b"    x_adv = x.clone().requires_grad_(True)\n    F.cross_entropy(model(x_adv), y).backward()\n" \
+            b"    return (x + eps * x_adv.grad.sign()).clamp(0, 1)\n"
+    api = APIClient()
+    api.force_authenticate(other_user)
+    # Wrapped in one top folder, as zipping a folder makes it.
+    package = _zip({"fgsm/attack.py": entry, "fgsm/steps.py": steps})
+    response = api.post("/api/v1/attacks/", {"track": attacked_track.slug, "name": "FGSM package",
+                                             "source": SimpleUploadedFile("fgsm.zip", package)}, format="multipart")
+    assert response.status_code == 201, response.content
+    attack = Attack.objects.get(public_id=response.json()["id"])
+    assert attack.source.name.endswith(".zip")
+    run = AttackRun.objects.get(attack=attack)
+    assert run_attack(run.pk) == "finished"
+    run.refresh_from_db()
+    assert run.robust["Linf-0.3"]["value"] < 0.2
+
+    for members, reason in [
+        ({"steps.py": steps}, "no attack.py at the top"),
+        ({"attack.py": entry, "../escape.py": steps}, "attack package was refused"),
+        ({"attack.py": b"def attack(:\n"}, "not valid Python"),
+    ]:
+        refused = api.post("/api/v1/attacks/", {"track": attacked_track.slug, "name": "bad",
+                                                "source": SimpleUploadedFile("bad.zip", _zip(members))},
+                           format="multipart")
+        assert refused.status_code == 400 and reason in refused.json()["detail"], (members.keys(), refused.json())
