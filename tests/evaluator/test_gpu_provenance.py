@@ -85,6 +85,8 @@ class _InProcessModel(nn.Module):
         self.strict = self.hidden = False
         self.tolerance, self.batch_size, self.calls, self.spot_checks = 1e-4, 256, 0, 0
         self.memory_asked = 0
+        # The RemoteModel's time accounting: no job deadline, no time spent waiting on another process.
+        self.deadline, self.model_seconds = None, 0.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.calls += 1

@@ -19,6 +19,7 @@ from evaluator.attacks.cascade import attack_threat_model
 from evaluator.attacks.suites import SuiteConfig
 from evaluator.checkpoints import SETS, Checkpoint, attack_stage, spec_fingerprint
 from evaluator.data.evalsets import write_evaluation_set
+from evaluator.deadline import JobDeadline, OutOfTime
 from evaluator.models.convert import convert_checkpoint
 from evaluator.scoring import job as job_module
 from evaluator.scoring import run_job
@@ -100,15 +101,17 @@ def test_stages_are_handed_out_in_order_and_add_up_to_the_result(job, uninterrup
 def test_a_job_out_of_time_keeps_its_finished_stages_and_a_resumed_run_ends_where_the_full_one_does(
         job, uninterrupted, monkeypatch):
     full, _ = uninterrupted
-    real_budget = job_module._budget
-
-    def short(spec, scoring, datasets, done, contract, host, elapsed):
-        budget = real_budget(spec, scoring, datasets, done, contract, host, elapsed)
-        # Time for the sets (well under a second here) but not for a threat model's cascade.
-        return dataclasses.replace(budget, seconds=elapsed + 1.5)
-
-    monkeypatch.setattr(job_module, "_budget", short)
     kept: list[Checkpoint] = []
+
+    class RunsOutAfterTheSets(JobDeadline):
+        """The job's deadline, passed the moment the sets' stage is handed out: a cut at a known point, whatever
+        the machine's speed (a cut by the clock would land elsewhere on a loaded machine)."""
+
+        def check(self) -> None:
+            if kept:
+                raise OutOfTime("the job's time budget ran out")
+
+    monkeypatch.setattr(job_module, "JobDeadline", RunsOutAfterTheSets)
     cut = run_job(job, secret_seed=11, on_checkpoint=kept.append)
     assert not cut.ok and cut.error_code == "out_of_time"
     assert cut.provenance["incomplete"]["finished"] == [SETS] and [c.stage for c in kept] == [SETS]
@@ -118,7 +121,7 @@ def test_a_job_out_of_time_keeps_its_finished_stages_and_a_resumed_run_ends_wher
     assert _numbers(cut) == {k: v for k, v in _numbers(full).items() if not k[1].startswith(("robust", "attacked"))}
     assert cut.per_class == full.per_class
 
-    monkeypatch.setattr(job_module, "_budget", real_budget)
+    monkeypatch.undo()
     resume = {"fingerprint": spec_fingerprint(job), "stages": [c.to_dict() for c in kept]}
     again: list[Checkpoint] = []
     # Another batch size and secret: neither changes a number, so the stages may be reused.
