@@ -21,9 +21,10 @@ from submissions.tasks import evaluate_submission
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
-#: The scorer's budget is capped at 98% of the limit minus 30 s: about 14 s for the whole job, enough for
-#: the model to start and the 2,000 clean images, not for two threat models' cascades and checks.
-SHORT_WALL_SECONDS = 45.0
+#: The scorer's budget is capped at 98% of the limit minus 30 s: about 21 s for the whole job, enough for
+#: the model to start and the 2,000 clean images even on a loaded machine (about 5 s on a quiet one), not
+#: for two threat models' cascades and checks (about a minute).
+SHORT_WALL_SECONDS = 52.0
 
 
 @pytest.fixture
