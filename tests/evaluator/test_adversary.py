@@ -133,10 +133,11 @@ HONEST_RETURN = "return x"
                 return x[:1]
             """, "wrong_shape"),
         ("forks without end", """
-            import os
+            import os, time
             def attack(model, x, y, threat, budget, generator):
-                while True:
-                    os.fork()
+                while True:  # until the sandbox's process limit refuses a fork; the children wait, hold nothing
+                    if os.fork() == 0:
+                        time.sleep(600)
             """, "attack_error|attack_crashed|attack_timeout"),
         ("sleeps", """
             import time
