@@ -11,6 +11,7 @@ from rest_framework.response import Response
 
 from adversaries import services
 from adversaries.models import Attack, AttackRun
+from adversaries.scores import released
 from benchmarks.models import Track
 
 
@@ -18,6 +19,7 @@ class AttackRunSerializer(serializers.ModelSerializer):
     model = serializers.UUIDField(source="submission.public_id", read_only=True)
     model_name = serializers.CharField(source="submission.name", read_only=True)
     failure_code = serializers.SerializerMethodField()
+    robust = serializers.SerializerMethodField()
 
     class Meta:
         model = AttackRun
@@ -25,6 +27,10 @@ class AttackRunSerializer(serializers.ModelSerializer):
 
     def get_failure_code(self, run: AttackRun) -> str:
         return run.failure_code
+
+    def get_robust(self, run: AttackRun) -> dict[str, dict]:
+        """Per threat model, the robust accuracy rounded to what its interval justifies (adversaries.scores)."""
+        return {label: released(number) for label, number in (run.robust or {}).items() if isinstance(number, dict)}
 
 
 class AttackSerializer(serializers.ModelSerializer):

@@ -15,9 +15,13 @@ from submissions.models import Submission
 
 
 def attackable(track_id: int):
-    """The models of a track an attack may face: public, finished, not withdrawn."""
+    """The models of a track an attack may face: public, finished, released by the Ladder, not withdrawn.
+
+    A model whose scores the Ladder withholds is not attacked: an attack's number on it would be its
+    robust accuracy, shown to everyone.
+    """
     return Submission.objects.filter(track_id=track_id, is_public=True, state=Submission.State.FINISHED,
-                                     withdrawal__isnull=True)
+                                     released=True, withdrawal__isnull=True)
 
 
 def _queue(attack: Attack, submission: Submission) -> AttackRun | None:

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from adversaries.models import Attack, AttackRun
+from submissions.rounding import round_released
 
 
 @dataclass(frozen=True)
@@ -23,10 +24,24 @@ class Found:
     ci_high: float | None
     attack_name: str
     attack_id: str
+    #: So that the pages' ``score`` filter rounds it as it rounds every robust accuracy.
+    metric: str = "robust_accuracy"
 
     @property
     def attack_url(self) -> str:
         return f"/attacks/{self.attack_id}/"
+
+
+def released(number: dict) -> dict:
+    """An attack's robust accuracy as the site shows it: rounded to the digits its interval justifies.
+
+    An attack chooses which points it breaks, so the exact count it reaches on each model is a channel
+    it controls; shown to the digit the interval justifies (whole percents on 500 points), each number
+    carries a few bits instead of the count's nine.
+    """
+    value, low, high = round_released("robust_accuracy", number.get("value"), number.get("ci_low"),
+                                      number.get("ci_high"))
+    return {"value": value, "ci_low": low, "ci_high": high, "num_examples": number.get("num_examples")}
 
 
 def lowest_found(submission_ids: Iterable[int], suite_version: str) -> dict[int, dict[str, Found]]:

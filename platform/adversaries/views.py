@@ -12,8 +12,10 @@ from django.shortcuts import get_object_or_404, redirect, render
 from adversaries import services
 from adversaries.forms import AttackForm
 from adversaries.models import Attack, AttackRun
+from adversaries.scores import released
 from benchmarks.models import Track
 from submissions.models import Result
+from submissions.rounding import round_released
 
 
 @login_required
@@ -43,20 +45,22 @@ def detail(request: HttpRequest, public_id) -> HttpResponse:
     for run in runs:
         if run.state == AttackRun.State.FINISHED:
             for label, number in (run.robust or {}).items():
-                rows.append((run, label, suite.get((run.submission_id, label)), number))
+                if isinstance(number, dict):
+                    rows.append((run, label, suite.get((run.submission_id, label)), released(number)))
         else:
             rows.append((run, "", None, None))
     return render(request, "adversaries/detail.html", {"attack": attack, "rows": rows, "is_owner": is_owner})
 
 
 def suite_numbers(runs: list[AttackRun]) -> dict[tuple[int, str], float]:
-    """The built-in suite's robust accuracy for each (model, threat label) the runs touch (one query)."""
+    """The built-in suite's robust accuracy for each (model, threat label) the runs touch (one query), rounded as
+    the site releases it (:mod:`submissions.rounding`)."""
     ids = {r.submission_id for r in runs}
     rows = Result.objects.filter(submission_id__in=ids, metric__startswith="robust_accuracy@").exclude(
-        metric__contains=">").values_list("submission_id", "metric", "value", "suite_version")
+        metric__contains=">").values_list("submission_id", "metric", "value", "ci_low", "ci_high", "suite_version")
     versions = {r.submission_id: r.suite_version for r in runs}
-    return {(sid, metric.removeprefix("robust_accuracy@")): value for sid, metric, value, version in rows
-            if versions.get(sid) == version}
+    return {(sid, metric.removeprefix("robust_accuracy@")): round_released(metric, value, low, high)[0]
+            for sid, metric, value, low, high, version in rows if versions.get(sid) == version}
 
 
 @dataclass

@@ -20,9 +20,10 @@ from rest_framework.test import APIClient
 
 from adversaries.checks import AttackRefused, check_source
 from adversaries.models import Attack, AttackRun
-from adversaries.scores import lowest_found
+from adversaries.scores import lowest_found, released
 from adversaries.tasks import run_attack
 from submissions.models import Result, Submission
+from submissions.rounding import round_released
 from submissions.services import create_submission
 from submissions.tasks import evaluate_submission
 
@@ -80,7 +81,8 @@ def test_an_attack_faces_the_public_models_and_can_only_lower_their_scores(
         attacked_track, researcher, other_user, lenet5_safetensors, sent, tmp_path):
     public = _model(researcher, attacked_track, lenet5_safetensors, "LeNet-5 public")
     assert evaluate_submission(public.pk) == "finished"
-    suite_value = Result.objects.get(submission=public, metric="robust_accuracy@Linf-0.3").value
+    suite_row = Result.objects.get(submission=public, metric="robust_accuracy@Linf-0.3")
+    suite_value, suite_interval = suite_row.value, (suite_row.ci_low, suite_row.ci_high)
 
     api = APIClient()
     api.force_authenticate(other_user)
@@ -116,7 +118,12 @@ def test_an_attack_faces_the_public_models_and_can_only_lower_their_scores(
 
     # Pages: the attack's own, and the track's attack leaderboard.
     detail = Client().get(f"/attacks/{attack.public_id}/").content.decode()
-    assert "LeNet-5 public" in detail and f"{found['value']:.3f}" in detail and f"{suite_value:.3f}" in detail
+    # Shown rounded to what the interval on 12 points justifies (an attack's exact count is a channel it controls).
+    shown = released(found)
+    assert "LeNet-5 public" in detail and f"{100 * shown['value']:.1f}%" in detail
+    assert f"{100 * round_released('robust_accuracy', suite_value, *suite_interval)[0]:.1f}%" in detail
+    api_row = APIClient().get(f"/api/v1/attacks/{attack.public_id}/").json()["runs"][0]["robust"]["Linf-0.3"]
+    assert api_row["value"] == shown["value"]
     board = Client().get(f"/tracks/{attacked_track.slug}/attacks/").content.decode()
     assert board.index("FGSM") < board.index("Idle") or found["value"] >= suite_value
 
@@ -134,7 +141,7 @@ def test_an_attack_faces_the_public_models_and_can_only_lower_their_scores(
     assert "lowest found by FGSM" in html
     model_page = Client().get(public.get_absolute_url()).content.decode()
     assert "submitted attack <a" in model_page and "Idle" in model_page
-    assert "Lowest found (leaderboard)" in model_page and f"<strong>{found['value']:.3f}</strong> by" in model_page
+    assert "Lowest found (leaderboard)" in model_page and "</strong> by <a" in model_page
     # Withdrawn, the attack no longer lowers anything.
     from adversaries.services import withdraw_attack
 
@@ -299,3 +306,16 @@ def test_an_attack_package_is_checked_at_upload_and_runs_from_its_folder(
                                                 "source": SimpleUploadedFile("bad.zip", _zip(members))},
                            format="multipart")
         assert refused.status_code == 400 and reason in refused.json()["detail"], (members.keys(), refused.json())
+
+
+def test_models_whose_scores_the_ladder_withholds_are_not_attacked(attacked_track, researcher, other_user, sent):
+    """An attack's number on a model is that model's robust accuracy, shown to everyone: never on a withheld one."""
+    from adversaries.scheduling import schedule_attack
+
+    shown = Submission.objects.create(track=attacked_track, owner=researcher, name="shown", artifact_format="pt2",
+                                      artifact="artifacts/a.pt2", artifact_sha256="a" * 64, state="finished")
+    Submission.objects.create(track=attacked_track, owner=researcher, name="withheld", artifact_format="pt2",
+                              artifact="artifacts/b.pt2", artifact_sha256="b" * 64, state="finished", released=False)
+    attack = Attack.objects.create(owner=other_user, track=attacked_track, name="a", source="attacks/a.py",
+                                   source_sha256="c" * 64, passes_per_point=10)
+    assert [run.submission for run in schedule_attack(attack)] == [shown]
