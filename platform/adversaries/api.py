@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.db.models import Prefetch, QuerySet
 from rest_framework import mixins, parsers, permissions, serializers, status, viewsets
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from adversaries import services
+from adversaries.checks import PACKAGE_LIMITS
 from adversaries.models import Attack, AttackRun
 from adversaries.scores import released
 from benchmarks.models import Track
@@ -65,6 +67,10 @@ class AttackViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Cre
         incoming = self.get_serializer(data=request.data)
         incoming.is_valid(raise_exception=True)
         data = incoming.validated_data
+        limit = max(settings.ARENA_ATTACK_MAX_SOURCE_BYTES, PACKAGE_LIMITS.max_total_bytes)
+        if data["source"].size > limit:  # refused before it is read into memory
+            return Response({"detail": f"The attack's source is {data['source'].size:,} bytes; at most {limit:,} are "
+                                       "accepted."}, status=status.HTTP_400_BAD_REQUEST)
         try:
             attack = services.create_attack(request.user, data["track"], data["source"].read(), name=data["name"],
                                             description=data.get("description", ""),

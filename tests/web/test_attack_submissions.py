@@ -220,6 +220,9 @@ def test_attacks_are_limited_per_day_and_only_on_attackable_tracks(attacked_trac
                       format="multipart")
     assert second.status_code == 400 and "today's 1 attacks" in second.json()["detail"]
     assert APIClient().post("/api/v1/attacks/", {}, format="multipart").status_code == 401
+    huge = api.post("/api/v1/attacks/", {"track": attacked_track.slug, "name": "huge",
+                                         "source": SimpleUploadedFile("h.py", b"#" * (5 * 2**20))}, format="multipart")
+    assert huge.status_code == 400 and "at most" in huge.json()["detail"]
     attacked_track.threat_models = []
     attacked_track.save()
     refused = api.post("/api/v1/attacks/", {"track": attacked_track.slug, "name": "c",
