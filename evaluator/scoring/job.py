@@ -232,11 +232,16 @@ def _timed_full_batch(model: RemoteModel, spec: JobSpec, contract: ContractRepor
     if contract.measured_full_batch or spec.batch_size <= contract.probe_batch_size:
         return contract
     images = probe_images(spec.input, spec.batch_size, seed=2)
-    with torch.inference_mode():
-        model(images[:1])  # warm the path for this batch size's first call
-        begun = time.perf_counter()
-        model(images)
-        seconds = time.perf_counter() - begun
+    try:
+        with torch.inference_mode():
+            model(images[:1])  # warm the path for this batch size's first call
+            begun = time.perf_counter()
+            model(images)
+            seconds = time.perf_counter() - begun
+    except ModelRaised:
+        # Only a measurement: a model that raises here is judged where it matters, on the evaluation's own
+        # batches (where its words are no longer kept); the budget keeps the probe's extrapolation.
+        return contract
     return replace(contract, seconds_per_batch=seconds, measured_full_batch=True)
 
 
