@@ -38,28 +38,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
         limits = SandboxLimits(**raw_host["limits"]) if raw_host.get("limits") else None
         host = HostOptions(sandbox=raw_host.get("sandbox", host.sandbox), limits=limits, uid=raw_host.get("uid"))
         payload = payload.get("spec")
+    # The protocol stream is a private duplicate of stdout, and anything else printed goes to
+    # stderr, so no stray print can be mistaken for a progress or result line.
+    protocol = open(sys.stdout.fileno(), "w", buffering=1, closefd=False)  # noqa: SIM115
+    sys.stdout = sys.stderr
     if attack_job is not None:
         # Per command: only an attack job needs these.
         from evaluator.adversary.job import run_attack_job
         from evaluator.adversary.spec import AttackJob
 
-        protocol = open(sys.stdout.fileno(), "w", buffering=1, closefd=False)  # noqa: SIM115
-        sys.stdout = sys.stderr
         result = run_attack_job(AttackJob.from_dict(attack_job), JsonLineProgress(protocol), host=host)
-        protocol.write(json.dumps({"event": "result", "result": json.loads(result.to_json())}) + "\n")
-        protocol.flush()
-        return 0 if result.ok else 3
-    spec = JobSpec.from_dict(payload)
-    # The protocol stream is a private duplicate of stdout, and anything else printed goes to
-    # stderr, so no stray print can be mistaken for a progress or result line.
-    protocol = open(sys.stdout.fileno(), "w", buffering=1, closefd=False)  # noqa: SIM115
-    sys.stdout = sys.stderr
+    else:
+        def checkpoint(done: Checkpoint) -> None:
+            protocol.write(json.dumps({"event": "checkpoint", "checkpoint": done.to_dict()}) + "\n")
+            protocol.flush()
 
-    def checkpoint(done: Checkpoint) -> None:
-        protocol.write(json.dumps({"event": "checkpoint", "checkpoint": done.to_dict()}) + "\n")
-        protocol.flush()
-
-    result = run_job(spec, JsonLineProgress(protocol), host=host, resume=resume, on_checkpoint=checkpoint)
+        result = run_job(JobSpec.from_dict(payload), JsonLineProgress(protocol), host=host, resume=resume,
+                         on_checkpoint=checkpoint)
     protocol.write(json.dumps({"event": "result", "result": json.loads(result.to_json())}) + "\n")
     protocol.flush()
     return 0 if result.ok else 3

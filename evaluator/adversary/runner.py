@@ -13,15 +13,9 @@ with a code and a sentence (:data:`ATTACK_FAILURES`), like a model's failures.
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
-import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,12 +24,9 @@ from torch import Tensor, nn
 
 from evaluator.attacks.threat import lp_norm
 from evaluator.failures import ATTACK_CODES, FAILURES
-from evaluator.remote.client import HostOptions
+from evaluator.remote.client import HostOptions, StderrTail, sandboxed_child
 from evaluator.remote.wire import Deadline, DeadlineChannel, PeerGone, WireError, tensor_bytes, tensor_from
-from evaluator.sandbox.bubblewrap import JOB_DIR, sandbox_prefix
-from evaluator.sandbox.environment import child_env, project_root
-from evaluator.sandbox.identity import SandboxIdentity
-from evaluator.sandbox.limits import SandboxLimits
+from evaluator.sandbox.bubblewrap import JOB_DIR
 from evaluator.spec import ThreatModel
 
 __all__ = ["ATTACK_FAILURES", "AttackRun", "run_attack"]
@@ -85,74 +76,15 @@ def attack_command(path: str | None = None) -> list[str]:
     return [sys.executable, "-m", "evaluator.adversary.child", *([path] if path else [])]
 
 
-class _Stderr:
-    """Keeps the tail of the attack's stderr for the operator's log; never shown to anyone else."""
-
-    def __init__(self, stream: Any) -> None:
-        self.tail: list[str] = []
-        threading.Thread(target=self._run, args=(stream,), daemon=True).start()
-
-    def _run(self, stream: Any) -> None:
-        for raw in iter(lambda: stream.readline(64 * 1024), b""):
-            self.tail.append(raw.decode("utf-8", "replace"))
-            del self.tail[:-20]
-
-
-@contextmanager
-def _attack_process(attack_path: str, options: HostOptions) -> Iterator[subprocess.Popen[bytes]]:
-    """The attack's process: under bubblewrap it sees its own source (a file, or a package's folder) and
-    nothing else of the job."""
-    limits = options.limits or SandboxLimits()
-    with ExitStack() as stack:
-        package = os.path.isdir(attack_path)  # a package: a folder with attack.py beside the modules it imports
-        if options.sandbox == "bubblewrap":
-            given = SandboxIdentity(options.uid) if options.uid is not None else None
-            inside = f"{JOB_DIR}/attack" if package else f"{JOB_DIR}/attack.py"
-            prefix, fds, _identity = stack.enter_context(sandbox_prefix(
-                {os.path.realpath(attack_path): inside}, limits, (), given))
-            entry = f"{inside}/attack.py" if package else inside
-            command, env, cwd = ([*prefix, *attack_command(entry)], {"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
-                                 None)
-        else:
-            fds = ()
-            cwd = tempfile.mkdtemp(prefix="arena-attack-")
-            stack.callback(shutil.rmtree, cwd, True)
-            env = child_env(limits, str(project_root()))
-            env["HOME"] = cwd
-            command = attack_command(os.path.join(attack_path, "attack.py") if package else attack_path)
-        proc = subprocess.Popen(  # noqa: S603 - a fixed program; the attack is data to it
-            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=cwd,
-            pass_fds=tuple(fds), start_new_session=True,
-        )
-
-        def stop() -> None:
-            try:
-                os.killpg(proc.pid, 9)
-            except (ProcessLookupError, PermissionError):
-                pass
-            proc.wait()
-            for stream in (proc.stdin, proc.stdout, proc.stderr):
-                if stream is not None:
-                    try:
-                        stream.close()
-                    except OSError:
-                        pass
-
-        stack.callback(stop)
-        yield proc
-
-
 class _Session:
     """Answers one attack's calls with the model, counting passes; checks its images at the end."""
 
-    def __init__(self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, total_passes: int,
-                 num_classes: int | None) -> None:
+    def __init__(self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, total_passes: int) -> None:
         self.model, self.x, self.y, self.threat = model, x, y, threat
         self.total = total_passes
         self.forward = self.backward = 0
         self.graphs: OrderedDict[int, tuple[Tensor, Tensor]] = OrderedDict()
         self.next_graph = 1
-        self.num_classes = num_classes
 
     def _batch(self, header: dict[str, Any], payload: bytearray) -> Tensor:
         shape = header.get("shape")
@@ -240,14 +172,22 @@ def run_attack(attack_path: str, model: nn.Module, x: Tensor, y: Tensor, threat:
     x = x.detach().to("cpu", torch.float32).contiguous()
     y = y.detach().to("cpu", torch.long).contiguous()
     run = AttackRun(points=int(x.shape[0]))
-    session = _Session(model, x, y, threat, passes_per_point * run.points, None)
+    session = _Session(model, x, y, threat, passes_per_point * run.points)
     started = time.monotonic()
     deadline = started + seconds
-    stderr: _Stderr | None = None
+    stderr: StderrTail | None = None
+    # Under bubblewrap the attack sees its own source (a file, or a package's folder: attack.py beside the
+    # modules it imports) and nothing else of the job.
+    package = os.path.isdir(attack_path)
+    inside = f"{JOB_DIR}/attack" if package else f"{JOB_DIR}/attack.py"
+
+    def entry(seen: str) -> list[str]:
+        return attack_command(f"{seen}/attack.py" if package else seen)
+
     try:
-        with _attack_process(attack_path, options) as proc:
+        with sandboxed_child(entry, attack_path, inside, options) as (proc, _seen):
             assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-            stderr = _Stderr(proc.stderr)
+            stderr = StderrTail(proc.stderr)
             channel = DeadlineChannel(proc.stdin.fileno(), proc.stdout.fileno())
             start = {"op": "start", "shape": list(x.shape), "norm": threat.norm, "eps": threat.eps,
                      "budget": passes_per_point, "passes_left": session.total, "seed": seed}
@@ -273,5 +213,5 @@ def run_attack(attack_path: str, model: nn.Module, x: Tensor, y: Tensor, threat:
     run.forward_passes, run.backward_passes = session.forward, session.backward
     run.seconds = round(time.monotonic() - started, 3)
     if stderr is not None:
-        run.details["stderr_tail"] = "".join(stderr.tail)[-2000:]  # the operator's, never a page's
+        run.details["stderr_tail"] = stderr.text()[-2000:]  # the operator's, never a page's
     return run

@@ -25,9 +25,9 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -107,16 +107,69 @@ class HostOptions:
         return cls("bubblewrap" if bubblewrap_path() else "process")
 
 
-@dataclass
-class _Drain:
-    """Reads the model process's stderr so it never blocks; keeps a bounded tail for the operator only."""
+class StderrTail:
+    """Reads a sandboxed child's stderr so it never blocks; keeps a bounded tail for the operator only."""
 
-    tail: list[str] = field(default_factory=list)
+    def __init__(self, stream: Any) -> None:
+        self.tail: list[str] = []
+        threading.Thread(target=self._run, args=(stream,), daemon=True).start()
 
-    def run(self, stream: Any) -> None:
+    def _run(self, stream: Any) -> None:
         for raw in iter(lambda: stream.readline(64 * 1024), b""):
             self.tail.append(raw.decode("utf-8", "replace"))
             del self.tail[:-20]
+
+    def text(self) -> str:
+        return "".join(self.tail)
+
+
+def stop_child(proc: subprocess.Popen[bytes]) -> None:
+    """Kill a child's whole process group at once and close its pipes: it holds nothing worth a graceful exit
+    (a model process's torch teardown alone costs a third of a second)."""
+    try:
+        os.killpg(proc.pid, 9)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
+    for stream in (proc.stdin, proc.stdout, proc.stderr):
+        if stream is not None:
+            try:
+                stream.close()
+            except OSError:
+                pass
+
+
+@contextmanager
+def sandboxed_child(command: Callable[[str], list[str]], host_path: str, inside: str, options: HostOptions,
+                    devices: Sequence[str] = ()) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """A child process that sees one job file or folder of the host, with pipes on stdin, stdout and stderr.
+
+    Under bubblewrap ``host_path`` is mounted read-only at ``inside`` and is the only job file the child
+    sees; otherwise (the operator allowed it, or tests) the child is a plain process with a scrubbed
+    environment and sees the host's path. ``command(path_seen)`` builds the command line from the path as
+    the child sees it. Yields the process and that path; the child's group is killed on leaving.
+    """
+    limits = options.limits or SandboxLimits()
+    with ExitStack() as stack:
+        if options.sandbox == "bubblewrap":
+            given = SandboxIdentity(options.uid) if options.uid is not None else None
+            prefix, fds, _identity = stack.enter_context(sandbox_prefix(
+                {os.path.realpath(host_path): inside}, limits, devices, given))
+            seen, env, cwd = inside, {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}, None
+            argv = [*prefix, *command(seen)]
+        else:
+            seen, fds = host_path, ()
+            cwd = tempfile.mkdtemp(prefix="arena-child-")
+            stack.callback(shutil.rmtree, cwd, True)
+            env = child_env(limits, str(project_root()))
+            env["HOME"] = cwd
+            argv = command(seen)
+        proc = subprocess.Popen(  # noqa: S603 - a fixed program; the submission is data to it
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=cwd,
+            pass_fds=tuple(fds), start_new_session=True,
+        )
+        stack.callback(stop_child, proc)
+        yield proc, seen
 
 
 class ModelProcess:
@@ -127,37 +180,20 @@ class ModelProcess:
         self.mode = mode
         assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
         self.channel = DeadlineChannel(proc.stdin.fileno(), proc.stdout.fileno())
-        self.drain = _Drain()
-        threading.Thread(target=self.drain.run, args=(proc.stderr,), daemon=True).start()
+        self.stderr = StderrTail(proc.stderr)
         self.dead = False
 
     @classmethod
     @contextmanager
     def start(cls, artifact_path: str, device: str, options: HostOptions) -> Iterator[tuple[ModelProcess, str]]:
         """Start the model process; yields it and the artifact's path as the process sees it."""
-        limits = options.limits or SandboxLimits()
-        argv = model_server_command()
-        with ExitStack() as stack:
-            if options.sandbox == "bubblewrap":
-                inside = f"{JOB_DIR}/artifact"
-                given = SandboxIdentity(options.uid) if options.uid is not None else None
-                prefix, fds, _identity = stack.enter_context(sandbox_prefix(
-                    {os.path.realpath(artifact_path): inside}, limits, gpu_device_nodes(device), given))
-                command, env, cwd = [*prefix, *argv], {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}, None
-            else:
-                inside, fds = artifact_path, ()
-                cwd = tempfile.mkdtemp(prefix="arena-model-")
-                stack.callback(shutil.rmtree, cwd, True)
-                env = child_env(limits, str(project_root()))
-                env["HOME"] = cwd
-                command = argv
-            proc = subprocess.Popen(  # noqa: S603 - a fixed program; the model is data to it
-                command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=cwd,
-                pass_fds=tuple(fds), start_new_session=True,
-            )
+        with sandboxed_child(lambda _seen: model_server_command(), artifact_path, f"{JOB_DIR}/artifact", options,
+                             gpu_device_nodes(device)) as (proc, inside):
             process = cls(proc, options.sandbox)
-            stack.callback(process.close)
-            yield process, inside
+            try:
+                yield process, inside
+            finally:
+                process.dead = True
 
     def request(self, header: dict[str, Any], payload: memoryview | bytes, *, max_payload: int,
                 seconds: float) -> tuple[dict[str, Any], bytearray]:
@@ -186,20 +222,8 @@ class ModelProcess:
         except subprocess.TimeoutExpired:
             self.kill()
             returncode = self.proc.wait(timeout=10)
-        code, message = describe_model_exit(returncode, "".join(self.drain.tail), self.mode == "bubblewrap")
+        code, message = describe_model_exit(returncode, self.stderr.text(), self.mode == "bubblewrap")
         return EvaluationError(code, message)
-
-    def close(self) -> None:
-        """Stop the model process at once: it holds nothing worth a graceful exit (and torch's teardown
-        costs a third of a second)."""
-        self.kill()
-        self.proc.wait()
-        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                try:
-                    stream.close()
-                except OSError:
-                    pass
 
 
 class _RemoteForward(torch.autograd.Function):

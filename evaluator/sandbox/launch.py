@@ -120,22 +120,12 @@ def run_sandboxed(
 
     found, outcome, mode = _run_scorer({"spec": json.loads(spec.to_json()), "resume": resume}, progress, limits,
                                        allow_unsandboxed, should_cancel, keep)
-    result = found
     if outcome.stopped == "timeout":
         kept = [*resumed_stages(spec, resume).values(), *finished.values()]
-        result = incomplete_result(spec, list({c.stage: c for c in kept}.values()), "",
-                                   describe_stop("timeout", limits)[1], {})
-    elif outcome.stopped:
-        result = JobResult.failure(spec, *describe_stop(outcome.stopped, limits))
-    elif result is None:
-        result = JobResult.failure(spec, *describe_exit(outcome.returncode, limits, outcome.stderr_tail, False))
-    if result.job_id != spec.job_id:
-        result = JobResult.failure(spec, "internal", "The evaluation returned a result for another job.")
-    result.provenance.update(
-        sandbox=mode, wall_seconds=outcome.wall_seconds, peak_tasks=outcome.peak.tasks,
-        peak_memory_bytes=outcome.peak.memory_bytes,
-    )
-    return result
+        found = incomplete_result(spec, list({c.stage: c for c in kept}.values()), "",
+                                  describe_stop("timeout", limits)[1], {})
+        outcome = replace(outcome, stopped="")  # settled here: the stages it reported are its result
+    return _settle(found, outcome, mode, spec, limits)
 
 
 def run_attack_sandboxed(
@@ -150,16 +140,24 @@ def run_attack_sandboxed(
     limits = limits or SandboxLimits()
     found, outcome, mode = _run_scorer({"attack_job": json.loads(job.to_json())}, progress, limits,
                                        allow_unsandboxed, should_cancel, ignore_checkpoint)
-    spec = replace(job.target, job_id=job.job_id)
+    return _settle(found, outcome, mode, replace(job.target, job_id=job.job_id), limits)
+
+
+def _settle(found: JobResult | None, outcome: ChildExit, mode: str, spec: JobSpec,
+            limits: SandboxLimits) -> JobResult:
+    """The job's result from what the scorer printed and how it ended: a stop or a silent exit is a failure
+    in the sandbox's words, a result for another job an internal one; the sandbox's own numbers are added."""
     result = found
     if outcome.stopped:
         result = JobResult.failure(spec, *describe_stop(outcome.stopped, limits))
     elif result is None:
         result = JobResult.failure(spec, *describe_exit(outcome.returncode, limits, outcome.stderr_tail, False))
-    if result.job_id != job.job_id:
+    if result.job_id != spec.job_id:
         result = JobResult.failure(spec, "internal", "The evaluation returned a result for another job.")
-    result.provenance.update(sandbox=mode, wall_seconds=outcome.wall_seconds,
-                             peak_memory_bytes=outcome.peak.memory_bytes)
+    result.provenance.update(
+        sandbox=mode, wall_seconds=outcome.wall_seconds, peak_tasks=outcome.peak.tasks,
+        peak_memory_bytes=outcome.peak.memory_bytes,
+    )
     return result
 
 

@@ -174,7 +174,6 @@ class ClassifierScoring:
             scores.metrics.extend(metrics)
         return scores
 
-
     def attack(self, model: torch.nn.Module, spec: JobSpec, datasets: list[EvaluationSetData],
                outputs: list[torch.Tensor] | None, device: torch.device, progress: ProgressCallback,
                secret: int, done: dict[str, Checkpoint], on_done: CheckpointCallback,

@@ -123,7 +123,6 @@ class DetectorScoring:
     def score_sets(self, spec: JobSpec, datasets: list[EvaluationSetData], outputs: list[torch.Tensor]) -> SetScores:
         return SetScores(metrics=score_detector_sets(spec, datasets, outputs))
 
-
     def attack(self, model: torch.nn.Module, spec: JobSpec, datasets: list[EvaluationSetData],
                outputs: list[torch.Tensor] | None, device: torch.device, progress: ProgressCallback,
                secret: int, done: dict[str, Checkpoint], on_done: CheckpointCallback,

@@ -168,7 +168,7 @@ def run_job(spec: JobSpec, progress: ProgressCallback = ignore_progress, host: H
             datasets = reading.result()
             contract = _timed_full_batch(model, spec, contract)
             provenance["contract"]["budget_batch_seconds"] = round(contract.seconds_per_batch, 4)
-            budget = _budget(spec, scoring, datasets, done, contract, host, time.perf_counter() - started)
+            budget = _budget(spec, datasets, done, contract, host)
             provenance["time_budget"] = budget.to_dict()
             model.deadline = JobDeadline(budget.seconds - (time.perf_counter() - started))
             spec = _run_settings(spec, model, hosted.device, attacked_points is not None, provenance)
@@ -245,9 +245,9 @@ def _timed_full_batch(model: RemoteModel, spec: JobSpec, contract: ContractRepor
     return replace(contract, seconds_per_batch=seconds, measured_full_batch=True)
 
 
-def _budget(spec: JobSpec, scoring: TaskScoring, datasets: list[EvaluationSetData], done: dict[str, Checkpoint],
-            contract: ContractReport, host: HostOptions, elapsed: float) -> TimeBudget:
-    """The job's time budget for the stages it still runs, capped by what is left of the host's wall clock.
+def _budget(spec: JobSpec, datasets: list[EvaluationSetData], done: dict[str, Checkpoint], contract: ContractReport,
+            host: HostOptions) -> TimeBudget:
+    """The job's time budget for the stages it still runs, from the job's start, capped by the host's wall clock.
 
     The cap keeps a margin (:data:`WALL_MARGIN_SECONDS` plus 2%) for the scorer to write its partial
     result before the worker's hard limit would stop it without one.

@@ -46,7 +46,6 @@ class TaskScoring(Protocol):
         """Metrics of every set from the model's outputs on it (stored order, one tensor per set)."""
         ...
 
-
     def attack(self, model: torch.nn.Module, spec: JobSpec, datasets: list[EvaluationSetData],
                outputs: list[torch.Tensor] | None, device: torch.device, progress: ProgressCallback,
                secret: int, done: dict[str, Checkpoint], on_done: CheckpointCallback,

@@ -52,9 +52,7 @@ def schedule_model(submission: Submission) -> list[AttackRun]:
 
 @receiver(result_recorded, dispatch_uid="adversaries.face_new_model")
 def _on_result(sender, submission: Submission, result, **kwargs) -> None:  # noqa: ANN001, ARG001
-    submission.refresh_from_db()
-    if submission.state == Submission.State.FINISHED:
-        schedule_model(submission)
+    schedule_model(submission)  # reads the row's state again: a failed or incomplete model is not attackable
 
 
 @receiver(made_public, dispatch_uid="adversaries.face_newly_public_model")

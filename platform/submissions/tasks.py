@@ -127,13 +127,13 @@ def evaluate_submission(self: Task, submission_id: int | None = None, queue: str
                 )
         except ArtifactUnavailable as exc:
             logger.error("cannot evaluate %s: %s", submission.public_id, exc)
-            result = _platform_failure(submission, "internal", f"The uploaded file could not be fetched: {exc}.")
+            result = platform_failure(submission, "internal", f"The uploaded file could not be fetched: {exc}.")
         except SandboxUnavailable as exc:
             logger.error("refusing to evaluate %s: %s", submission.public_id, exc)
-            result = _platform_failure(submission, "sandbox_unavailable", str(exc))
+            result = platform_failure(submission, "sandbox_unavailable", str(exc))
         except Exception as exc:  # the platform's own fault: record it, never leave the job stuck
             logger.exception("evaluation of %s failed inside the platform", submission.public_id)
-            result = _platform_failure(submission, "internal", f"{type(exc).__name__}: {exc}")
+            result = platform_failure(submission, "internal", f"{type(exc).__name__}: {exc}")
 
     result.provenance["attempt"] = claim.attempt
     if claim.note:
@@ -168,8 +168,9 @@ def evaluation_limits() -> SandboxLimits:
                          **threads)
 
 
-def _platform_failure(submission: Submission, code: str, message: str) -> JobResult:
-    """A failed result for a job that never reached the evaluator (its file or its sandbox was missing)."""
+def platform_failure(submission: Submission, code: str, message: str) -> JobResult:
+    """A failed result for a job about ``submission`` that never reached the evaluator (a file or the sandbox
+    was missing): its evaluation's, or an attack run's against it (adversaries.tasks)."""
     track = submission.track
     return JobResult(job_id=str(submission.public_id), ok=False, suite_version=track.suite_version,
                            seed=track.seed, error_code=code, error=message)

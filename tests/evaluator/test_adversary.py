@@ -7,11 +7,9 @@ by the scorer, its images checked by the scorer.
 
 from __future__ import annotations
 
-import gzip
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -21,30 +19,30 @@ from evaluator.attacks.cascade import attack_threat_model, get_suite
 from evaluator.attacks.common import predict_logits
 from evaluator.attacks.counting import as_counting
 from evaluator.attacks.suites import SuiteConfig
-from evaluator.models.convert import convert_checkpoint
 from evaluator.models.zoo import build_model
 from evaluator.spec import ThreatModel
+from tests.conftest import SHARED_DATA
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 EXAMPLES = Path(__file__).resolve().parents[2] / "evaluator" / "adversary" / "examples"
 LINF = ThreatModel("Linf", 0.1)
 
 
-def _mnist(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    raw = gzip.decompress((SHARED / "data/mnist/t10k-images-idx3-ubyte.gz").read_bytes())
-    images = np.frombuffer(raw, np.uint8, offset=16).reshape(-1, 1, 28, 28)[:n].copy()
-    labels = np.frombuffer(gzip.decompress((SHARED / "data/mnist/t10k-labels-idx1-ubyte.gz").read_bytes()),
-                           np.uint8, offset=8)[:n].astype(np.int64)
-    return torch.from_numpy(images).float() / 255, torch.from_numpy(labels)
+@pytest.fixture(scope="module")
+def points(mnist_test):
+    """The first ``n`` MNIST test images in [0, 1] and their labels, as an attack receives them."""
+    images, labels = mnist_test
+
+    def first(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.from_numpy(images[:n].copy()).float() / 255, torch.from_numpy(labels[:n].copy())
+
+    return first
 
 
 @pytest.fixture(scope="module")
-def lenet(tmp_path_factory) -> tuple[torch.nn.Module, Path]:
-    path = tmp_path_factory.mktemp("lenet") / "lenet.safetensors"
-    convert_checkpoint("mnist_lenet5", SHARED / "models/mnist/mnist_lenet5_clntrained.pt", path)
+def lenet(lenet5_safetensors) -> tuple[torch.nn.Module, Path]:
     model = build_model("mnist_lenet5")
-    model.load_state_dict(load_file(path))
-    return model.eval(), path
+    model.load_state_dict(load_file(lenet5_safetensors))
+    return model.eval(), lenet5_safetensors
 
 
 def _source(tmp_path: Path, body: str) -> str:
@@ -54,10 +52,10 @@ def _source(tmp_path: Path, body: str) -> str:
 
 
 @pytest.mark.slow
-def test_the_suites_apgd_ce_as_a_submission_matches_the_built_in_stage(lenet):
+def test_the_suites_apgd_ce_as_a_submission_matches_the_built_in_stage(lenet, points):
     """Same points, same seed: the same points broken, and the same passes as the built-in counter counts."""
     model, _ = lenet
-    x, y = _mnist(40)
+    x, y = points(40)
     seed = 7
     run = run_attack(str(EXAMPLES / "apgd_ce.py"), model, x, y, LINF, passes_per_point=200, seed=seed)
     assert run.ok, (run.error, run.details)
@@ -156,10 +154,10 @@ HONEST_RETURN = "return x"
             """, "bad_query"),
     ],
 )
-def test_hostile_attacks_are_contained_with_a_reason(lenet, tmp_path, label, body, code):
+def test_hostile_attacks_are_contained_with_a_reason(lenet, points, tmp_path, label, body, code):
     model, model_path = lenet
-    x, y = _mnist(8)
-    labels_path = SHARED / "data/mnist/t10k-labels-idx1-ubyte.gz"
+    x, y = points(8)
+    labels_path = SHARED_DATA / "mnist" / "t10k-labels-idx1-ubyte.gz"
     source = _source(tmp_path, body.format(model_path=str(model_path), labels_path=str(labels_path)))
     run = run_attack(source, model, x, y, LINF, passes_per_point=3, seed=0, seconds=20)
     if not code:
@@ -173,7 +171,7 @@ def test_hostile_attacks_are_contained_with_a_reason(lenet, tmp_path, label, bod
 
 
 @pytest.mark.slow
-def test_an_attack_job_runs_through_the_scorer_process_against_the_hosted_model(lenet, tmp_path):
+def test_an_attack_job_runs_through_the_scorer_process_against_the_hosted_model(lenet, points, tmp_path):
     """The worker's path: the scorer process hosts the model in one sandbox and the attack in another."""
     from evaluator.adversary.spec import AttackJob, AttackSource
     from evaluator.data.evalsets import write_evaluation_set
@@ -181,7 +179,7 @@ def test_an_attack_job_runs_through_the_scorer_process_against_the_hosted_model(
     from evaluator.spec import ArtifactSpec, EvaluationSetSpec, InputSpec, JobSpec
 
     _, model_path = lenet
-    x, y = _mnist(60)
+    x, y = points(60)
     digest = write_evaluation_set(tmp_path / "clean.safetensors", (x * 255).round().to(torch.uint8).numpy(),
                                   y.numpy())
     target = JobSpec("model-job", "classifier", InputSpec(1, 28, 28),
@@ -215,14 +213,14 @@ def test_an_attack_job_runs_through_the_scorer_process_against_the_hosted_model(
 
 
 @pytest.mark.slow
-def test_the_documented_example_attack_runs_as_a_submission(lenet, tmp_path):
+def test_the_documented_example_attack_runs_as_a_submission(lenet, points, tmp_path):
     """docs/attacks.md's complete example, taken from the page as it is, breaks a clean model within its budget."""
     page = (Path(__file__).resolve().parents[2] / "docs" / "attacks.md").read_text()
     example = page.split("## A complete example", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
     source = tmp_path / "example.py"
     source.write_text(example)
     model, _ = lenet
-    x, y = _mnist(16)
+    x, y = points(16)
     for threat in (ThreatModel("Linf", 0.3), ThreatModel("L2", 3.0)):
         run = run_attack(str(source), model, x, y, threat, passes_per_point=20, seed=1)
         assert run.ok, (threat, run.error, run.details)
@@ -230,7 +228,7 @@ def test_the_documented_example_attack_runs_as_a_submission(lenet, tmp_path):
 
 
 @pytest.mark.slow
-def test_an_attack_package_imports_its_own_modules_and_nothing_else_of_the_job(lenet, tmp_path):
+def test_an_attack_package_imports_its_own_modules_and_nothing_else_of_the_job(lenet, points, tmp_path):
     """A package (a folder: attack.py and the modules it imports) is bound into the sandbox whole."""
     model, model_path = lenet
     package = tmp_path / "package"
@@ -251,7 +249,7 @@ def test_an_attack_package_imports_its_own_modules_and_nothing_else_of_the_job(l
             F.cross_entropy(model(x_adv), y).backward()
             return (x + signed(x_adv.grad, threat.eps)).clamp(0, 1)
         """))
-    x, y = _mnist(16)
+    x, y = points(16)
     run = run_attack(str(package), model, x, y, ThreatModel("Linf", 0.3), passes_per_point=2, seed=0)
     assert run.ok, (run.error, run.details)
     assert run.robust_accuracy < 0.2 and run.forward_passes == 16

@@ -8,10 +8,7 @@ what the suite spends on a point that is never broken.
 from __future__ import annotations
 
 import dataclasses
-import gzip
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -20,7 +17,6 @@ from evaluator.attacks.suites import SuiteConfig
 from evaluator.checkpoints import SETS, Checkpoint, attack_stage, spec_fingerprint
 from evaluator.data.evalsets import write_evaluation_set
 from evaluator.deadline import JobDeadline, OutOfTime
-from evaluator.models.convert import convert_checkpoint
 from evaluator.scoring import job as job_module
 from evaluator.scoring import run_job
 from evaluator.scoring.budget import (
@@ -35,29 +31,18 @@ from evaluator.scoring.budget import (
 )
 from evaluator.spec import ArtifactSpec, EvaluationSetSpec, InputSpec, JobSpec, ThreatModel
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 LINF, L2 = ThreatModel("Linf", 0.3, "Linf-0.3"), ThreatModel("L2", 2.0, "L2-2.0")
 
 
-def _mnist(n: int) -> tuple[np.ndarray, np.ndarray]:
-    raw = gzip.decompress((SHARED / "data/mnist/t10k-images-idx3-ubyte.gz").read_bytes())
-    images = np.frombuffer(raw, np.uint8, offset=16).reshape(-1, 1, 28, 28)[:n]
-    labels = np.frombuffer(gzip.decompress((SHARED / "data/mnist/t10k-labels-idx1-ubyte.gz").read_bytes()),
-                           np.uint8, offset=8)[:n].astype(np.int64)
-    return images, labels
-
-
 @pytest.fixture(scope="module")
-def job(tmp_path_factory) -> JobSpec:
+def job(tmp_path_factory, mnist_test, lenet5_safetensors) -> JobSpec:
     folder = tmp_path_factory.mktemp("resume-job")
-    weights = convert_checkpoint("mnist_lenet5", SHARED / "models/mnist/mnist_lenet5_clntrained.pt",
-                                 folder / "lenet.safetensors")
-    images, labels = _mnist(400)
+    images, labels = mnist_test[0][:400], mnist_test[1][:400]
     clean = write_evaluation_set(folder / "clean.safetensors", images[:300], labels[:300])
     shift = write_evaluation_set(folder / "shift.safetensors", 255 - images[300:], labels[300:])
     return JobSpec(
         "resume-job", "classifier", InputSpec(1, 28, 28),
-        ArtifactSpec(str(weights), "safetensors", architecture="mnist_lenet5"),
+        ArtifactSpec(str(lenet5_safetensors), "safetensors", architecture="mnist_lenet5"),
         (EvaluationSetSpec("mnist", str(folder / "clean.safetensors"), clean, "clean"),
          EvaluationSetSpec("inverted", str(folder / "shift.safetensors"), shift, "shift")),
         threat_models=(LINF, L2), attack_points=12, reliability_points=6, seed=5, batch_size=64,
@@ -150,12 +135,16 @@ def test_stages_of_another_job_are_not_reused(job, uninterrupted):
 def test_a_model_slower_on_hidden_batches_than_on_its_probe_is_too_slow(job, monkeypatch):
     real_budget = job_module._budget
 
-    def tight(spec, scoring, datasets, done, contract, host, elapsed):
-        budget = real_budget(spec, scoring, datasets, done, contract, host, elapsed)
+    def tight(*args):
         # As if the probe had promised a thousandth of the model time the job then took.
-        return dataclasses.replace(budget, seconds=elapsed + 1.5, model_seconds=1e-3)
+        return dataclasses.replace(real_budget(*args), model_seconds=1e-3)
+
+    class AlreadyPassed(JobDeadline):
+        def check(self) -> None:
+            raise OutOfTime("the job's time budget ran out")
 
     monkeypatch.setattr(job_module, "_budget", tight)
+    monkeypatch.setattr(job_module, "JobDeadline", AlreadyPassed)
     result = run_job(job, secret_seed=11)
     assert not result.ok and result.error_code == "too_slow"
     assert result.provenance["model_seconds"] > 1.5e-3

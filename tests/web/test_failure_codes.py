@@ -55,7 +55,7 @@ def _codes_in(path: Path) -> set[str]:
     for node in ast.walk(tree):
         if isinstance(node, ast.Call):
             name = _name(node.func)
-            position = {"EvaluationError": 0, "failure": 1, "_platform_failure": 1, "failure_message": 0}.get(name)
+            position = {"EvaluationError": 0, "failure": 1, "platform_failure": 1, "failure_message": 0}.get(name)
             if position is not None and len(node.args) > position:
                 found.add(_const(node.args[position]) or "")
             for keyword in node.keywords:
