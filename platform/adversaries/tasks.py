@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -26,7 +27,7 @@ from submissions.artifacts import ArtifactUnavailable, local_artifact
 from submissions.failures import failure_message
 from submissions.job_spec import build_job_spec
 from submissions.models import Submission
-from submissions.tasks import evaluation_limits
+from submissions.tasks import evaluation_limits, platform_failure
 
 logger = logging.getLogger(__name__)
 
@@ -65,12 +66,12 @@ def run_attack(self: Task, run_id: int) -> str:
             result = run_attack_sandboxed(job, limits=evaluation_limits(),
                                           allow_unsandboxed=settings.ARENA_ALLOW_UNSANDBOXED)
     except ArtifactUnavailable as exc:
-        result = _platform_failure(run, "internal", f"A file could not be fetched: {exc}.")
+        result = platform_failure(run.submission, "internal", f"A file could not be fetched: {exc}.")
     except SandboxUnavailable as exc:
-        result = _platform_failure(run, "sandbox_unavailable", str(exc))
+        result = platform_failure(run.submission, "sandbox_unavailable", str(exc))
     except Exception as exc:  # the platform's own fault: recorded, never left running
         logger.exception("attack run %s failed inside the platform", run.pk)
-        result = _platform_failure(run, "internal", f"{type(exc).__name__}: {exc}")
+        result = platform_failure(run.submission, "internal", f"{type(exc).__name__}: {exc}")
     return record(run, attempt, result)
 
 
@@ -83,10 +84,15 @@ class _local_source:  # noqa: N801 - used as a context manager like local_artifa
         self.folder = ""
 
     def __enter__(self) -> str:
+        attack = self.run.attack
+        with attack.source.open("rb") as source:
+            raw = source.read()
+        # A truncated or replaced object must never run under this attack's name (as local_artifact for models).
+        if hashlib.sha256(raw).hexdigest() != attack.source_sha256:
+            raise ArtifactUnavailable(f"the stored attack {attack.source.name!r} does not match the sha256 recorded "
+                                      "at upload")
         self.folder = tempfile.mkdtemp(prefix="arena-attack-")
         os.chmod(self.folder, 0o755)  # the sandbox uid reads what is bound in from here
-        with self.run.attack.source.open("rb") as source:
-            raw = source.read()
         if not is_package(raw):
             path = os.path.join(self.folder, ENTRY_FILE)
             with open(path, "wb") as out:
@@ -102,12 +108,6 @@ class _local_source:  # noqa: N801 - used as a context manager like local_artifa
     def __exit__(self, *exc: object) -> None:
         if self.folder:
             shutil.rmtree(self.folder, ignore_errors=True)
-
-
-def _platform_failure(run: AttackRun, code: str, message: str) -> JobResult:
-    track = run.submission.track
-    return JobResult(job_id="", ok=False, suite_version=track.suite_version, seed=track.seed, error_code=code,
-                     error=message)
 
 
 def record(run: AttackRun, attempt: int, result: JobResult) -> str:

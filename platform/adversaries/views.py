@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -73,7 +73,6 @@ class AttackStanding:
     #: Summed over the models it beat the suite on: how many points of robust accuracy it took off.
     points_taken: float = 0.0
     failed: int = 0
-    rows: list[tuple[str, str, float, float]] = field(default_factory=list)
 
 
 def track_attacks(request: HttpRequest, slug: str) -> HttpResponse:
@@ -81,7 +80,7 @@ def track_attacks(request: HttpRequest, slug: str) -> HttpResponse:
     track = get_object_or_404(Track, slug=slug, is_public=True)
     attacks = list(Attack.objects.filter(track=track, state=Attack.State.ACTIVE).select_related("owner"))
     runs = list(AttackRun.objects.filter(attack__in=attacks, suite_version=track.suite_version,
-                                         submission__is_public=True).select_related("submission"))
+                                         submission__is_public=True))
     suite = suite_numbers(runs)
     standings = {a.pk: AttackStanding(a) for a in attacks}
     for run in runs:
@@ -97,11 +96,12 @@ def track_attacks(request: HttpRequest, slug: str) -> HttpResponse:
             ours = suite.get((run.submission_id, label))
             if ours is None or not isinstance(number, dict):
                 continue
-            gap = ours - float(number.get("value", ours))
+            # Both numbers as the site releases them: the sum must not carry digits the pages round away.
+            theirs = released(number)["value"]
+            gap = ours - theirs if theirs is not None else 0.0
             if gap > 0:
                 beat = True
                 standing.points_taken += 100 * gap
-                standing.rows.append((run.submission.name, label, ours, float(number["value"])))
         standing.beaten += int(beat)
     ranked = sorted(standings.values(), key=lambda s: (-s.beaten, -s.points_taken, s.attack.created_at))
     return render(request, "adversaries/track.html", {"track": track, "standings": ranked})

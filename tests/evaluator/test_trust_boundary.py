@@ -377,3 +377,35 @@ def test_feed_repeats_sampled_images_in_another_batch(count, batch, sample):
     first = {int(index): position for position, index in enumerate(feed[:count].tolist())}
     for offset, index in enumerate(chosen.tolist()):
         assert first[index] // batch != (count + offset) // batch  # the second pass is in another batch
+
+
+SLOW_ON_HIDDEN_SERVER = r"""
+import sys, time
+import numpy as np
+import evaluator.remote.server as server
+original = server.ModelServer.op_forward
+def slow(self, header, payload):
+    # The probes are uniform noise (mean 0.5); MNIST digits are mostly black (mean about 0.13).
+    if np.frombuffer(bytes(payload), dtype=np.float32).mean() < 0.3:
+        time.sleep(2.0)
+    return original(self, header, payload)
+server.ModelServer.op_forward = slow
+sys.exit(server.main())
+"""
+
+
+def test_a_model_that_recognises_the_probe_and_drags_on_hidden_batches_is_too_slow(tmp_path, mnist_test,
+                                                                                     monkeypatch):
+    """Fast on the probes, slow on digits: it runs the job out of time, and that is charged to it (too_slow), not
+    to the platform (out_of_time, refunded): its own answers took far more than its probe speed allows."""
+    from evaluator.sandbox.limits import SandboxLimits
+
+    artifact = export(Linear(), tmp_path / "linear.pt2")
+    spec = classifier_job(artifact, digits_set(tmp_path, mnist_test))
+    monkeypatch.setattr(client, "model_server_command", lambda: [sys.executable, "-c", SLOW_ON_HIDDEN_SERVER])
+    # A 38 s attempt leaves the job about 7 s: less than the five or more hidden batches' 2 s each.
+    host = HostOptions(HostOptions.default().sandbox, limits=SandboxLimits(wall_seconds=38))
+    result = run_job(spec, host=host)
+    assert not result.ok and result.error_code == "too_slow", (result.error_code, result.error)
+    assert "its speed on the contract probe allows" in result.error
+    assert result.provenance["model_seconds"] > 1.5 * result.provenance["time_budget"]["model_seconds"]

@@ -189,6 +189,15 @@ def test_a_hostile_attack_fails_its_run_with_the_platforms_sentence(attacked_tra
     assert run.failure_code == "out_of_ball" and run.robust == {}
     assert "labels" not in run.failure_reason
     assert lowest_found([public.pk], attacked_track.suite_version) == {}
+    # A stored source that no longer matches its sha256 never runs: a platform fault, not the attack's.
+    replaced = api.post("/api/v1/attacks/", {"track": attacked_track.slug, "name": "Replaced",
+                                             "source": SimpleUploadedFile("r.py", IDLE)}, format="multipart")
+    attack = Attack.objects.get(public_id=replaced.json()["id"])
+    Path(attack.source.path).write_bytes(cheat)
+    swapped = AttackRun.objects.get(attack=attack)
+    assert run_attack(swapped.pk) == "failed"
+    swapped.refresh_from_db()
+    assert swapped.failure_code == "internal" and "sha256" in swapped.failure_reason
     owner_view = Client()
     owner_view.force_login(other_user)
     assert "outside the threat model" in owner_view.get(f"/attacks/{run.attack.public_id}/").content.decode()
