@@ -8,6 +8,7 @@ trusted parent can hand a job to a sandboxed child process and read back nothing
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -105,6 +106,18 @@ class GeneratorSpec:
     path: str
     sha256: str = ""
     latent_dim: int = 0
+
+
+def budget_label(eps: float) -> str:
+    """The metric suffix of a detector track's Linf budget: ``Linf-1/255`` for one grey level, else ``Linf-<eps>``.
+
+    Here, free of torch, because the platform's pages and attack submissions name the detector's
+    threat models by it too.
+    """
+    levels = round(eps * 255)
+    if math.isclose(levels / 255, eps, rel_tol=1e-6, abs_tol=1e-9):
+        return f"Linf-{levels}/255"
+    return f"Linf-{eps:g}"
 
 
 @dataclass(frozen=True)

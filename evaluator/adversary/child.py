@@ -8,9 +8,11 @@ points, their labels, the threat model, the pass budget, a seed); the attack's e
     attack(model, x, y, threat, budget, generator) -> x_adv
 
 runs with ``model`` a :class:`ModelHandle`: an ``nn.Module`` giving logits for a batch of images in
-[0, 1], and input gradients through ordinary autograd (``loss.backward()``), every pass counted by
-the scorer. The answer is one ``done`` frame with the adversarial images. Nothing else leaves: the
-attack's prints go to stderr, which the scorer keeps for the operator only.
+[0, 1] (on a detector track: one score per image, shape (N,), higher meaning fake; the points are
+fakes, ``y`` all 1, and ``threat.task`` is ``"detector"``), and input gradients through ordinary
+autograd (``loss.backward()``), every pass counted by the scorer. The answer is one ``done`` frame
+with the adversarial images. Nothing else leaves: the attack's prints go to stderr, which the scorer
+keeps for the operator only.
 """
 
 from __future__ import annotations
@@ -39,10 +41,15 @@ class ModelError(RuntimeError):
 
 @dataclass(frozen=True)
 class Threat:
-    """The track's threat model in pixel units: ``norm`` is ``"Linf"`` or ``"L2"``, images live in [0, 1]."""
+    """The track's threat model in pixel units: ``norm`` is ``"Linf"`` or ``"L2"``, images live in [0, 1].
+
+    ``task`` says what the model answers: ``"classifier"`` (logits, shape (N, classes); the attack wants
+    a wrong class) or ``"detector"`` (a fake score, shape (N,); the attack wants it low).
+    """
 
     norm: str
     eps: float
+    task: str = "classifier"
 
 
 class _Channel:
@@ -134,7 +141,7 @@ def main(path: str = ATTACK_PATH) -> int:
     y = torch.frombuffer(bytearray(payload[split:]), dtype=torch.int64).clone()
     torch.manual_seed(int(start["seed"]))
     generator = torch.Generator().manual_seed(int(start["seed"]))
-    threat = Threat(str(start["norm"]), float(start["eps"]))
+    threat = Threat(str(start["norm"]), float(start["eps"]), str(start.get("task", "classifier")))
     model = ModelHandle(channel, int(start["passes_left"]))
     try:
         entry = _load_attack(path)

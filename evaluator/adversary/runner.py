@@ -6,8 +6,13 @@ one, counting every image of every forward call against the budget (``passes_per
 points, spent however the attack likes), and keeps the autograd graphs of the forward calls the
 attack wants gradients of. When the attack answers with its images, they are checked here, in the
 scorer, never in the attack's process: the shape, finite values, the [0, 1] box, the threat model,
-and then whether the platform's own forward pass misclassifies them. Any broken promise ends the run
-with a code and a sentence (:data:`ATTACK_FAILURES`), like a model's failures.
+and then the platform's own forward pass judges them: on a classifier, whether it still gets each
+point right; on a detector, the score of each attacked fake once rounded to 8 bits, as a saved image
+would be (the detector suite's rule). Any broken promise ends the run with a code and a sentence
+(:data:`ATTACK_FAILURES`), like a model's failures.
+
+On a detector the attack's ``model`` answers one score per image, shape (N,), higher meaning fake:
+the detector's first output column, the score every detector metric reads.
 """
 
 from __future__ import annotations
@@ -23,11 +28,13 @@ import torch
 from torch import Tensor, nn
 
 from evaluator.attacks.threat import lp_norm
+from evaluator.detector_attacks.common import fake_scores, quantize
 from evaluator.failures import ATTACK_CODES, FAILURES
+from evaluator.models.contract import detector_scores, pixels_to_unit
 from evaluator.remote.client import HostOptions, StderrTail, sandboxed_child
 from evaluator.remote.wire import Deadline, DeadlineChannel, PeerGone, WireError, tensor_bytes, tensor_from
 from evaluator.sandbox.bubblewrap import JOB_DIR
-from evaluator.spec import ThreatModel
+from evaluator.spec import TaskKind, ThreatModel
 
 __all__ = ["ATTACK_FAILURES", "AttackRun", "run_attack"]
 
@@ -47,8 +54,10 @@ class AttackRun:
     """How one attack did against one model on the attacked points; ``error_code`` set when it failed."""
 
     points: int
-    #: Per point: correctly classified at the attack's image (and clean); None when the run failed.
+    #: Classifier: per point, correctly classified at the attack's image (and clean); None when the run failed.
     robust: Tensor | None = None
+    #: Detector: per point, the platform's score of the attack's image rounded to 8 bits; None otherwise.
+    scores: Tensor | None = None
     forward_passes: int = 0
     backward_passes: int = 0
     seconds: float = 0.0
@@ -76,11 +85,25 @@ def attack_command(path: str | None = None) -> list[str]:
     return [sys.executable, "-m", "evaluator.adversary.child", *([path] if path else [])]
 
 
+class ScoreHead(nn.Module):
+    """A detector as a detector attack sees it: one score per image, shape (N,), higher meaning fake."""
+
+    def __init__(self, detector: nn.Module) -> None:
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, x: Tensor) -> Tensor:
+        return detector_scores(self.detector(x))
+
+
 class _Session:
     """Answers one attack's calls with the model, counting passes; checks its images at the end."""
 
-    def __init__(self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, total_passes: int) -> None:
-        self.model, self.x, self.y, self.threat = model, x, y, threat
+    def __init__(self, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, total_passes: int,
+                 task: TaskKind = "classifier") -> None:
+        self.task = task
+        self.model = ScoreHead(model) if task == "detector" else model
+        self.x, self.y, self.threat = x, y, threat
         self.total = total_passes
         self.forward = self.backward = 0
         self.graphs: OrderedDict[int, tuple[Tensor, Tensor]] = OrderedDict()
@@ -137,7 +160,25 @@ class _Session:
         raise _Failed("protocol", f"an unknown request {str(op)[:40]!r}")
 
     def verify(self, header: dict[str, Any], payload: bytearray, batch_size: int) -> Tensor:
-        """The attack's images checked against every promise; per point, whether the model still gets it right."""
+        """The attack's images checked against every promise, then judged by the platform's forward pass.
+
+        A classifier: per point, whether the model still gets it right (at the clean image too). A detector:
+        per point, the score of the image rounded to 8 bits (rounding cannot leave an Linf ball of whole grey
+        levels around an 8-bit image; an L2 ball is kept by truncating, :func:`quantize`).
+        """
+        x_adv = self._checked(header, payload)
+        if self.task == "detector":
+            saved = quantize(x_adv, self.x, self.threat.norm, self.threat.eps)
+            return fake_scores(self.model, pixels_to_unit(saved), batch_size)
+        with torch.no_grad():
+            clean = torch.cat([self.model(self.x[s : s + batch_size]).argmax(1)
+                               for s in range(0, len(self.x), batch_size)])
+            attacked = torch.cat([self.model(x_adv[s : s + batch_size]).argmax(1)
+                                  for s in range(0, len(x_adv), batch_size)])
+        return (clean == self.y) & (attacked == self.y)
+
+    def _checked(self, header: dict[str, Any], payload: bytearray) -> Tensor:
+        """The attack's images, once every promise holds: shape, finite, the [0, 1] box, the threat model."""
         shape = header.get("shape")
         if shape != list(self.x.shape) or len(payload) != 4 * self.x.numel():
             raise _Failed("wrong_shape", f"shape {shape!r}, expected {list(self.x.shape)}")
@@ -152,27 +193,24 @@ class _Session:
             worst = int(distance.argmax())
             raise _Failed("out_of_ball", f"point {worst} at {self.threat.norm} distance {float(distance.max()):.6g} "
                                          f"> eps {self.threat.eps:g}")
-        with torch.no_grad():
-            clean = torch.cat([self.model(self.x[s : s + batch_size]).argmax(1)
-                               for s in range(0, len(self.x), batch_size)])
-            attacked = torch.cat([self.model(x_adv[s : s + batch_size]).argmax(1)
-                                  for s in range(0, len(x_adv), batch_size)])
-        return (clean == self.y) & (attacked == self.y)
+        return x_adv
 
 
 def run_attack(attack_path: str, model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel,
                passes_per_point: int, seed: int, *, options: HostOptions | None = None, seconds: float = 3600.0,
-               batch_size: int = 256) -> AttackRun:
+               batch_size: int = 256, task: TaskKind = "classifier") -> AttackRun:
     """Run the attack at ``attack_path`` against ``model`` on the points ``x`` (in [0, 1]) with labels ``y``.
 
-    Never raises for the attack's faults: they come back as an :class:`AttackRun` with an error code.
-    ``seconds`` bounds the whole run (the attack's process is killed at it).
+    ``task`` says what ``model`` is: a classifier (the run's ``robust``), or a detector whose points are
+    fakes (``y`` all 1) that the attack tries to make score as real (the run's ``scores``). Never raises
+    for the attack's faults: they come back as an :class:`AttackRun` with an error code. ``seconds``
+    bounds the whole run (the attack's process is killed at it).
     """
     options = options or HostOptions.default()
     x = x.detach().to("cpu", torch.float32).contiguous()
     y = y.detach().to("cpu", torch.long).contiguous()
     run = AttackRun(points=int(x.shape[0]))
-    session = _Session(model, x, y, threat, passes_per_point * run.points)
+    session = _Session(model, x, y, threat, passes_per_point * run.points, task)
     started = time.monotonic()
     deadline = started + seconds
     stderr: StderrTail | None = None
@@ -190,13 +228,17 @@ def run_attack(attack_path: str, model: nn.Module, x: Tensor, y: Tensor, threat:
             stderr = StderrTail(proc.stderr)
             channel = DeadlineChannel(proc.stdin.fileno(), proc.stdout.fileno())
             start = {"op": "start", "shape": list(x.shape), "norm": threat.norm, "eps": threat.eps,
-                     "budget": passes_per_point, "passes_left": session.total, "seed": seed}
+                     "budget": passes_per_point, "passes_left": session.total, "seed": seed, "task": task}
             channel.send(start, bytes(tensor_bytes(x)) + y.numpy().tobytes(), deadline)
             while True:
                 header, payload = channel.receive(4 * (MAX_BATCH + 1) * x[0].numel() + 64, deadline)
                 op = header.get("op")
                 if op == "done":
-                    run.robust = session.verify(header, payload, batch_size)
+                    judged = session.verify(header, payload, batch_size)
+                    if task == "detector":
+                        run.scores = judged
+                    else:
+                        run.robust = judged
                     break
                 if op == "failed":
                     code = str(header.get("code", ""))

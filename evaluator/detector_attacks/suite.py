@@ -19,7 +19,6 @@ Metric names (suffix after ``@``), each with auc, average_precision, tpr@1%fpr a
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -39,20 +38,14 @@ from evaluator.metrics.classification import accuracy_with_interval
 from evaluator.metrics.detection import detection_metrics, threshold_at_fpr
 from evaluator.models.contract import pixels_to_unit
 from evaluator.progress import StagedProgress, ignore_progress
-from evaluator.spec import DetectorAttackSpec, MetricValue
+from evaluator.spec import DetectorAttackSpec, MetricValue, budget_label
+
+__all__ = ["attacked_subset", "budget_label", "median_interval", "run_detector_suite"]
 
 #: PGD iterations per radius tried by the distortion-minimising attack (it tries ~10-20 radii).
 MIN_STEPS = 20
 #: Bisection rounds of the distortion-minimising attack after its first success.
 MIN_SEARCH_STEPS = 10
-
-
-def budget_label(eps: float) -> str:
-    """The metric suffix of a Linf budget: ``Linf-1/255`` for one grey level, else ``Linf-<eps>``."""
-    levels = round(eps * 255)
-    if math.isclose(levels / 255, eps, rel_tol=1e-6, abs_tol=1e-9):
-        return f"Linf-{levels}/255"
-    return f"Linf-{eps:g}"
 
 
 def attacked_subset(num_fakes: int, points: int, seed: int) -> Tensor:

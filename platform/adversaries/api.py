@@ -14,6 +14,7 @@ from adversaries import services
 from adversaries.checks import PACKAGE_LIMITS
 from adversaries.models import Attack, AttackRun
 from adversaries.scores import released
+from adversaries.targets import lowered_metric
 from benchmarks.models import Track
 
 
@@ -21,18 +22,26 @@ class AttackRunSerializer(serializers.ModelSerializer):
     model = serializers.UUIDField(source="submission.public_id", read_only=True)
     model_name = serializers.CharField(source="submission.name", read_only=True)
     failure_code = serializers.SerializerMethodField()
+    metric = serializers.SerializerMethodField()
     robust = serializers.SerializerMethodField()
 
     class Meta:
         model = AttackRun
-        fields = ["model", "model_name", "suite_version", "state", "robust", "failure_code", "finished_at"]
+        fields = ["model", "model_name", "suite_version", "state", "metric", "robust", "failure_code", "finished_at"]
 
     def get_failure_code(self, run: AttackRun) -> str:
         return run.failure_code
 
+    def get_metric(self, run: AttackRun) -> str:
+        """What ``robust`` holds: ``robust_accuracy`` (classifier tracks) or ``auc`` (detector tracks)."""
+        return lowered_metric(run.submission.track)
+
     def get_robust(self, run: AttackRun) -> dict[str, dict]:
-        """Per threat model, the robust accuracy rounded to what its interval justifies (adversaries.scores)."""
-        return {label: released(number) for label, number in (run.robust or {}).items() if isinstance(number, dict)}
+        """Per threat model, the number the attack reached (``metric``), rounded to what its interval justifies
+        (adversaries.scores)."""
+        metric = lowered_metric(run.submission.track)
+        return {label: released(number, metric) for label, number in (run.robust or {}).items()
+                if isinstance(number, dict)}
 
 
 class AttackSerializer(serializers.ModelSerializer):
@@ -59,7 +68,7 @@ class AttackViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Cre
     parser_classes = [parsers.MultiPartParser, parsers.FormParser]
 
     def get_queryset(self) -> QuerySet[Attack]:
-        runs = AttackRun.objects.filter(submission__is_public=True).select_related("submission")
+        runs = AttackRun.objects.filter(submission__is_public=True).select_related("submission__track")
         return (Attack.objects.filter(track__is_public=True).select_related("track", "owner")
                 .prefetch_related(Prefetch("runs", queryset=runs)))
 

@@ -9,5 +9,6 @@ class AdversariesConfig(AppConfig):
 
     def ready(self) -> None:
         """Register the attack task in every process (dispatch sends it by name; eager mode runs it in place),
-        and listen for finished models, which every active attack of their track then faces."""
-        from adversaries import scheduling, tasks  # noqa: F401  (imported for their registrations)
+        listen for finished models, which every active attack of their track then faces, and join the
+        watchdog's sweeps (lost attack runs)."""
+        from adversaries import recovery, scheduling, tasks  # noqa: F401  (imported for their registrations)

@@ -1,12 +1,13 @@
 """Attack submissions and their runs against models.
 
-An :class:`Attack` is one researcher's attack on one classifier track: a Python source file with the
+An :class:`Attack` is one researcher's attack on one track (a classifier's, or a detector's, where it
+lowers fake scores): a Python source file with the
 entry point of docs/attacks.md, or a zip package with that file (``attack.py``) and the modules it
 imports. Each public finished model of the track faces it in an
 :class:`AttackRun`, queued when the attack arrives or when the model finishes, evaluated by the
 sandboxed evaluator (:mod:`evaluator.adversary`), and recorded per threat model. A model's robust
-accuracy on the leaderboard is then the lowest of the built-in suite's and every finished run's
-(:mod:`adversaries.scores`).
+accuracy (a detector's AUC under each Linf budget) on the leaderboard is then the lowest of the built-in
+suite's and every finished run's (:mod:`adversaries.scores`).
 """
 
 from __future__ import annotations
@@ -74,7 +75,8 @@ class AttackRun(models.Model):
     state = models.CharField(max_length=12, choices=State.choices, default=State.QUEUED, db_index=True)
     attempts = models.PositiveIntegerField(default=0)
     task_id = models.CharField(max_length=64, blank=True)
-    #: Per threat-model label: {"value", "num_examples", "ci_low", "ci_high"} (robust accuracy on the attacked points).
+    #: Per threat-model label: {"value", "num_examples", "ci_low", "ci_high"}: robust accuracy on the attacked points
+    #: (classifier tracks) or the AUC of the hidden reals against the attacked fakes (detector tracks).
     robust = models.JSONField(default=dict, blank=True)
     failure_code = models.CharField(max_length=40, blank=True)
     failure_reason = models.TextField(blank=True)

@@ -15,6 +15,7 @@ from adversaries.checks import AttackRefused, check_upload, is_package
 from adversaries.models import Attack
 from adversaries.scheduling import schedule_attack
 from adversaries.signals import attack_scores_changed
+from adversaries.targets import takes_attacks
 from benchmarks.models import Track
 from submissions.quota import is_exempt
 
@@ -38,12 +39,13 @@ def create_attack(user: Any, track: Track, raw: bytes, *, name: str, description
                   code_url: str = "") -> Attack:
     """Check, store and schedule an attack; :class:`AttackRefused` says why one is not accepted.
 
-    Only classifier tracks with threat models take attacks (a detector track's attacks, which lower
-    fake scores, are not built yet). The daily limit per user and track (``ARENA_ATTACK_DAILY_LIMIT``)
-    applies as the model quota does, staff and the quota-exempt group aside.
+    Public tracks with something to attack under take attacks: a classifier track's threat models, a
+    detector track's Linf budgets (:mod:`adversaries.targets`). The daily limit per user and track
+    (``ARENA_ATTACK_DAILY_LIMIT``) applies as the model quota does, staff and the quota-exempt group aside.
     """
-    if track.task_kind != "classifier" or not track.threat_models or not track.is_public:
-        raise AttackRefused(f"{track.name} does not take attack submissions (classifier tracks with threat models do).")
+    if not takes_attacks(track):
+        raise AttackRefused(f"{track.name} does not take attack submissions (public classifier tracks with threat "
+                            "models and detector tracks with Linf attacks do).")
     check_upload(raw)
     digest = hashlib.sha256(raw).hexdigest()
     with transaction.atomic():

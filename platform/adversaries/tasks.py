@@ -18,6 +18,7 @@ from adversaries import dispatch
 from adversaries.checks import ENTRY_FILE, PACKAGE_LIMITS, is_package
 from adversaries.models import AttackRun
 from adversaries.signals import attack_scores_changed
+from adversaries.targets import lowered_metric
 from evaluator.adversary.spec import AttackJob, AttackSource
 from evaluator.data.archives import extract_bundle
 from evaluator.sandbox import SandboxUnavailable
@@ -111,10 +112,15 @@ class _local_source:  # noqa: N801 - used as a context manager like local_artifa
 
 
 def record(run: AttackRun, attempt: int, result: JobResult) -> str:
-    """Write the run's outcome if ``attempt`` still owns it (a duplicate delivery that finished late writes nothing)."""
-    robust = {m.metric.removeprefix("robust_accuracy@"): {"value": m.value, "num_examples": m.num_examples,
-                                                           "ci_low": m.ci_low, "ci_high": m.ci_high}
-              for m in result.metrics if m.metric.startswith("robust_accuracy@")}
+    """Write the run's outcome if ``attempt`` still owns it (a duplicate delivery that finished late writes nothing).
+
+    Per threat label, the number the attack lowers: robust accuracy on a classifier track, the AUC under
+    attack on a detector track (the other detector numbers stay in the result only).
+    """
+    prefix = f"{lowered_metric(run.submission.track)}@"
+    robust = {m.metric.removeprefix(prefix): {"value": m.value, "num_examples": m.num_examples,
+                                              "ci_low": m.ci_low, "ci_high": m.ci_high}
+              for m in result.metrics if m.metric.startswith(prefix)}
     state = AttackRun.State.FINISHED if result.ok else AttackRun.State.FAILED
     written = AttackRun.objects.filter(pk=run.pk, state=AttackRun.State.RUNNING, attempts=attempt).update(
         state=state, robust=robust, provenance=result.provenance, failure_code=result.error_code,

@@ -29,6 +29,7 @@ from django.utils.safestring import SafeString, mark_safe
 from accounts.models import Withdrawal
 from adversaries.models import AttackRun
 from adversaries.scores import Found, runs_of
+from adversaries.targets import lowered_metric
 from benchmarks.models import EvaluationSet
 from leaderboards.cache import cache_seconds
 from leaderboards.fits import TRANSFORMS, current_fits, robustness_rows
@@ -266,8 +267,8 @@ def cascades(submission: Submission, results: list[Result], run: EvaluationRun |
     return out
 
 
-def _add_attacks(shown: list[Cascade], submission: Submission, suite_version: str) -> None:
-    """Each cascade's submitted attacks (one query), and the lowest one when it is below the suite's final number."""
+def _found_by_label(submission: Submission, suite_version: str, metric: str) -> dict[str, list[Found]]:
+    """Per threat label, every finished submitted attack's number on this model (one query)."""
     found: dict[str, list[Found]] = {}
     for run in runs_of(submission.pk, suite_version):
         if run.state != AttackRun.State.FINISHED:
@@ -276,9 +277,47 @@ def _add_attacks(shown: list[Cascade], submission: Submission, suite_version: st
             try:
                 found.setdefault(label, []).append(Found(float(number["value"]), int(number["num_examples"]),
                                                          number.get("ci_low"), number.get("ci_high"),
-                                                         run.attack.name, str(run.attack.public_id)))
+                                                         run.attack.name, str(run.attack.public_id), metric))
             except (KeyError, TypeError, ValueError):
                 continue
+    return found
+
+
+@dataclass
+class AttackedBudget:
+    """A detector's AUC under one Linf budget: the built-in suite's, each submitted attack's, the lowest below it."""
+
+    label: str
+    suite: Result | None
+    attacks: list[Found]
+    lowest: Found | None = None
+
+
+def detector_attacks(submission: Submission, results: list[Result], suite_version: str) -> list[AttackedBudget]:
+    """The submitted attacks' AUCs on a detector, per Linf budget they ran under (empty when none ran)."""
+    found = _found_by_label(submission, suite_version, "auc")
+    clean = {r.metric: r for r in results if r.evaluation_set.role == EvaluationSet.Role.CLEAN}
+    out = []
+    for label in sorted(found, key=lambda name: _budget_order(name)):
+        suite = clean.get(f"auc@{label}")
+        best = min(found[label], key=lambda f: f.value, default=None)
+        lowest = best if best is not None and suite is not None and best.value < suite.value else None
+        out.append(AttackedBudget(label, suite, found[label], lowest))
+    return out
+
+
+def _budget_order(label: str) -> tuple[float, str]:
+    """``Linf-1/255`` before ``Linf-4/255`` before ``Linf-16/255``."""
+    numerator, _, denominator = label.removeprefix("Linf-").partition("/")
+    try:
+        return (float(numerator) / float(denominator or 1), label)
+    except ValueError:
+        return (math.inf, label)
+
+
+def _add_attacks(shown: list[Cascade], submission: Submission, suite_version: str) -> None:
+    """Each cascade's submitted attacks (one query), and the lowest one when it is below the suite's final number."""
+    found = _found_by_label(submission, suite_version, "robust_accuracy")
     for cascade in shown:
         cascade.attacks = found.get(cascade.threat, [])
         best = min(cascade.attacks, key=lambda f: f.value, default=None)
@@ -426,10 +465,13 @@ def model_page_context(submission: Submission, user: Any, transform: str | None 
     shown_cascades = [] if withheld else cascades(submission, results, run)
     if shown_cascades:
         _add_attacks(shown_cascades, submission, track.suite_version)
+    attacked_budgets = (detector_attacks(submission, results, track.suite_version)
+                        if results and lowered_metric(track) == "auc" else [])
     return {
         "results": scores,
         "run": run,
         "cascades": shown_cascades,
+        "attacked_budgets": attacked_budgets,
         "heatmaps": heatmaps(results),
         "per_class": None if withheld else per_class(track, run, {s.name for s in sets.values()}),
         # Withheld scores stay withheld here too: the table shows the clean and shifted accuracies.

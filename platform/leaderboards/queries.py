@@ -20,6 +20,7 @@ from django.db.models import Q
 from django.urls import reverse
 
 from adversaries.scores import lowest_found
+from adversaries.targets import lowered_metric
 from benchmarks.models import BaselineFit, EvaluationSet, Track
 from evaluator.attacks.stages import stage_labels
 from evaluator.metrics.effective_robustness import TRANSFORMS
@@ -355,8 +356,8 @@ def build(track: Track, user: Any = None, filters: Filters | None = None) -> Lea
                 found_attacks.add(metric[len(ATTACKED_AUC):])
             elif metric.startswith(DISTORTION):
                 found_distortions.add(metric[len(DISTORTION) + len("min-"):])
-    if clean is not None and track.task_kind == Track.TaskKind.CLASSIFIER:
-        _lower_by_attacks(by_sub, clean, track.suite_version)
+    if clean is not None:
+        _lower_by_attacks(by_sub, clean, track.suite_version, lowered_metric(track))
     attack_labels = sorted(found_attacks, key=_attack_order)
     distortions = [n for n in ("L2", "Linf", "L0") if n in found_distortions]
     for threat, found in list(stages.items()):
@@ -414,13 +415,16 @@ def build(track: Track, user: Any = None, filters: Filters | None = None) -> Lea
                        threats, fits, values, attack_labels)
 
 
-def _lower_by_attacks(by_sub: dict[int, list[tuple[int, Score]]], clean: EvaluationSet, suite_version: str) -> None:
-    """Each final robust accuracy becomes the lowest of the suite's and every submitted attack's (one query)."""
-    lowest = lowest_found(by_sub.keys(), suite_version)
+def _lower_by_attacks(by_sub: dict[int, list[tuple[int, Score]]], clean: EvaluationSet, suite_version: str,
+                      metric: str = "robust_accuracy") -> None:
+    """Each final robust accuracy (a detector's AUC under each Linf budget) becomes the lowest of the suite's and
+    every submitted attack's (one query)."""
+    lowest = lowest_found(by_sub.keys(), suite_version, metric)
+    prefix = f"{metric}@"
     for sub_id, found in lowest.items():
         scores = by_sub.get(sub_id, [])
         for index, (set_id, score) in enumerate(scores):
-            label = score.metric[len(ROBUST):] if score.metric.startswith(ROBUST) else None
+            label = score.metric[len(prefix):] if score.metric.startswith(prefix) else None
             if set_id != clean.pk or label is None or ">" in label or label not in found:
                 continue
             attack = found[label]

@@ -37,6 +37,7 @@ from typing import TypeVar
 
 from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
 from django.db.models import Q
+from django.dispatch import Signal
 from django.utils import timezone
 
 from submissions import dispatch
@@ -249,6 +250,11 @@ class Heartbeat:
 
 # --- The watchdog. ---------------------------------------------------------------------------------
 
+#: Sent at the end of every sweep (``now``, ``stale``) so that apps above this one, which this one cannot
+#: import, sweep their own jobs in the same tick; a receiver returns the list of what it did.
+swept = Signal()
+
+
 @dataclass(frozen=True)
 class Recovery:
     """What the watchdog did to one submission: ``requeued``, ``failed``, ``sent`` (its lost message) or
@@ -304,6 +310,13 @@ def requeue_stale(*, now: datetime | None = None, stale: timedelta | None = None
         done.append(Recovery(str(current.public_id), action, current.attempts, current.failure_reason or reason))
     done.extend(_send_unsent(cutoff))
     done.extend(_wake_stalled_queues(now - 2 * stale, stale))
+    # Apps above this one (attack runs) sweep their own jobs in the same tick; one that fails is logged, and
+    # the evaluations' sweep above stands.
+    for listener, response in swept.send_robust(sender=Submission, now=now, stale=stale):
+        if isinstance(response, Exception):
+            logger.error("watchdog: %r failed: %r", listener, response)
+        elif isinstance(response, list):
+            done.extend(response)
     return done
 
 

@@ -58,6 +58,14 @@ def percent(value: float | None) -> str:
 
 
 @register.filter
+def metric_value(value: float | None, metric: str) -> str:
+    """A released number without its interval: ``25.0%`` for an accuracy, ``0.87`` for an AUC (already rounded)."""
+    if value is None:
+        return "–"
+    return f"{100 * value:.1f}%" if is_percent(metric) else f"{value:g}"
+
+
+@register.filter
 def seconds(value: Any) -> str:
     """A duration people read at a glance: ``42.1 s``, ``3 min 05 s``, ``1 h 02 min``."""
     try:
