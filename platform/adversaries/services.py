@@ -40,8 +40,9 @@ def create_attack(user: Any, track: Track, raw: bytes, *, name: str, description
     """Check, store and schedule an attack; :class:`AttackRefused` says why one is not accepted.
 
     Public tracks with something to attack under take attacks: a classifier track's threat models, a
-    detector track's Linf budgets (:mod:`adversaries.targets`). The daily limit per user and track
-    (``ARENA_ATTACK_DAILY_LIMIT``) applies as the model quota does, staff and the quota-exempt group aside.
+    detector track's Linf budgets (:mod:`adversaries.targets`). The daily and total limits per user and track
+    (``ARENA_ATTACK_DAILY_LIMIT``, ``ARENA_ATTACK_TOTAL_LIMIT``) apply as the model quota's do, staff and the
+    quota-exempt group aside; withdrawn attacks count, so withdrawing frees nothing.
     """
     if not takes_attacks(track):
         raise AttackRefused(f"{track.name} does not take attack submissions (public classifier tracks with threat "
@@ -57,6 +58,10 @@ def create_attack(user: Any, track: Track, raw: bytes, *, name: str, description
                 hours = int((reset - now).total_seconds() // 3600)
                 raise AttackRefused(f"You have submitted today's {limit} attacks on {track.name}; the limit resets "
                                     f"at midnight UTC (in {hours} h).")
+            total = settings.ARENA_ATTACK_TOTAL_LIMIT
+            if Attack.objects.filter(owner=user, track=track).count() >= total:
+                raise AttackRefused(f"You have submitted {total} attacks to {track.name}, the most one account may "
+                                    "submit to a track.")
         existing = Attack.objects.filter(track=track, source_sha256=digest).first()
         if existing is not None:
             raise DuplicateAttack("This attack's source was already submitted to this track.", existing)

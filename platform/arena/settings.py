@@ -315,6 +315,8 @@ ARENA_ATTACK_PASSES_PER_POINT = int(os.environ.get("ARENA_ATTACK_PASSES_PER_POIN
 ARENA_ATTACK_SECONDS_PER_THREAT = float(os.environ.get("ARENA_ATTACK_SECONDS_PER_THREAT", 1800))
 ARENA_ATTACK_MAX_SOURCE_BYTES = int(os.environ.get("ARENA_ATTACK_MAX_SOURCE_BYTES", 256 * 1024))
 ARENA_ATTACK_DAILY_LIMIT = int(os.environ.get("ARENA_ATTACK_DAILY_LIMIT", 3))
+# Attacks one user may ever submit to one track, withdrawn ones included (each run's number is a channel).
+ARENA_ATTACK_TOTAL_LIMIT = int(os.environ.get("ARENA_ATTACK_TOTAL_LIMIT", 30))
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

@@ -228,6 +228,14 @@ def test_attacks_are_limited_per_day_and_only_on_attackable_tracks(attacked_trac
                                            "source": SimpleUploadedFile("b.py", IDLE + b"\n# another\n")},
                       format="multipart")
     assert second.status_code == 400 and "today's 1 attacks" in second.json()["detail"]
+    # The total limit counts every attack ever submitted, withdrawn ones too.
+    settings.ARENA_ATTACK_DAILY_LIMIT, settings.ARENA_ATTACK_TOTAL_LIMIT = 5, 1
+    Attack.objects.filter(owner=other_user).update(state=Attack.State.WITHDRAWN)
+    total = api.post("/api/v1/attacks/", {"track": attacked_track.slug, "name": "b",
+                                          "source": SimpleUploadedFile("b.py", IDLE + b"\n# another\n")},
+                     format="multipart")
+    assert total.status_code == 400 and "the most one account may submit" in total.json()["detail"]
+    settings.ARENA_ATTACK_DAILY_LIMIT, settings.ARENA_ATTACK_TOTAL_LIMIT = 1, 30
     assert APIClient().post("/api/v1/attacks/", {}, format="multipart").status_code == 401
     huge = api.post("/api/v1/attacks/", {"track": attacked_track.slug, "name": "huge",
                                          "source": SimpleUploadedFile("h.py", b"#" * (5 * 2**20))}, format="multipart")
