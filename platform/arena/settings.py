@@ -359,6 +359,10 @@ LOGGING = {
 
 # --- Browser-side protections, on everywhere (development included, so that tests see them). ---
 SESSION_COOKIE_HTTPONLY = True
+# Sessions are read from the cache and written through to the database: a signed-in request costs no session
+# query once its session is cached (a cache that loses it, or a local-memory cache in another process, falls
+# back to the database row, which stays the record; logging out deletes both).
+SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"  # model pages' URLs (private ids) never leak to paper/code links
