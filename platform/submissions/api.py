@@ -97,8 +97,18 @@ class SubmissionViewSet(
         a join builds one instance per row (a track's JSON fields decoded a hundred times), which
         made a 100-row page about 15% slower than the three extra queries do.
         """
-        qs = (Submission.objects.prefetch_related("track", "owner", current_results_prefetch())
-              .order_by("-created_at", "-id"))
+        return self._with_rows(self._visible())
+
+    @staticmethod
+    def _with_rows(queryset: QuerySet[Submission]) -> QuerySet[Submission]:
+        """What serializing a page needs beside the rows: their tracks, owners and current results."""
+        return queryset.prefetch_related("track", "owner", current_results_prefetch())
+
+    def _visible(self) -> QuerySet[Submission]:
+        """The reader's visible submissions under the query's filters, newest first, with nothing prefetched (a
+        cached page's count and fingerprint need no more, and building the prefetches cost a cached request a
+        fifth of its time)."""
+        qs = Submission.objects.order_by("-created_at", "-id")
         user = self.request.user
         if user.is_authenticated and user.is_staff:
             visible = qs
@@ -124,11 +134,11 @@ class SubmissionViewSet(
         renderer = request.accepted_renderer
         if lb_cache.cache_seconds() <= 0 or renderer.format != "json":
             return super().list(request, *args, **kwargs)
-        queryset = self.filter_queryset(self.get_queryset())
+        visible = self.filter_queryset(self._visible())
         paginator = self.paginator
         limit, offset = paginator.get_limit(request), paginator.get_offset(request)
-        count = paginator.get_count(queryset)
-        key = list_cache.page_key(request, queryset, offset, limit, count)
+        count = paginator.get_count(visible)
+        key = list_cache.page_key(request, visible, offset, limit, count)
 
         context = self.get_renderer_context()
 
@@ -141,6 +151,7 @@ class SubmissionViewSet(
             return render(paginator.get_paginated_response([]).data)
 
         def build() -> tuple[bytes, str]:
+            queryset = self._with_rows(visible)
             body = None
             compact = getattr(renderer, "compact", False) and renderer.get_indent(request.accepted_media_type,
                                                                                   context) is None
