@@ -359,10 +359,12 @@ LOGGING = {
 
 # --- Browser-side protections, on everywhere (development included, so that tests see them). ---
 SESSION_COOKIE_HTTPONLY = True
-# Sessions are read from the cache and written through to the database: a signed-in request costs no session
-# query once its session is cached (a cache that loses it, or a local-memory cache in another process, falls
-# back to the database row, which stays the record; logging out deletes both).
-SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
+# With a shared cache (CACHE_URL), sessions are read from it and written through to the database: a signed-in
+# request costs no session query once its session is cached, and the database row stays the record. Without
+# one, each process has a cache of its own, and a session that logging out deletes in one process would live
+# on in the others' caches: sessions then stay in the database alone.
+SESSION_ENGINE = ("django.contrib.sessions.backends.cached_db" if os.environ.get("CACHE_URL")
+                  else "django.contrib.sessions.backends.db")
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"  # model pages' URLs (private ids) never leak to paper/code links
