@@ -22,7 +22,7 @@ from django.dispatch import receiver
 from adversaries import dispatch
 from adversaries.models import AttackRun
 from adversaries.signals import attack_scores_changed
-from submissions.failures import failure_message
+from submissions.failures import WORKER_LOST, failure_message
 from submissions.fault_settings import max_attempts
 from submissions.recovery import Recovery, swept
 
@@ -45,8 +45,8 @@ def sweep_attack_runs(now: datetime, stale: timedelta) -> list[Recovery]:
                 action = "requeued"
             else:
                 AttackRun.objects.filter(pk=pk).update(
-                    state=AttackRun.State.FAILED, failure_code="worker_lost", finished_at=now,
-                    failure_reason=failure_message("worker_lost", f"It stopped responding {run.attempts} times."))
+                    state=AttackRun.State.FAILED, failure_code=WORKER_LOST, finished_at=now,
+                    failure_reason=failure_message(WORKER_LOST, f"It stopped responding {run.attempts} times."))
                 transaction.on_commit(lambda run=run: attack_scores_changed.send(
                     sender=AttackRun, track_id=run.submission.track_id))
                 action = "failed"

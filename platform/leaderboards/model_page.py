@@ -34,7 +34,7 @@ from benchmarks.models import EvaluationSet
 from leaderboards.cache import cache_seconds
 from leaderboards.fits import TRANSFORMS, current_fits, robustness_rows
 from leaderboards.plots import corruption_heatmap, figure_json
-from leaderboards.queries import ROBUST, STAGE_LABELS, STAGE_ORDER, _flagged, _threats
+from leaderboards.queries import ROBUST, STAGE_LABELS, STAGE_ORDER, _flagged, _threats, attack_order
 from submissions.failures import failure_text
 from submissions.ladder import shown_note
 from submissions.models import EvaluationRun, Result, Submission
@@ -298,21 +298,16 @@ def detector_attacks(submission: Submission, results: list[Result], suite_versio
     found = _found_by_label(submission, suite_version, "auc")
     clean = {r.metric: r for r in results if r.evaluation_set.role == EvaluationSet.Role.CLEAN}
     out = []
-    for label in sorted(found, key=lambda name: _budget_order(name)):
+    for label in sorted(found, key=attack_order):
         suite = clean.get(f"auc@{label}")
-        best = min(found[label], key=lambda f: f.value, default=None)
-        lowest = best if best is not None and suite is not None and best.value < suite.value else None
-        out.append(AttackedBudget(label, suite, found[label], lowest))
+        out.append(AttackedBudget(label, suite, found[label], _lowest_below(found[label], suite)))
     return out
 
 
-def _budget_order(label: str) -> tuple[float, str]:
-    """``Linf-1/255`` before ``Linf-4/255`` before ``Linf-16/255``."""
-    numerator, _, denominator = label.removeprefix("Linf-").partition("/")
-    try:
-        return (float(numerator) / float(denominator or 1), label)
-    except ValueError:
-        return (math.inf, label)
+def _lowest_below(attacks: list[Found], suite: Result | None) -> Found | None:
+    """The submitted attack with the lowest number, when it is below the built-in suite's (else None)."""
+    best = min(attacks, key=lambda f: f.value, default=None)
+    return best if best is not None and suite is not None and best.value < suite.value else None
 
 
 def _add_attacks(shown: list[Cascade], submission: Submission, suite_version: str) -> None:
@@ -320,9 +315,7 @@ def _add_attacks(shown: list[Cascade], submission: Submission, suite_version: st
     found = _found_by_label(submission, suite_version, "robust_accuracy")
     for cascade in shown:
         cascade.attacks = found.get(cascade.threat, [])
-        best = min(cascade.attacks, key=lambda f: f.value, default=None)
-        if best is not None and cascade.final is not None and best.value < cascade.final.value:
-            cascade.lowest = best
+        cascade.lowest = _lowest_below(cascade.attacks, cascade.final)
 
 
 def escalation_reasons(stored: Any) -> list[str]:

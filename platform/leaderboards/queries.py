@@ -193,7 +193,7 @@ def attack_label(attack: str) -> str:
             "clean-subset": "attacked subset, clean"}.get(attack, attack)
 
 
-def _attack_order(attack: str) -> tuple[int, float, str]:
+def attack_order(attack: str) -> tuple[int, float, str]:
     """Clean reference, PGD budgets by size, minimal changes, patch, latent, then anything else."""
     if attack == "clean-subset":
         return (0, 0.0, attack)
@@ -358,7 +358,7 @@ def build(track: Track, user: Any = None, filters: Filters | None = None) -> Lea
                 found_distortions.add(metric[len(DISTORTION) + len("min-"):])
     if clean is not None:
         _lower_by_attacks(by_sub, clean, track.suite_version, lowered_metric(track))
-    attack_labels = sorted(found_attacks, key=_attack_order)
+    attack_labels = sorted(found_attacks, key=attack_order)
     distortions = [n for n in ("L2", "Linf", "L0") if n in found_distortions]
     for threat, found in list(stages.items()):
         order = {name: i for i, name in enumerate(found)}

@@ -76,6 +76,23 @@ def _model(user, track, path: Path, name: str, public: bool = True) -> Submissio
                                  zoo_architecture="mnist_lenet5", is_public=public)
 
 
+def upload_and_run(user, track, model: Submission, sent: list[int], name: str, filename: str,
+                   source: bytes) -> tuple[Attack, AttackRun]:
+    """Upload an attack through the API as ``user``, check it was queued against ``model`` alone, and run it as
+    the worker would: the attack and its finished run."""
+    api = APIClient()
+    api.force_authenticate(user)
+    response = api.post("/api/v1/attacks/", {"track": track.slug, "name": name,
+                                             "source": SimpleUploadedFile(filename, source)}, format="multipart")
+    assert response.status_code == 201, response.content
+    attack = Attack.objects.get(public_id=response.json()["id"])
+    run = AttackRun.objects.get(attack=attack)
+    assert run.submission == model and sent == [run.pk]
+    assert run_attack(run.pk) == "finished"
+    run.refresh_from_db()
+    return attack, run
+
+
 @pytest.mark.slow
 def test_an_attack_faces_the_public_models_and_can_only_lower_their_scores(
         attacked_track, researcher, other_user, lenet5_safetensors, sent, tmp_path):
@@ -84,20 +101,13 @@ def test_an_attack_faces_the_public_models_and_can_only_lower_their_scores(
     suite_row = Result.objects.get(submission=public, metric="robust_accuracy@Linf-0.3")
     suite_value, suite_interval = suite_row.value, (suite_row.ci_low, suite_row.ci_high)
 
-    api = APIClient()
-    api.force_authenticate(other_user)
-    response = api.post("/api/v1/attacks/", {"track": attacked_track.slug, "name": "FGSM",
-                                             "source": SimpleUploadedFile("fgsm.py", FGSM)}, format="multipart")
-    assert response.status_code == 201, response.content
-    attack = Attack.objects.get(public_id=response.json()["id"])
-    run = AttackRun.objects.get(attack=attack)
-    assert run.submission == public and sent == [run.pk]
-    assert run_attack(run.pk) == "finished"
-    run.refresh_from_db()
+    attack, run = upload_and_run(other_user, attacked_track, public, sent, "FGSM", "fgsm.py", FGSM)
     found = run.robust["Linf-0.3"]
     assert found["num_examples"] == 12 and 0.0 <= found["value"] <= 1.0
     assert run.provenance["attack"]["sha256"] == attack.source_sha256 and run.provenance["evaluator"]
     # The same source again is refused, with the attack it duplicates named.
+    api = APIClient()
+    api.force_authenticate(other_user)
     again = api.post("/api/v1/attacks/", {"track": attacked_track.slug, "name": "FGSM again",
                                           "source": SimpleUploadedFile("fgsm.py", FGSM)}, format="multipart")
     assert again.status_code == 409 and again.json()["existing"] == str(attack.public_id)

@@ -20,13 +20,12 @@ from rest_framework.test import APIClient
 from safetensors.torch import load_file
 
 from adversaries.forms import AttackForm
-from adversaries.models import Attack, AttackRun
 from adversaries.scores import lowest_found
-from adversaries.tasks import run_attack
 from submissions.models import Result
 from submissions.services import create_submission
 from submissions.tasks import evaluate_submission
 from tests.conftest import SHARED_MODELS
+from tests.web.test_attack_submissions import upload_and_run
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -90,16 +89,7 @@ def test_an_attack_on_a_detector_track_lowers_its_auc_under_attack(detector_trac
 
     # The form offers the detector track; the API takes the upload and queues it against the public model.
     assert detector_track in AttackForm().fields["track"].queryset
-    api = APIClient()
-    api.force_authenticate(other_user)
-    response = api.post("/api/v1/attacks/", {"track": detector_track.slug, "name": "Sign step",
-                                             "source": SimpleUploadedFile("step.py", SIGN_STEP)}, format="multipart")
-    assert response.status_code == 201, response.content
-    attack = Attack.objects.get(public_id=response.json()["id"])
-    run = AttackRun.objects.get(attack=attack)
-    assert run.submission == model and sent == [run.pk]
-    assert run_attack(run.pk) == "finished"
-    run.refresh_from_db()
+    attack, run = upload_and_run(other_user, detector_track, model, sent, "Sign step", "step.py", SIGN_STEP)
     found = run.robust["Linf-8/255"]
     assert set(run.robust) == {"Linf-8/255"} and found["num_examples"] == N + 24
     # One sign step lowers every fake's score against the clean subset (the discriminator is far from robust).
@@ -132,6 +122,8 @@ def test_an_attack_on_a_detector_track_lowers_its_auc_under_attack(detector_trac
     # A detector track without Linf budgets takes no attacks.
     detector_track.detector_attacks = {"enabled": False}
     detector_track.save()
+    api = APIClient()
+    api.force_authenticate(other_user)
     refused = api.post("/api/v1/attacks/", {"track": detector_track.slug, "name": "Again",
                                             "source": SimpleUploadedFile("a.py", SIGN_STEP + b"# 2\n")},
                        format="multipart")
