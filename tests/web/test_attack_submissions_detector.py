@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 from adversaries.forms import AttackForm
 from adversaries.scores import lowest_found
 from submissions.models import Result
+from submissions.rounding import round_released
 from submissions.services import create_submission
 from submissions.tasks import evaluate_submission
 from tests.conftest import SHARED_MODELS
@@ -97,6 +98,10 @@ def test_an_attack_on_a_detector_track_lowers_its_auc_under_attack(detector_trac
     assert run.provenance["threat_models"]["Linf-8/255"]["forward_passes"] == 24
     api_run = APIClient().get(f"/api/v1/attacks/{attack.public_id}/").json()["runs"][0]
     assert api_run["metric"] == "auc" and set(api_run["robust"]) == {"Linf-8/255"}
+    # Released as every AUC is, to the digits its interval justifies: the exact value is a channel the attack controls.
+    shown = api_run["robust"]["Linf-8/255"]
+    assert (shown["value"], shown["ci_low"], shown["ci_high"]) == round_released(
+        "auc", found["value"], found["ci_low"], found["ci_high"])
 
     # Where the attack beats the suite, the leaderboard's AUC under 8/255 is the attack's, named. The suite's number
     # is raised here so that the test does not depend on which of the two attacks is stronger on 24 fakes.
