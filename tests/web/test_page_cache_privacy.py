@@ -210,6 +210,54 @@ def test_api_list_shows_progress_state_and_visibility_changes_at_once(track, peo
     assert [r["name"] for r in data["results"]] == ["Running model"]
 
 
+@pytest.mark.django_db(transaction=True)
+def test_api_list_between_transactions_reads_its_stamp_once_per_change_and_never_a_stale_one(track, people):
+    """Outside a transaction the page's stamp query runs again only when the database changed (list_cache._stamp):
+    a commit by another connection, a write by this one, and a write rolled back all show on the next read."""
+    import threading
+
+    from django.db import connection, transaction
+    from django.test.utils import CaptureQueriesContext
+
+    running = _submission(track, _user("bob"), "Running model")
+    running.transition("running")
+    reader = people["anonymous"]
+
+    def progress() -> float:
+        data, _ = _list(reader)
+        return data["results"][0]["progress"]
+
+    def queries() -> int:
+        with CaptureQueriesContext(connection) as captured:
+            _list(reader)
+        return len(captured)
+
+    assert progress() == 0.0
+    assert queries() == 1  # unchanged since: the database's version alone, not the stamp
+    Submission.objects.filter(pk=running.pk).update(progress_stage="clean")
+    assert queries() > 2  # changed: the version, the stamp, then the page's rows built again
+    assert queries() == 1
+
+    def elsewhere() -> None:  # a worker's progress report: another connection, committed
+        Submission.objects.filter(pk=running.pk).update(progress=0.42)
+        connection.close()
+
+    thread = threading.Thread(target=elsewhere)
+    thread.start()
+    thread.join()
+    assert progress() == 0.42
+    Submission.objects.filter(pk=running.pk).update(progress=0.5)  # this connection, committed
+    assert progress() == 0.5
+    with pytest.raises(RuntimeError), transaction.atomic():
+        Submission.objects.filter(pk=running.pk).update(progress=0.9)
+        assert progress() == 0.9  # inside the transaction: its own write, the stamp asked every time
+        raise RuntimeError("roll back")
+    assert progress() == 0.5
+    Submission.objects.filter(pk=running.pk).update(is_public=False)
+    data, _ = _list(reader)
+    assert data["count"] == 0
+
+
 def test_an_api_page_assembled_from_cached_rows_is_byte_for_byte_the_built_one(track, people, monkeypatch):
     """A progress report rebuilds one row of the page; the page equals what DRF renders whole, cache off."""
     from django.core.cache import cache
