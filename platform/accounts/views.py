@@ -18,7 +18,7 @@ from accounts.lockout import AddressThrottleMixin
 
 #: The backend a new account is logged in with: axes' backend only screens ``authenticate`` calls,
 #: and with several backends configured ``login`` must be told which one vouches for the user.
-SIGNUP_LOGIN_BACKEND = "django.contrib.auth.backends.ModelBackend"
+SIGNUP_LOGIN_BACKEND = "accounts.backends.ModelBackend"
 
 
 class SignupView(AddressThrottleMixin, FormView):

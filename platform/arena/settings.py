@@ -114,7 +114,8 @@ MIDDLEWARE = [
 # password is checked, so the right password does not get through during the lockout either.
 AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesStandaloneBackend",
-    "django.contrib.auth.backends.ModelBackend",
+    # Django's ModelBackend, its get_user reading through accounts.read_memo (a signed-in request's user query).
+    "accounts.backends.ModelBackend",
 ]
 
 ROOT_URLCONF = "arena.urls"
@@ -320,7 +321,7 @@ ARENA_ATTACK_TOTAL_LIMIT = int(os.environ.get("ARENA_ATTACK_TOTAL_LIMIT", 30))
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "accounts.backends.TokenAuthentication",  # DRF's, reading the token and user through accounts.read_memo
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticatedOrReadOnly"],
@@ -362,9 +363,10 @@ SESSION_COOKIE_HTTPONLY = True
 # With a shared cache (CACHE_URL), sessions are read from it and written through to the database: a signed-in
 # request costs no session query once its session is cached, and the database row stays the record. Without
 # one, each process has a cache of its own, and a session that logging out deletes in one process would live
-# on in the others' caches: sessions then stay in the database alone.
+# on in the others' caches: sessions then stay in the database, read through accounts.read_memo (asked again
+# whenever the database has changed, so a log-out anywhere is seen by the next request everywhere).
 SESSION_ENGINE = ("django.contrib.sessions.backends.cached_db" if os.environ.get("CACHE_URL")
-                  else "django.contrib.sessions.backends.db")
+                  else "accounts.backends")
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"  # model pages' URLs (private ids) never leak to paper/code links

@@ -59,6 +59,7 @@ from django.urls import Resolver404, resolve
 from django.utils.cache import patch_vary_headers
 
 from accounts.models import Withdrawal
+from accounts.read_memo import remembered
 from adversaries.signals import attack_scores_changed
 
 # The per-track version lives with the tracks: the submissions API's list cache keys by it too.
@@ -190,15 +191,18 @@ def lookup(slug: str) -> Lookup | None:
     ``finished_at`` changes when a listed model is evaluated again; the current fits' ids change
     when a line is refitted.
     """
-    with connection.cursor() as cursor:
-        cursor.execute(f"SELECT id, suite_version FROM {Track._meta.db_table} WHERE slug = %s AND is_public = %s",
-                       [slug, True])
-        track = cursor.fetchone()
-        if track is None:
-            return None
-        cursor.execute(_stamp_sql(), {"track": track[0], "true": True, "finished": Submission.State.FINISHED})
-        row = cursor.fetchone()
-    return Lookup(track[0], track[1], ".".join("" if v is None else str(v) for v in row))
+    def ask() -> Lookup | None:
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT id, suite_version FROM {Track._meta.db_table} WHERE slug = %s AND is_public = %s",
+                           [slug, True])
+            track = cursor.fetchone()
+            if track is None:
+                return None
+            cursor.execute(_stamp_sql(), {"track": track[0], "true": True, "finished": Submission.State.FINISHED})
+            row = cursor.fetchone()
+        return Lookup(track[0], track[1], ".".join("" if v is None else str(v) for v in row))
+
+    return remembered(("leaderboard-lookup", slug), ask)  # asked again whenever the database changed
 
 
 #: Submission states whose model page no longer changes by itself (no progress, no queue position).
@@ -235,10 +239,15 @@ def lookup_submission(public_id: uuid.UUID) -> Lookup | None:
     still queued or running (its page changes with every progress report).
     """
     field = Submission._meta.get_field("public_id")
-    with connection.cursor() as cursor:
-        cursor.execute(_submission_stamp_sql(), {"public_id": field.get_db_prep_value(public_id, connection),
-                                                 "true": True})
-        row = cursor.fetchone()
+
+    def ask() -> tuple[Any, ...] | None:
+        with connection.cursor() as cursor:
+            cursor.execute(_submission_stamp_sql(), {"public_id": field.get_db_prep_value(public_id, connection),
+                                                     "true": True})
+            found = cursor.fetchone()
+        return None if found is None else tuple(found)
+
+    row = remembered(("model-page-lookup", str(public_id)), ask)
     if row is None:
         return None
     track_id, suite_version, is_public, state, owner_id = row[:5]
@@ -432,10 +441,14 @@ def reader_scope(kind: str, request: HttpRequest, found: Lookup) -> str | None:
         return "anonymous"
     if kind == MODEL_PAGE:
         return None if user.is_staff or user.pk == found.owner_id else "signed-in"
-    with connection.cursor() as cursor:
-        cursor.execute(_own_listed_sql(), {"track": found.track_id, "owner": user.pk, "true": True,
-                                           "finished": Submission.State.FINISHED})
-        own = cursor.fetchone()
+    def ask() -> tuple[Any, ...] | None:
+        with connection.cursor() as cursor:
+            cursor.execute(_own_listed_sql(), {"track": found.track_id, "owner": user.pk, "true": True,
+                                               "finished": Submission.State.FINISHED})
+            row = cursor.fetchone()
+        return None if row is None else tuple(row)
+
+    own = remembered(("own-listed", found.track_id, user.pk), ask)
     if not own or not own[0]:
         return "signed-in"
     return f"user:{user.pk}:" + ".".join("" if v is None else str(v) for v in own)

@@ -12,7 +12,7 @@ progress interval's. A track's cache version (``benchmarks.cache_versions.track_
 signals of results, evaluation sets and tracks) is part of the key too, for what a submission's
 row does not show (a result or a set renamed in the admin). Between two changes to the database
 even that query is skipped: a connection asks it again only when the database's own version has
-moved (:func:`_stamp`). Pages are kept and sent gzipped.
+moved (:mod:`accounts.read_memo`). Pages are kept and sent gzipped.
 
 Privacy holds by construction rather than by a rule about who may share: the serialized page is a
 function of its key (the rows themselves, the count, whether the reader is staff, since staff see
@@ -36,6 +36,7 @@ from django.db.models import QuerySet
 from django.http import HttpResponse
 from django.utils.cache import patch_vary_headers
 
+from accounts import read_memo
 from benchmarks import cache_versions as lb_cache
 from submissions.models import Submission
 
@@ -100,59 +101,19 @@ def stamp_query(visible: QuerySet[Submission], offset: int, limit: int) -> tuple
     return sql, (*count_params, *ids_params)
 
 
-def _data_version(database: Any) -> Any | None:
-    """A value that stays the same exactly while nothing this connection can read has changed; None where none
-    is known (inside a transaction, where the connection's own writes may still be rolled back).
-
-    PostgreSQL: the current snapshot (``pg_current_snapshot()``): which transactions are visible is all that
-    decides what a read returns, and every commit anywhere changes it (the committed id leaves the
-    in-progress list or moves the upper bound). SQLite: ``data_version``, which changes with every commit by
-    another connection, and ``total_changes()``, the rows this connection has written. It is read *before*
-    the query it guards: a commit in between makes the stored answer newer than its version, and the next
-    read, seeing a newer version, asks again. Never the other way round, so a page is never stale.
-    """
-    if database.in_atomic_block or not database.get_autocommit():
-        return None
-    if database.vendor == "postgresql":
-        sql = "SELECT pg_current_snapshot()::text"
-    elif database.vendor == "sqlite":
-        sql = "SELECT data_version, total_changes() FROM pragma_data_version()"
-    else:
-        return None
-    with database.cursor() as cursor:
-        cursor.execute(sql)
-        return tuple(cursor.fetchone())
-
-
-def _stamp(database: Any, stamp: tuple[str, tuple[Any, ...]]) -> tuple[int, str | None, str | None]:
-    """The answer to a stamp query, run again only when the database has changed since this connection last
-    ran it (:func:`_data_version`).
+def _stamp(stamp: tuple[str, tuple[Any, ...]]) -> tuple[Any, ...]:
+    """The answer to a stamp query, asked again only when the database has changed (accounts.read_memo).
 
     On a page read a thousand times between two progress reports, the query (a count over the track and
-    a digest of 100 rows: 0.5 ms on SQLite, 1.4 ms on PostgreSQL, most of a cached request's time) runs once
-    per change and connection; the version costs a few microseconds on SQLite, one round trip on
-    PostgreSQL. The answers are kept on the connection object (one per thread) with the raw connection
-    they came from, so a reconnection starts afresh.
+    a digest of 100 rows: 0.5 ms on SQLite, 1.4 ms on PostgreSQL, most of a cached request's time) runs
+    once per change and connection.
     """
-    version = _data_version(database)
-    memo = getattr(database, "_arena_list_stamps", None)
-    if version is not None and memo is not None and memo[0] is database.connection and memo[1] == version:
-        answers = memo[2]
-        if stamp in answers:
-            return answers[stamp]
-    else:
-        answers = {}
-        if version is not None:
-            database._arena_list_stamps = (database.connection, version, answers)
-    sql, params = stamp
-    with database.cursor() as cursor:
-        cursor.execute(sql, params)
-        answer = tuple(cursor.fetchone())
-    if version is not None:
-        if len(answers) >= 512:  # many readers and queries between two changes: start again rather than grow
-            answers.clear()
-        answers[stamp] = answer
-    return answer
+    def ask() -> tuple[Any, ...]:
+        with connections[Submission.objects.db].cursor() as cursor:
+            cursor.execute(*stamp)
+            return tuple(cursor.fetchone())
+
+    return read_memo.remembered(("api-list-stamp", stamp), ask, using=Submission.objects.db)
 
 
 def page_key(request: Any, stamp: tuple[str, tuple[Any, ...]], offset: int, limit: int) -> tuple[int, str]:
@@ -162,7 +123,7 @@ def page_key(request: Any, stamp: tuple[str, tuple[Any, ...]], offset: int, limi
     An order of the digest's rows that differed between two reads would only cost a cache miss, since the
     same rows always read the same.
     """
-    count, digest, tracks = _stamp(connections[Submission.objects.db], stamp)
+    count, digest, tracks = _stamp(stamp)
     tracks = sorted(int(t) for t in tracks.split(",")) if tracks else []  # each one's version (no ?track=: several)
     user = request.user
     raw = repr((count, offset, limit, digest, [(t, lb_cache.track_version(t)) for t in tracks if t is not None],

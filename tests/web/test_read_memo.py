@@ -1,0 +1,131 @@
+"""accounts.read_memo and the session, user and token reads built on it (issue 19): fewer queries, never a stale answer.
+
+Outside a transaction (as every request in production runs), a signed-in request reads its session and user
+once per change to the database; these tests make the changes a log-out, a deactivated account, a revoked
+token or an expired session are, from another connection (another process's worker or web server) and from
+this one, and check that the very next request sees each of them.
+"""
+
+from __future__ import annotations
+
+import datetime
+import threading
+from collections.abc import Callable
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.contrib.sessions.models import Session
+from django.db import connection, transaction
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+from rest_framework.authtoken.models import Token
+
+from accounts import read_memo
+
+pytestmark = pytest.mark.django_db(transaction=True)
+QUOTA = "/api/v1/quota/"  # any signed-in reader gets 200; anyone else 401/403
+
+
+def _elsewhere(change: Callable[[], object]) -> None:
+    """Run ``change`` on another database connection, committed (as another process would)."""
+    def run() -> None:
+        try:
+            change()
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+
+
+def _queries(client: Client, **headers: str) -> tuple[int, list[str]]:
+    with CaptureQueriesContext(connection) as captured:
+        response = client.get(QUOTA, **headers)
+    return response.status_code, [q["sql"] for q in captured]
+
+
+def _reads(sql: list[str], table: str) -> int:
+    return sum(f'FROM "{table}"' in q or f"FROM {table}" in q for q in sql)
+
+
+@pytest.fixture
+def reader():
+    return get_user_model().objects.create_user("reader", password="a-long-password-1")
+
+
+def test_remembered_asks_once_per_change_and_never_inside_a_transaction(reader):
+    asked: list[int] = []
+
+    def ask() -> int:
+        asked.append(1)
+        return get_user_model().objects.filter(pk=reader.pk).values_list("is_active", flat=True).get()
+
+    assert [read_memo.remembered("k", ask) for _ in range(3)] == [True] * 3 and len(asked) == 1
+    _elsewhere(lambda: get_user_model().objects.filter(pk=reader.pk).update(is_active=False))
+    assert read_memo.remembered("k", ask) is False and len(asked) == 2
+    get_user_model().objects.filter(pk=reader.pk).update(is_active=True)  # this connection's own write
+    assert read_memo.remembered("k", ask) is True and len(asked) == 3
+    with transaction.atomic():
+        assert read_memo.remembered("k", ask) is True and read_memo.remembered("k", ask) is True
+    assert len(asked) == 5  # asked every time inside the transaction
+    with pytest.raises(RuntimeError), transaction.atomic():
+        get_user_model().objects.filter(pk=reader.pk).update(is_active=False)
+        assert read_memo.remembered("k", ask) is False
+        raise RuntimeError("roll back")
+    assert read_memo.remembered("k", ask) is True  # the rolled-back write is not remembered
+
+
+def test_a_signed_in_request_reads_its_session_and_user_once_per_change(reader):
+    client = Client()
+    client.force_login(reader)
+    token = {"HTTP_AUTHORIZATION": f"Token {Token.objects.create(user=reader).key}"}
+    for headers, tables in (({}, ("django_session", "auth_user")), (token, ("authtoken_token", "auth_user"))):
+        get_user_model().objects.filter(pk=reader.pk).update(last_name="Lovelace")  # a change since the last read
+        status, first = _queries(client, **headers)
+        assert status == 200 and all(_reads(first, t) == 1 for t in tables), first
+        status, again = _queries(client, **headers)
+        assert status == 200 and not any(_reads(again, t) for t in tables), again
+        get_user_model().objects.filter(pk=reader.pk).update(first_name="Ada")  # any write: asked again
+        status, changed = _queries(client, **headers)
+        assert status == 200 and all(_reads(changed, t) == 1 for t in tables), changed
+
+
+def test_a_log_out_elsewhere_a_deactivation_and_an_expiry_show_on_the_next_request(reader):
+    client = Client()
+    client.force_login(reader)
+    key = client.cookies["sessionid"].value
+    assert _queries(client)[0] == 200
+    _elsewhere(lambda: Session.objects.filter(session_key=key).delete())  # logged out in another process
+    assert _queries(client)[0] in (401, 403)
+
+    client.force_login(reader)
+    assert _queries(client)[0] == 200
+    _elsewhere(lambda: get_user_model().objects.filter(pk=reader.pk).update(is_active=False))
+    assert _queries(client)[0] in (401, 403)
+    get_user_model().objects.filter(pk=reader.pk).update(is_active=True)
+
+    client.force_login(reader)
+    assert _queries(client)[0] == 200
+    key = client.cookies["sessionid"].value
+    Session.objects.filter(session_key=key).update(expire_date=datetime.datetime(2000, 1, 1, tzinfo=datetime.UTC))
+    assert _queries(client)[0] in (401, 403)
+
+
+def test_a_token_is_refused_as_drf_refuses_it_once_revoked_or_its_user_deactivated(reader):
+    token = Token.objects.create(user=reader)
+    headers = {"HTTP_AUTHORIZATION": f"Token {token.key}"}
+    client = Client()
+    for _ in range(2):
+        response = client.get(QUOTA, **headers)
+        assert response.status_code == 200
+    _elsewhere(lambda: get_user_model().objects.filter(pk=reader.pk).update(is_active=False))
+    response = client.get(QUOTA, **headers)
+    assert response.status_code == 401 and response.json()["detail"] == "User inactive or deleted."
+    get_user_model().objects.filter(pk=reader.pk).update(is_active=True)
+    assert client.get(QUOTA, **headers).status_code == 200
+    _elsewhere(lambda: Token.objects.filter(key=token.key).delete())
+    response = client.get(QUOTA, **headers)
+    assert response.status_code == 401 and response.json()["detail"] == "Invalid token."
+    response = client.get(QUOTA, HTTP_AUTHORIZATION="Token " + "0" * 40)
+    assert response.status_code == 401 and response.json()["detail"] == "Invalid token."
