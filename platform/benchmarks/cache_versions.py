@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from typing import Any
 
 from django.conf import settings
 from django.core.cache import cache
@@ -18,6 +19,11 @@ _PREFIX = "arena:leaderboard"
 CACHE_HEADER = "X-Arena-Cache"
 #: Seconds a cached page lives at most (``ARENA_LEADERBOARD_CACHE_SECONDS``); 0 turns the caches off.
 DEFAULT_SECONDS = 600
+
+
+def accepts_gzip(request: Any) -> bool:
+    """Whether the client takes gzip (the test Django's GZipMiddleware applies): cached bodies are kept gzipped."""
+    return "gzip" in request.headers.get("Accept-Encoding", "").lower()
 
 
 def cache_seconds() -> int:

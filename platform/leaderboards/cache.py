@@ -63,7 +63,7 @@ from accounts.read_memo import remembered
 from adversaries.signals import attack_scores_changed
 
 # The per-track version lives with the tracks: the submissions API's list cache keys by it too.
-from benchmarks.cache_versions import _PREFIX, CACHE_HEADER, bump_tracks, cache_seconds, track_version
+from benchmarks.cache_versions import _PREFIX, CACHE_HEADER, accepts_gzip, bump_tracks, cache_seconds, track_version
 from benchmarks.models import BaselineFit, EvaluationSet, Track
 from leaderboards.fits import TRANSFORMS
 from leaderboards.queries import Filters
@@ -300,13 +300,9 @@ CACHED_VIEWS = {"leaderboard": "page", "leaderboard-csv": "csv", "leaderboard-js
 _DROPPED_HEADERS = {"set-cookie", "content-length", "content-encoding", CACHE_HEADER.lower()}
 
 
-def _accepts_gzip(request: HttpRequest) -> bool:
-    return "gzip" in request.headers.get("Accept-Encoding", "").lower()
-
-
 def _from_cache(request: HttpRequest, stored: dict[str, Any], how: str = "hit") -> HttpResponse:
     """A response from a stored entry: the compressed body as it is when the client takes gzip."""
-    if _accepts_gzip(request):
+    if accepts_gzip(request):
         response = HttpResponse(stored["gzip"])
         response["Content-Encoding"] = "gzip"
     else:
@@ -367,7 +363,7 @@ class LeaderboardCacheMiddleware:
             cache.set(key, stored, timeout=cache_seconds())
         except Exception:
             logger.warning("leaderboard cache unavailable; page not stored", exc_info=True)
-        if _accepts_gzip(request):
+        if accepts_gzip(request):
             return _from_cache(request, stored, "miss")
         patch_vary_headers(response, ["Accept-Encoding"])
         response[CACHE_HEADER] = "miss"
@@ -508,7 +504,7 @@ def _fill(request: HttpRequest, parts: tuple[Any, ...]) -> HttpResponse:
     head_z, head_crc, head_len, middle, tail_z, tail_crc, tail_len, tail_shift = parts
     nav = render_to_string("_site_nav.html", request=request).encode()
     messages = render_to_string("_messages.html", request=request).encode()
-    if not _accepts_gzip(request):
+    if not accepts_gzip(request):
         inflate = zlib.decompressobj(-zlib.MAX_WBITS).decompress
         response = HttpResponse(b"".join((inflate(head_z), nav, middle, messages,
                                           zlib.decompressobj(-zlib.MAX_WBITS).decompress(tail_z))))

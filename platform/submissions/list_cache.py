@@ -179,11 +179,6 @@ def assemble(request: Any, queryset: QuerySet[Submission], offset: int, limit: i
     return head[:-2] + b",".join(rows[keys[pk]] for pk in ids) + b"]}"
 
 
-def _accepts_gzip(request: Any) -> bool:
-    """Whether the client takes gzip (the test Django's GZipMiddleware applies)."""
-    return "gzip" in request.headers.get("Accept-Encoding", "").lower()
-
-
 def cached_page(request: Any, key: str | None, build: Callable[[], tuple[bytes, str]]) -> HttpResponse:
     """The page's response: from the cache under ``key``, else ``build()`` (body, content type), then stored.
 
@@ -212,7 +207,7 @@ def cached_page(request: Any, key: str | None, build: Callable[[], tuple[bytes, 
             except Exception:
                 logger.warning("API list cache unavailable; page not stored", exc_info=True)
     compressed, content_type = stored
-    if _accepts_gzip(request):
+    if lb_cache.accepts_gzip(request):
         response = HttpResponse(compressed, content_type=content_type)
         response["Content-Encoding"] = "gzip"
     else:
