@@ -19,20 +19,35 @@ is read *before* the query it guards: a commit in between makes the kept answer 
 version, and the next read, seeing a newer version, asks again; the other way round cannot happen,
 so an answer is never older than the database. A reconnection starts afresh (the answers are kept
 with the raw connection they came from). Other databases get no version: every call asks.
+
+**One version read per request.** Inside a request (between Django's ``request_started`` and
+``request_finished``) the version is read once per database and reused by every later use of the
+memo in that request, until the request itself runs a statement other than a ``SELECT`` on that
+database (an execute wrapper installed on each connection notices it) or opens a transaction: a
+signed-in leaderboard reads its stamp, its session, its user and the reader's own models with one
+version query instead of four. What another connection commits while the request runs is then seen
+by the next request, not by the rest of this one: an answer is never older than the request's start.
+Outside a request (workers, commands) every use reads the version, as before.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
 
+from django.core.signals import request_finished, request_started
 from django.db import connections
+from django.db.backends.signals import connection_created
 
 T = TypeVar("T")
 
 #: Distinct answers kept per connection between two changes; past it they are dropped and asked again.
 MAX_ANSWERS = 2048
 _ATTRIBUTE = "_arena_read_memo"
+
+#: Per thread: the versions read in the current request, by database alias (None outside a request).
+_request = threading.local()
 
 
 def data_version(database: Any) -> tuple[Any, ...] | None:
@@ -50,6 +65,54 @@ def data_version(database: Any) -> tuple[Any, ...] | None:
         return tuple(cursor.fetchone())
 
 
+def _request_version(database: Any) -> tuple[Any, ...] | None:
+    """The version for this use: read once per request and database (see the module docstring)."""
+    versions: dict[str, tuple[Any, Any]] | None = getattr(_request, "versions", None)
+    if versions is None:  # not inside a request
+        return data_version(database)
+    if database.in_atomic_block or not database.get_autocommit():
+        versions.pop(database.alias, None)
+        return None
+    seen = versions.get(database.alias)
+    if seen is not None and seen[0] is database.connection:
+        return seen[1]
+    version = data_version(database)
+    if version is not None:
+        versions[database.alias] = (database.connection, version)
+    return version
+
+
+def _begin_request(**kwargs: Any) -> None:
+    _request.versions = {}
+
+
+def _end_request(**kwargs: Any) -> None:
+    _request.versions = None
+
+
+def _forget_on_write(execute: Callable[..., Any], sql: str, params: Any, many: bool, context: dict[str, Any]) -> Any:
+    """Execute wrapper: any statement but a SELECT may change what the memo's queries read; read the version again."""
+    if not (isinstance(sql, str) and sql.lstrip()[:6].upper() == "SELECT"):
+        versions = getattr(_request, "versions", None)
+        if versions:
+            versions.pop(context["connection"].alias, None)
+    return execute(sql, params, many, context)
+
+
+def _watch_writes(sender: Any, connection: Any, **kwargs: Any) -> None:
+    """Installed on each database wrapper once, when it first connects."""
+    if _forget_on_write not in connection.execute_wrappers:
+        # First in the list: ``connection.execute_wrapper()`` blocks pop the last one on leaving.
+        connection.execute_wrappers.insert(0, _forget_on_write)
+
+
+def connect_signals() -> None:
+    """Called from the accounts app's ``ready()``: the request scope and the write watch."""
+    request_started.connect(_begin_request, dispatch_uid="arena-read-memo-begin")
+    request_finished.connect(_end_request, dispatch_uid="arena-read-memo-end")
+    connection_created.connect(_watch_writes, dispatch_uid="arena-read-memo-writes")
+
+
 def remembered(key: Hashable, ask: Callable[[], T], using: str = "default") -> T:
     """``ask()``'s answer, from this connection's memo when the database is unchanged since it was kept.
 
@@ -58,7 +121,9 @@ def remembered(key: Hashable, ask: Callable[[], T], using: str = "default") -> T
     might change). Keys are namespaced by the caller (``("session", key)``).
     """
     database = connections[using]
-    version = data_version(database)
+    if _forget_on_write not in database.execute_wrappers:  # connected before the signal was connected
+        _watch_writes(None, database)
+    version = _request_version(database)
     if version is None:
         return ask()
     memo = getattr(database, _ATTRIBUTE, None)

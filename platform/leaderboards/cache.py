@@ -50,11 +50,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
+from django.contrib.messages import get_messages
 from django.core.cache import cache
 from django.db import connection, transaction
 from django.db.models.signals import post_delete, post_save
 from django.http import HttpRequest, HttpResponse
-from django.template.loader import render_to_string
+from django.middleware.csrf import get_token
+from django.template.loader import get_template, render_to_string
 from django.urls import Resolver404, resolve
 from django.utils.cache import patch_vary_headers
 
@@ -499,11 +501,55 @@ def _split(body: str) -> tuple[Any, ...] | None:
             len(tail_b), _crc_shift(len(tail_b)))
 
 
+#: Stands for the reader's CSRF token in a kept header (a NUL: no username, URL or markup holds one).
+_TOKEN_SLOT = "\x00arena-csrf-token\x00"
+#: The reader's header as rendered for a (user id, username) with the slot for the token, per process.
+_kept_navs: dict[tuple[Any, str], tuple[bytes, bytes | None]] = {}
+_MAX_KEPT_NAVS = 4096
+
+
+def _reader_nav(request: HttpRequest) -> bytes:
+    """The reader's header (``_site_nav.html``): rendered once per reader and process, the token filled per request.
+
+    The template reads only the user (signed in or not, and the username) and the CSRF token; URLs are fixed
+    for the process. So the rendered text is kept under (id, username) with :data:`_TOKEN_SLOT` where the
+    token goes, and each request gets its own masked token from ``get_token`` (what ``{% csrf_token %}``
+    calls, cookie update included). Rendering it per request was a sixth of a signed-in page's worker time.
+    """
+    user = request.user
+    key = (user.pk if user.is_authenticated else None, user.get_username() if user.is_authenticated else "")
+    kept = _kept_navs.get(key)
+    if kept is None:
+        text = get_template("_site_nav.html").render({"user": user, "csrf_token": _TOKEN_SLOT})
+        before, slot, after = text.partition(_TOKEN_SLOT)
+        if _TOKEN_SLOT in after:  # not the template this function was written for: render it per request
+            return render_to_string("_site_nav.html", request=request).encode()
+        kept = (before.encode(), after.encode() if slot else None)
+        if len(_kept_navs) >= _MAX_KEPT_NAVS:
+            _kept_navs.clear()
+        _kept_navs[key] = kept
+    if kept[1] is None:  # no form in it (an anonymous reader's header)
+        return kept[0]
+    return kept[0] + get_token(request).encode() + kept[1]
+
+
+_no_messages: list[bytes] = []
+
+
+def _reader_messages(request: HttpRequest) -> bytes:
+    """The reader's messages (``_messages.html``); with none, the template's empty rendering, kept per process."""
+    if len(get_messages(request)):
+        return render_to_string("_messages.html", request=request).encode()
+    if not _no_messages:
+        _no_messages.append(get_template("_messages.html").render({"messages": []}).encode())
+    return _no_messages[0]
+
+
 def _fill(request: HttpRequest, parts: tuple[Any, ...]) -> HttpResponse:
     """The shared body with this reader's header and messages (rendered now, with their CSRF token)."""
     head_z, head_crc, head_len, middle, tail_z, tail_crc, tail_len, tail_shift = parts
-    nav = render_to_string("_site_nav.html", request=request).encode()
-    messages = render_to_string("_messages.html", request=request).encode()
+    nav = _reader_nav(request)
+    messages = _reader_messages(request)
     if not accepts_gzip(request):
         inflate = zlib.decompressobj(-zlib.MAX_WBITS).decompress
         response = HttpResponse(b"".join((inflate(head_z), nav, middle, messages,

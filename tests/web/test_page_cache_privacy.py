@@ -151,6 +151,27 @@ def test_model_page_body_is_shared_with_readers_but_never_the_owner_s_forms(trac
     assert _get(people["alice"], url)[0] == 200
 
 
+def test_the_kept_header_carries_a_working_token_of_the_reader_s_own_and_a_rename_at_once(track, people):
+    """The header is rendered once per reader and process; the CSRF token in it is this request's, and it works."""
+    _finish(_submission(track, _user("bob"), "Public model"), 0.90)
+    reader = Client(enforce_csrf_checks=True)
+    reader.force_login(get_user_model().objects.create_user("erin", password="erin-long-password-1"))
+    tokens = []
+    for _ in range(3):
+        status, body, how = _get(reader, BOARD)
+        assert status == 200 and "Log out erin" in body
+        tokens.append(_CSRF.search(body).group(0))
+    assert how == "body-hit" and len(set(tokens)) == 3  # masked anew on every request, as Django renders it
+    get_user_model().objects.filter(username="erin").update(username="erin2")  # no signal: the key is the name
+    status, body, how = _get(reader, BOARD)
+    assert how == "body-hit" and "Log out erin2" in body and "Log out erin<" not in body
+    token = _CSRF.search(body).group(0).split('value="')[1].rstrip('"')
+    assert reader.post(reverse("logout"), {"csrfmiddlewaretoken": "x" * 64}).status_code == 403
+    assert reader.post(reverse("logout"), {"csrfmiddlewaretoken": token}).status_code in (200, 302)
+    status, body, _ = _get(reader, BOARD)
+    assert status == 200 and "Log out" not in body and "Log in" in body  # the token logged them out
+
+
 def test_a_body_with_a_csrf_token_is_never_stored(track, people, monkeypatch):
     """A page whose body (not the header) holds a form is one session's: built every time."""
     model = _finish(_submission(track, _user("alice"), "Alice model"), 0.90)

@@ -8,14 +8,16 @@ this one, and check that the very next request sees each of them.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.sessions.models import Session
-from django.db import connection, transaction
+from django.core.signals import request_finished, request_started
+from django.db import close_old_connections, connection, transaction
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from rest_framework.authtoken.models import Token
@@ -129,3 +131,75 @@ def test_a_token_is_refused_as_drf_refuses_it_once_revoked_or_its_user_deactivat
     assert response.status_code == 401 and response.json()["detail"] == "Invalid token."
     response = client.get(QUOTA, HTTP_AUTHORIZATION="Token " + "0" * 40)
     assert response.status_code == 401 and response.json()["detail"] == "Invalid token."
+
+
+def _version_reads(sql: list[str]) -> int:
+    return sum("pg_current_snapshot" in q or "pragma_data_version" in q for q in sql)
+
+
+@contextlib.contextmanager
+def _in_request() -> Iterator[None]:
+    """Django's request signals around the block, as the test client sends them (connections left open)."""
+    request_started.disconnect(close_old_connections)
+    try:
+        request_started.send(sender=None)
+    finally:
+        request_started.connect(close_old_connections)
+    try:
+        yield
+    finally:
+        request_finished.disconnect(close_old_connections)
+        try:
+            request_finished.send(sender=None)
+        finally:
+            request_finished.connect(close_old_connections)
+
+
+def test_a_request_reads_the_version_once_until_it_writes_itself(reader):
+    users = get_user_model().objects
+
+    def name() -> str:
+        return users.filter(pk=reader.pk).values_list("first_name", flat=True).get()
+
+    with _in_request(), CaptureQueriesContext(connection) as captured:
+        assert read_memo.remembered("a", name) == "" and read_memo.remembered("b", name) == ""
+        assert read_memo.remembered("a", lambda: "never asked") == ""
+        assert _version_reads([q["sql"] for q in captured]) == 1  # one version read for three uses
+        users.filter(pk=reader.pk).update(first_name="Ada")  # this request's own write
+        assert read_memo.remembered("a", name) == "Ada"  # seen at once: the version is read again
+        assert _version_reads([q["sql"] for q in captured]) == 2
+        _elsewhere(lambda: users.filter(pk=reader.pk).update(first_name="Grace"))
+        assert read_memo.remembered("a", name) == "Ada"  # another process's commit: not inside this request...
+        with transaction.atomic():
+            assert read_memo.remembered("a", name) == "Grace"  # (a transaction is never served from the memo)
+    with _in_request():
+        assert read_memo.remembered("a", name) == "Grace"  # ...but on the next one
+    # Outside a request every use reads the version, as before.
+    with CaptureQueriesContext(connection) as captured:
+        assert read_memo.remembered("a", name) == "Grace" and read_memo.remembered("a", name) == "Grace"
+    assert _version_reads([q["sql"] for q in captured]) == 2
+
+
+def test_a_signed_in_request_reads_the_database_version_once(reader):
+    client = Client()
+    client.force_login(reader)
+    get_user_model().objects.filter(pk=reader.pk).update(last_name="Lovelace")
+    status, sql = _queries(client)
+    assert status == 200 and _reads(sql, "django_session") == 1 and _reads(sql, "auth_user") == 1
+    assert _version_reads(sql) == 1, sql  # session and user under one version read (before: one per read)
+
+
+def test_the_write_watch_stays_first_so_execute_wrapper_blocks_unwind_cleanly(reader):
+    def count(execute, sql, params, many, context):  # noqa: ANN001, ANN202 (Django's wrapper signature)
+        return execute(sql, params, many, context)
+
+    if read_memo._forget_on_write in connection.execute_wrappers:  # as on a wrapper not yet watched
+        connection.execute_wrappers.remove(read_memo._forget_on_write)
+    before = list(connection.execute_wrappers)
+    with connection.execute_wrapper(count):
+        read_memo.remembered("w", lambda: 1)
+    assert count not in connection.execute_wrappers
+    assert read_memo._forget_on_write in connection.execute_wrappers
+    assert connection.execute_wrappers[0] is read_memo._forget_on_write
+    assert [w for w in connection.execute_wrappers if w is not read_memo._forget_on_write] == \
+        [w for w in before if w is not read_memo._forget_on_write]
