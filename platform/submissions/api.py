@@ -129,6 +129,13 @@ def _stamp(reader: int | None, staff: bool, track: str, mine: bool, offset: int,
     return list_cache.stamp_query(visible_submissions(reader, staff, track, mine), offset, limit)
 
 
+@lru_cache(maxsize=4096)
+def _page_queries(reader: int | None, staff: bool, track: str, mine: bool, offset: int,
+                  limit: int) -> tuple[tuple[str, tuple[Any, ...]], tuple[str, tuple[Any, ...]]]:
+    """The queries a miss runs to find the page's rows (list_cache.page_queries), compiled once like ``_stamp``."""
+    return list_cache.page_queries(visible_submissions(reader, staff, track, mine), offset, limit)
+
+
 @extend_schema_view(list=extend_schema(parameters=[SubmissionFilters]))
 class SubmissionViewSet(
     mixins.CreateModelMixin, mixins.RetrieveModelMixin, mixins.ListModelMixin, viewsets.GenericViewSet
@@ -195,7 +202,7 @@ class SubmissionViewSet(
             compact = getattr(renderer, "compact", False) and renderer.get_indent(request.accepted_media_type,
                                                                                   context) is None
             if compact and offset < count:
-                body = list_cache.assemble(request, queryset, offset, limit, envelope,
+                body = list_cache.assemble(request, queryset, _page_queries(*reader, *filters, offset, limit), envelope,
                                            lambda submission: render(self.get_serializer(submission).data))
             if body is None:
                 page = self.paginate_queryset(queryset)

@@ -101,6 +101,22 @@ def stamp_query(visible: QuerySet[Submission], offset: int, limit: int) -> tuple
     return sql, (*count_params, *ids_params)
 
 
+def page_queries(visible: QuerySet[Submission], offset: int,
+                 limit: int) -> tuple[tuple[str, tuple[Any, ...]], tuple[str, tuple[Any, ...]]]:
+    """The two queries :func:`assemble` runs on a miss, as SQL and parameters: the page's ids in its order, and
+    each of its rows' id, track and digest (:func:`_rows_sql`, over the same ids subquery).
+
+    Like :func:`stamp_query` they depend only on the reader, the filters and the page, so the view compiles
+    them once (compiling two querysets per miss was a tenth of its cost).
+    """
+    database = connections[visible.db]
+    ids = visible.prefetch_related(None).order_by(*visible.query.order_by).values("id")[offset:offset + limit]
+    ids_sql, ids_params = ids.query.sql_with_params()
+    md5 = "md5" if database.vendor == "postgresql" else "MD5"
+    rows = f"SELECT p.arena_id, p.arena_track, {md5}(p.arena_row) FROM ({_rows_sql(database, ids_sql)}) p"
+    return (ids_sql, tuple(ids_params)), (rows, tuple(ids_params))
+
+
 def _stamp(stamp: tuple[str, tuple[Any, ...]]) -> tuple[Any, ...]:
     """The answer to a stamp query, asked again only when the database has changed (accounts.read_memo).
 
@@ -132,15 +148,22 @@ def page_key(request: Any, stamp: tuple[str, tuple[Any, ...]], offset: int, limi
     return count, f"{_PREFIX}:{hashlib.sha256(raw.encode()).hexdigest()}"
 
 
-def _row_key(request: Any, digest: str, track_id: int) -> str:
-    """One serialized submission: its row's digest, its track's version, and what else its JSON depends on."""
+def _row_keys(request: Any, digests: dict[int, tuple[int, str]]) -> dict[int, str]:
+    """Each serialized submission's key: its row's digest, its track's version, and what else its JSON depends on.
+
+    What is the same for every row (the reader's staff flag, scheme and host, each track's version) is read
+    once per page: per row it was a sixth of a miss.
+    """
     user = request.user
-    raw = repr((digest, track_id, lb_cache.track_version(track_id), bool(user.is_authenticated and user.is_staff),
-                request.scheme, request.get_host()))
-    return f"{_PREFIX}:row:{hashlib.sha256(raw.encode()).hexdigest()}"
+    shared = (bool(user.is_authenticated and user.is_staff), request.scheme, request.get_host())
+    versions = {track_id: lb_cache.track_version(track_id) for track_id in {t for t, _ in digests.values()}}
+    return {pk: f"{_PREFIX}:row:" + hashlib.sha256(repr((digest, track_id, versions[track_id],
+                                                          *shared)).encode()).hexdigest()
+            for pk, (track_id, digest) in digests.items()}
 
 
-def assemble(request: Any, queryset: QuerySet[Submission], offset: int, limit: int,
+def assemble(request: Any, queryset: QuerySet[Submission],
+             queries: tuple[tuple[str, tuple[Any, ...]], tuple[str, tuple[Any, ...]]],
              envelope: Callable[[], bytes], serialize: Callable[[Submission], bytes]) -> bytes | None:
     """A compact JSON page built from cached rows: only the submissions whose row changed are serialized again.
 
@@ -149,21 +172,20 @@ def assemble(request: Any, queryset: QuerySet[Submission], offset: int, limit: i
     JSON is kept under its own digest (:func:`_row_key`), and the page is the envelope
     (``envelope()``: count, links and an empty ``results``) with the rows spliced in, byte for byte
     what DRF's compact JSON renderer writes for the whole (tests/web/test_page_cache_privacy.py
-    compares them). None when a row left the reader's view while this ran: the caller builds it whole.
+    compares them). ``queries`` are the page's (:func:`page_queries`, over the same reader and filters as
+    ``queryset``). None when the page changed while this ran (a row left or joined it between the two
+    queries, or left the reader's view): the caller builds it whole.
     """
-    ids = list(queryset.prefetch_related(None).values_list("id", flat=True)[offset:offset + limit])
-    if not ids:
-        return None
-    database = connections[queryset.db]
-    ids_sql = ", ".join(["%s"] * len(ids))
-    with database.cursor() as cursor:
-        md5 = "md5" if database.vendor == "postgresql" else "MD5"
-        cursor.execute(f"SELECT p.arena_id, p.arena_track, {md5}(p.arena_row) FROM ({_rows_sql(database, ids_sql)}) p",
-                       ids)
+    with connections[queryset.db].cursor() as cursor:
+        cursor.execute(*queries[0])
+        ids = [row[0] for row in cursor.fetchall()]
+        if not ids:
+            return None
+        cursor.execute(*queries[1])
         digests = {pk: (track_id, digest) for pk, track_id, digest in cursor.fetchall()}
     if set(digests) != set(ids):
         return None
-    keys = {pk: _row_key(request, digests[pk][1], digests[pk][0]) for pk in ids}
+    keys = _row_keys(request, digests)
     rows: dict[str, bytes] = cache.get_many(list(keys.values()))
     missing = [pk for pk in ids if keys[pk] not in rows]
     if missing:
