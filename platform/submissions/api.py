@@ -203,7 +203,7 @@ class SubmissionViewSet(
                                                                                   context) is None
             if compact and offset < count:
                 body = list_cache.assemble(request, queryset, _page_queries(*reader, *filters, offset, limit), envelope,
-                                           lambda submission: render(self.get_serializer(submission).data))
+                                           lambda submission: render(self.get_serializer(submission).data), render)
             if body is None:
                 page = self.paginate_queryset(queryset)
                 body = render(self.get_paginated_response(self.get_serializer(page, many=True).data).data)

@@ -22,6 +22,7 @@ from rest_framework.authtoken.models import Token
 from benchmarks.models import Benchmark, EvaluationSet, Track
 from evaluator.spec import JobResult, MetricValue
 from leaderboards import cache as lb_cache
+from submissions import list_cache
 from submissions.arrival import record_result
 from submissions.models import Submission
 
@@ -310,12 +311,26 @@ def test_an_api_page_assembled_from_cached_rows_is_byte_for_byte_the_built_one(t
     cache.clear()
     indented = {"HTTP_ACCEPT": "application/json; indent=2"}
     assert body() == built() and body(**indented) == built(**indented)
-    Submission.objects.filter(pk=running.pk).update(progress=0.5, progress_stage="attacks")
+    from django.utils import timezone
+
+    # A progress report (with its heartbeat) changes no kept row: the live values are filled in, nothing serialized.
+    Submission.objects.filter(pk=running.pk).update(progress=0.5, progress_stage='attacks "Linf" é',
+                                                    heartbeat_at=timezone.now())
     serialized.clear()
     fresh = body()
-    assert serialized == ["Running model"]  # only the row that changed was serialized again
-    assert fresh == built() and b'"progress":0.5' in fresh
+    assert serialized == []
+    assert fresh == built() and b'"progress":0.5,"progress_stage":"attacks \\"Linf\\" \xc3\xa9"' in fresh
     assert body(**token) == built(**token)
+    Submission.objects.filter(pk=running.pk).update(progress=1 / 3)  # a float as DRF writes it
+    assert body() == built() and f'"progress":{1 / 3!r}'.encode() in body()
+    # Any other change to a row serializes that row, and only it, again.
+    Submission.objects.filter(pk=running.pk).update(name="Renamed model")
+    serialized.clear()
+    renamed = body()
+    assert serialized == ["Renamed model"] and renamed == built()
+    # What the kept rows leave out must be what the list does not show, and the live fields what it does.
+    shown = set(SubmissionSerializer.Meta.fields)
+    assert not shown & set(list_cache.UNSHOWN_FIELDS) and set(list_cache.LIVE_FIELDS) <= shown
 
 
 def test_a_shared_body_goes_out_as_one_valid_gzip_stream_with_the_reader_s_header(track, people):
