@@ -17,8 +17,9 @@ connections against each endpoint for each kind of reader:
   model); ``token``: the API with that user's ``Authorization: Token`` header.
 
 Quiet and busy: ``--busy`` runs ``measurements/busy_evaluation.py`` beside the server for the whole
-measurement (a real evaluation of the shared LeNet-5 through ``evaluator.run_job``, in a loop; the
-output says what ran and how many finished); ``--both`` measures quiet first, then busy. While it
+measurement (a real evaluation of the shared LeNet-5 through ``evaluator.run_job``, in a loop, at the
+CPU priority a worker gives a job, ``--evaluation-nice``, ARENA_EVAL_NICE's default 10; the output says
+what ran and how many finished); ``--both`` measures quiet first, then busy. While it
 measures, the running submission reports progress every ``--progress-interval`` seconds (the
 worker's interval) with ``QuerySet.update()``, as a worker does; after each run the script reads
 the API list and checks that it shows the progress just written (no stale state).
@@ -273,6 +274,8 @@ def main() -> None:
     load = parser.add_mutually_exclusive_group()
     load.add_argument("--busy", action="store_true", help="one evaluation running beside the server")
     load.add_argument("--both", action="store_true", help="quiet first, then busy")
+    parser.add_argument("--evaluation-nice", type=int, default=10,
+                        help="the busy evaluation's CPU priority given up (ARENA_EVAL_NICE; 10 as a worker runs it)")
     parser.add_argument("--submissions", type=int, default=1000)
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
@@ -363,7 +366,8 @@ def main() -> None:
         tool = f"wrk ({wrk})" if wrk else "Python asyncio load generator"
         for mode in modes:
             if mode == "busy":
-                busy = subprocess.Popen([sys.executable, str(ROOT / "measurements" / "busy_evaluation.py")],
+                busy = subprocess.Popen([sys.executable, str(ROOT / "measurements" / "busy_evaluation.py"),
+                                         "--nice", str(args.evaluation_nice)],
                                         stdout=busy_log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT)
                 deadline = time.monotonic() + 120
                 while "evaluation 1:" not in busy_log.read_text() and time.monotonic() < deadline:

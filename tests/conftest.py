@@ -90,6 +90,21 @@ def _own_redis(settings, worker: str) -> None:
         cache["LOCATION"] = os.environ["CACHE_URL"] = redis_for_worker(cache["LOCATION"], worker)
 
 
+def _evaluate_at_the_tests_own_priority() -> None:
+    """Evaluations in the tests run at the test processes' own priority (ARENA_EVAL_NICE 0 unless set).
+
+    Here every process is "the site", and several run at once on two cores, where a niced job would wait
+    behind the other processes' tests. The lowered priority itself is tested where it is applied
+    (tests/evaluator/test_sandbox.py, tests/web/test_evaluation_limits.py).
+    """
+    from django.conf import settings
+
+    os.environ.setdefault("ARENA_EVAL_NICE", "0")  # for the workers and scorers the tests start
+    settings.ARENA_EVAL_NICE = int(os.environ["ARENA_EVAL_NICE"])  # and this process, whose settings are loaded
+
+
+_evaluate_at_the_tests_own_priority()
+
 if XDIST_WORKER:  # as this conftest is imported: before any test, fixture, database or Celery connection
     from django.conf import settings as _settings
 

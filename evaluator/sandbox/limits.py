@@ -32,6 +32,11 @@ class SandboxLimits:
 
     ``max_processes`` counts threads too (the kernel's RLIMIT_NPROC does); ``tmp_bytes`` caps the
     private /tmp, which lives in memory.
+
+    ``nice`` lowers the CPU priority of the job's processes (the scorer, and the model process it
+    starts, which inherits it): on a host that also serves the site and its database, an evaluation
+    then takes the cores they leave idle instead of half of them. An evaluation is minutes of batch
+    work; a page is a person waiting. On an idle host it changes nothing.
     """
 
     wall_seconds: float = 3600.0
@@ -41,6 +46,7 @@ class SandboxLimits:
     tmp_bytes: int = 1024**3
     max_processes: int = 512
     threads: int = field(default_factory=_default_threads)
+    nice: int = 0
 
 
 def apply_rlimits(limits: SandboxLimits) -> None:
@@ -51,3 +57,5 @@ def apply_rlimits(limits: SandboxLimits) -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (limits.max_file_bytes, limits.max_file_bytes))
     resource.setrlimit(resource.RLIMIT_NPROC, (limits.max_processes, limits.max_processes))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if limits.nice > 0:
+        os.nice(limits.nice)

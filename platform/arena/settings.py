@@ -245,6 +245,9 @@ ARENA_EVAL_MEMORY_BYTES = int(os.environ.get("ARENA_EVAL_MEMORY_BYTES", 8 * 1024
 #: CPU threads of one evaluation (torch, OpenMP, MKL); 0: every core of the machine. With several workers
 #: on one machine, give each its share (cores / workers): threads beyond the cores only contend.
 ARENA_EVAL_THREADS = int(os.environ.get("ARENA_EVAL_THREADS", 0))
+#: CPU priority given up by an evaluation's processes (nice, 0-19): where the web server, the database and a worker
+#: share a machine (the demo, one systemd host), pages stay fast while a job runs. 0 on a machine that only evaluates.
+ARENA_EVAL_NICE = int(os.environ.get("ARENA_EVAL_NICE", 10))
 # The installation's secret that seeds the demo's hidden data (benchmarks.hidden_seeds): created by
 # build_demo on first use, mode 0600, never in the repository. Empty: ARENA_DATA_DIR/secrets/hidden-seeds.json.
 ARENA_HIDDEN_SEED_FILE = os.environ.get("ARENA_HIDDEN_SEED_FILE", "")

@@ -165,7 +165,7 @@ def evaluation_limits() -> SandboxLimits:
     """The limits of one evaluation from the operator's settings (``ARENA_EVAL_THREADS`` 0: every core)."""
     threads = {"threads": settings.ARENA_EVAL_THREADS} if settings.ARENA_EVAL_THREADS > 0 else {}
     return SandboxLimits(wall_seconds=settings.ARENA_EVAL_WALL_SECONDS, memory_bytes=settings.ARENA_EVAL_MEMORY_BYTES,
-                         **threads)
+                         nice=max(0, min(19, settings.ARENA_EVAL_NICE)), **threads)
 
 
 def platform_failure(submission: Submission, code: str, message: str) -> JobResult:

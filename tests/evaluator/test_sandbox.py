@@ -204,3 +204,22 @@ def test_a_scorer_does_not_outlive_its_worker(tmp_path):
     else:
         os.kill(scorer, signal.SIGKILL)
         raise AssertionError("the scorer outlived its worker")
+
+
+NICENESS = r"""
+import os, subprocess, sys
+child = subprocess.run([sys.executable, "-c", "import os; print(os.nice(0))"], capture_output=True, text=True)
+print(os.nice(0), child.stdout.strip())
+"""
+
+
+def test_a_job_gives_up_cpu_priority_and_the_model_process_it_starts_inherits_it():
+    """``SandboxLimits.nice``: the scorer runs at the lower priority, and so does every process it starts."""
+    base = os.nice(0)
+    try:
+        for nice in (0, 7):
+            run = run_program_sandboxed([sys.executable, "-c", NICENESS], limits=SandboxLimits(nice=nice))
+            assert run.ok, run.stderr_tail
+            assert run.stdout.split() == [str(min(19, base + nice))] * 2
+    except availability.SandboxUnavailable as exc:
+        pytest.skip(str(exc))

@@ -21,3 +21,9 @@ def test_the_thread_setting_reaches_the_jobs_environment(settings):
 def test_zero_threads_means_every_core(settings):
     settings.ARENA_EVAL_THREADS = 0
     assert evaluation_limits().threads == max(1, os.cpu_count() or 1)
+
+
+def test_the_cpu_priority_setting_reaches_the_limits_within_nice_s_range(settings):
+    for given, nice in ((10, 10), (0, 0), (40, 19), (-5, 0)):
+        settings.ARENA_EVAL_NICE = given
+        assert evaluation_limits().nice == nice
