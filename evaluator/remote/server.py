@@ -36,6 +36,7 @@ from evaluator.hardware import hardware_description
 from evaluator.models.contract import set_eval_mode
 from evaluator.models.loading import load_model
 from evaluator.remote.wire import PeerGone, read_frame, tensor_bytes, tensor_from, widen_pipe, write_frame
+from evaluator.sandbox.limits import lower_session_priority
 from evaluator.spec import ArtifactSpec, InputSpec
 
 #: Kept autograd graphs (the attacks keep at most one or two at a time).
@@ -175,6 +176,9 @@ class ModelServer:
 
 
 def main() -> int:
+    # A session of its own (bubblewrap's --new-session) gets the niceness the process inherited from the scorer:
+    # before any submitted code runs, which cannot take it back (raising priority needs a capability).
+    lower_session_priority(os.nice(0))
     # The protocol keeps a private copy of stdout; fd 1 then points at stderr, so nothing printed
     # by torch, a library or the model can be mistaken for (or interleave with) an answer.
     answers = io.FileIO(os.dup(sys.stdout.fileno()), "wb")

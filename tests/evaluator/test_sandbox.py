@@ -223,3 +223,31 @@ def test_a_job_gives_up_cpu_priority_and_the_model_process_it_starts_inherits_it
             assert run.stdout.split() == [str(min(19, base + nice))] * 2
     except availability.SandboxUnavailable as exc:
         pytest.skip(str(exc))
+
+
+AUTOGROUP = r"""
+import os, sys
+from evaluator.sandbox.limits import lower_session_priority
+os.nice(int(sys.argv[1]))
+print(lower_session_priority(os.nice(0)), open("/proc/self/autogroup").read().split()[-1])
+"""
+
+
+def test_a_job_s_sessions_give_up_priority_too_so_nice_counts_against_other_sessions(tmp_path):
+    """With scheduler autogroups a session competes as a whole: the scorer's session (setsid in the child) and
+    the model process's (bubblewrap's --new-session, set by the model server itself) get the job's niceness."""
+    from evaluator.sandbox.supervision import supervise
+
+    if not os.path.exists("/proc/self/autogroup"):
+        pytest.skip("this kernel has no scheduler autogroups")
+    lines: list[str] = []
+    outcome = supervise([sys.executable, "-c", "print(open('/proc/self/autogroup').read().split()[-1])"],
+                        stdin_text="", limits=SandboxLimits(nice=6), on_stdout_line=lines.append,
+                        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
+    assert outcome.returncode == 0 and lines == ["6\n"]  # the scorer's new session
+    try:
+        run = run_program_sandboxed([sys.executable, "-c", AUTOGROUP, "5"], limits=SandboxLimits(nice=0))
+    except availability.SandboxUnavailable as exc:
+        pytest.skip(str(exc))
+    assert run.ok, run.stderr_tail
+    assert run.stdout.split() == ["True", str(min(19, os.nice(0) + 5))]  # inside the sandbox's own session
