@@ -12,4 +12,8 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "arena.settings")
 
 from django.core.wsgi import get_wsgi_application  # noqa: E402
 
+from arena.gc_settle import settle_after  # noqa: E402
+
 application = get_wsgi_application()
+# Full garbage-collector passes off the request path (arena.gc_settle): after start-up, then after warming up.
+settle_after(200)
