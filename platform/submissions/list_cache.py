@@ -187,16 +187,22 @@ _LIVE_STAND_INS = (-7.0e307, "\x00arena-live-progress-stage\x00")
 
 def _kept_row(submission: Submission, serialize: Callable[[Submission], bytes],
               render: Callable[[Any], bytes]) -> tuple[bytes, ...] | None:
-    """A row's JSON cut around its live fields' values (rendered with stand-ins), or None if a cut is not unique."""
+    """A row's JSON cut around its live fields' values (rendered with stand-ins), or None if a cut is not unique.
+
+    Each cut is found as the field's key and its stand-in (``"progress":-7e+307``): a name or any other
+    text a submitter chooses is rendered as a JSON string, inside which a ``"`` is always escaped, so no
+    submitted value can imitate a cut.
+    """
     for name, stand_in in zip(LIVE_FIELDS, _LIVE_STAND_INS, strict=True):
         setattr(submission, name, stand_in)
     body = serialize(submission)
     parts: list[bytes] = []
-    for stand_in in _LIVE_STAND_INS:
-        before, found, body = body.partition(render(stand_in))
-        if not found or render(stand_in) in body:
+    for name, stand_in in zip(LIVE_FIELDS, _LIVE_STAND_INS, strict=True):
+        key = render(name) + b":"
+        before, found, body = body.partition(key + render(stand_in))
+        if not found or key + render(stand_in) in body:
             return None
-        parts.append(before)
+        parts.append(before + key)
     return (*parts, body)
 
 
