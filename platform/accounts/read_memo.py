@@ -20,23 +20,26 @@ version, and the next read, seeing a newer version, asks again; the other way ro
 so an answer is never older than the database. A reconnection starts afresh (the answers are kept
 with the raw connection they came from). Other databases get no version: every call asks.
 
-**One version read per request.** Inside a request (between Django's ``request_started`` and
-``request_finished``) the version is read once per database and reused by every later use of the
-memo in that request, until the request itself runs a statement other than a ``SELECT`` on that
-database (an execute wrapper installed on each connection notices it) or opens a transaction: a
-signed-in leaderboard reads its stamp, its session, its user and the reader's own models with one
-version query instead of four. What another connection commits while the request runs is then seen
-by the next request, not by the rest of this one: an answer is never older than the request's start.
-Outside a request (workers, commands) every use reads the version, as before.
+**One version read per request.** Inside a request (:class:`RequestScopeMiddleware`, first in the
+stack: the scope opens when the request enters it and closes in a ``finally`` when the response leaves
+it, so no scope can outlive its request) the version is read once per database and reused by every
+later use of the memo in that request, until the request itself runs a statement other than a
+``SELECT`` on that database (an execute wrapper installed on each connection notices it) or opens a
+transaction: a signed-in leaderboard reads its stamp, its session, its user and the reader's own
+models with one version query instead of four. What another connection commits while the request
+runs is then seen by the next request, not by the rest of this one: an answer is never older than the
+request's start. Outside a request (workers, commands, a streamed body's iteration) every use reads the
+version, as before. (Django's request signals were tried first: a WSGI caller that never closes a
+response never sends ``request_finished``, and the scope then outlived its request in that thread.)
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from django.core.signals import request_finished, request_started
 from django.db import connections
 from django.db.backends.signals import connection_created
 
@@ -82,12 +85,26 @@ def _request_version(database: Any) -> tuple[Any, ...] | None:
     return version
 
 
-def _begin_request(**kwargs: Any) -> None:
+@contextmanager
+def request_scope() -> Iterator[None]:
+    """One request's scope: the version read once per database inside it (see the module docstring)."""
+    outer = getattr(_request, "versions", None)
     _request.versions = {}
+    try:
+        yield
+    finally:
+        _request.versions = outer
 
 
-def _end_request(**kwargs: Any) -> None:
-    _request.versions = None
+class RequestScopeMiddleware:
+    """Opens :func:`request_scope` around the rest of the stack; first in ``MIDDLEWARE``."""
+
+    def __init__(self, get_response: Callable[[Any], Any]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: Any) -> Any:
+        with request_scope():
+            return self.get_response(request)
 
 
 def _forget_on_write(execute: Callable[..., Any], sql: str, params: Any, many: bool, context: dict[str, Any]) -> Any:
@@ -107,9 +124,7 @@ def _watch_writes(sender: Any, connection: Any, **kwargs: Any) -> None:
 
 
 def connect_signals() -> None:
-    """Called from the accounts app's ``ready()``: the request scope and the write watch."""
-    request_started.connect(_begin_request, dispatch_uid="arena-read-memo-begin")
-    request_finished.connect(_end_request, dispatch_uid="arena-read-memo-end")
+    """Called from the accounts app's ``ready()``: the write watch on every new connection."""
     connection_created.connect(_watch_writes, dispatch_uid="arena-read-memo-writes")
 
 

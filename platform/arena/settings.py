@@ -93,6 +93,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: a request's read-memo scope (accounts.read_memo), closed when its response leaves the stack.
+    "accounts.read_memo.RequestScopeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     # Added with leaderboards/cache.py: anonymous leaderboard pages and exports from the cache; a hit

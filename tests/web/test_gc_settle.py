@@ -18,13 +18,14 @@ def test_settling_freezes_what_is_alive_and_again_after_the_warm_up():
         kept = [[] for _ in range(1000)]  # objects made while warming up
         for _ in range(2):
             request_finished.send(sender=None)
-        assert gc.get_freeze_count() == first  # not yet
+        # (the count also falls as frozen objects die, so it is compared with a margin)
+        assert gc.get_freeze_count() < first + len(kept) // 2  # not yet
         request_finished.send(sender=None)
-        assert gc.get_freeze_count() >= first + len(kept)  # the third request's end froze them
+        assert gc.get_freeze_count() > first + len(kept) // 2  # the third request's end froze them
         settled = gc.get_freeze_count()
         more = [[] for _ in range(1000)]
         request_finished.send(sender=None)  # and only once: the counter is disconnected
-        assert gc.get_freeze_count() == settled and more
+        assert gc.get_freeze_count() < settled + len(more) // 2
     finally:
         request_finished.disconnect(gc_settle._count, dispatch_uid="arena-gc-settle")
         gc.unfreeze()

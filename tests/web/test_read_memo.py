@@ -8,16 +8,14 @@ this one, and check that the very next request sees each of them.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.sessions.models import Session
-from django.core.signals import request_finished, request_started
-from django.db import close_old_connections, connection, transaction
+from django.db import connection, transaction
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from rest_framework.authtoken.models import Token
@@ -137,22 +135,9 @@ def _version_reads(sql: list[str]) -> int:
     return sum("pg_current_snapshot" in q or "pragma_data_version" in q for q in sql)
 
 
-@contextlib.contextmanager
-def _in_request() -> Iterator[None]:
-    """Django's request signals around the block, as the test client sends them (connections left open)."""
-    request_started.disconnect(close_old_connections)
-    try:
-        request_started.send(sender=None)
-    finally:
-        request_started.connect(close_old_connections)
-    try:
-        yield
-    finally:
-        request_finished.disconnect(close_old_connections)
-        try:
-            request_finished.send(sender=None)
-        finally:
-            request_finished.connect(close_old_connections)
+def _in_request():
+    """The scope a request gets from accounts.read_memo.RequestScopeMiddleware."""
+    return read_memo.request_scope()
 
 
 def test_a_request_reads_the_version_once_until_it_writes_itself(reader):
@@ -203,3 +188,23 @@ def test_the_write_watch_stays_first_so_execute_wrapper_blocks_unwind_cleanly(re
     assert connection.execute_wrappers[0] is read_memo._forget_on_write
     assert [w for w in connection.execute_wrappers if w is not read_memo._forget_on_write] == \
         [w for w in before if w is not read_memo._forget_on_write]
+
+
+def test_a_request_s_scope_never_outlives_it_whatever_the_caller_does_with_the_response(reader):
+    """A WSGI caller that never closes the response sends no ``request_finished``: the scope must still be gone."""
+    import io
+    import sys
+
+    from django.core.handlers.wsgi import WSGIHandler
+
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": QUOTA, "SERVER_NAME": "testserver", "SERVER_PORT": "80",
+               "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(), "wsgi.errors": sys.stderr}
+    WSGIHandler()(environ, lambda status, headers, exc_info=None: None)  # the response is never closed
+    assert getattr(read_memo._request, "versions", None) is None
+
+    def active() -> bool:
+        return get_user_model().objects.filter(pk=reader.pk).values_list("is_active", flat=True).get()
+
+    assert read_memo.remembered("after", active) is True
+    _elsewhere(lambda: get_user_model().objects.filter(pk=reader.pk).update(is_active=False))
+    assert read_memo.remembered("after", active) is False  # outside a request: the version read every time
