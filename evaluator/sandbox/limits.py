@@ -7,6 +7,7 @@ enforces the same limits on all the job's processes together.
 
 from __future__ import annotations
 
+import errno
 import os
 import resource
 import time
@@ -82,9 +83,9 @@ def lower_session_priority(nice: int, attempts: int = 5) -> bool:
             with open("/proc/self/autogroup", "w") as autogroup:
                 autogroup.write(str(min(19, nice)))
             return True
-        except FileNotFoundError:
-            return False
-        except OSError:  # EAGAIN (another session changed within 100 ms), or a read-only /proc
-            if attempt + 1 < attempts:
+        except OSError as exc:
+            if exc.errno != errno.EAGAIN:  # no autogroups, a read-only /proc: waiting changes nothing
+                return False
+            if attempt + 1 < attempts:  # another session changed within 100 ms
                 time.sleep(0.11)
     return False

@@ -38,6 +38,7 @@ what neither mechanism sees, such as raw SQL.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import logging
@@ -517,7 +518,7 @@ def _reader_nav(request: HttpRequest) -> bytes:
     calls, cookie update included). Rendering it per request was a sixth of a signed-in page's worker time.
     """
     user = request.user
-    key = (user.pk if user.is_authenticated else None, user.get_username() if user.is_authenticated else "")
+    key = (user.pk, user.get_username()) if user.is_authenticated else (None, "")
     kept = _kept_navs.get(key)
     if kept is None:
         text = get_template("_site_nav.html").render({"user": user, "csrf_token": _TOKEN_SLOT})
@@ -533,16 +534,17 @@ def _reader_nav(request: HttpRequest) -> bytes:
     return kept[0] + get_token(request).encode() + kept[1]
 
 
-_no_messages: list[bytes] = []
+@functools.cache
+def _no_messages() -> bytes:
+    """``_messages.html`` rendered with no messages, once per process."""
+    return get_template("_messages.html").render({"messages": []}).encode()
 
 
 def _reader_messages(request: HttpRequest) -> bytes:
     """The reader's messages (``_messages.html``); with none, the template's empty rendering, kept per process."""
     if len(get_messages(request)):
         return render_to_string("_messages.html", request=request).encode()
-    if not _no_messages:
-        _no_messages.append(get_template("_messages.html").render({"messages": []}).encode())
-    return _no_messages[0]
+    return _no_messages()
 
 
 def _fill(request: HttpRequest, parts: tuple[Any, ...]) -> HttpResponse:

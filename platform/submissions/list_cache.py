@@ -93,6 +93,13 @@ def _rows_sql(database: Any, ids_sql: str, *, live_apart: bool = False) -> str:
 _MAX_OFFSET = 2**31
 
 
+def _page_ids(visible: QuerySet[Submission], offset: int, limit: int) -> tuple[str, tuple[Any, ...]]:
+    """The page's ids in the view's order, as SQL and parameters: the subquery both the stamp and a miss read."""
+    ids = visible.prefetch_related(None).order_by(*visible.query.order_by).values("id")[offset:offset + limit]
+    sql, params = ids.query.sql_with_params()
+    return sql, tuple(params)
+
+
 def stamp_query(visible: QuerySet[Submission], offset: int, limit: int) -> tuple[str, tuple[Any, ...]]:
     """The one query (SQL and parameters) whose answer keys a page: the number of ``visible`` submissions, a
     digest of the page's rows (see :func:`_rows_sql`) and the tracks on it (comma-separated).
@@ -106,8 +113,7 @@ def stamp_query(visible: QuerySet[Submission], offset: int, limit: int) -> tuple
     count = f"(SELECT COUNT(*) FROM ({count_sql}) arena_c)"
     if offset >= _MAX_OFFSET:
         return f"SELECT {count}, NULL, NULL", tuple(count_params)
-    ids = visible.prefetch_related(None).order_by(*visible.query.order_by).values("id")[offset:offset + limit]
-    ids_sql, ids_params = ids.query.sql_with_params()
+    ids_sql, ids_params = _page_ids(visible, offset, limit)
     rows = _rows_sql(database, ids_sql)
     if database.vendor == "postgresql":
         sql = (f"SELECT {count}, md5(string_agg(p.arena_row, '|' ORDER BY p.arena_id)), "
@@ -127,13 +133,12 @@ def page_queries(visible: QuerySet[Submission], offset: int,
     them once (compiling two querysets per miss was a tenth of its cost).
     """
     database = connections[visible.db]
-    ids = visible.prefetch_related(None).order_by(*visible.query.order_by).values("id")[offset:offset + limit]
-    ids_sql, ids_params = ids.query.sql_with_params()
+    ids = _page_ids(visible, offset, limit)
     md5 = "md5" if database.vendor == "postgresql" else "MD5"
     live = "".join(f", p.arena_live_{i}" for i in range(len(LIVE_FIELDS)))
     rows = (f"SELECT p.arena_id, p.arena_track, {md5}(p.arena_row){live} "
-            f"FROM ({_rows_sql(database, ids_sql, live_apart=True)}) p")
-    return (ids_sql, tuple(ids_params)), (rows, tuple(ids_params))
+            f"FROM ({_rows_sql(database, ids[0], live_apart=True)}) p")
+    return ids, (rows, ids[1])
 
 
 def _stamp(stamp: tuple[str, tuple[Any, ...]]) -> tuple[Any, ...]:
