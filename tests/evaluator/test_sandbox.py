@@ -251,3 +251,36 @@ def test_a_job_s_sessions_give_up_priority_too_so_nice_counts_against_other_sess
         pytest.skip(str(exc))
     assert run.ok, run.stderr_tail
     assert run.stdout.split() == ["True", str(min(19, os.nice(0) + 5))]  # inside the sandbox's own session
+
+
+TAKE_IT_BACK = r"""
+import os
+from evaluator.sandbox.limits import lower_session_priority
+lower_session_priority(os.nice(0))  # what the model server does before it loads the submission
+tries = []
+try:
+    os.nice(-5)
+    tries.append("nice: raised")
+except PermissionError:
+    tries.append("nice: refused")
+try:
+    with open("/proc/self/autogroup", "w") as f:
+        f.write("0")
+    tries.append("autogroup: raised")
+except OSError:
+    tries.append("autogroup: refused")
+print(";".join(tries), os.nice(0), open("/proc/self/autogroup").read().split()[-1])
+"""
+
+
+def test_submitted_code_cannot_take_back_the_cpu_priority_its_job_gave_up():
+    """A hostile model, running after the server lowered its priority, tries to raise it again: both refused."""
+    if not os.path.exists("/proc/self/autogroup"):
+        pytest.skip("this kernel has no scheduler autogroups")
+    try:
+        run = run_program_sandboxed([sys.executable, "-c", TAKE_IT_BACK], limits=SandboxLimits(nice=5))
+    except availability.SandboxUnavailable as exc:
+        pytest.skip(str(exc))
+    assert run.ok, run.stderr_tail
+    expected = str(min(19, os.nice(0) + 5))
+    assert run.stdout.split() == ["nice:", "refused;autogroup:", "refused", expected, expected]
