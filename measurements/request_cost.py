@@ -10,7 +10,7 @@ it runs this script against both trees in alternating subprocesses, ``--rounds``
 median of each and their ratio: measured side by side in one run, so that a noisy machine moves both.
 
     .venv/bin/python measurements/request_cost.py [--database sqlite|postgres] [--requests 1000]
-        [--compare PATH --rounds 3]
+        [--compare PATH --rounds 3] [--profile "lb session"]
 """
 
 from __future__ import annotations
@@ -31,8 +31,12 @@ POSTGRES = "postgres://postgres@127.0.0.1:5432/arena_request_cost"
 CASES = ["api anon", "api session", "api token", "lb anon", "lb session", "model anon", "model session"]
 
 
-def _measure(root: Path, requests: int) -> dict[str, dict[str, object]]:
-    """Populate, then time each case against the code under ``root`` (this process imports that tree)."""
+def _measure(root: Path, requests: int, profile: str | None = None) -> dict[str, dict[str, object]]:
+    """Populate, then time each case against the code under ``root`` (this process imports that tree).
+
+    With ``profile`` (a case), only that case runs, under cProfile, and its 30 costliest functions (own time)
+    are printed: where a request's milliseconds go, to decide what to make cheaper.
+    """
     import importlib.util
 
     os.environ.setdefault("ARENA_VAR_DIR", tempfile.mkdtemp(prefix="arena-cost-"))
@@ -85,15 +89,25 @@ def _measure(root: Path, requests: int) -> dict[str, dict[str, object]]:
         targets = {"api": api, "lb": board, "model": other.get_absolute_url()}
         readers = {"anon": {}, "session": {"HTTP_COOKIE": cookie}, "token": {"HTTP_AUTHORIZATION": f"Token {token}"}}
         out: dict[str, dict[str, object]] = {}
-        for case in CASES:
+        for case in [profile] if profile else CASES:
             where, who = case.split()
             path, headers = targets[where], readers[who]
             for _ in range(20):
                 status, response_headers, body = call(path, headers)
             assert status.startswith("200"), (case, status, body[:200])
+            if profile:
+                import cProfile
+                import pstats
+
+                profiler = cProfile.Profile()
+                profiler.enable()
             started = time.perf_counter()
             for _ in range(requests):
                 call(path, headers)
+            if profile:
+                profiler.disable()
+                pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
+                pstats.Stats(profiler).sort_stats("cumulative").print_stats(45)
             out[case] = {"ms": (time.perf_counter() - started) / requests * 1000, "bytes": len(body),
                          "cache": response_headers.get("X-Arena-Cache", ""),
                          "encoding": response_headers.get("Content-Encoding", "")}
@@ -108,6 +122,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--compare", type=Path, help="an earlier checkout, measured side by side")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--profile", choices=CASES, help="one case under cProfile: where its time goes")
     parser.add_argument("--root", type=Path, default=HERE, help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -116,6 +131,9 @@ def main() -> None:
             else os.environ["DATABASE_URL"]
     else:
         os.environ.pop("DATABASE_URL", None)
+    if args.profile:
+        print(_measure(args.root, args.requests, args.profile))
+        return
     if args.json:
         print("RESULT " + json.dumps(_measure(args.root, args.requests)), flush=True)
         return

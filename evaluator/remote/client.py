@@ -1,6 +1,6 @@
 """The scorer's handle on the model process, and the model as the scorer's code sees it.
 
-:class:`ModelProcess` starts ``python -m evaluator.remote.server`` (under bubblewrap with only
+:class:`ModelProcess` starts the server, ``python -m evaluator.remote`` (under bubblewrap with only
 the artifact mounted, or as a plain child where the operator allowed no sandbox), and bounds
 every request by a deadline derived from the track's time budget, so a model that hangs is
 refused in seconds rather than at the job's wall clock. :class:`RemoteModel` is an
@@ -83,12 +83,12 @@ class ModelRaised(Exception):
 
 
 def model_server_command() -> list[str]:
-    """The model process's command line: this Python running ``python -m evaluator.remote.server``.
+    """The model process's command line: this Python running ``python -m evaluator.remote`` (the server).
 
     The model process runs on the scorer's own interpreter and installation (read-only inside
     the sandbox), so the artifact is loaded by exactly the torch the scorer checks it against.
     """
-    return [sys.executable, "-m", "evaluator.remote.server"]
+    return [sys.executable, "-m", "evaluator.remote"]
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """The model process: loads one submitted artifact and answers requests for outputs and gradients.
 
-Run as ``python -m evaluator.remote.server`` inside the sandbox, where the only job file it can
+Run as ``python -m evaluator.remote`` (:mod:`evaluator.remote.__main__`, which lowers the session's CPU
+priority before this module and torch are imported) inside the sandbox, where the only job file it can
 see is the artifact. It reads frames on stdin and answers on a private duplicate of stdout
 (stdout itself is pointed at stderr first, so anything printed cannot pass for a frame). It is
 told nothing about the job beyond the input shape, the task and the device: no labels, no
@@ -36,7 +37,6 @@ from evaluator.hardware import hardware_description
 from evaluator.models.contract import set_eval_mode
 from evaluator.models.loading import load_model
 from evaluator.remote.wire import PeerGone, read_frame, tensor_bytes, tensor_from, widen_pipe, write_frame
-from evaluator.sandbox.limits import lower_session_priority
 from evaluator.spec import ArtifactSpec, InputSpec
 
 #: Kept autograd graphs (the attacks keep at most one or two at a time).
@@ -176,9 +176,7 @@ class ModelServer:
 
 
 def main() -> int:
-    # A session of its own (bubblewrap's --new-session) gets the niceness the process inherited from the scorer:
-    # before any submitted code runs, which cannot take it back (raising priority needs a capability).
-    lower_session_priority(os.nice(0))
+    """Serve requests until the scorer closes the pipe; started by ``python -m evaluator.remote``."""
     # The protocol keeps a private copy of stdout; fd 1 then points at stderr, so nothing printed
     # by torch, a library or the model can be mistaken for (or interleave with) an answer.
     answers = io.FileIO(os.dup(sys.stdout.fileno()), "wb")
@@ -196,5 +194,5 @@ def main() -> int:
         write_frame(answers, answer, data)
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # the platform starts ``python -m evaluator.remote``; this still works by hand
     sys.exit(main())

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -284,3 +285,41 @@ def test_submitted_code_cannot_take_back_the_cpu_priority_its_job_gave_up():
     assert run.ok, run.stderr_tail
     expected = str(min(19, os.nice(0) + 5))
     assert run.stdout.split() == ["nice:", "refused;autogroup:", "refused", expected, expected]
+
+
+BEFORE_TORCH = r"""
+import importlib.abc, os, runpy, sys
+
+seen = []
+
+
+class Watch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" and not seen:
+            seen.append(open("/proc/self/autogroup").read().split()[-1])
+        return None
+
+
+sys.meta_path.insert(0, Watch())
+os.nice(int(sys.argv[1]))
+sys.argv = [sys.argv[0]]
+try:
+    runpy.run_module("evaluator.remote", run_name="__main__", alter_sys=True)
+except SystemExit as stop:
+    print("exit", stop.code, "autogroup-at-torch-import", *seen, file=sys.stderr)
+"""
+
+
+def test_the_model_server_gives_up_its_session_s_priority_before_importing_torch():
+    """Importing torch is about a second of CPU per job: with autogroups, in a new session, at full weight against
+    the web server unless the session's priority is lowered first (``python -m evaluator.remote``, the command a
+    job's model process runs). Checked in a new session, as bubblewrap's ``--new-session`` makes one."""
+    from evaluator.remote.client import model_server_command
+
+    if not os.path.exists("/proc/self/autogroup"):
+        pytest.skip("this kernel has no scheduler autogroups")
+    assert model_server_command()[1:] == ["-m", "evaluator.remote"]
+    run = subprocess.run([sys.executable, "-c", BEFORE_TORCH, "4"], stdin=subprocess.DEVNULL, capture_output=True,
+                         text=True, timeout=120, start_new_session=True, cwd=Path(__file__).resolve().parents[2])
+    line = [x for x in run.stderr.splitlines() if x.startswith("exit ")]
+    assert line == [f"exit 0 autogroup-at-torch-import {min(19, os.nice(0) + 4)}"], run.stderr[-2000:]
