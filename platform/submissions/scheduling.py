@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import math
 import statistics
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -49,6 +50,10 @@ UPLOAD_PRIORITY = 0
 ROBOT_PRIORITY = -1
 #: Finished jobs of a track whose durations estimate a start time.
 DURATION_SAMPLE = 20
+#: A scan that passed over a locked job and claimed nothing looks again this many times, this long apart
+#: (:func:`claim_next`): a write that locks a queued job lasts milliseconds.
+LOCKED_RETRIES = 5
+LOCKED_RETRY_SECONDS = 0.05
 
 
 def _on_queue(queue: str) -> Q:
@@ -179,16 +184,31 @@ def claim_next(queue: str, message_id: str) -> Claim | None:
     Each candidate is locked with SKIP LOCKED (PostgreSQL): two workers claiming at once take
     different jobs instead of queueing on the same row. The state is checked again under the lock,
     so a job cancelled or claimed meanwhile is passed over.
+
+    A row is not only locked by another worker's claim: the sender writes the message's id on the job
+    right after sending it (:func:`submissions.dispatch.enqueue`), and the watchdog its wake-up time, so
+    a worker fast enough to take the message within that write's millisecond found its one job locked,
+    passed it over and went idle, leaving it queued with no message (seen in CI). So a scan that passed
+    over a locked job and claimed nothing looks again, a few times, a moment later: a claim by another
+    worker has then committed (the job is running and is passed over for good), a short write is over.
     """
-    for job in waiting(queue):
-        with transaction.atomic():
-            row = (Submission.objects.select_for_update(skip_locked=True)
-                   .filter(pk=job.pk, state=Submission.State.QUEUED).first())
-            if row is None:
-                continue  # claimed, cancelled or locked by another worker since the query
-            note = row.progress_stage if row.progress_stage.startswith(REQUEUE_PREFIX) else ""
-            row.transition(Submission.State.RUNNING, progress=0.0, progress_stage="starting", task_id=message_id)
-            if note:
-                logger.warning("submission %s: attempt %d starts (%s)", row.public_id, row.attempts, note)
-            return Claim(row.attempts, note, row.pk)
+    for attempt in range(LOCKED_RETRIES + 1):
+        if attempt:
+            time.sleep(LOCKED_RETRY_SECONDS)
+        passed_over_locked = False
+        for job in waiting(queue):
+            with transaction.atomic():
+                row = (Submission.objects.select_for_update(skip_locked=True)
+                       .filter(pk=job.pk, state=Submission.State.QUEUED).first())
+                if row is None:  # claimed, cancelled or locked since the query
+                    passed_over_locked = passed_over_locked or Submission.objects.filter(
+                        pk=job.pk, state=Submission.State.QUEUED).exists()
+                    continue
+                note = row.progress_stage if row.progress_stage.startswith(REQUEUE_PREFIX) else ""
+                row.transition(Submission.State.RUNNING, progress=0.0, progress_stage="starting", task_id=message_id)
+                if note:
+                    logger.warning("submission %s: attempt %d starts (%s)", row.public_id, row.attempts, note)
+                return Claim(row.attempts, note, row.pk)
+        if not passed_over_locked:
+            return None
     return None

@@ -171,3 +171,72 @@ def test_the_api_and_the_page_show_the_jobs_ahead(digits_track):
     assert "1 job will start before this one." in page
     polled = Client().get(f"/submissions/{mine.public_id}/status.json").json()
     assert polled["jobs_ahead"] == 1 and polled["queue_text"] == "1 job will start before this one."
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_job_locked_for_a_moment_by_its_sender_is_still_claimed(digits_track):
+    """The sender writes the message's id on the job right after sending it (dispatch.enqueue), the watchdog its
+    wake-up time: a worker that takes the message within that write found the job locked, passed it over and went
+    idle, leaving it queued with no message (CI, test_worker_faults). It now looks again a moment later."""
+    import threading
+
+    from django.db import connection, connections, transaction
+
+    if connection.vendor != "postgresql":
+        pytest.skip("row locks (SELECT ... FOR UPDATE SKIP LOCKED) are PostgreSQL's; SQLite has none to skip")
+    [job] = _queue(_user("ada"), digits_track)
+    locked, release = threading.Event(), threading.Event()
+
+    def sender() -> None:  # another connection: the sender's UPDATE, its transaction open for a moment
+        try:
+            with transaction.atomic():
+                Submission.objects.filter(pk=job.pk).update(task_id="the-message")
+                locked.set()
+                release.wait(10)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=sender)
+    thread.start()
+    assert locked.wait(10)
+    threading.Timer(0.08, release.set).start()  # the write commits 80 ms into the worker's claim
+    claim = scheduling.claim_next(queue_of(digits_track), "the-message")
+    thread.join(10)
+    assert claim is not None and claim.submission_id == job.pk
+    job.refresh_from_db()
+    assert job.state == Submission.State.RUNNING and job.task_id == "the-message"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_job_locked_for_longer_than_the_retries_is_left_for_the_next_message(digits_track):
+    """The retries are bounded: a job locked for seconds (an operator's long transaction) is passed over, as before,
+    and a second job of the queue that is not locked is taken meanwhile."""
+    import threading
+
+    from django.db import connection, connections, transaction
+
+    if connection.vendor != "postgresql":
+        pytest.skip("row locks (SELECT ... FOR UPDATE SKIP LOCKED) are PostgreSQL's; SQLite has none to skip")
+    ada = _user("ada")
+    first, second = _queue(ada, digits_track, 2)
+    locked, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        try:
+            with transaction.atomic():
+                list(Submission.objects.select_for_update().filter(pk=first.pk))
+                locked.set()
+                release.wait(10)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    assert locked.wait(10)
+    try:
+        assert scheduling.claim_next(queue_of(digits_track), "m-1").submission_id == second.pk
+        assert scheduling.claim_next(queue_of(digits_track), "m-2") is None  # after its retries: locked still
+    finally:
+        release.set()
+        thread.join(10)
+    assert scheduling.claim_next(queue_of(digits_track), "m-3").submission_id == first.pk
