@@ -173,6 +173,35 @@ def test_the_api_and_the_page_show_the_jobs_ahead(digits_track):
     assert polled["jobs_ahead"] == 1 and polled["queue_text"] == "1 job will start before this one."
 
 
+def _locked_elsewhere(pk: int, lock: str):
+    """Hold a lock on job ``pk`` from another connection (another process's transaction) until the event it
+    returns is set; ``lock`` is "update" (a write, as the sender's) or "select" (SELECT ... FOR UPDATE)."""
+    import threading
+
+    from django.db import connection, connections, transaction
+
+    if connection.vendor != "postgresql":
+        pytest.skip("row locks (SELECT ... FOR UPDATE SKIP LOCKED) are PostgreSQL's; SQLite has none to skip")
+    locked, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        try:
+            with transaction.atomic():
+                if lock == "update":
+                    Submission.objects.filter(pk=pk).update(task_id="the-message")
+                else:
+                    list(Submission.objects.select_for_update().filter(pk=pk))
+                locked.set()
+                release.wait(10)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    assert locked.wait(10)
+    return release, thread
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_job_locked_for_a_moment_by_its_sender_is_still_claimed(digits_track):
     """The sender writes the message's id on the job right after sending it (dispatch.enqueue), the watchdog its
@@ -180,25 +209,8 @@ def test_a_job_locked_for_a_moment_by_its_sender_is_still_claimed(digits_track):
     idle, leaving it queued with no message (CI, test_worker_faults). It now looks again a moment later."""
     import threading
 
-    from django.db import connection, connections, transaction
-
-    if connection.vendor != "postgresql":
-        pytest.skip("row locks (SELECT ... FOR UPDATE SKIP LOCKED) are PostgreSQL's; SQLite has none to skip")
     [job] = _queue(_user("ada"), digits_track)
-    locked, release = threading.Event(), threading.Event()
-
-    def sender() -> None:  # another connection: the sender's UPDATE, its transaction open for a moment
-        try:
-            with transaction.atomic():
-                Submission.objects.filter(pk=job.pk).update(task_id="the-message")
-                locked.set()
-                release.wait(10)
-        finally:
-            connections.close_all()
-
-    thread = threading.Thread(target=sender)
-    thread.start()
-    assert locked.wait(10)
+    release, thread = _locked_elsewhere(job.pk, "update")
     threading.Timer(0.08, release.set).start()  # the write commits 80 ms into the worker's claim
     claim = scheduling.claim_next(queue_of(digits_track), "the-message")
     thread.join(10)
@@ -211,28 +223,8 @@ def test_a_job_locked_for_a_moment_by_its_sender_is_still_claimed(digits_track):
 def test_a_job_locked_for_longer_than_the_retries_is_left_for_the_next_message(digits_track):
     """The retries are bounded: a job locked for seconds (an operator's long transaction) is passed over, as before,
     and a second job of the queue that is not locked is taken meanwhile."""
-    import threading
-
-    from django.db import connection, connections, transaction
-
-    if connection.vendor != "postgresql":
-        pytest.skip("row locks (SELECT ... FOR UPDATE SKIP LOCKED) are PostgreSQL's; SQLite has none to skip")
-    ada = _user("ada")
-    first, second = _queue(ada, digits_track, 2)
-    locked, release = threading.Event(), threading.Event()
-
-    def holder() -> None:
-        try:
-            with transaction.atomic():
-                list(Submission.objects.select_for_update().filter(pk=first.pk))
-                locked.set()
-                release.wait(10)
-        finally:
-            connections.close_all()
-
-    thread = threading.Thread(target=holder)
-    thread.start()
-    assert locked.wait(10)
+    first, second = _queue(_user("ada"), digits_track, 2)
+    release, thread = _locked_elsewhere(first.pk, "select")
     try:
         assert scheduling.claim_next(queue_of(digits_track), "m-1").submission_id == second.pk
         assert scheduling.claim_next(queue_of(digits_track), "m-2") is None  # after its retries: locked still
