@@ -112,12 +112,20 @@ class StderrTail:
 
     def __init__(self, stream: Any) -> None:
         self.tail: list[str] = []
+        self.done = threading.Event()
         threading.Thread(target=self._run, args=(stream,), daemon=True).start()
 
     def _run(self, stream: Any) -> None:
-        for raw in iter(lambda: stream.readline(64 * 1024), b""):
-            self.tail.append(raw.decode("utf-8", "replace"))
-            del self.tail[:-20]
+        try:
+            for raw in iter(lambda: stream.readline(64 * 1024), b""):
+                self.tail.append(raw.decode("utf-8", "replace"))
+                del self.tail[:-20]
+        except (ValueError, OSError):
+            # stop_child closed the pipe under a read in progress (the child is dead; CPython then raises
+            # ValueError from the closed buffer): the tail read so far is all there is.
+            pass
+        finally:
+            self.done.set()
 
     def text(self) -> str:
         return "".join(self.tail)

@@ -416,3 +416,30 @@ def test_a_model_that_recognises_the_probe_and_drags_on_hidden_batches_is_too_sl
     assert not result.ok and result.error_code == "too_slow", (result.error_code, result.error)
     assert "its speed on the contract probe allows" in result.error
     assert result.provenance["model_seconds"] > 1.5 * result.provenance["time_budget"]["model_seconds"]
+
+
+def test_the_stderr_reader_ends_quietly_when_its_pipe_is_closed_under_a_read():
+    """stop_child closes a dead child's pipes while StderrTail's thread may be inside readline; CPython then raises
+    ValueError in that thread (seen in CI as an unhandled thread exception). The reader keeps what it read and ends."""
+    import threading
+
+    from evaluator.remote.client import StderrTail
+
+    class ClosedUnderRead:
+        def __init__(self) -> None:
+            self.lines = [b"model: loading\n"]
+
+        def readline(self, limit: int) -> bytes:
+            if self.lines:
+                return self.lines.pop()
+            raise ValueError("PyMemoryView_FromBuffer(): info->buf must not be NULL")
+
+    unhandled: list[BaseException] = []
+    previous = threading.excepthook
+    threading.excepthook = lambda args: unhandled.append(args.exc_value)
+    try:
+        tail = StderrTail(ClosedUnderRead())
+        assert tail.done.wait(10)
+    finally:
+        threading.excepthook = previous
+    assert unhandled == [] and tail.text() == "model: loading\n"
