@@ -197,18 +197,25 @@ def claim_next(queue: str, message_id: str) -> Claim | None:
             time.sleep(LOCKED_RETRY_SECONDS)
         passed_over_locked = False
         for job in waiting(queue):
-            with transaction.atomic():
-                row = (Submission.objects.select_for_update(skip_locked=True)
-                       .filter(pk=job.pk, state=Submission.State.QUEUED).first())
-                if row is None:  # claimed, cancelled or locked since the query
-                    passed_over_locked = passed_over_locked or Submission.objects.filter(
-                        pk=job.pk, state=Submission.State.QUEUED).exists()
-                    continue
-                note = row.progress_stage if row.progress_stage.startswith(REQUEUE_PREFIX) else ""
-                row.transition(Submission.State.RUNNING, progress=0.0, progress_stage="starting", task_id=message_id)
-                if note:
-                    logger.warning("submission %s: attempt %d starts (%s)", row.public_id, row.attempts, note)
-                return Claim(row.attempts, note, row.pk)
+            claim = _claim_job(job.pk, message_id)
+            if isinstance(claim, Claim):
+                return claim
+            passed_over_locked = passed_over_locked or claim
         if not passed_over_locked:
             return None
     return None
+
+
+def _claim_job(pk: int, message_id: str) -> Claim | bool:
+    """Start job ``pk`` as the job of ``message_id`` if it is still queued and nobody holds its row; else
+    whether it was passed over only for the lock (True) or is no longer queued (False)."""
+    with transaction.atomic():
+        row = (Submission.objects.select_for_update(skip_locked=True)
+               .filter(pk=pk, state=Submission.State.QUEUED).first())
+        if row is None:  # claimed, cancelled or locked since the query
+            return Submission.objects.filter(pk=pk, state=Submission.State.QUEUED).exists()
+        note = row.progress_stage if row.progress_stage.startswith(REQUEUE_PREFIX) else ""
+        row.transition(Submission.State.RUNNING, progress=0.0, progress_stage="starting", task_id=message_id)
+        if note:
+            logger.warning("submission %s: attempt %d starts (%s)", row.public_id, row.attempts, note)
+        return Claim(row.attempts, note, row.pk)

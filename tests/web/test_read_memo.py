@@ -63,12 +63,12 @@ def test_remembered_asks_once_per_change_and_never_inside_a_transaction(reader):
         asked.append(1)
         return get_user_model().objects.filter(pk=reader.pk).values_list("is_active", flat=True).get()
 
+    names = itertools.count()
+
     def anew() -> None:  # before each try: a write of this connection's own, so the first use must ask
         asked.clear()
-        get_user_model().objects.filter(pk=reader.pk).update(first_name=f"Ada {len(tries)}")
-        tries.append(1)
+        get_user_model().objects.filter(pk=reader.pk).update(first_name=f"Ada {next(names)}")
 
-    tries: list[int] = []
     # Three uses with no commit anywhere between them: one question (see tests/web/quiet_database.py).
     assert when_quiet(lambda: [read_memo.remembered("k", ask) for _ in range(3)], prepare=anew) == [True] * 3
     assert len(asked) == 1
@@ -150,18 +150,13 @@ def _version_reads(sql: list[str]) -> int:
     return sum("pg_current_snapshot" in q or "pragma_data_version" in q for q in sql)
 
 
-def _in_request():
-    """The scope a request gets from accounts.read_memo.RequestScopeMiddleware."""
-    return read_memo.request_scope()
-
-
 def test_a_request_reads_the_version_once_until_it_writes_itself(reader):
     users = get_user_model().objects
 
     def name() -> str:
         return users.filter(pk=reader.pk).values_list("first_name", flat=True).get()
 
-    with _in_request(), CaptureQueriesContext(connection) as captured:
+    with read_memo.request_scope(), CaptureQueriesContext(connection) as captured:
         assert read_memo.remembered("a", name) == "" and read_memo.remembered("b", name) == ""
         assert read_memo.remembered("a", lambda: "never asked") == ""
         assert _version_reads([q["sql"] for q in captured]) == 1  # one version read for three uses
@@ -172,7 +167,7 @@ def test_a_request_reads_the_version_once_until_it_writes_itself(reader):
         assert read_memo.remembered("a", name) == "Ada"  # another process's commit: not inside this request...
         with transaction.atomic():
             assert read_memo.remembered("a", name) == "Grace"  # (a transaction is never served from the memo)
-    with _in_request():
+    with read_memo.request_scope():  # the next request's scope (RequestScopeMiddleware)
         assert read_memo.remembered("a", name) == "Grace"  # ...but on the next one
     # Outside a request every use reads the version, as before.
     with CaptureQueriesContext(connection) as captured:
