@@ -174,9 +174,13 @@ def run_ours(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, threat: T
         if "checks" not in inspect.signature(attack_threat_model).parameters:
             raise SystemExit("--reliability-points needs a cascade whose attack_threat_model takes checks=")
 
-        def checks(threat: ThreatModel, report: Any) -> list[str]:
+        def checks(threat: ThreatModel, outcome: Any) -> list[str]:
+            # Before attacks-5 the callback got the report itself; since, the per-point outcome.
+            report = getattr(outcome, "report", outcome)
+            points = outcome if getattr(get_suite(suite), "reliability_reuses_white_box", False) else None
+            extra_points = {"cascade_points": points} if points is not None else {}
             result = run_reliability_checks(counted, x, y, threat, subset=reliability_points, seed=seed,
-                                            cascade_report=report, batch_size=batch_size)
+                                            cascade_report=report, batch_size=batch_size, **extra_points)
             flags.extend(flag.check for flag in result.flags if flag.flagged)
             return [flag.check for flag in result.flags if flag.flagged]
 

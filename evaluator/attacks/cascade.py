@@ -140,10 +140,23 @@ class ThreatModelOutcome:
     robust: Tensor
     #: Per stage name: the points that stage broke.
     broken_by: dict[str, Tensor]
+    #: Per point: correctly classified before any attack (the points the cascade attacked).
+    clean_correct: Tensor
+
+    def robust_after(self, stages: tuple[str, ...]) -> Tensor:
+        """Per point: correctly classified and unbroken by every one of ``stages`` (each must have run)."""
+        missing = [stage for stage in stages if stage not in self.broken_by]
+        if missing:
+            raise KeyError(f"the cascade ran no stage {missing}; it ran {list(self.broken_by)}")
+        robust = self.clean_correct.clone()
+        for stage in stages:
+            robust &= ~self.broken_by[stage]
+        return robust
 
 
-#: A caller's reliability checks, run after the cascade's stages: the names of the checks that fired.
-EscalationChecks = Callable[[ThreatModel, ThreatModelReport], list[str]]
+#: A caller's reliability checks, run after the cascade's stages (on their outcome, before any escalation):
+#: the names of the checks that fired.
+EscalationChecks = Callable[[ThreatModel, ThreatModelOutcome], list[str]]
 
 
 def _run_stage(
@@ -221,7 +234,8 @@ def attack_threat_model(
     config = get_suite(suite)
     counter = as_counting(model)
     n = int(y.shape[0])
-    robust = clean_correct.clone().to(x.device)
+    clean_correct = clean_correct.to(x.device)
+    robust = clean_correct.clone()
     broken_by: dict[str, Tensor] = {}
     stages: list[StageReport] = []
     started = time.perf_counter()
@@ -249,14 +263,16 @@ def attack_threat_model(
     )
     reasons = cascade_checks(stages)
     if checks is not None:
-        reasons += [name for name in checks(threat, _finished(report, robust, started)) if name not in reasons]
+        before_escalation = ThreatModelOutcome(_finished(report, robust, started), robust.clone(), dict(broken_by),
+                                               clean_correct)
+        reasons += [name for name in checks(threat, before_escalation) if name not in reasons]
     reasons = [name for name in reasons if name in config.escalation_triggers]
     if reasons and config.escalation and bool(robust.any()):
         report.escalated_for = reasons
         share = 1.0 / len(config.escalation)
         for index, stage in enumerate(config.escalation):
             run(stage, len(config.stages), (index * share, share))
-    return ThreatModelOutcome(_finished(report, robust, started), robust, broken_by)
+    return ThreatModelOutcome(_finished(report, robust, started), robust, broken_by, clean_correct)
 
 
 def _finished(report: ThreatModelReport, robust: Tensor, started: float) -> ThreatModelReport:
@@ -287,7 +303,7 @@ def run_cascade(
 
     ``images`` are (N, C, H, W), uint8 pixels or floats in [0, 1]; ``labels`` are class indices.
     Progress goes to ``progress(fraction, stage)`` with the fraction of the work's points done.
-    ``checks(threat, report)``, run after each threat model's cascade, names the reliability checks
+    ``checks(threat, outcome)``, run after each threat model's cascade, names the reliability checks
     that fired; any name makes the suite escalate on that threat model's survivors.
     """
     if not threat_models:

@@ -85,7 +85,11 @@ def passes_per_point(config: SuiteConfig, reliability_share: float) -> PassBound
         gradient += (config.escalation_min_norm_restarts * config.min_norm_targets
                      * config.escalation_iteration_factor * fab)
         forward += config.escalation_square_restarts * (config.square_queries + 1)
-    checks_gradient = (RELIABILITY_EPS_FACTORS + config.target_classes) * apgd
+    # The checks' APGD runs: APGD-CE at each multiple of eps and APGD-T at eps; a suite that reads the white-box
+    # verdict at eps from its own cascade runs only the other multiples.
+    checks_runs = (RELIABILITY_EPS_FACTORS - 1 if config.reliability_reuses_white_box
+                   else RELIABILITY_EPS_FACTORS + config.target_classes)
+    checks_gradient = checks_runs * apgd
     gradient += math.ceil(reliability_share * checks_gradient)
     forward += math.ceil(reliability_share * (RELIABILITY_SQUARE_QUERIES + 1))
     stages = len(config.stages) + len(config.escalation)

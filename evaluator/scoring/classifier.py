@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from evaluator.attacks.cascade import CascadeReport, ThreatModelReport, run_cascade
+from evaluator.attacks.cascade import CascadeReport, ThreatModelOutcome, get_suite, run_cascade
 from evaluator.attacks.reliability import run_reliability_checks
 from evaluator.checkpoints import Checkpoint, CheckpointCallback, attack_stage, ignore_checkpoint
 from evaluator.data.evalsets import EvaluationSetData
@@ -120,13 +120,16 @@ def _attack_threat(model: torch.nn.Module, spec: JobSpec, set_name: str, x: torc
 
     flags: list[dict[str, Any]] = []
 
-    def checks(threat: ThreatModel, outcome: ThreatModelReport) -> list[str]:
+    reuse = get_suite(spec.attack_suite).reliability_reuses_white_box
+
+    def checks(threat: ThreatModel, outcome: ThreatModelOutcome) -> list[str]:
         """The reliability checks of this threat model; the names that fired make the suite escalate."""
         if spec.reliability_points <= 0:
             return []
         progress(last[0], f"reliability checks: {threat.label}")
         result = run_reliability_checks(model, x, y, threat, subset=spec.reliability_points, seed=spec.seed,
-                                        cascade_report=outcome, batch_size=spec.batch_size, device=device)
+                                        cascade_report=outcome.report, cascade_points=outcome if reuse else None,
+                                        batch_size=spec.batch_size, device=device)
         flags.extend(asdict(flag) for flag in result.flags)
         return [flag.check for flag in result.flags if flag.flagged]
 

@@ -10,7 +10,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from evaluator.attacks.cascade import SuiteConfig, ThreatModelReport, attack_threat_model, run_cascade
+from evaluator.attacks.cascade import (
+    SuiteConfig,
+    ThreatModelOutcome,
+    ThreatModelReport,
+    attack_threat_model,
+    run_cascade,
+)
 from evaluator.attacks.counting import CountingModel
 from evaluator.attacks.stages import ESCALATION_STAGE_NAMES
 from evaluator.attacks.threat import ThreatModel
@@ -60,8 +66,8 @@ def test_no_check_fired_no_escalation() -> None:
     threat = ThreatModel("L2", float(boundary_distance(model, x, y, "L2").median()))
     calls: list[ThreatModelReport] = []
 
-    def checks(t: ThreatModel, report: ThreatModelReport) -> list[str]:
-        calls.append(report)
+    def checks(t: ThreatModel, outcome: ThreatModelOutcome) -> list[str]:
+        calls.append(outcome.report)
         return []
 
     report = run_cascade(model, x, y, [threat], suite=SMALL, checks=checks).threat_models[0]
@@ -83,9 +89,11 @@ def test_a_callers_check_makes_it_escalate_and_is_named() -> None:
     fired = {"Linf": ["eps_monotonic", "gradients"], "L2": []}
     seen: list[str] = []
 
-    def checks(threat: ThreatModel, report: ThreatModelReport) -> list[str]:
+    def checks(threat: ThreatModel, outcome: ThreatModelOutcome) -> list[str]:
         seen.append(threat.norm)
+        report = outcome.report
         assert report.robust_accuracy == pytest.approx(report.stages[-1].robust_accuracy)  # before escalation
+        assert int(outcome.robust.sum()) == round(report.robust_accuracy * len(y))
         return fired[threat.norm]
 
     report = run_cascade(model, x, y, threats, suite=SMALL, checks=checks)
