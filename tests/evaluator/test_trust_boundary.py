@@ -229,8 +229,9 @@ def test_attack_numbers_through_the_boundary_equal_the_model_called_directly(tmp
                                                                              mnist_test):
     """Same points, same seed: identical robust accuracies, stages and pass counts.
 
-    ``attacks-4`` (the demo digits track's suite) runs every kind of stage ``attacks-2`` has (APGD-CE, APGD-T,
-    FMN, FAB-T, Square, the reliability checks) at a fifth of its cost: 300 s of CI for this test before.
+    ``attacks-5`` (the demo digits track's suite) runs every kind of stage ``attacks-2`` has (APGD-CE, APGD-T,
+    FMN, FAB-T, Square, the reliability checks) at a fifth of its cost: 300 s of CI for this test before. Its
+    reliability checks read the cascade's white-box verdict, so that path crosses the boundary too.
     """
     from evaluator.models.loading import load_model
 
@@ -240,7 +241,7 @@ def test_attack_numbers_through_the_boundary_equal_the_model_called_directly(tmp
     artifact = ArtifactSpec(str(lenet5_safetensors), "safetensors", architecture="mnist_lenet5")
     spec = JobSpec("attacks", "classifier", DIGITS, artifact, (EvaluationSetSpec("clean", str(data_path)),),
                    threat_models=(ThreatModel("Linf", 0.1, "Linf-0.1"), ThreatModel("L2", 1.0, "L2-1.0")),
-                   attack_points=12, reliability_points=6, seed=5, batch_size=64, attack_suite="attacks-4")
+                   attack_points=12, reliability_points=6, seed=5, batch_size=64, attack_suite="attacks-5")
     x, y = torch.from_numpy(images[:200]), torch.from_numpy(labels[:200])
     cpu = torch.device("cpu")
     local = load_model(artifact, DIGITS)
