@@ -21,6 +21,7 @@ from evaluator.attacks.reliability import (
 from evaluator.attacks.threat import ThreatModel
 from evaluator.scoring.budget import passes_per_point
 from tests.evaluator.attack_models import LinearModel, Quantised, one_thread  # noqa: F401 (autouse fixture)
+from tests.evaluator.test_attacks_cascade import boundary_distance
 
 CHECKS = {"gradients", "eps_monotonic", "eps_large", "black_box", "random_noise"}
 
@@ -153,6 +154,14 @@ def test_the_checks_read_the_cascades_white_box_verdict_instead_of_attacking_aga
     assert own_runs == ["apgd-ce 1x", "apgd-ce 2x", "apgd-ce 4x", "apgd-t"]
     after_ce = int(outcome.robust_after(("apgd-ce",))[:100].sum())
     assert f"{after_ce / 100:.1%} at 1x eps" in reused.flag("eps_monotonic").explanation
+    # The verdict read is right in closed form: every point of the linear model beyond eps survives, and every
+    # point within 0.95 eps falls (nearer eps, 20 iterations can stop just short, and the [0, 1] box, which the
+    # closed form ignores, can put a point's real distance past eps).
+    distance = boundary_distance(model, x[:100], y[:100], norm)
+    white_box = outcome.robust_after(("apgd-ce", "apgd-t"))[:100]
+    beyond, within = distance > eps * 1.01, distance < eps * 0.95
+    assert int(beyond.sum()) >= 20 and int(within.sum()) >= 20
+    assert bool(white_box[beyond].all()) and not bool(white_box[within].any())
     # The random-noise check weighs noise against the verdict it read: a cascade whose APGD-T had broken every
     # point leaves noise nothing to beat; one whose stages broke nothing counts every point noise breaks.
     all_broken = replace(outcome, broken_by={**outcome.broken_by, "apgd-t": outcome.clean_correct.clone()})
@@ -163,7 +172,7 @@ def test_the_checks_read_the_cascades_white_box_verdict_instead_of_attacking_aga
     assert read["nothing"].flag("random_noise").value > 0.0
     assert read["nothing"].flag("random_noise").flagged, read["nothing"].flag("random_noise").explanation
     assert "100.0% at 1x eps" in read["nothing"].flag("eps_monotonic").explanation
-    # The same verdicts as the checks' own runs of the same attacks on a model whose answer is closed-form ...
+    # The same verdicts as the checks' own runs of the same attacks on this model ...
     assert {f.check: f.flagged for f in reused.flags} == {f.check: f.flagged for f in own.flags}
     assert not reused.unreliable
     assert reused.flag("eps_monotonic").explanation == own.flag("eps_monotonic").explanation
