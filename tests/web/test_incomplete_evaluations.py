@@ -23,14 +23,18 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 #: The scorer's budget is capped at 98% of the limit minus 30 s: about 21 s for the whole job, enough for
 #: the model to start and the 2,000 clean images even on a loaded machine (about 5 s on a quiet one), not
-#: for two threat models' cascades and checks (about a minute).
+#: for the second threat model (see ``attacked_track``).
 SHORT_WALL_SECONDS = 52.0
 
 
 @pytest.fixture
 def attacked_track(digits_track):
+    """Two threat models; the second, L2 0.1, leaves the LeNet-5 almost every point, so each of its stages spends
+    its whole budget (Square: 5,000 queries a point). That is work, not a speed: about 40 s on a quiet 2-core
+    machine on which the whole job fits in the short limit at L2 2.0 (where most points break early), and the
+    first slice's ~21 s cannot hold it on a machine twice as fast."""
     digits_track.threat_models = [{"norm": "Linf", "eps": 0.3, "label": "Linf-0.3"},
-                                  {"norm": "L2", "eps": 2.0, "label": "L2-2.0"}]
+                                  {"norm": "L2", "eps": 0.1, "label": "L2-0.1"}]
     digits_track.attack_points, digits_track.reliability_points = 16, 8
     digits_track.save()
     return digits_track
@@ -57,7 +61,7 @@ def test_a_job_cut_by_the_attempt_limit_continues_then_stays_incomplete_until_it
     first = run.provenance["incomplete"]["finished"]
     assert "sets" in first and len(first) < 3
     kept = dict(Result.objects.filter(submission=submission).values_list("metric", "value"))
-    assert "accuracy" in kept and not any(m.startswith("robust_accuracy@L2-2.0") for m in kept)
+    assert "accuracy" in kept and not any(m.startswith("robust_accuracy@L2-0.1") for m in kept)
     assert set(StageCheckpoint.objects.filter(submission=submission).values_list("stage", flat=True)) == set(first)
     # Not charged: the budget is the platform's estimate of its own work.
     assert QuotaEntry.objects.filter(submission=submission, kind=QuotaEntry.Kind.REFUND).count() == 1
@@ -91,7 +95,7 @@ def test_a_job_cut_by_the_attempt_limit_continues_then_stays_incomplete_until_it
     run = submission.runs.get()
     assert run.ok and run.provenance["resumed_stages"] == first
     final = dict(Result.objects.filter(submission=submission).values_list("metric", "value"))
-    assert {"robust_accuracy@Linf-0.3", "robust_accuracy@L2-2.0", "attacked_clean_accuracy"} <= set(final)
+    assert {"robust_accuracy@Linf-0.3", "robust_accuracy@L2-0.1", "attacked_clean_accuracy"} <= set(final)
     # The resumed stages' numbers are the kept ones.
     assert {m: final[m] for m in kept} == kept
     assert not StageCheckpoint.objects.filter(submission=submission).exists()
