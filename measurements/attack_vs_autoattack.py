@@ -177,10 +177,10 @@ def run_ours(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, threat: T
         def checks(threat: ThreatModel, outcome: Any) -> list[str]:
             # Before attacks-5 the callback got the report itself; since, the per-point outcome.
             report = getattr(outcome, "report", outcome)
-            points = outcome if getattr(get_suite(suite), "reliability_reuses_white_box", False) else None
-            extra_points = {"cascade_points": points} if points is not None else {}
+            lent = ({"cascade_points": outcome} if getattr(get_suite(suite), "reliability_reuses_white_box", False)
+                    else {})
             result = run_reliability_checks(counted, x, y, threat, subset=reliability_points, seed=seed,
-                                            cascade_report=report, batch_size=batch_size, **extra_points)
+                                            cascade_report=report, batch_size=batch_size, **lent)
             flags.extend(flag.check for flag in result.flags if flag.flagged)
             return [flag.check for flag in result.flags if flag.flagged]
 

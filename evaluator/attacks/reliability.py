@@ -227,6 +227,10 @@ def run_reliability_checks(
             raise ValueError(f"the cascade attacked {cascade_points.clean_correct.shape[0]} points, fewer than "
                              f"the {y.shape[0]} the checks run on")
         correct = cascade_points.clean_correct[: y.shape[0]].to(device)
+
+        def lent(stages: tuple[str, ...]) -> Tensor:
+            """The cascade's per-point verdict after ``stages`` on the checks' correctly classified points."""
+            return cascade_points.robust_after(stages)[: y.shape[0]].to(device)[correct]
     else:
         with torch.no_grad():
             correct = predict_logits(model, x, batch_size).argmax(dim=1) == y
@@ -238,7 +242,7 @@ def run_reliability_checks(
 
     robust_at: dict[float, Tensor] = {}
     if cascade_points is not None:
-        robust_at[1.0] = cascade_points.robust_after(WHITE_BOX_STAGES[:1])[: y.shape[0]].to(device)[correct]
+        robust_at[1.0] = lent(WHITE_BOX_STAGES[:1])
     for factor in sorted(set(factors) | {1.0}):
         if factor not in robust_at:
             robust_at[factor] = _apgd_robust(model, xc, yc, threat.scaled(factor), seed, apgd_iterations, batch_size)
@@ -248,15 +252,16 @@ def run_reliability_checks(
 
     # The white-box verdict at eps: APGD-CE, then APGD-T on what CE left (CE alone misses points
     # whose cross-entropy peaks without a misclassification, which is no sign of masking).
-    white_box_robust = robust_at[1.0].clone()
-    survivors = white_box_robust.nonzero().squeeze(1)
     if cascade_points is not None:
-        white_box_robust = cascade_points.robust_after(WHITE_BOX_STAGES)[: y.shape[0]].to(device)[correct]
-    elif survivors.numel() and target_classes > 0:
-        generator = make_generator(derive_seed(seed, "reliability", threat.key, "apgd-t"), device)
-        targeted = apgd_targeted(model, xc[survivors], yc[survivors], threat, generator,
-                                 n_target_classes=target_classes, n_iter=apgd_iterations, batch_size=batch_size)
-        white_box_robust[survivors[targeted.fooled]] = False
+        white_box_robust = lent(WHITE_BOX_STAGES)
+    else:
+        white_box_robust = robust_at[1.0].clone()
+        survivors = white_box_robust.nonzero().squeeze(1)
+        if survivors.numel() and target_classes > 0:
+            generator = make_generator(derive_seed(seed, "reliability", threat.key, "apgd-t"), device)
+            targeted = apgd_targeted(model, xc[survivors], yc[survivors], threat, generator,
+                                     n_target_classes=target_classes, n_iter=apgd_iterations, batch_size=batch_size)
+            white_box_robust[survivors[targeted.fooled]] = False
 
     if cascade_report is not None:
         square = next((s for s in cascade_report.stages if s.attack == "square"), None)
