@@ -255,3 +255,34 @@ def test_a_job_hands_the_checks_its_cascade_only_under_a_suite_that_lends_it(mon
         for label in ("Linf-0.03", "L2-0.3"):
             assert {flag["check"] for flag in details[label]["flags"]} == CHECKS
             assert not any(flag["flagged"] for flag in details[label]["flags"]), details[label]["flags"]
+
+
+class TwoFaced(LinearModel):
+    """Hides its gradient while ``masked`` and is honest after: a model that recognises the cascade (or the checks
+    that follow it, by their timing or by meeting the same points again) and behaves well only when checked."""
+
+    masked = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().forward(x)
+        return out.detach() if self.masked else out
+
+
+def test_a_model_honest_only_in_the_checks_is_judged_on_the_verdict_it_published() -> None:
+    """Hostile: the model masks its gradient during the cascade, so the published robust accuracy is inflated, and
+    turns honest for the checks. Checks that attack again at eps see only the honest model and pass it; checks that
+    read the cascade's verdict compare random noise with the published number and flag it. A white-box-only suite
+    isolates this (with Square in the cascade, the black-box check would also catch a gradient this plainly hidden)."""
+    model, x, y = setup(TwoFaced)
+    threat = ThreatModel("L2", 0.3)
+    white_box_only = SuiteConfig("test-two-faced", stages=("apgd-ce", "apgd-t"), apgd_iterations=20,
+                                 target_classes=3, escalation=(), reliability_reuses_white_box=True)
+    outcome = attack_threat_model(model, x, y, predict_logits(model, x, 256).argmax(1) == y, threat,
+                                  suite=white_box_only)
+    honest_distance = boundary_distance(model, x, y, "L2")
+    assert outcome.report.robust_accuracy > float((honest_distance > threat.eps).float().mean()) + 0.2  # inflated
+    model.masked = False
+    own = run_reliability_checks(model, x, y, threat, subset=100, apgd_iterations=20, cascade_report=outcome.report)
+    lent = run_reliability_checks(model, x, y, threat, subset=100, apgd_iterations=20, cascade_points=outcome)
+    assert not own.unreliable, [f.explanation for f in own.flags if f.flagged]  # the loophole a second run leaves
+    assert lent.unreliable and lent.flag("random_noise").flagged, lent.flag("random_noise").explanation
