@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from evaluator.attacks import reliability
+from evaluator.attacks.apgd import apgd_ce
 from evaluator.attacks.cascade import SUITES, SuiteConfig, ThreatModelOutcome, attack_threat_model, run_cascade
-from evaluator.attacks.common import predict_logits
+from evaluator.attacks.common import make_generator, predict_logits
 from evaluator.attacks.counting import CountingModel
 from evaluator.attacks.reliability import (
     check_black_box,
@@ -279,9 +280,9 @@ def test_a_model_honest_only_in_the_checks_is_judged_on_the_verdict_it_published
                                  target_classes=3, escalation=(), reliability_reuses_white_box=True)
     outcome = attack_threat_model(model, x, y, predict_logits(model, x, 256).argmax(1) == y, threat,
                                   suite=white_box_only)
-    honest_distance = boundary_distance(model, x, y, "L2")
-    assert outcome.report.robust_accuracy > float((honest_distance > threat.eps).float().mean()) + 0.2  # inflated
     model.masked = False
+    honest = ~apgd_ce(model, x, y, threat, make_generator(0), n_iter=20).fooled
+    assert outcome.report.robust_accuracy > float(honest.float().mean()) + 0.2  # the published number is inflated
     own = run_reliability_checks(model, x, y, threat, subset=100, apgd_iterations=20, cascade_report=outcome.report)
     lent = run_reliability_checks(model, x, y, threat, subset=100, apgd_iterations=20, cascade_points=outcome)
     assert not own.unreliable, [f.explanation for f in own.flags if f.flagged]  # the loophole a second run leaves
